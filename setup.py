@@ -1,0 +1,88 @@
+"""Build script: compiles every csrc/<name>.pyx into the extension minifm.kernels._<name>.
+
+Environment switches:
+  MINIFM_NO_CYTHON=1      build no extension; minifm then runs on its NumPy reference path.
+  MINIFM_DEBUG_BUILD=1    turn Cython's bounds and wraparound checks back on (slow, for debugging).
+  MINIFM_BUILD_ONLY=a,b   compile only csrc/a.pyx and csrc/b.pyx (development convenience).
+  MINIFM_NO_NATIVE=1      do not pass -march=native (for wheels meant for other machines).
+
+OpenMP is used when the compiler accepts -fopenmp; otherwise the kernels build single-threaded.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent.resolve()
+
+
+def _compiler_accepts(flags: list[str], source: str) -> bool:
+    """Return True when the C compiler compiles and links `source` with `flags`."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text(source)
+        result = subprocess.run(
+            [compiler, *flags, str(src), "-o", str(Path(tmp) / "probe")],
+            capture_output=True,
+        )
+        return result.returncode == 0
+
+
+def _extensions():
+    if os.environ.get("MINIFM_NO_CYTHON") == "1":
+        print("minifm: MINIFM_NO_CYTHON=1, building the pure NumPy package", file=sys.stderr)
+        return []
+    import numpy
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    debug = os.environ.get("MINIFM_DEBUG_BUILD") == "1"
+    compile_args = ["-O3"] if not debug else ["-O0", "-g"]
+    if os.environ.get("MINIFM_NO_NATIVE") != "1" and _compiler_accepts(
+        ["-march=native"], "int main(void){return 0;}"
+    ):
+        compile_args.append("-march=native")
+    link_args = []
+    openmp_probe = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}"
+    if _compiler_accepts(["-fopenmp"], openmp_probe):
+        compile_args.append("-fopenmp")
+        link_args.append("-fopenmp")
+        macros = [("MINIFM_OPENMP", "1")]
+    else:
+        print("minifm: compiler lacks OpenMP, kernels build single-threaded", file=sys.stderr)
+        macros = [("MINIFM_OPENMP", "0")]
+    macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
+
+    only = {n for n in os.environ.get("MINIFM_BUILD_ONLY", "").split(",") if n}
+    sources = sorted((HERE / "csrc").glob("*.pyx"))
+    extensions = [
+        Extension(
+            f"minifm.kernels._{pyx.stem}",
+            [str(pyx.relative_to(HERE))],
+            include_dirs=[numpy.get_include(), str(HERE / "csrc")],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            define_macros=macros,
+        )
+        for pyx in sources
+        if not only or pyx.stem in only
+    ]
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": debug,
+        "cdivision": True,
+        "initializedcheck": debug,
+        "embedsignature": True,
+    }
+    return cythonize(extensions, compiler_directives=directives, annotate=False)
+
+
+setup(ext_modules=_extensions())
