@@ -17,7 +17,14 @@ import os
 from types import ModuleType
 
 # One entry per csrc/<name>.pyx. Kept explicit so a missing build is detected by name.
-COMPILED_FAMILIES: tuple[str, ...] = ("parallel", "softmax")
+COMPILED_FAMILIES: tuple[str, ...] = (
+    "parallel",
+    "softmax",
+    "cross_entropy",
+    "attention",
+    "sampling",
+    "bpe",
+)
 
 _modules: dict[str, ModuleType | None] = {}
 _force_reference = os.environ.get("MINIFM_KERNELS", "compiled").strip().lower() == "reference"

@@ -1,0 +1,42 @@
+"""Shared test configuration: hypothesis profiles and a fixture that runs a test on both kernel paths.
+
+Profiles (select with HYPOTHESIS_PROFILE=name):
+  default  - 40 examples per property, what CI and the README's command run;
+  thorough - 400 examples per property, for a deeper local search;
+  ci-quick - 15 examples, for very quick smoke checks.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci-quick", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy Generator, fresh for each test."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def kernel_path(request):
+    """Run the test once on the compiled kernels and once on the NumPy references."""
+    from minifm.kernels import _backend
+
+    if request.param == "compiled" and _backend.reference_forced():
+        pytest.skip("MINIFM_KERNELS=reference forces the NumPy path in this run")
+    previous = _backend.reference_forced()
+    _backend.use_reference(request.param == "reference")
+    yield request.param
+    _backend.use_reference(previous)
