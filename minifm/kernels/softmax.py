@@ -40,3 +40,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
     out = np.empty_like(rows)
     kernel.softmax_forward(rows, out)
     return out.reshape(x.shape)
+
+
+# --- Temporary references so that autograd works before the kernels land (kernel owner replaces).
+def softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    row_max = np.max(x, axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0).astype(x.dtype)
+    shifted = x - row_max
+    with np.errstate(divide="ignore"):
+        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def log_softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return dy - np.exp(y) * np.sum(dy, axis=-1, keepdims=True)

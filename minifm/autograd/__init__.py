@@ -1,0 +1,19 @@
+"""Tensor-level reverse-mode automatic differentiation.
+
+    tensor.py      Tensor (an ndarray + graph links) and constructors
+    function.py    Function (forward + backward side by side), unbroadcast
+    engine.py      backward(): iterative topological order, accumulation, graph freeing
+    grad_mode.py   no_grad / enable_grad
+    ops/           the differentiable operations
+    gradcheck.py   gradcheck(): backward() against central differences in float64
+"""
+from minifm.autograd.function import Context, Function, unbroadcast
+from minifm.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad
+from minifm.autograd.gradcheck import GradcheckError, gradcheck
+from minifm.autograd.tensor import Tensor, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+
+__all__ = [
+    "Context", "Function", "GradcheckError", "Tensor", "enable_grad", "full", "gradcheck",
+    "is_grad_enabled", "no_grad", "ones", "ones_like", "rand", "randn", "tensor", "unbroadcast",
+    "zeros", "zeros_like",
+]

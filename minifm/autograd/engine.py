@@ -1,0 +1,93 @@
+"""Reverse-mode differentiation over the recorded graph: `backward(root, grad, retain_graph)`.
+
+1. Walk the graph from `root` with an explicit stack (no recursion, so a chain of 10,000 ops is
+   fine) and produce a topological order: every node after all nodes that consume it.
+2. Visit the nodes in that order with the gradient of the output at hand, call the node's
+   `Function.backward`, and add each input's share to a pending sum (a node used twice receives
+   the sum of both contributions before its own backward runs).
+3. Leaves (tensors created by the user with requires_grad=True) accumulate into `.grad`.
+
+Unless `retain_graph=True`, each node's saved context is dropped after use, so a second backward
+through the same graph raises instead of silently reusing freed buffers. Gradients are never
+written into the arrays they came from: neither inputs nor the caller's `grad` are mutated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _topological_order(root) -> list:
+    """Nodes reachable from `root` that require grad, each listed before the nodes it depends on."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        tensor, children_done = stack.pop()
+        if children_done:
+            order.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        for parent in tensor._parents:
+            if parent is not None and id(parent) not in visited:
+                stack.append((parent, False))
+    order.reverse()  # root first: consumers before producers
+    return order
+
+
+def backward(root, grad=None, retain_graph: bool = False) -> None:
+    """Accumulate d(root)/d(leaf), weighted by `grad`, into every leaf's `.grad`."""
+    if not root.requires_grad:
+        raise RuntimeError(
+            "backward() called on a tensor that does not require grad "
+            "(no input had requires_grad=True, or it was computed under no_grad())"
+        )
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(
+                f"backward() without a grad argument needs a scalar output, got shape {root.shape}; "
+                "pass grad= with the output's shape"
+            )
+        grad = np.ones_like(root.data)
+    else:
+        grad = np.asarray(getattr(grad, "data", grad))
+        if grad.shape != root.shape:
+            raise ValueError(f"grad has shape {grad.shape} but the output has shape {root.shape}")
+    if not np.all(np.isfinite(grad)):
+        raise FloatingPointError("the grad passed to backward() contains NaN or inf")
+
+    pending: dict[int, np.ndarray] = {id(root): grad}
+    for node in _topological_order(root):
+        node_grad = pending.pop(id(node), None)
+        if node_grad is None:
+            continue
+        if node._grad_fn is None or node._retains_grad:
+            node._accumulate_grad(node_grad)
+        if node._grad_fn is None:
+            continue
+        if node._ctx is None:
+            raise RuntimeError(
+                "trying to backward through the graph a second time (its saved buffers were freed); "
+                "call backward(retain_graph=True) the first time if you need to"
+            )
+        input_grads = node._grad_fn.backward(node._ctx, node_grad)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        for parent, parent_grad in zip(node._parents, input_grads):
+            if parent is None or parent_grad is None:
+                continue
+            if parent_grad.shape != parent.shape:
+                raise RuntimeError(
+                    f"{node._grad_fn.__name__}.backward returned a gradient of shape "
+                    f"{parent_grad.shape} for an input of shape {parent.shape}"
+                )
+            if parent_grad.dtype != parent.data.dtype:
+                parent_grad = parent_grad.astype(parent.data.dtype)
+            key = id(parent)
+            if key in pending:
+                pending[key] = pending[key] + parent_grad  # new array: never mutate a gradient
+            else:
+                pending[key] = parent_grad
+        if not retain_graph:
+            node._ctx = None

@@ -1,0 +1,103 @@
+"""Matrix products with NumPy's `matmul` semantics (1-D vectors, 2-D matrices, broadcast batches).
+
+Backward for out = a @ b:  grad_a = grad @ b^T,  grad_b = a^T @ grad, then summed over the batch
+axes that broadcasting created. 1-D operands are promoted to matrices (as NumPy does) and the
+promotion is undone on the gradient. When `b` is a plain matrix shared by every batch entry (the
+Linear-layer case), grad_b is computed as one large GEMM over the flattened batch instead of a
+batched product followed by a sum.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minifm.autograd.function import Function, unbroadcast
+
+
+class MatMul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        if np.ndim(a) == 0 or np.ndim(b) == 0:
+            raise ValueError(f"matmul needs at least 1-D operands, got shapes {np.shape(a)} and {np.shape(b)}")
+        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(
+                f"matmul shape mismatch: {a.shape} @ {b.shape} (inner sizes "
+                f"{a.shape[-1]} and {b.shape[-2 if b.ndim > 1 else 0]} differ)"
+            )
+        ctx.a, ctx.b = a, b
+        return np.matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.a, ctx.b
+        a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
+        b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
+        g2 = grad
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = np.expand_dims(g2, -1)  # g2: (..., n, m)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if ctx.needs_input_grad[1]:
+            if b2.ndim == 2 and a2.ndim > 2:
+                k, m = a2.shape[-1], g2.shape[-1]
+                grad_b = (a2.reshape(-1, k).T @ g2.reshape(-1, m)).reshape(b.shape)  # one big GEMM
+            else:
+                grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+        return grad_a, grad_b
+
+
+class Linear(Function):
+    """y = x @ weight^T + bias with x (..., in), weight (out, in), bias (out,) — PyTorch's layout.
+
+    One fused node instead of transpose + matmul + add: backward does two GEMMs over the flattened
+    batch and a column sum for the bias.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        if x.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"linear: input's last dimension {x.shape[-1]} (shape {x.shape}) does not match "
+                f"weight's in_features {weight.shape[1]} (weight shape {weight.shape})"
+            )
+        ctx.x, ctx.weight, ctx.has_bias = x, weight, bias is not None
+        out = x @ weight.T
+        if bias is not None:
+            out += bias
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.x, ctx.weight
+        out_features, in_features = weight.shape
+        grad_2d = grad.reshape(-1, out_features)  # (N, out)
+        grad_x = (grad_2d @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_2d.T @ x.reshape(-1, in_features) if ctx.needs_input_grad[1] else None
+        grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_2d.sum(axis=0)
+        return grad_x, grad_w, grad_b
+
+
+class Embedding(Function):
+    """out = weight[ids]; backward scatter-adds rows of the gradient into the used rows of weight."""
+
+    @staticmethod
+    def forward(ctx, ids, weight):
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"embedding ids must be integers, got dtype {ids.dtype}")
+        vocab = weight.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].ravel()[0]
+            raise IndexError(f"embedding id {bad} is out of range for a table of {vocab} rows")
+        ctx.ids, ctx.weight_shape = ids, weight.shape
+        return weight[ids]
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_weight = np.zeros(ctx.weight_shape, dtype=grad.dtype)
+        np.add.at(grad_weight, ctx.ids.ravel(), grad.reshape(-1, ctx.weight_shape[1]))
+        return None, grad_weight

@@ -1,0 +1,54 @@
+"""Fused cross-entropy Function: log-softmax, the negative log-likelihood and its gradient in one node.
+
+Forward calls minifm.kernels.cross_entropy on (N, V) logits, which returns the per-row losses and the
+per-row gradient d loss_i / d logits_i in one pass; backward only scales those rows by the upstream
+gradient (and by 1 / number-of-non-ignored-rows for reduction="mean", as torch does).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minifm.autograd.function import Function
+from minifm.kernels import cross_entropy as kernels
+
+
+class CrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        targets = np.asarray(targets)
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
+        if logits.shape[:-1] != targets.shape:
+            raise ValueError(
+                f"logits shape {logits.shape} needs targets of shape {logits.shape[:-1]}, got {targets.shape}"
+            )
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        vocab = logits.shape[-1]
+        flat_logits = np.ascontiguousarray(logits.reshape(-1, vocab))  # (N, V)
+        flat_targets = targets.reshape(-1).astype(np.int64)  # (N,)
+        losses, dlogits = kernels.cross_entropy(
+            flat_logits, flat_targets, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            compute_grad=ctx.needs_input_grad[0],
+        )
+        valid = int(np.sum(flat_targets != ignore_index))
+        ctx.dlogits, ctx.shape, ctx.reduction, ctx.valid = dlogits, logits.shape, reduction, valid
+        if reduction == "none":
+            return losses.reshape(targets.shape)
+        total = losses.sum(dtype=np.float64)
+        if reduction == "sum":
+            return np.asarray(total, dtype=logits.dtype)
+        return np.asarray(total / valid if valid else np.nan, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        vocab = ctx.shape[-1]
+        if ctx.reduction == "none":
+            scale = grad.reshape(-1, 1)  # (N, 1)
+        elif ctx.reduction == "sum":
+            scale = grad
+        else:
+            scale = grad / max(ctx.valid, 1)
+        return (ctx.dlogits * scale).reshape(ctx.shape).astype(ctx.dlogits.dtype, copy=False), None

@@ -1,0 +1,386 @@
+"""`Tensor`: an `np.ndarray` plus what reverse-mode differentiation needs.
+
+A Tensor holds
+  data           the values (float32 by default, float64 allowed; integer/bool for indices and masks),
+  requires_grad  whether gradients should flow to it,
+  grad           after backward(): d(output)/d(this tensor) as an np.ndarray of the same shape,
+  _grad_fn/_ctx  the Function that produced it and what that Function saved for its backward,
+  _parents       the input Tensors of that Function (None for inputs that need no gradient).
+
+Operators and methods follow NumPy's names and signatures (`x.sum(axis=None, keepdims=False)`,
+`x.transpose(*axes)`, `x @ y`) and are thin wrappers that call a `Function` from
+`minifm.autograd.ops`. Simplification: `.grad` is a plain ndarray rather than a Tensor (no
+higher-order gradients); `.numpy()` returns the underlying array without copying, like torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minifm.autograd import engine
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_array(data, dtype=None) -> np.ndarray:
+    """Convert user data to an array without copying arrays: Python floats become float32, ints int64."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        if dtype is not None:
+            return data.astype(dtype, copy=False)
+        if data.dtype.kind == "f" and data.dtype not in _FLOAT_DTYPES:
+            return data.astype(np.float32)  # float16 / longdouble are not supported
+        return data
+    array = np.array(data, dtype=dtype)
+    if dtype is None and array.dtype.kind == "f" and array.dtype != np.float32:
+        array = array.astype(np.float32)  # Python floats and lists default to float32
+    return array
+
+
+class Tensor:
+    """An n-dimensional array that records the operations applied to it (see the module docstring)."""
+
+    __slots__ = ("data", "grad", "_requires_grad", "_grad_fn", "_ctx", "_parents", "_retains_grad", "__weakref__")
+    __array_priority__ = 1000  # make `ndarray + Tensor` call Tensor.__radd__
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self._grad_fn = None
+        self._ctx = None
+        self._parents = ()
+        self._retains_grad = False
+        self._requires_grad = False
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def _from_array(cls, array: np.ndarray, requires_grad=False, grad_fn=None, ctx=None, parents=()):
+        """Wrap a Function's output without copying (internal)."""
+        tensor = cls.__new__(cls)
+        tensor.data = array if isinstance(array, np.ndarray) else np.asarray(array)
+        tensor.grad = None
+        tensor._requires_grad = requires_grad
+        tensor._grad_fn = grad_fn
+        tensor._ctx = ctx
+        tensor._parents = parents
+        tensor._retains_grad = False
+        return tensor
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        if flag and self.data.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"only float32/float64 tensors can require grad, got dtype {self.data.dtype}"
+            )
+        if not flag and self._grad_fn is not None:
+            raise RuntimeError("requires_grad can only be switched off on leaf tensors; use detach()")
+        self._requires_grad = bool(flag)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._grad_fn is None
+
+    @property
+    def grad_fn(self):
+        return self._grad_fn
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, precision=4, separator=", ", prefix="tensor(")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        dtype = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        return f"tensor({body}{dtype}{extra})"
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Compute gradients of this tensor w.r.t. every leaf that requires grad (see engine.py)."""
+        engine.backward(self, grad, retain_graph)
+
+    def retain_grad(self) -> None:
+        """Also store `.grad` on this non-leaf tensor during backward."""
+        self._retains_grad = True
+
+    def _accumulate_grad(self, grad: np.ndarray) -> None:
+        if self.grad is None:
+            self.grad = np.array(grad, dtype=self.dtype, copy=True)
+        else:
+            self.grad += grad
+
+    def detach(self) -> "Tensor":
+        """The same values, cut from the graph (shares memory, like torch)."""
+        return Tensor._from_array(self.data)
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def astype(self, dtype) -> "Tensor":
+        from minifm.autograd.ops.elementwise import Cast
+
+        return Cast.apply(self, dtype=np.dtype(dtype))
+
+    def float(self) -> "Tensor":
+        return self.astype(np.float32)
+
+    def double(self) -> "Tensor":
+        return self.astype(np.float64)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------ arithmetic operators
+    def __add__(self, other):
+        return _ops().add(self, other)
+
+    def __radd__(self, other):
+        return _ops().add(other, self)
+
+    def __sub__(self, other):
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other):
+        return _ops().sub(other, self)
+
+    def __mul__(self, other):
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other):
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other):
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops().div(other, self)
+
+    def __pow__(self, exponent):
+        return _ops().pow(self, exponent)
+
+    def __rpow__(self, base):
+        return _ops().pow(base, self)
+
+    def __matmul__(self, other):
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops().matmul(other, self)
+
+    def __neg__(self):
+        return _ops().neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return _ops().abs(self)
+
+    # comparisons give boolean Tensors that carry no gradient
+    def __lt__(self, other):
+        return Tensor._from_array(self.data < _raw(other))
+
+    def __le__(self, other):
+        return Tensor._from_array(self.data <= _raw(other))
+
+    def __gt__(self, other):
+        return Tensor._from_array(self.data > _raw(other))
+
+    def __ge__(self, other):
+        return Tensor._from_array(self.data >= _raw(other))
+
+    def eq(self, other):
+        return Tensor._from_array(self.data == _raw(other))
+
+    def ne(self, other):
+        return Tensor._from_array(self.data != _raw(other))
+
+    # ------------------------------------------------------------------ elementwise math
+    def exp(self):
+        return _ops().exp(self)
+
+    def log(self):
+        return _ops().log(self)
+
+    def sqrt(self):
+        return _ops().sqrt(self)
+
+    def abs(self):
+        return _ops().abs(self)
+
+    def tanh(self):
+        return _ops().tanh(self)
+
+    def sigmoid(self):
+        return _ops().sigmoid(self)
+
+    def relu(self):
+        return _ops().relu(self)
+
+    def clip(self, min=None, max=None):  # noqa: A002  (NumPy's argument names)
+        return _ops().clip(self, min, max)
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims=False):
+        return _ops().sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops().mean(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims=False, ddof=0):
+        return _ops().var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops().max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return _ops().min(self, axis=axis, keepdims=keepdims)
+
+    def logsumexp(self, axis=None, keepdims=False):
+        return _ops().logsumexp(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis=None):
+        return Tensor._from_array(np.argmax(self.data, axis=axis))
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        return _ops().reshape(self, *shape)
+
+    def view(self, *shape):
+        return _ops().reshape(self, *shape)
+
+    def flatten(self):
+        return _ops().reshape(self, -1)
+
+    def transpose(self, *axes):
+        return _ops().transpose(self, *axes)
+
+    def permute(self, *axes):
+        return _ops().transpose(self, *axes)
+
+    def swapaxes(self, axis1, axis2):
+        return _ops().swapaxes(self, axis1, axis2)
+
+    @property
+    def T(self):  # noqa: N802
+        return _ops().transpose(self)
+
+    def squeeze(self, axis=None):
+        return _ops().squeeze(self, axis)
+
+    def unsqueeze(self, axis):
+        return _ops().unsqueeze(self, axis)
+
+    def expand_dims(self, axis):
+        return _ops().unsqueeze(self, axis)
+
+    def broadcast_to(self, shape):
+        return _ops().broadcast_to(self, shape)
+
+    def masked_fill(self, mask, value):
+        return _ops().masked_fill(self, mask, value)
+
+    def __getitem__(self, index):
+        return _ops().getitem(self, index)
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _ops():
+    """The op namespace (imported lazily: ops import Tensor, Tensor calls ops)."""
+    from minifm.autograd import ops
+
+    return ops
+
+
+# ---------------------------------------------------------------------- constructors
+
+
+def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
+    """A new leaf Tensor holding a copy of `data` (float32 unless `dtype` or a float64 array says otherwise)."""
+    array = np.array(_as_array(data, dtype), copy=True)
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.zeros(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.ones(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def full(shape, value, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.full(_shape((shape,)), value, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, rng: np.random.Generator, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+    """Standard normal values drawn from the numpy Generator `rng`."""
+    _check_rng(rng)
+    return Tensor(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad=requires_grad)
+
+
+def rand(*shape, rng: np.random.Generator, dtype=np.float32, requires_grad: bool = False) -> Tensor:
+    """Uniform [0, 1) values drawn from the numpy Generator `rng`."""
+    _check_rng(rng)
+    return Tensor(rng.random(_shape(shape)).astype(dtype), requires_grad=requires_grad)
+
+
+def zeros_like(x, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.zeros_like(_raw(x)), requires_grad=requires_grad)
+
+
+def ones_like(x, requires_grad: bool = False) -> Tensor:
+    return Tensor(np.ones_like(_raw(x)), requires_grad=requires_grad)
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shape):
+        raise ValueError(f"shape must be non-negative integers, got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def _check_rng(rng) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")

@@ -1,0 +1,109 @@
+"""`minifm.functional` (imported as F): torch.nn.functional-style operations on Tensors.
+
+Axis arguments use NumPy's name `axis`. The hot composite operations are single fused Functions
+whose forward and backward call the Cython kernels (softmax, cross-entropy, attention); the rest
+are thin names over minifm.autograd.ops.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minifm.autograd import ops
+from minifm.autograd.grad_mode import is_grad_enabled
+from minifm.autograd.ops.attention import DenseAttention, FlashAttention
+from minifm.autograd.ops.dropout import Dropout
+from minifm.autograd.ops.loss import CrossEntropy
+from minifm.autograd.ops.normalization import LayerNorm, RMSNorm
+from minifm.autograd.ops.softmax import LogSoftmax, Softmax
+from minifm.autograd.tensor import Tensor
+
+# pointwise activations and structural ops, re-exported under their usual names
+relu = ops.relu
+gelu = ops.gelu
+silu = ops.silu
+sigmoid = ops.sigmoid
+tanh = ops.tanh
+softplus = ops.softplus
+linear = ops.linear
+embedding = ops.embedding
+pad = ops.pad
+logsumexp = ops.logsumexp
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> Tensor:
+    """Cross-entropy over the last axis of `logits` (..., V) against integer `targets` (...).
+
+    torch's semantics: rows whose target is `ignore_index` contribute nothing and are not counted by
+    the mean; label smoothing mixes the one-hot target with the uniform distribution.
+    """
+    return CrossEntropy.apply(logits, _raw(targets), ignore_index=ignore_index,
+                              label_smoothing=label_smoothing, reduction=reduction)
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    return LayerNorm.apply(x, weight, bias, eps)
+
+
+def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
+    return RMSNorm.apply(x, weight, eps)
+
+
+def dropout(x, p: float = 0.5, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
+    """Inverted dropout with a mask drawn from `rng` (required when training with p > 0)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"dropout in training needs rng=numpy.random.Generator, got {type(rng).__name__}")
+    return Dropout.apply(x, p, rng)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None = None,
+                                 key_padding_mask=None, q_offset: int = 0) -> Tensor:
+    """softmax(q k^T * scale + mask) v for q (B, H, Tq, D) and k, v (B, Hkv, Tk, D), H % Hkv == 0.
+
+    is_causal uses torch's top-left alignment unless `q_offset` shifts the query positions (a KV
+    cache passes q_offset = Tk - Tq). `key_padding_mask` (B, Tk), True = attend, and causal masking
+    run on the flash-style kernel; a general `attn_mask` (bool "may attend", or additive float)
+    uses the dense path. Rows with no key to attend to produce zeros.
+    """
+    qs, ks, vs = np.shape(_raw(q)), np.shape(_raw(k)), np.shape(_raw(v))
+    if len(qs) != 4 or len(ks) != 4 or ks != vs or qs[0] != ks[0] or qs[3] != ks[3]:
+        raise ValueError(f"attention needs q (B, H, Tq, D) and k, v (B, Hkv, Tk, D); got q {qs}, k {ks}, v {vs}")
+    if qs[1] % ks[1]:
+        raise ValueError(f"query heads {qs[1]} must be a multiple of key/value heads {ks[1]}")
+    if key_padding_mask is not None:
+        key_padding_mask = np.asarray(_raw(key_padding_mask), dtype=bool)
+        if key_padding_mask.shape != (ks[0], ks[2]):
+            raise ValueError(f"key_padding_mask must have shape {(ks[0], ks[2])}, got {key_padding_mask.shape}")
+    if attn_mask is None:
+        return FlashAttention.apply(q, k, v, scale=scale, causal=is_causal, q_offset=q_offset,
+                                    key_mask=key_padding_mask)
+    mask = _raw(attn_mask)
+    if key_padding_mask is not None:
+        padding = key_padding_mask[:, None, None, :]
+        mask = (mask & padding) if np.asarray(mask).dtype == bool else np.where(padding, mask, -np.inf)
+    return DenseAttention.apply(q, k, v, mask, scale=scale, causal=is_causal, q_offset=q_offset)
+
+
+__all__ = [
+    "cross_entropy", "dropout", "embedding", "gelu", "is_grad_enabled", "layer_norm", "linear", "log_softmax",
+    "logsumexp", "pad", "relu", "rms_norm", "scaled_dot_product_attention", "sigmoid", "silu", "softmax",
+    "softplus", "tanh",
+]
