@@ -14,9 +14,14 @@ preference pairs derived from it. See docs/data.md for the full description.
 from minifm.data.tinyworld.corpus import (
     DEFAULT_LANGUAGES, NOISE_KINDS, Document, clean_corpus, generate_corpus, generate_documents,
 )
+from minifm.data.tinyworld.tasks import (
+    POLITE_PREFIXES, RUDE_MARKERS, Task, all_tasks, grade, ground_truth_reward, instructions, normalise,
+    preferences, reference_answer,
+)
 from minifm.data.tinyworld.world import FACT_KINDS, Person, World, default_world
 
 __all__ = [
-    "DEFAULT_LANGUAGES", "FACT_KINDS", "NOISE_KINDS", "Document", "Person", "World", "clean_corpus",
-    "default_world", "generate_corpus", "generate_documents",
+    "DEFAULT_LANGUAGES", "FACT_KINDS", "NOISE_KINDS", "POLITE_PREFIXES", "RUDE_MARKERS", "Document", "Person",
+    "Task", "World", "all_tasks", "clean_corpus", "default_world", "generate_corpus", "generate_documents", "grade",
+    "ground_truth_reward", "instructions", "normalise", "preferences", "reference_answer",
 ]

@@ -188,7 +188,7 @@ def glossary_sentence(words: dict[str, str], language: str) -> str:
 
 
 def vocabulary() -> list[tuple[str, dict[str, str]]]:
-    """Translatable words: (category, {"en":..., "es":..., "de":...}); job nouns in both genders."""
+    """Translatable words: (category, {"en":..., "es":..., "de":...}); jobs as "job" (masculine) and "job_f"."""
     entries: list[tuple[str, dict[str, str]]] = []
     for animal in lx.ANIMALS:
         entries.append(("animal", {lang: lx.animal_word(animal, lang, False) for lang in lx.LANGUAGES}))
@@ -197,8 +197,8 @@ def vocabulary() -> list[tuple[str, dict[str, str]]]:
     for obj in lx.OBJECTS:
         entries.append(("object", {lang: lx.object_word(obj, lang) for lang in lx.LANGUAGES}))
     for job in lx.JOBS:
-        for gender in ("m", "f"):
-            entries.append(("job", {lang: lx.job_word(job, lang, gender) for lang in lx.LANGUAGES}))
+        for gender, category in (("m", "job"), ("f", "job_f")):
+            entries.append((category, {lang: lx.job_word(job, lang, gender) for lang in lx.LANGUAGES}))
     for n in range(1, 11):
         entries.append(("number", {lang: lx.number_word(n, lang) for lang in lx.LANGUAGES}))
     return entries
