@@ -1,0 +1,11 @@
+"""The three transformer families, built from the blocks in minifm.nn.
+
+    gpt.py    GPT / GPTConfig      decoder-only (causal LM)
+    bert.py   BERT / BERTConfig    encoder-only (masked LM, classification)
+    t5.py     T5 / T5Config        encoder-decoder (cross-attention)
+    sizes.py  closed-form parameter counts, FLOPs per token, memory estimates
+    config.py shared config/init helpers
+"""
+from minifm.models.gpt import GPT, GPTConfig
+
+__all__ = ["GPT", "GPTConfig"]

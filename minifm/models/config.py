@@ -1,0 +1,120 @@
+"""Helpers shared by the model configs and models: dict round trip, FFN width, GPT-2 init, RNG wiring.
+
+ConfigBase gives every config dataclass `to_dict()` and `from_dict(d)`; from_dict rejects unknown
+keys with the list of valid ones (a typo in a JSON config must not be silently ignored).
+
+init_gpt2_style(model, n_layer, std, rng) is GPT-2's initialisation: every Linear and Embedding
+weight ~ N(0, std^2) (std = 0.02), biases 0, norm weights 1, and the projections that add into the
+residual stream (attention `o_proj`, MLP `fc_out` / `down_proj`) ~ N(0, (std / sqrt(2 * n_layer))^2),
+so the residual stream's variance does not grow with depth (two residual additions per layer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from minifm.nn import init
+from minifm.nn.layers import Dropout, Embedding, Linear
+
+RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: to_dict / from_dict with unknown keys rejected."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        if not isinstance(values, dict):
+            raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(values).__name__}")
+        valid = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid keys are {valid}")
+        return cls(**values)
+
+
+def check_choice(config_name: str, field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{config_name}.{field} must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive_int(config_name: str, field: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{config_name}.{field} must be a positive integer, got {value!r}")
+
+
+def check_heads(config_name: str, dim: int, n_head: int, n_kv_head: int | None, pos: str = "learned") -> None:
+    if dim % n_head:
+        raise ValueError(f"{config_name}: the width {dim} must be divisible by n_head {n_head}")
+    if n_kv_head is not None and (n_kv_head <= 0 or n_head % n_kv_head):
+        raise ValueError(f"{config_name}: n_head {n_head} must be a positive multiple of n_kv_head {n_kv_head}")
+    if pos == "rope" and (dim // n_head) % 2:
+        raise ValueError(f"{config_name}: RoPE needs an even head dimension, got {dim // n_head}")
+
+
+def ffn_hidden_size(mlp: str, dim: int, mlp_ratio: float, mlp_hidden: int | None) -> int:
+    """Width of the feed-forward hidden layer.
+
+    An explicit mlp_hidden wins. Otherwise GELU uses mlp_ratio * dim (4d in GPT-2); SwiGLU has three
+    matrices instead of two, so it uses 2/3 of that, rounded up to a multiple of 8 (LLaMA's rule),
+    to keep the parameter count about the same.
+    """
+    if mlp_hidden is not None:
+        return int(mlp_hidden)
+    hidden = mlp_ratio * dim
+    if mlp == "swiglu":
+        return 8 * math.ceil(2 * hidden / 3 / 8)
+    return int(round(hidden))
+
+
+def seeded_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators from one seed: (weights initialisation, dropout)."""
+    init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(init_seq), np.random.default_rng(dropout_seq)
+
+
+def init_gpt2_style(model, n_layer: int, std: float, rng: np.random.Generator) -> None:
+    """Re-initialise `model` in place with GPT-2's scheme (see the module docstring)."""
+    residual_std = std / math.sqrt(2 * n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, Linear):
+            is_residual = name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS
+            init.normal_(module.weight, 0.0, residual_std if is_residual else std, rng=rng)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, Embedding):
+            init.normal_(module.weight, 0.0, std, rng=rng)
+
+
+def attach_dropout_rng(model, rng: np.random.Generator) -> None:
+    """Give every Dropout in `model` the model's generator (one stream, saved with the training state)."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.rng = rng
+
+
+def check_ids(name: str, ids) -> np.ndarray:
+    """Validate a (B, T) integer id array and return it as an ndarray."""
+    ids = np.asarray(getattr(ids, "data", ids))
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (batch, time) array, got shape {ids.shape}")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {ids.dtype}")
+    return ids
+
+
+def check_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray:
+    """Validate a (B, T) 0/1 or bool mask; return it as bool."""
+    mask = np.asarray(getattr(mask, "data", mask))
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
+    if mask.dtype != bool:
+        if not np.all((mask == 0) | (mask == 1)):
+            raise ValueError(f"{name} must hold only 0/1 (or bool) values")
+        mask = mask.astype(bool)
+    return mask

@@ -1,0 +1,247 @@
+"""Multi-head attention (MHA / GQA / MQA, self or cross), rotary position embedding, and the KV cache.
+
+MultiHeadAttention, for x (B, T, dim):
+    q = q_proj(x) -> (B, H, T, D)      k = k_proj(src), v = v_proj(src) -> (B, Hkv, S, D)
+    (RoPE rotates q and k by their positions, self-attention only)
+    (a KVCache appends the new k, v to the cached ones; `prefix_kv` prepends learned ones)
+    out = softmax(q k^T / sqrt(D) + masks) v -> (B, T, H * D) -> o_proj
+with src = x for self-attention or the encoder's states for cross-attention. H must be a multiple
+of Hkv: each group of H / Hkv query heads shares one key/value head (GQA; Hkv = 1 is MQA,
+Hkv = H is ordinary MHA). The softmax/attention is one fused Function
+(F.scaled_dot_product_attention, flash-style kernel); masks are passed as a causal flag with a
+query offset and a per-key padding mask, never as a materialised (T, T) matrix.
+
+RoPE (Su et al.): the pair (x_i, x_{i + D/2}) of each head is rotated by the angle
+position * base^(-2i / D) ("rotate half" layout, as in LLaMA / GPT-NeoX). Rotation by the position
+difference is what the q.k product then sees, so attention depends on relative position only.
+
+KVCache: one preallocated (B, Hkv, max_length, D) key and value buffer per layer plus `length`,
+the number of positions already stored. A forward with a cache writes its new keys/values at
+[length, length + T) of every layer and the model then advances `length` by T; `reorder` permutes
+the batch (beam search). Simplifications: no attention-probability dropout; the cache stores the
+self-attention keys/values only (cross-attention keys are recomputed from the encoder output).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import minifm.functional as F
+from minifm.autograd import ops
+from minifm.autograd.function import Function
+from minifm.autograd.tensor import Tensor
+from minifm.nn.layers import Linear
+from minifm.nn.module import Module
+
+
+# ---------------------------------------------------------------------------- rotary embedding
+class _Rotate(Function):
+    """out = x rotated pairwise by angles whose cos/sin are given; x (..., T, D), cos/sin (..., T, D/2)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        half = x.shape[-1] // 2
+        first, second = x[..., :half], x[..., half:]
+        out = np.empty_like(x)
+        np.multiply(first, cos, out=out[..., :half])
+        out[..., :half] -= second * sin
+        np.multiply(second, cos, out=out[..., half:])
+        out[..., half:] += first * sin
+        ctx.cos, ctx.sin = cos, sin
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # the transpose of a rotation is the rotation by the opposite angle
+        half = grad.shape[-1] // 2
+        cos, sin = ctx.cos, ctx.sin
+        g_first, g_second = grad[..., :half], grad[..., half:]
+        dx = np.empty_like(grad)
+        np.multiply(g_first, cos, out=dx[..., :half])
+        dx[..., :half] += g_second * sin
+        np.multiply(g_second, cos, out=dx[..., half:])
+        dx[..., half:] -= g_first * sin
+        return dx, None, None
+
+
+class RotaryEmbedding:
+    """Computes RoPE's cos/sin tables for given positions and applies the rotation (no parameters)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = float(base)
+        self.inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+
+    def cos_sin(self, positions: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """positions (B, T) or (T,) integers -> cos, sin shaped (B or 1, 1, T, D/2) in `dtype`."""
+        positions = np.asarray(positions)
+        if positions.ndim == 1:
+            positions = positions[None, :]
+        angles = positions[:, None, :, None].astype(np.float64) * self.inv_freq  # (B, 1, T, D/2)
+        return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+    def rotate(self, x, cos, sin):
+        """x (B, heads, T, D) Tensor rotated by the precomputed tables."""
+        return _Rotate.apply(x, cos, sin)
+
+
+# ---------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Per-layer key/value buffers for incremental decoding (see the module docstring)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, head_dim: int, max_length: int):
+        for name, value in (("n_layer", n_layer), ("batch_size", batch_size), ("n_kv_head", n_kv_head),
+                            ("head_dim", head_dim), ("max_length", max_length)):
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"KVCache {name} must be a positive integer, got {value!r}")
+        self.n_layer, self.batch_size, self.n_kv_head = n_layer, batch_size, n_kv_head
+        self.head_dim, self.max_length = head_dim, max_length
+        self.keys: list[np.ndarray | None] = [None] * n_layer  # each (B, Hkv, max_length, D), allocated lazily
+        self.values: list[np.ndarray | None] = [None] * n_layer
+        self.length = 0
+
+    def extend(self, layer_index: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k_new, v_new (B, Hkv, T, D) after the cached positions; return all keys/values so far.
+
+        Does not advance `length` (every layer of one forward writes at the same offset; the model
+        calls `advance` once). Gradients flow to the new keys/values, never into the cache.
+        """
+        batch, heads, steps, dim = k_new.shape
+        if (batch, heads, dim) != (self.batch_size, self.n_kv_head, self.head_dim):
+            raise ValueError(
+                f"KVCache holds (batch={self.batch_size}, kv_heads={self.n_kv_head}, head_dim={self.head_dim}) "
+                f"but got keys of shape {k_new.shape}"
+            )
+        end = self.length + steps
+        if end > self.max_length:
+            raise ValueError(f"KVCache is full: {self.length} cached + {steps} new > max_length {self.max_length}")
+        if self.keys[layer_index] is None:
+            shape = (self.batch_size, self.n_kv_head, self.max_length, self.head_dim)
+            self.keys[layer_index] = np.zeros(shape, dtype=k_new.dtype)
+            self.values[layer_index] = np.zeros(shape, dtype=v_new.dtype)
+        keys, values = self.keys[layer_index], self.values[layer_index]
+        keys[:, :, self.length:end] = k_new.data
+        values[:, :, self.length:end] = v_new.data
+        if (k_new.requires_grad or v_new.requires_grad) and self.length > 0:
+            past_k = Tensor(keys[:, :, :self.length])
+            past_v = Tensor(values[:, :, :self.length])
+            return ops.concatenate([past_k, k_new], axis=2), ops.concatenate([past_v, v_new], axis=2)
+        if k_new.requires_grad or v_new.requires_grad:
+            return k_new, v_new
+        return Tensor(keys[:, :, :end]), Tensor(values[:, :, :end])
+
+    def advance(self, steps: int) -> None:
+        if self.length + steps > self.max_length:
+            raise ValueError(f"KVCache cannot advance by {steps}: length {self.length}, max_length {self.max_length}")
+        self.length += steps
+
+    def reorder(self, batch_indices) -> None:
+        """Keep/duplicate batch rows: row i of the new cache is row batch_indices[i] of the old one."""
+        batch_indices = np.asarray(batch_indices)
+        if batch_indices.ndim != 1 or batch_indices.dtype.kind not in "iu":
+            raise ValueError(f"batch_indices must be a 1-D integer array, got {batch_indices.dtype} {batch_indices.shape}")
+        if batch_indices.size and (batch_indices.min() < 0 or batch_indices.max() >= self.batch_size):
+            raise IndexError(f"batch_indices must lie in [0, {self.batch_size}), got {batch_indices.tolist()}")
+        for layer in range(self.n_layer):
+            if self.keys[layer] is not None:
+                self.keys[layer] = self.keys[layer][batch_indices]
+                self.values[layer] = self.values[layer][batch_indices]
+        self.batch_size = int(batch_indices.size)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+# ---------------------------------------------------------------------------- attention
+class MultiHeadAttention(Module):
+    """Self- or cross-attention with separate q/k/v/o projections (see the module docstring).
+
+    Arguments: embed_dim (model width), num_heads, num_kv_heads (default num_heads), bias,
+    causal (mask future keys), rope (a RotaryEmbedding or None), kv_dim (width of the
+    cross-attention source; default embed_dim).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int | None = None, bias: bool = True,
+                 causal: bool = False, rope: RotaryEmbedding | None = None, kv_dim: int | None = None):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} must be a positive multiple of num_kv_heads {num_kv_heads}")
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.causal = causal
+        self.rope = rope
+        kv_dim = embed_dim if kv_dim is None else kv_dim
+        self.q_proj = Linear(embed_dim, num_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(num_heads * self.head_dim, embed_dim, bias=bias)
+        self.prefix_kv = None  # (k_prefix, v_prefix), each (Hkv, P, D): prefix tuning
+
+    def _split_heads(self, x, heads: int):
+        batch, steps, _ = x.shape
+        return x.reshape(batch, steps, heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, heads, T, D)
+
+    def forward(self, x, key_value_states=None, key_padding_mask=None, positions=None, cache: KVCache | None = None,
+                layer_index: int = 0):
+        """x (B, T, embed_dim) -> (B, T, embed_dim).
+
+        key_value_states: (B, S, kv_dim) for cross-attention, None for self-attention.
+        key_padding_mask: (B, S_total) bool, True = may attend, covering cached + new keys (not the prefix).
+        positions: (B, T) or (T,) integer positions of the new tokens (needed with RoPE).
+        cache/layer_index: a KVCache to read and extend (self-attention only).
+        """
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"attention input must be (B, T, {self.embed_dim}), got {x.shape}")
+        batch, steps, _ = x.shape
+        is_cross = key_value_states is not None
+        source = key_value_states if is_cross else x
+        q = self._split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
+        k = self._split_heads(self.k_proj(source), self.num_kv_heads)  # (B, Hkv, S, D)
+        v = self._split_heads(self.v_proj(source), self.num_kv_heads)  # (B, Hkv, S, D)
+        if self.rope is not None and not is_cross:
+            if positions is None:
+                past = cache.length if cache is not None else 0
+                positions = np.arange(past, past + steps)
+            cos, sin = self.rope.cos_sin(positions, x.dtype)  # (B|1, 1, T, D/2)
+            q = self.rope.rotate(q, cos, sin)
+            k = self.rope.rotate(k, cos, sin)
+        if cache is not None:
+            if is_cross:
+                raise ValueError("a KVCache is for self-attention; cross-attention recomputes from the encoder states")
+            k, v = cache.extend(layer_index, k, v)  # (B, Hkv, past + T, D)
+        if self.prefix_kv is not None:
+            k, v, key_padding_mask = self._prepend_prefix(k, v, key_padding_mask, batch)
+        q_offset = k.shape[2] - steps if self.causal else 0
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, key_padding_mask=key_padding_mask,
+                                             q_offset=q_offset)  # (B, H, T, D)
+        out = out.transpose(0, 2, 1, 3).reshape(batch, steps, self.num_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(out)
+
+    def _prepend_prefix(self, k, v, key_padding_mask, batch):
+        prefix_k, prefix_v = self.prefix_kv
+        prefix_k = prefix_k if isinstance(prefix_k, Tensor) else Tensor(np.asarray(prefix_k, dtype=k.dtype))
+        prefix_v = prefix_v if isinstance(prefix_v, Tensor) else Tensor(np.asarray(prefix_v, dtype=v.dtype))
+        expected = (self.num_kv_heads, prefix_k.shape[1] if prefix_k.ndim == 3 else -1, self.head_dim)
+        if prefix_k.shape != expected or prefix_v.shape != expected:
+            raise ValueError(
+                f"prefix_kv must be two tensors of shape (num_kv_heads={self.num_kv_heads}, P, "
+                f"head_dim={self.head_dim}); got {prefix_k.shape} and {prefix_v.shape}"
+            )
+        n_prefix = prefix_k.shape[1]
+        full_shape = (batch, self.num_kv_heads, n_prefix, self.head_dim)
+        prefix_k = prefix_k.unsqueeze(0).broadcast_to(full_shape)  # (B, Hkv, P, D)
+        prefix_v = prefix_v.unsqueeze(0).broadcast_to(full_shape)
+        k = ops.concatenate([prefix_k, k], axis=2)  # (B, Hkv, P + S, D)
+        v = ops.concatenate([prefix_v, v], axis=2)
+        if key_padding_mask is not None:
+            always = np.ones((batch, n_prefix), dtype=bool)
+            key_padding_mask = np.concatenate([always, np.asarray(key_padding_mask, dtype=bool)], axis=1)
+        return k, v, key_padding_mask
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+                f"causal={self.causal}, rope={self.rope is not None}")

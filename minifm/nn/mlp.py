@@ -1,0 +1,44 @@
+"""The transformer's position-wise feed-forward layers.
+
+MLP     y = fc_out(gelu(fc_in(x)))                           (GPT-2, BERT; exact erf GELU)
+SwiGLU  y = down_proj(silu(gate_proj(x)) * up_proj(x))       (LLaMA / PaLM's gated variant)
+
+Simplification: no dropout inside the feed-forward (the block applies residual dropout after it).
+"""
+from __future__ import annotations
+
+import minifm.functional as F
+from minifm.nn.layers import Linear
+from minifm.nn.module import Module
+
+
+class MLP(Module):
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = True, approximate: str = "none"):
+        super().__init__()
+        self.fc_in = Linear(dim, hidden_dim, bias=bias)
+        self.fc_out = Linear(hidden_dim, dim, bias=bias)
+        self.approximate = approximate
+
+    def forward(self, x):
+        hidden = F.gelu(self.fc_in(x), approximate=self.approximate)  # (..., hidden)
+        return self.fc_out(hidden)  # (..., dim)
+
+
+class SwiGLU(Module):
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = Linear(dim, hidden_dim, bias=bias)
+        self.up_proj = Linear(dim, hidden_dim, bias=bias)
+        self.down_proj = Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x):
+        gated = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (..., hidden)
+        return self.down_proj(gated)  # (..., dim)
+
+
+def make_mlp(kind: str, dim: int, hidden_dim: int, bias: bool) -> Module:
+    if kind == "gelu":
+        return MLP(dim, hidden_dim, bias=bias)
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden_dim, bias=bias)
+    raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {kind!r}")
