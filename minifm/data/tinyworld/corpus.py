@@ -42,7 +42,7 @@ DEFAULT_LANGUAGES = {"en": 0.8, "es": 0.12, "de": 0.08}
 NOISE_KINDS = ("navigation", "cookie_notice", "exact_duplicate", "near_duplicate", "gibberish",
                "keyword_spam", "markup", "bullet_list", "teaser", "short")
 PARAGRAPH_KINDS = ("person", "town", "census", "arithmetic", "glossary")
-PARAGRAPH_WEIGHTS = (0.45, 0.15, 0.15, 0.15, 0.10)
+PARAGRAPH_WEIGHTS = (0.40, 0.15, 0.15, 0.15, 0.15)
 MIN_DOCUMENT_WORDS = 55
 
 
@@ -54,28 +54,43 @@ class Document:
 
 
 # ------------------------------------------------------------------ clean paragraphs
-def person_paragraph(world: World, rng: random.Random, language: str) -> str:
+class VariantPicker:
+    """Chooses template variants, preferring ones not yet used in the current document, so a
+    document does not repeat the same template (which Gopher's n-gram rules would flag)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.used: set[tuple[str, str, int]] = set()
+
+    def pick(self, kind: str, language: str, n_variants: int) -> int:
+        fresh = [v for v in range(n_variants) if (kind, language, v) not in self.used]
+        variant = self.rng.choice(fresh or range(n_variants))
+        self.used.add((kind, language, variant))
+        return variant
+
+
+def person_paragraph(world: World, rng: random.Random, language: str, picker: VariantPicker) -> str:
     person = rng.choice(world.people)
     kinds = rng.sample(FACT_KINDS, rng.randint(3, 5))
     out = []
     for position, kind in enumerate(kinds):
-        variant = rng.randrange(sx.FACT_VARIANTS[kind][language])
+        variant = picker.pick(kind, language, sx.FACT_VARIANTS[kind][language])
         out.append(sx.fact_sentence(person, kind, language, variant, pronoun=position > 0 and rng.random() < 0.5))
     return " ".join(out)
 
 
-def town_paragraph(world: World, rng: random.Random, language: str) -> str:
+def town_paragraph(world: World, rng: random.Random, language: str, picker: VariantPicker) -> str:
     town = rng.choice(world.towns)
     residents = world.residents(town)
     names = [p.name for p in residents]
     out = [sx.with_names(sx.town_count_sentence(town, len(names), language), names, language)]
     for person in rng.sample(residents, min(len(residents), rng.randint(1, 2))):
         for kind in rng.sample(("job", "pets", "colour", "object"), rng.randint(1, 2)):
-            out.append(sx.fact_sentence(person, kind, language, rng.randrange(sx.FACT_VARIANTS[kind][language])))
+            out.append(sx.fact_sentence(person, kind, language, picker.pick(kind, language, sx.FACT_VARIANTS[kind][language])))
     return " ".join(out)
 
 
-def census_paragraph(world: World, rng: random.Random, language: str) -> str:
+def census_paragraph(world: World, rng: random.Random, language: str, picker: VariantPicker) -> str:
     if rng.random() < 0.5:
         animal = rng.choice(world.animals)
         names = [p.name for p in world.owners(animal)]
@@ -85,36 +100,47 @@ def census_paragraph(world: World, rng: random.Random, language: str) -> str:
         names = [p.name for p in world.workers(job)]
         first = sx.with_names(sx.job_count_sentence(job, len(names), language), names, language)
     person = rng.choice(world.people)
-    return first + " " + sx.fact_sentence(person, rng.choice(("pets", "job")), language)
+    kind = rng.choice(("pets", "job"))
+    return first + " " + sx.fact_sentence(person, kind, language, picker.pick(kind, language, sx.FACT_VARIANTS[kind][language]))
 
 
-def arithmetic_paragraph(world: World, rng: random.Random, language: str) -> str:
+def arithmetic_paragraph(world: World, rng: random.Random, language: str, picker: VariantPicker) -> str:
     if rng.random() < 0.5:
         a, b = rng.sample(world.people, 2)
-        return " ".join((sx.fact_sentence(a, "pets", language), sx.fact_sentence(b, "pets", language),
+        return " ".join((sx.fact_sentence(a, "pets", language), sx.fact_sentence(b, "pets", language, 1),
                          sx.together_sentence(a, b, language)))
     person = rng.choice(world.people)
     extra = rng.randint(1, 5)
     return sx.fact_sentence(person, "pets", language) + " " + sx.gets_more_sentence(person, extra, language)
 
 
-def glossary_paragraph(world: World, rng: random.Random, language: str) -> str:
-    entries = sx.vocabulary()
-    return " ".join(sx.glossary_sentence(words, language) for _, words in rng.sample(entries, rng.randint(2, 3)))
+def glossary_paragraph(world: World, rng: random.Random, language: str, picker: VariantPicker) -> str:
+    entries = rng.sample(sx.vocabulary(), 2)
+    variants = rng.sample(range(sx.GLOSSARY_VARIANTS), 2)
+    return " ".join(sx.glossary_sentence(words, language, v) for (_, words), v in zip(entries, variants))
 
 
 PARAGRAPH_BUILDERS = {"person": person_paragraph, "town": town_paragraph, "census": census_paragraph,
                       "arithmetic": arithmetic_paragraph, "glossary": glossary_paragraph}
+MAX_PARAGRAPHS_OF_KIND = {"person": 3, "town": 1, "census": 1, "arithmetic": 1, "glossary": 1}
 
 
 def clean_document(world: World, rng: random.Random, language: str) -> str:
-    """3+ paragraphs, one per line, at least MIN_DOCUMENT_WORDS words, at most ~140."""
-    target_words = rng.randint(MIN_DOCUMENT_WORDS, 140)
+    """3+ paragraphs, one per line, at least MIN_DOCUMENT_WORDS words; at most
+    MAX_PARAGRAPHS_OF_KIND of each paragraph kind and template variants not repeated if avoidable."""
+    target_words = rng.randint(MIN_DOCUMENT_WORDS, 130)
+    picker = VariantPicker(rng)
     paragraphs: list[str] = []
+    used = dict.fromkeys(PARAGRAPH_KINDS, 0)
     n_words = 0
     while n_words < target_words or len(paragraphs) < 3:
-        kind = rng.choices(PARAGRAPH_KINDS, PARAGRAPH_WEIGHTS)[0]
-        paragraph = PARAGRAPH_BUILDERS[kind](world, rng, language)
+        available = [k for k in PARAGRAPH_KINDS if used[k] < MAX_PARAGRAPHS_OF_KIND[k]]
+        if not available:
+            break
+        weights = [PARAGRAPH_WEIGHTS[PARAGRAPH_KINDS.index(k)] for k in available]
+        kind = rng.choices(available, weights)[0]
+        used[kind] += 1
+        paragraph = PARAGRAPH_BUILDERS[kind](world, rng, language, picker)
         paragraphs.append(paragraph)
         n_words += len(paragraph.split())
     return "\n".join(paragraphs)
@@ -157,28 +183,33 @@ def keyword_spam_page(rng: random.Random) -> str:
 
 
 def markup_page(rng: random.Random, world: World) -> str:
-    person = rng.choice(world.people)
-    town = person.town.lower()
-    return "\n".join((
-        f'<div class="nav"><a href="/{town}">{person.town}</a> <a href="/pets">Pets</a></div>',
-        f".menu {{ color: {rng.choice(list(lx.COLOURS))}; margin: {rng.randint(0, 20)}px; }}",
-        f'function openMenu() {{ document.getElementById("{town}").style.display = "block"; }}',
-        f"<p>{sx.fact_sentence(person, 'town', 'en')}</p>",
-        "var config = { lang: 'en', page: " + str(rng.randint(1, 99)) + " };",
-    ))
+    lines = []
+    for _ in range(rng.randint(3, 5)):
+        person = rng.choice(world.people)
+        town = person.town.lower()
+        lines += [
+            f'<div class="nav"><a href="/{town}">{person.town}</a> <a href="/pets">Pets</a></div>',
+            f".menu {{ color: {rng.choice(list(lx.COLOURS))}; margin: {rng.randint(0, 20)}px; }}",
+            f'function openMenu() {{ document.getElementById("{town}").style.display = "block"; }}',
+            f"<p>{sx.fact_sentence(person, 'town', 'en')}</p>",
+        ]
+    return "\n".join(lines)
 
 
-def bullet_list_page(rng: random.Random) -> str:
+def bullet_list_page(rng: random.Random, world: World) -> str:
     bullet = rng.choice(("•", "-", "*", "·"))
-    return "\n".join(f"{bullet} {item}" for item in rng.sample(NAV_ITEMS, rng.randint(6, 12)))
+    items = [f"{bullet} {item}" for item in rng.sample(NAV_ITEMS, rng.randint(5, 8))]
+    items += [f"{bullet} Photos of the {lx.animal_word(a, 'en', True)} in {t}"
+              for a, t in zip(rng.sample(world.animals, 6), rng.sample(world.towns, 6))]
+    return "\n".join(items)
 
 
 def teaser_page(rng: random.Random, world: World) -> str:
     lines = []
-    for _ in range(rng.randint(4, 7)):
-        sentence = sx.fact_sentence(rng.choice(world.people), rng.choice(FACT_KINDS), "en")
+    for _ in range(rng.randint(8, 12)):
+        sentence = sx.fact_sentence(rng.choice(world.people), rng.choice(FACT_KINDS), "en", 0)
         words = sentence.split()
-        lines.append(" ".join(words[: max(2, len(words) - 2)]) + "...")
+        lines.append(" ".join(words[: max(2, len(words) - 1)]) + " and then...")
     lines.append("Read more...")
     return "\n".join(lines)
 
@@ -255,7 +286,7 @@ def generate_documents(size_bytes: int = 1_000_000, seed: int = 0, languages: di
                 "gibberish": lambda: gibberish_page(rng),
                 "keyword_spam": lambda: keyword_spam_page(rng),
                 "markup": lambda: markup_page(rng, world),
-                "bullet_list": lambda: bullet_list_page(rng),
+                "bullet_list": lambda: bullet_list_page(rng, world),
                 "teaser": lambda: teaser_page(rng, world),
                 "short": lambda: short_page(rng),
             }[kind]()

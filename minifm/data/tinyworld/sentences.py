@@ -177,14 +177,23 @@ def will_have_sentence(person: Person, extra: int, language: str = "en") -> str:
 
 
 # ------------------------------------------------------------------ glossary statements
-def glossary_sentence(words: dict[str, str], language: str) -> str:
+GLOSSARY_VARIANTS = 3
+
+
+def glossary_sentence(words: dict[str, str], language: str, variant: int = 0) -> str:
     """A sentence giving one concept's word in all three languages, written in `language`."""
     en, es, de = words["en"], words["es"], words["de"]
     if language == "en":
-        return f"The word {en} is {es} in Spanish and {de} in German."
+        return (f"The word {en} is {es} in Spanish and {de} in German.",
+                f"In Spanish, {en} is {es}; in German, it is {de}.",
+                f"{lx.capitalise(en)} means {es} in Spanish and {de} in German.")[variant]
     if language == "es":
-        return f"La palabra {es} se dice {en} en inglés y {de} en alemán."
-    return f"Das Wort {de} heißt {en} auf Englisch und {es} auf Spanisch."
+        return (f"La palabra {es} se dice {en} en inglés y {de} en alemán.",
+                f"En inglés, {es} es {en}; en alemán, es {de}.",
+                f"{lx.capitalise(es)} significa {en} en inglés y {de} en alemán.")[variant]
+    return (f"Das Wort {de} heißt {en} auf Englisch und {es} auf Spanisch.",
+            f"Auf Englisch heißt {de} {en}, auf Spanisch {es}.",
+            f"{lx.capitalise(de)} bedeutet {en} auf Englisch und {es} auf Spanisch.")[variant]
 
 
 def vocabulary() -> list[tuple[str, dict[str, str]]]:
