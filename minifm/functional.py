@@ -34,6 +34,22 @@ def _raw(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def logsigmoid(x) -> Tensor:
+    """log(sigmoid(x)) = -softplus(-x), computed without overflow (DPO and reward losses use it)."""
+    return -ops.softplus(-x)
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:  # noqa: A002  (torch's name)
+    """Squared error (input - target)^2, averaged ("mean"), summed ("sum") or per element ("none")."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    difference = input - target
+    squared = difference * difference
+    if reduction == "none":
+        return squared
+    return squared.sum() if reduction == "sum" else squared.mean()
+
+
 def softmax(x, axis: int = -1) -> Tensor:
     return Softmax.apply(x, axis=axis)
 
@@ -95,7 +111,16 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
     if attn_mask is None:
         return FlashAttention.apply(q, k, v, scale=scale, causal=is_causal, q_offset=q_offset,
                                     key_mask=key_padding_mask)
-    mask = _raw(attn_mask)
+    mask = np.asarray(_raw(attn_mask))
+    if mask.dtype != bool and mask.dtype.kind != "f":
+        raise TypeError(f"attn_mask must be boolean (True = may attend) or float (additive), got dtype {mask.dtype}")
+    try:
+        fits = np.broadcast_shapes(mask.shape, (qs[0], qs[1], qs[2], ks[2])) == (qs[0], qs[1], qs[2], ks[2])
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to (B, H, Tq, Tk) = "
+                         f"{(qs[0], qs[1], qs[2], ks[2])}")
     if key_padding_mask is not None:
         padding = key_padding_mask[:, None, None, :]
         mask = (mask & padding) if np.asarray(mask).dtype == bool else np.where(padding, mask, -np.inf)
@@ -104,6 +129,6 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
 
 __all__ = [
     "cross_entropy", "dropout", "embedding", "gelu", "is_grad_enabled", "layer_norm", "linear", "log_softmax",
-    "logsumexp", "pad", "relu", "rms_norm", "scaled_dot_product_attention", "sigmoid", "silu", "softmax",
+    "logsigmoid", "logsumexp", "mse_loss", "pad", "relu", "rms_norm", "scaled_dot_product_attention", "sigmoid", "silu", "softmax",
     "softplus", "tanh",
 ]

@@ -7,6 +7,8 @@
     ops/           the differentiable operations
     gradcheck.py   gradcheck(): backward() against central differences in float64
 """
+from minifm.autograd import ops
+from minifm.autograd.engine import set_check_finite
 from minifm.autograd.function import Context, Function, unbroadcast
 from minifm.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad
 from minifm.autograd.gradcheck import GradcheckError, gradcheck
@@ -14,6 +16,7 @@ from minifm.autograd.tensor import Tensor, full, ones, ones_like, rand, randn, t
 
 __all__ = [
     "Context", "Function", "GradcheckError", "Tensor", "enable_grad", "full", "gradcheck",
-    "is_grad_enabled", "no_grad", "ones", "ones_like", "rand", "randn", "tensor", "unbroadcast",
+    "is_grad_enabled", "no_grad", "ones", "ones_like", "ops", "rand", "randn", "set_check_finite", "tensor",
+    "unbroadcast",
     "zeros", "zeros_like",
 ]

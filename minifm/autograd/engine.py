@@ -5,15 +5,30 @@
 2. Visit the nodes in that order with the gradient of the output at hand, call the node's
    `Function.backward`, and add each input's share to a pending sum (a node used twice receives
    the sum of both contributions before its own backward runs).
-3. Leaves (tensors created by the user with requires_grad=True) accumulate into `.grad`.
+3. Leaves (tensors created by the user with requires_grad=True) accumulate into `.grad`, in the
+   leaf's own dtype (a float32 leaf always gets a float32 gradient).
 
-Unless `retain_graph=True`, each node's saved context is dropped after use, so a second backward
-through the same graph raises instead of silently reusing freed buffers. Gradients are never
-written into the arrays they came from: neither inputs nor the caller's `grad` are mutated.
+Unless `retain_graph=True`, each node's saved context and its links to its inputs are dropped after
+use: the memory of the activations is released as soon as backward has passed them, and a second
+backward through the same graph raises instead of silently reusing freed buffers. Gradients are
+never written into the arrays they came from: neither inputs nor the caller's `grad` are mutated.
+
+Nothing non-finite passes silently: the caller's `grad` must be finite, and a NaN/inf arriving at a
+leaf raises FloatingPointError naming the leaf's shape and the operation that produced it
+(`set_check_finite(False)` turns the leaf check off, e.g. to study a diverging run).
 """
 from __future__ import annotations
 
 import numpy as np
+
+_check_finite = True
+
+
+def set_check_finite(enabled: bool) -> bool:
+    """Turn the NaN/inf check on leaf gradients on or off; returns the previous setting."""
+    global _check_finite
+    previous, _check_finite = _check_finite, bool(enabled)
+    return previous
 
 
 def _topological_order(root) -> list:
@@ -36,6 +51,34 @@ def _topological_order(root) -> list:
     return order
 
 
+def _initial_grad(root, grad) -> np.ndarray:
+    """The gradient that seeds the walk: ones for a scalar root, else the caller's (checked) grad."""
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(
+                f"backward() without a grad argument needs a scalar output, got shape {root.shape}; "
+                "pass grad= with the output's shape"
+            )
+        return np.ones_like(root.data)
+    grad = np.asarray(getattr(grad, "data", grad))
+    if grad.shape != root.shape:
+        raise ValueError(f"grad has shape {grad.shape} but the output has shape {root.shape}")
+    if grad.dtype.kind not in "fiub":
+        raise TypeError(f"grad must be a float array, got dtype {grad.dtype}")
+    if not np.all(np.isfinite(grad)):
+        raise FloatingPointError(f"the grad passed to backward() (shape {grad.shape}) contains NaN or inf")
+    return grad.astype(root.dtype, copy=False)
+
+
+def _check_leaf_grad(leaf, grad: np.ndarray, producer: str) -> None:
+    if _check_finite and not np.all(np.isfinite(grad)):
+        raise FloatingPointError(
+            f"non-finite gradient (NaN or inf) for a leaf tensor of shape {leaf.shape}, coming from "
+            f"{producer}.backward; check the loss and the inputs for NaN/inf, or values outside an "
+            "op's domain (log/sqrt/div near 0)"
+        )
+
+
 def backward(root, grad=None, retain_graph: bool = False) -> None:
     """Accumulate d(root)/d(leaf), weighted by `grad`, into every leaf's `.grad`."""
     if not root.requires_grad:
@@ -43,21 +86,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             "backward() called on a tensor that does not require grad "
             "(no input had requires_grad=True, or it was computed under no_grad())"
         )
-    if grad is None:
-        if root.data.size != 1:
-            raise RuntimeError(
-                f"backward() without a grad argument needs a scalar output, got shape {root.shape}; "
-                "pass grad= with the output's shape"
-            )
-        grad = np.ones_like(root.data)
-    else:
-        grad = np.asarray(getattr(grad, "data", grad))
-        if grad.shape != root.shape:
-            raise ValueError(f"grad has shape {grad.shape} but the output has shape {root.shape}")
-    if not np.all(np.isfinite(grad)):
-        raise FloatingPointError("the grad passed to backward() contains NaN or inf")
-
-    pending: dict[int, np.ndarray] = {id(root): grad}
+    pending: dict[int, np.ndarray] = {id(root): _initial_grad(root, grad)}
     for node in _topological_order(root):
         node_grad = pending.pop(id(node), None)
         if node_grad is None:
@@ -71,19 +100,27 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                 "trying to backward through the graph a second time (its saved buffers were freed); "
                 "call backward(retain_graph=True) the first time if you need to"
             )
+        name = node._grad_fn.__name__
         input_grads = node._grad_fn.backward(node._ctx, node_grad)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        if len(input_grads) != len(node._parents):
+            raise RuntimeError(
+                f"{name}.backward returned {len(input_grads)} gradients for {len(node._parents)} inputs"
+            )
         for parent, parent_grad in zip(node._parents, input_grads):
             if parent is None or parent_grad is None:
                 continue
+            parent_grad = np.asarray(parent_grad)
             if parent_grad.shape != parent.shape:
                 raise RuntimeError(
-                    f"{node._grad_fn.__name__}.backward returned a gradient of shape "
+                    f"{name}.backward returned a gradient of shape "
                     f"{parent_grad.shape} for an input of shape {parent.shape}"
                 )
             if parent_grad.dtype != parent.data.dtype:
                 parent_grad = parent_grad.astype(parent.data.dtype)
+            if parent._grad_fn is None:
+                _check_leaf_grad(parent, parent_grad, name)
             key = id(parent)
             if key in pending:
                 pending[key] = pending[key] + parent_grad  # new array: never mutate a gradient
@@ -91,3 +128,4 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                 pending[key] = parent_grad
         if not retain_graph:
             node._ctx = None
+            node._parents = tuple(None for _ in node._parents)  # release the activations

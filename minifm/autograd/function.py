@@ -11,6 +11,9 @@ requires a gradient and recording is on, links the output Tensor to this node so
 whatever backward needs (arrays, shapes, flags); `ctx.needs_input_grad[i]` lets backward skip
 work for inputs that do not need a gradient.
 
+An output whose dtype is not floating point (a comparison, an argmax, a cast to int) never requires
+grad: there is no gradient to carry.
+
 Simplification: every Function has exactly one output. Operations with several outputs
 (split, unbind) are written as several single-output Functions.
 """
@@ -65,7 +68,7 @@ class Function:
         ctx = Context()
         ctx.needs_input_grad = needs_grad
         out = cls.forward(ctx, *arrays, **options)
-        if not record:
+        if not record or np.asarray(out).dtype.kind != "f":
             return Tensor._from_array(out)
         parents = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
         return Tensor._from_array(out, requires_grad=True, grad_fn=cls, ctx=ctx, parents=parents)

@@ -17,9 +17,20 @@ def is_grad_enabled() -> bool:
 
 
 class _GradMode:
-    """Sets graph recording to `enabled` on entry and restores the previous mode on exit."""
+    """Sets graph recording to `enabled` on entry and restores the previous mode on exit.
+
+    Usable as `with no_grad():`, as `@no_grad()` and as a bare `@no_grad` decorator.
+    """
 
     enabled: bool
+
+    def __new__(cls, fn=None):
+        instance = super().__new__(cls)
+        if fn is None:
+            return instance
+        if not callable(fn):
+            raise TypeError(f"{cls.__name__}() takes no arguments or a function to decorate, got {fn!r}")
+        return instance(fn)  # bare decorator: return the wrapped function
 
     def __enter__(self):
         self._previous = is_grad_enabled()

@@ -20,6 +20,8 @@ class GradcheckError(AssertionError):
 def numerical_grad(fn, inputs: list[Tensor], projection: np.ndarray, index: int, eps: float) -> np.ndarray:
     """d sum(projection * fn(inputs)) / d inputs[index] by central differences."""
     target = inputs[index].data
+    if not target.flags.c_contiguous:
+        raise ValueError("numerical_grad perturbs the input in place and needs a C-contiguous array")
     grad = np.zeros_like(target)
     flat, flat_grad = target.reshape(-1), grad.reshape(-1)
     with no_grad():
@@ -44,7 +46,8 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
     promoted = []
     for x in inputs:
         if isinstance(x, Tensor) and x.dtype.kind == "f":
-            promoted.append(Tensor(x.data.astype(np.float64), requires_grad=x.requires_grad))
+            # C order, so that the flat view numerical_grad perturbs is the array itself, not a copy
+            promoted.append(Tensor(np.array(x.data, dtype=np.float64, order="C"), requires_grad=x.requires_grad))
         else:
             promoted.append(x)
     checked = [i for i, x in enumerate(promoted) if isinstance(x, Tensor) and x.requires_grad]

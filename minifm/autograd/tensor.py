@@ -19,21 +19,29 @@ import numpy as np
 from minifm.autograd import engine
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_ALLOWED_KINDS = "fiub"  # float, signed/unsigned integer, bool
 
 
 def _as_array(data, dtype=None) -> np.ndarray:
-    """Convert user data to an array without copying arrays: Python floats become float32, ints int64."""
+    """Convert user data to an array without copying arrays: Python floats become float32, ints int64.
+
+    float16 and long double arrays become float32; strings, objects and complex numbers are rejected.
+    """
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, np.ndarray):
-        if dtype is not None:
-            return data.astype(dtype, copy=False)
-        if data.dtype.kind == "f" and data.dtype not in _FLOAT_DTYPES:
-            return data.astype(np.float32)  # float16 / longdouble are not supported
-        return data
-    array = np.array(data, dtype=dtype)
-    if dtype is None and array.dtype.kind == "f" and array.dtype != np.float32:
-        array = array.astype(np.float32)  # Python floats and lists default to float32
+        array = data.astype(dtype, copy=False) if dtype is not None else data
+    else:
+        try:
+            array = np.array(data, dtype=dtype)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"cannot make a Tensor from {type(data).__name__}: {error}") from None
+        if dtype is None and array.dtype.kind == "f":
+            array = array.astype(np.float32)  # Python floats and lists default to float32
+    if array.dtype.kind not in _ALLOWED_KINDS:
+        raise TypeError(f"Tensor data must be float, integer or bool, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.dtype not in _FLOAT_DTYPES:
+        array = array.astype(np.float32)  # float16 / long double are not supported
     return array
 
 
@@ -75,7 +83,8 @@ class Tensor:
     def requires_grad(self, flag: bool) -> None:
         if flag and self.data.dtype not in _FLOAT_DTYPES:
             raise TypeError(
-                f"only float32/float64 tensors can require grad, got dtype {self.data.dtype}"
+                f"only float32/float64 tensors can require grad, got dtype {self.data.dtype} "
+                f"(shape {self.shape}); create it with dtype=np.float32"
             )
         if not flag and self._grad_fn is not None:
             raise RuntimeError("requires_grad can only be switched off on leaf tensors; use detach()")
@@ -257,6 +266,22 @@ class Tensor:
     def clip(self, min=None, max=None):  # noqa: A002  (NumPy's argument names)
         return _ops().clip(self, min, max)
 
+    def pow(self, exponent):
+        return _ops().pow(self, exponent)
+
+    def matmul(self, other):
+        return _ops().matmul(self, other)
+
+    def softmax(self, axis: int = -1):
+        from minifm import functional
+
+        return functional.softmax(self, axis=axis)
+
+    def log_softmax(self, axis: int = -1):
+        from minifm import functional
+
+        return functional.log_softmax(self, axis=axis)
+
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False):
         return _ops().sum(self, axis=axis, keepdims=keepdims)
@@ -313,6 +338,9 @@ class Tensor:
 
     def broadcast_to(self, shape):
         return _ops().broadcast_to(self, shape)
+
+    def split(self, indices_or_sections, axis: int = 0):
+        return _ops().split(self, indices_or_sections, axis=axis)
 
     def masked_fill(self, mask, value):
         return _ops().masked_fill(self, mask, value)

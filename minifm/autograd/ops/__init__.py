@@ -5,6 +5,16 @@ Each function here is a one-line call into a `Function` class in a sibling modul
   reduce.py       sum, mean, var, max, min, logsumexp
   shape.py        reshape, transpose, broadcast_to, getitem, concatenate, stack, pad, masked_fill
   linalg.py       matmul, the fused linear layer, embedding gather
+
+dtype rules for mixed operands (torch's, so that float32 models stay float32):
+  * a float Tensor fixes the float dtype; Python numbers, NumPy scalars, arrays and integer/bool
+    Tensors combined with it are converted to that dtype (`x_f32 * 0.5`, `x_f32 * np.float64(2)`
+    and `x_f32 + int_mask` are all float32);
+  * two float Tensors of different dtypes promote as in NumPy (float32 + float64 -> float64); the
+    gradient of the float32 input is still float32;
+  * without a float Tensor, a Python float makes the result float32 (`int_tensor * 0.5`), and
+    otherwise NumPy's rules apply.
+Simplification: the fused Functions (softmax, cross-entropy, norms, attention) take their own dtype.
 """
 from __future__ import annotations
 
@@ -21,21 +31,69 @@ def _raw(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+def _float_dtype(operands):
+    """The float dtype the operands should share (see the module docstring), or None."""
+    tensor_floats = [x.dtype for x in operands if isinstance(x, Tensor) and x.dtype.kind == "f"]
+    if tensor_floats:
+        return np.result_type(*tensor_floats)
+    array_floats = [np.asarray(x).dtype for x in operands
+                    if isinstance(x, (np.ndarray, np.generic)) and np.asarray(x).dtype.kind == "f"]
+    if array_floats:
+        return np.result_type(*array_floats)
+    if any(isinstance(x, float) for x in operands):
+        return np.dtype(np.float32)
+    return None
+
+
+def _harmonize(*operands):
+    """Convert every operand that is not a float Tensor to the shared float dtype (Tensors needing no
+    grad are unwrapped to arrays). Operands that cannot be numbers raise a TypeError naming them."""
+    dtype = _float_dtype(operands)
+    result = []
+    for x in operands:
+        if isinstance(x, Tensor):
+            if x.dtype.kind == "f" or dtype is None:
+                result.append(x)
+            else:
+                result.append(x.data.astype(dtype))
+            continue
+        array = np.asarray(x)
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"operand must be a Tensor, array or number, got {type(x).__name__} "
+                            f"(dtype {array.dtype})")
+        result.append(array.astype(dtype, copy=False) if dtype is not None else array)
+    return result
+
+
+def _check_broadcast(name: str, *operands) -> None:
+    shapes = [np.shape(_raw(x)) for x in operands]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"{name}: shapes {' and '.join(str(s) for s in shapes)} do not broadcast") from None
+
+
+def _binary(function, name: str, a, b):
+    a, b = _harmonize(a, b)
+    _check_broadcast(name, a, b)
+    return function.apply(a, b)
+
+
 # ---------------------------------------------------------------- arithmetic
 def add(a, b):
-    return _e.Add.apply(a, b)
+    return _binary(_e.Add, "add", a, b)
 
 
 def sub(a, b):
-    return _e.Sub.apply(a, b)
+    return _binary(_e.Sub, "sub", a, b)
 
 
 def mul(a, b):
-    return _e.Mul.apply(a, b)
+    return _binary(_e.Mul, "mul", a, b)
 
 
 def div(a, b):
-    return _e.Div.apply(a, b)
+    return _binary(_e.Div, "div", a, b)
 
 
 def neg(x):
@@ -43,7 +101,7 @@ def neg(x):
 
 
 def pow(base, exponent):  # noqa: A001  (NumPy's name)
-    return _e.Pow.apply(base, exponent)
+    return _binary(_e.Pow, "pow", base, exponent)
 
 
 def exp(x):
@@ -65,19 +123,27 @@ def abs(x):  # noqa: A001
 def clip(x, min=None, max=None):  # noqa: A002
     if min is None and max is None:
         raise ValueError("clip needs at least one of min and max")
-    return _e.Clip.apply(x, _raw(min), _raw(max))
+    dtype = x.dtype if isinstance(x, Tensor) else np.asarray(x).dtype
+    low = None if min is None else np.asarray(_raw(min), dtype=dtype)
+    high = None if max is None else np.asarray(_raw(max), dtype=dtype)
+    return _e.Clip.apply(x, low, high)
 
 
 def maximum(a, b):
-    return _e.Maximum.apply(a, b)
+    return _binary(_e.Maximum, "maximum", a, b)
 
 
 def minimum(a, b):
-    return _e.Minimum.apply(a, b)
+    return _binary(_e.Minimum, "minimum", a, b)
 
 
 def where(condition, a, b):
-    return _e.Where.apply(_raw(condition), a, b)
+    condition = np.asarray(_raw(condition))
+    if condition.dtype != bool:
+        raise TypeError(f"where: condition must be boolean, got dtype {condition.dtype}")
+    a, b = _harmonize(a, b)
+    _check_broadcast("where", condition, a, b)
+    return _e.Where.apply(condition, a, b)
 
 
 # ---------------------------------------------------------------- activations
@@ -149,7 +215,11 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, axis1: int, axis2: int):
-    axes = list(range(np.ndim(_raw(x))))
+    ndim = np.ndim(_raw(x))
+    for axis in (axis1, axis2):
+        if not -ndim <= axis < ndim:
+            raise ValueError(f"swapaxes: axis {axis} is out of range for shape {np.shape(_raw(x))}")
+    axes = list(range(ndim))
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return _s.Transpose.apply(x, axes=tuple(axes))
 
@@ -168,8 +238,11 @@ def squeeze(x, axis=None):
 
 
 def unsqueeze(x, axis: int):
-    new_shape = np.expand_dims(np.empty(np.shape(_raw(x)), dtype=bool), axis).shape
-    return _s.Reshape.apply(x, shape=new_shape)
+    shape = list(np.shape(_raw(x)))
+    if not -len(shape) - 1 <= axis <= len(shape):
+        raise ValueError(f"unsqueeze: axis {axis} is out of range for shape {tuple(shape)}")
+    shape.insert(axis % (len(shape) + 1), 1)
+    return _s.Reshape.apply(x, shape=tuple(shape))
 
 
 def broadcast_to(x, shape):
@@ -218,11 +291,12 @@ def pad(x, pad_width, value: float = 0.0):
 
 
 def masked_fill(x, mask, value: float):
-    return _s.MaskedFill.apply(x, _raw(mask), value)
+    return _s.MaskedFill.apply(x, _raw(mask), _raw(value))
 
 
 # ---------------------------------------------------------------- linear algebra
 def matmul(a, b):
+    a, b = _harmonize(a, b)
     return _l.MatMul.apply(a, b)
 
 

@@ -99,7 +99,12 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """base ** exponent; d/d(base) = e * base^(e-1), d/d(exponent) = out * log(base)."""
+    """base ** exponent; d/d(base) = e * base^(e-1), d/d(exponent) = out * log(base).
+
+    Conventions (torch's): where the exponent is 0 the base gets gradient 0 (not 0 * base^-1 = NaN at
+    base 0); where the base is 0 and the exponent is >= 0 the exponent gets gradient 0; a negative
+    base gives the exponent a NaN gradient (log of a negative number), which backward reports.
+    """
 
     @staticmethod
     def forward(ctx, base, exponent):
@@ -112,11 +117,18 @@ class Pow(Function):
         base, exponent, out = ctx.base, ctx.exponent, ctx.out
         grad_base = grad_exponent = None
         if ctx.needs_input_grad[0]:
-            grad_base = unbroadcast(grad * exponent * np.power(base, exponent - 1), _shape_of(base))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                local = exponent * np.power(base, exponent - 1)
+            local = np.where(exponent == 0, np.zeros((), dtype=local.dtype), local)
+            grad_base = unbroadcast(grad * local, _shape_of(base))
         if ctx.needs_input_grad[1]:
             with np.errstate(divide="ignore", invalid="ignore"):
-                log_base = np.where(base > 0, np.log(np.where(base > 0, base, 1)), 0.0)
-            grad_exponent = unbroadcast(grad * out * log_base, _shape_of(exponent))
+                log_base = np.log(base)
+            log_base = np.where((base == 0) & (exponent >= 0), np.zeros((), dtype=log_base.dtype), log_base)
+            with np.errstate(invalid="ignore"):
+                local = out * log_base
+            local = np.where((base == 0) & (exponent >= 0), np.zeros((), dtype=local.dtype), local)
+            grad_exponent = unbroadcast(grad * local, _shape_of(exponent))
         return grad_base, grad_exponent
 
 
@@ -188,7 +200,7 @@ class Maximum(Function):
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.a, ctx.b
-        share_a = (a > b) + 0.5 * (a == b)
+        share_a = ((a > b) + 0.5 * (a == b)).astype(grad.dtype)
         return (
             unbroadcast(grad * share_a, _shape_of(a)) if ctx.needs_input_grad[0] else None,
             unbroadcast(grad * (1 - share_a), _shape_of(b)) if ctx.needs_input_grad[1] else None,
@@ -204,7 +216,7 @@ class Minimum(Function):
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.a, ctx.b
-        share_a = (a < b) + 0.5 * (a == b)
+        share_a = ((a < b) + 0.5 * (a == b)).astype(grad.dtype)
         return (
             unbroadcast(grad * share_a, _shape_of(a)) if ctx.needs_input_grad[0] else None,
             unbroadcast(grad * (1 - share_a), _shape_of(b)) if ctx.needs_input_grad[1] else None,
@@ -276,7 +288,7 @@ class Gelu(Function):
         else:
             pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
             local = ctx.cdf + x * pdf
-        return (grad * local).astype(grad.dtype, copy=False), None
+        return (grad * local).astype(grad.dtype, copy=False)
 
 
 class Silu(Function):
@@ -306,7 +318,7 @@ class Softplus(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * np.where(ctx.linear, 1, ctx.s).astype(grad.dtype, copy=False), None, None
+        return grad * np.where(ctx.linear, 1, ctx.s).astype(grad.dtype, copy=False)
 
 
 class Where(Function):

@@ -23,6 +23,12 @@ class MatMul(Function):
                 f"matmul shape mismatch: {a.shape} @ {b.shape} (inner sizes "
                 f"{a.shape[-1]} and {b.shape[-2 if b.ndim > 1 else 0]} differ)"
             )
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(
+                f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast"
+            ) from None
         ctx.a, ctx.b = a, b
         return np.matmul(a, b)
 
@@ -32,10 +38,10 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
         g2 = grad
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)  # g2: (..., n, m)
+            g2 = g2[..., None]  # restore the m = 1 column axis NumPy dropped
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)  # restore the n = 1 row axis; g2: (..., n, m)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_a = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)

@@ -20,13 +20,22 @@ class CrossEntropy(Function):
         targets = np.asarray(targets)
         if targets.dtype.kind not in "iu":
             raise TypeError(f"targets must be integers, got dtype {targets.dtype}")
-        if logits.shape[:-1] != targets.shape:
+        if logits.ndim == 0 or logits.shape[:-1] != targets.shape:
             raise ValueError(
                 f"logits shape {logits.shape} needs targets of shape {logits.shape[:-1]}, got {targets.shape}"
             )
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        if logits.dtype.kind != "f":
+            raise TypeError(f"logits must be float32 or float64, got dtype {logits.dtype}")
         vocab = logits.shape[-1]
+        out_of_range = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+        if np.any(out_of_range):
+            position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+            raise IndexError(
+                f"target {targets[position]} at position {position} is outside [0, {vocab}) "
+                f"and is not ignore_index={ignore_index}"
+            )
         flat_logits = np.ascontiguousarray(logits.reshape(-1, vocab))  # (N, V)
         flat_targets = targets.reshape(-1).astype(np.int64)  # (N,)
         losses, dlogits = kernels.cross_entropy(

@@ -17,9 +17,9 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     result = []
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
-            raise ValueError(f"axis {a} is out of range for an array with {ndim} dimensions")
-        result.append(int(a) % max(ndim, 1))
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+            raise ValueError(f"axis {a!r} is out of range for an array with {ndim} dimensions")
+        result.append(int(a) % ndim)
     if len(set(result)) != len(result):
         raise ValueError(f"axis {axis} repeats an axis")
     return tuple(sorted(result))

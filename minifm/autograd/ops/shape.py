@@ -137,7 +137,7 @@ class Pad(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[ctx.slices], None, None
+        return grad[ctx.slices]
 
 
 class MaskedFill(Function):
