@@ -1,0 +1,25 @@
+"""Parameter-efficient fine-tuning, with Hugging Face PEFT's names and defaults.
+
+    config.py          LoraConfig, AdapterConfig, PromptTuningConfig, PrefixTuningConfig, IA3Config
+    model.py           get_peft_model(model, config) -> PeftModel (freezes the base, injects the method)
+    lora.py            LoRA: W x + (alpha / r) B A x, merge / unmerge
+    adapters.py        Houlsby bottleneck adapters after attention and/or the MLP
+    prompt_tuning.py   a learned soft prompt fed through inputs_embeds
+    prefix_tuning.py   learned per-layer key/value prefixes through the attention prefix_kv hook
+    ia3.py             learned rescaling of keys, values and the FFN activation
+    io.py              save_adapter / load_adapter / from_pretrained (adapter_model.safetensors)
+    cli.py             add_peft_arguments(parser) / apply_peft_from_args(model, args) for `minifm sft|dpo --peft`
+"""
+from minifm.peft.config import (
+    AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
+)
+from minifm.peft.cli import add_peft_arguments, apply_peft_from_args
+from minifm.peft.io import from_pretrained, load_adapter, save_adapter
+from minifm.peft.model import PeftModel, get_peft_model
+
+__all__ = [
+    "AdapterConfig", "IA3Config", "LoraConfig", "PeftConfig", "PeftModel", "PrefixTuningConfig",
+    "PromptTuningConfig", "add_peft_arguments", "apply_peft_from_args", "from_pretrained", "get_peft_model",
+    "load_adapter", "save_adapter",
+]
+

@@ -1,0 +1,186 @@
+"""Configuration dataclasses of the parameter-efficient fine-tuning methods.
+
+Names and defaults follow Hugging Face PEFT where PEFT has the method:
+  LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=None, bias="none", use_rslora=False,
+             modules_to_save=None)
+  PromptTuningConfig(num_virtual_tokens, prompt_tuning_init="RANDOM"|"TEXT", prompt_tuning_init_text)
+  PrefixTuningConfig(num_virtual_tokens, prefix_projection=False, encoder_hidden_size)
+  IA3Config(target_modules, feedforward_modules)
+PEFT has no Houlsby bottleneck adapter; `AdapterConfig` takes its names (reduction_factor, mh_adapter,
+output_adapter, non_linearity) from the `adapters` library's bottleneck config.
+
+Deviations, documented in docs/peft.md:
+  * target_modules=None means the architecture's defaults (q_proj and v_proj for LoRA, like PEFT's
+    default for most decoders; k_proj, v_proj and the FFN output projection for IA3);
+  * "all-linear" matches every Linear except the output head (lm_head / any Linear whose output size
+    equals the vocabulary and that is called "lm_head" or "head"), as PEFT does;
+  * every config validates its fields at construction and names the argument in the error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+PEFT_TYPES = ("lora", "adapter", "prompt", "prefix", "ia3")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_targets(name: str, value) -> None:
+    if value is None or isinstance(value, str):
+        if isinstance(value, str) and value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"{name} is not a valid regular expression: {value!r} ({error})") from None
+        return
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(item, str) for item in value):
+        if len(value) == 0:
+            raise ValueError(f"{name} must not be an empty list")
+        return
+    raise TypeError(f"{name} must be None, 'all-linear', a regex string or a list of names, got {value!r}")
+
+
+@dataclass
+class PeftConfig:
+    """Fields shared by every method (PEFT's `peft_type`, `task_type`, `base_model_name_or_path`)."""
+
+    peft_type: str = field(default="", init=False)
+    modules_to_save: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, (set, frozenset, tuple)):
+                data[key] = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PeftConfig":
+        data = dict(data)
+        peft_type = data.pop("peft_type", None)
+        target_class = CONFIG_CLASSES.get(peft_type, cls) if cls is PeftConfig else cls
+        if peft_type is not None and target_class.peft_type_name != peft_type:
+            raise ValueError(f"config peft_type {peft_type!r} does not match {target_class.__name__}")
+        valid = {f.name for f in dataclasses.fields(target_class) if f.init}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown {target_class.__name__} keys {unknown}; valid keys are {sorted(valid)}")
+        return target_class(**data)
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """LoRA: W x + (alpha / r) * B A x with A (r, in) Kaiming-uniform and B (out, r) zero."""
+
+    peft_type_name = "lora"
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    bias: str = "none"
+    use_rslora: bool = False
+    modules_to_save: list[str] | None = None
+    init_lora_weights: bool = True
+
+    def __post_init__(self):
+        self.peft_type = "lora"
+        _check_positive_int("r", self.r)
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        _check_targets("target_modules", self.target_modules)
+
+    @property
+    def scaling(self) -> float:
+        """alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski, 2023)."""
+        if self.use_rslora:
+            return float(self.lora_alpha) / float(self.r) ** 0.5
+        return float(self.lora_alpha) / float(self.r)
+
+
+@dataclass
+class AdapterConfig(PeftConfig):
+    """Houlsby bottleneck adapters: h + up(act(down(h))) after attention and/or the MLP."""
+
+    peft_type_name = "adapter"
+    reduction_factor: int = 16
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    non_linearity: str = "relu"
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        self.peft_type = "adapter"
+        _check_positive_int("reduction_factor", self.reduction_factor)
+        if not (self.mh_adapter or self.output_adapter):
+            raise ValueError("at least one of mh_adapter (after attention) and output_adapter (after MLP) must be True")
+        if self.non_linearity not in ("relu", "gelu", "silu", "swish", "tanh"):
+            raise ValueError(f"non_linearity must be relu, gelu, silu/swish or tanh, got {self.non_linearity!r}")
+
+
+@dataclass
+class PromptTuningConfig(PeftConfig):
+    """Prompt tuning: num_virtual_tokens learned input embeddings prepended to every sequence."""
+
+    peft_type_name = "prompt"
+    num_virtual_tokens: int = 20
+    prompt_tuning_init: str = "RANDOM"
+    prompt_tuning_init_text: str | None = None
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        self.peft_type = "prompt"
+        _check_positive_int("num_virtual_tokens", self.num_virtual_tokens)
+        if self.prompt_tuning_init not in ("RANDOM", "TEXT"):
+            raise ValueError(f"prompt_tuning_init must be 'RANDOM' or 'TEXT', got {self.prompt_tuning_init!r}")
+        if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
+            raise ValueError("prompt_tuning_init='TEXT' needs a non-empty prompt_tuning_init_text")
+
+
+@dataclass
+class PrefixTuningConfig(PeftConfig):
+    """Prefix tuning: learned keys and values prepended in every attention layer."""
+
+    peft_type_name = "prefix"
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = None
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        self.peft_type = "prefix"
+        _check_positive_int("num_virtual_tokens", self.num_virtual_tokens)
+        if self.encoder_hidden_size is not None:
+            _check_positive_int("encoder_hidden_size", self.encoder_hidden_size)
+
+
+@dataclass
+class IA3Config(PeftConfig):
+    """IA3: learned vectors rescale keys, values and the feed-forward activation."""
+
+    peft_type_name = "ia3"
+    target_modules: list[str] | str | None = None
+    feedforward_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        self.peft_type = "ia3"
+        _check_targets("target_modules", self.target_modules)
+        _check_targets("feedforward_modules", self.feedforward_modules)
+
+
+CONFIG_CLASSES = {
+    "lora": LoraConfig,
+    "adapter": AdapterConfig,
+    "prompt": PromptTuningConfig,
+    "prefix": PrefixTuningConfig,
+    "ia3": IA3Config,
+}

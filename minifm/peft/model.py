@@ -1,0 +1,462 @@
+"""`get_peft_model(model, config)` and `PeftModel`: a frozen base model plus one PEFT method.
+
+`get_peft_model` freezes every base parameter (requires_grad=False, so no gradient and no optimizer
+state is ever made for them) and then
+  * LoRA / IA3 / bottleneck adapters: replaces the targeted Linear layers in place by wrappers
+    (minifm/peft/lora.py, ia3.py, adapters.py) — the model's own forward then runs them;
+  * prompt tuning: keeps a soft prompt and feeds [soft prompt ; token embeddings] as `inputs_embeds`;
+  * prefix tuning: computes per-layer key/value prefixes and sets every attention module's
+    `prefix_kv` hook for the duration of each forward call.
+
+The wrapper has the base model's interface: GPT-style `forward(input_ids, attention_mask, cache,
+inputs_embeds, return_hidden)`, `loss`, `make_cache` and `generate` (KV-cached, through
+minifm.sampling.generate); BERT-style `forward(input_ids, attention_mask)` -> hidden; T5-style
+`forward`, `encode`, `decode`. Other attributes (config, mlm_logits, classify, rng, ...) are looked up
+on the base model. PEFT's management API: add_adapter, set_adapter, delete_adapter,
+disable_adapter() (a context manager), merge_adapter, unmerge_adapter, merge_and_unload,
+get_nb_trainable_parameters, print_trainable_parameters.
+
+Simplifications: all adapters of one PeftModel are of the same method; `modules_to_save` unfreezes the
+listed modules in place (PEFT trains a copy so that the original stays available).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+import minifm.functional as F
+from minifm.autograd import ops
+from minifm.nn import Embedding, Module
+from minifm.peft.adapters import BottleneckAdapterLayer, adapter_targets
+from minifm.peft.config import (
+    AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
+)
+from minifm.peft.ia3 import IA3Linear
+from minifm.peft.layer import AdapterDict, TunerLayer
+from minifm.peft.lora import LoraLinear
+from minifm.peft.prefix_tuning import PrefixEncoder
+from minifm.peft.prompt_tuning import PromptEmbedding, init_prompt_embedding
+from minifm.peft.targeting import find_linear_targets, name_matches
+
+DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
+DEFAULT_IA3_TARGETS = ["k_proj", "v_proj", "fc_out", "down_proj"]
+DEFAULT_IA3_FEEDFORWARD = ["fc_out", "down_proj"]
+
+
+def model_kind(model: Module) -> str:
+    """'seq2seq' (encode + decode, T5), 'encoder' (mlm_logits, BERT) or 'causal' (GPT)."""
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        return "seq2seq"
+    if hasattr(model, "mlm_logits"):
+        return "encoder"
+    return "causal"
+
+
+def find_token_embedding(model: Module) -> Embedding:
+    """The model's token embedding: get_input_embeddings() if it has one, else the Embedding with vocab_size rows."""
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        return getter()
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    for _, module in model.named_modules():
+        if isinstance(module, Embedding) and (vocab_size is None or module.weight.shape[0] == vocab_size):
+            return module
+    raise ValueError(f"could not find the token embedding of {type(model).__name__} (no Embedding with "
+                     f"vocab_size={vocab_size} rows)")
+
+
+def attention_modules(model: Module) -> list[tuple[str, Module]]:
+    """(name, module) of every attention module: the ones with the `prefix_kv` hook."""
+    found = [(name, module) for name, module in model.named_modules() if hasattr(module, "prefix_kv")]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no attention module with a prefix_kv hook")
+    return found
+
+
+def _embedding_width(model: Module) -> int:
+    return find_token_embedding(model).weight.shape[1]
+
+
+class PeftModel(Module):
+    """A frozen base model with PEFT adapters (see the module docstring)."""
+
+    def __init__(self, model: Module, peft_config: PeftConfig, adapter_name: str = "default",
+                 tokenizer=None, rng: np.random.Generator | None = None):
+        super().__init__()
+        if not isinstance(peft_config, PeftConfig):
+            raise TypeError(f"peft_config must be a LoraConfig, AdapterConfig, PromptTuningConfig, "
+                            f"PrefixTuningConfig or IA3Config, got {type(peft_config).__name__}")
+        self.base_model = model
+        object.__setattr__(self, "peft_config", {})
+        object.__setattr__(self, "peft_type", peft_config.peft_type)
+        object.__setattr__(self, "active_adapter", adapter_name)
+        object.__setattr__(self, "kind", model_kind(model))
+        object.__setattr__(self, "tokenizer", tokenizer)
+        object.__setattr__(self, "_adapters_disabled", False)
+        if rng is None:
+            rng = getattr(model, "rng", None)
+        object.__setattr__(self, "rng", rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0))
+        model.requires_grad_(False)
+        if peft_config.peft_type in ("prompt", "prefix"):
+            self.prompt_encoder = AdapterDict()
+        self.add_adapter(adapter_name, peft_config)
+        self.set_adapter(adapter_name)
+
+    # ------------------------------------------------------------------ attribute fall-through
+    def __getattr__(self, name: str):
+        # only called when normal lookup fails: look on the base model (config, rng, mlm_logits, ...)
+        if name.startswith("_") or "base_model" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        base = self.__dict__["base_model"]
+        if name in ("encode", "decode") and hasattr(base, name):
+            return getattr(self, f"_peft_{name}")
+        if name == "make_cache" and hasattr(base, "make_cache"):
+            return self._peft_make_cache
+        return getattr(base, name)
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig) -> None:
+        """Add a new adapter of this model's method under `adapter_name` (inactive until set_adapter)."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists; adapters: {list(self.peft_config)}")
+        if peft_config.peft_type != self.peft_type:
+            raise ValueError(f"this PeftModel holds {self.peft_type!r} adapters; cannot add a "
+                             f"{peft_config.peft_type!r} adapter (one method per PeftModel)")
+        was_training = self.training
+        self.peft_config[adapter_name] = peft_config
+        if isinstance(peft_config, LoraConfig):
+            self._inject(adapter_name, peft_config, peft_config.target_modules or DEFAULT_LORA_TARGETS,
+                         lambda base, name: LoraLinear(base, self.rng))
+        elif isinstance(peft_config, IA3Config):
+            targets = peft_config.target_modules or DEFAULT_IA3_TARGETS
+            feedforward = peft_config.feedforward_modules or DEFAULT_IA3_FEEDFORWARD
+            self._inject(adapter_name, peft_config, targets,
+                         lambda base, name: IA3Linear(base, is_feedforward=name_matches(name, feedforward)))
+        elif isinstance(peft_config, AdapterConfig):
+            self._inject(adapter_name, peft_config, adapter_targets(peft_config),
+                         lambda base, name: BottleneckAdapterLayer(base))
+        elif isinstance(peft_config, PromptTuningConfig):
+            embedding = find_token_embedding(self.base_model)
+            prompt = PromptEmbedding(peft_config.num_virtual_tokens, embedding.weight.shape[1])
+            init_prompt_embedding(prompt, peft_config, embedding.weight.data, self.rng, self.tokenizer)
+            self.prompt_encoder[adapter_name] = prompt
+        elif isinstance(peft_config, PrefixTuningConfig):
+            kv_shapes = [(m.num_kv_heads, m.head_dim) for _, m in attention_modules(self.base_model)]
+            encoder = PrefixEncoder(peft_config.num_virtual_tokens, kv_shapes, _embedding_width(self.base_model),
+                                    peft_config.prefix_projection, peft_config.encoder_hidden_size, self.rng)
+            self.prompt_encoder[adapter_name] = encoder
+        else:
+            raise TypeError(f"unsupported config {type(peft_config).__name__}")
+        self._apply_modules_to_save(peft_config)
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+        self.train(was_training)
+
+    def _inject(self, adapter_name, config, targets, make_wrapper) -> None:
+        argument = "target_modules" if not isinstance(config, AdapterConfig) else "mh_adapter/output_adapter"
+        for name in find_linear_targets(self.base_model, targets, argument):
+            module = self.base_model.get_submodule(name)
+            if not isinstance(module, TunerLayer):
+                module = make_wrapper(module, name)
+                self.base_model.set_submodule(name, module)
+            module.add_adapter(adapter_name, config, self.rng)
+        if isinstance(config, LoraConfig) and config.bias != "none":
+            for name, module in self.base_model.named_modules():
+                if isinstance(module, LoraLinear) and module.bias is not None:
+                    module.bias.requires_grad = True
+                elif config.bias == "all" and name and getattr(module, "bias", None) is not None \
+                        and not isinstance(module, TunerLayer) and hasattr(module.bias, "requires_grad"):
+                    module.bias.requires_grad = True
+
+    def _apply_modules_to_save(self, config: PeftConfig) -> None:
+        if not config.modules_to_save:
+            return
+        found = False
+        for name, module in self.base_model.named_modules():
+            if name and name_matches(name, list(config.modules_to_save)):
+                module.requires_grad_(True)
+                found = True
+        if not found:
+            raise ValueError(f"modules_to_save={config.modules_to_save!r} matched no module")
+
+    def tuner_layers(self) -> list[TunerLayer]:
+        return [m for m in self.base_model.modules() if isinstance(m, TunerLayer)]
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the adapter that runs and trains; the other adapters are frozen."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"unknown adapter {adapter_name!r}; adapters: {list(self.peft_config)}")
+        for layer in self.tuner_layers():
+            if adapter_name in layer.adapter_names():
+                layer.set_adapter(adapter_name)
+            else:
+                layer.set_adapter([])
+        if "prompt_encoder" in self._modules:
+            for name in self.prompt_encoder.keys():
+                self.prompt_encoder[name].requires_grad_(name == adapter_name)
+        object.__setattr__(self, "active_adapter", adapter_name)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"unknown adapter {adapter_name!r}; adapters: {list(self.peft_config)}")
+        if len(self.peft_config) == 1:
+            raise ValueError("cannot delete the only adapter; use merge_and_unload() or unload()")
+        for layer in self.tuner_layers():
+            if adapter_name in layer.adapter_names():
+                layer.delete_adapter(adapter_name)
+        if "prompt_encoder" in self._modules:
+            del self.prompt_encoder[adapter_name]
+        del self.peft_config[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Context manager: run the plain base model inside the block (PEFT's name)."""
+        layers = self.tuner_layers()
+        for layer in layers:
+            object.__setattr__(layer, "disable_adapters", True)
+        object.__setattr__(self, "_adapters_disabled", True)
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                object.__setattr__(layer, "disable_adapters", False)
+            object.__setattr__(self, "_adapters_disabled", False)
+
+    # ------------------------------------------------------------------ merging
+    def merge_adapter(self) -> None:
+        """Fold the active LoRA/IA3 adapter into the base weights (outputs unchanged, no extra compute)."""
+        self._require_mergeable()
+        for layer in self.tuner_layers():
+            layer.merge()
+
+    def unmerge_adapter(self) -> None:
+        """Restore the exact pre-merge base weights."""
+        for layer in self.tuner_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> Module:
+        """Merge the active adapter and return the base model with every wrapper replaced by its Linear."""
+        self._require_mergeable()
+        for layer in self.tuner_layers():
+            layer.merge()
+        return self._unload()
+
+    def unload(self) -> Module:
+        """Remove every wrapper without merging: the original base model back."""
+        self.unmerge_adapter()
+        return self._unload()
+
+    def _unload(self) -> Module:
+        names = [name for name, m in self.base_model.named_modules() if isinstance(m, TunerLayer)]
+        for name in names:
+            layer = self.base_model.get_submodule(name)
+            object.__setattr__(layer, "_merge_backup", None)  # the merged weights are now the weights
+            self.base_model.set_submodule(name, layer.base_layer)
+        return self.base_model
+
+    def _require_mergeable(self) -> None:
+        if self.peft_type not in ("lora", "ia3"):
+            raise NotImplementedError(f"{self.peft_type!r} adapters cannot be merged into the weights "
+                                      f"(only LoRA and IA3 change the layers linearly)")
+
+    # ------------------------------------------------------------------ parameter counts
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), PEFT's function."""
+        trainable = sum(p.size for p in self.parameters() if p.requires_grad)
+        total = sum(p.size for p in self.parameters())
+        return int(trainable), int(total)
+
+    def print_trainable_parameters(self) -> str:
+        trainable, total = self.get_nb_trainable_parameters()
+        line = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        print(line)
+        return line
+
+    def adapter_state_dict(self, adapter_name: str | None = None) -> dict[str, np.ndarray]:
+        """The parameters that belong to one adapter (+ trainable biases / modules_to_save), keyed
+        by their name with the adapter name removed (PEFT's saved layout)."""
+        adapter_name = self.active_adapter if adapter_name is None else adapter_name
+        others = [name for name in self.peft_config if name != adapter_name]
+        state = {}
+        for name, param in self.named_parameters():
+            parts = name.split(".")
+            if adapter_name in parts:
+                state[".".join(p for p in parts if p != adapter_name)] = param.data
+            elif any(other in parts for other in others):
+                continue
+            elif param.requires_grad and not _is_adapter_param(parts):
+                state[name] = param.data  # trainable biases / modules_to_save
+        return state
+
+    # ------------------------------------------------------------------ forward passes
+    @property
+    def _prompt_active(self) -> bool:
+        return self.peft_type == "prompt" and not self._adapters_disabled
+
+    @property
+    def _prefix_active(self) -> bool:
+        return self.peft_type == "prefix" and not self._adapters_disabled
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        if self.peft_type not in ("prompt", "prefix"):
+            return 0
+        return self.peft_config[self.active_adapter].num_virtual_tokens
+
+    @contextlib.contextmanager
+    def _prefixes_installed(self):
+        if not self._prefix_active:
+            yield
+            return
+        modules = [module for _, module in attention_modules(self.base_model)]
+        pairs = self.prompt_encoder[self.active_adapter]()
+        try:
+            for module, pair in zip(modules, pairs):
+                module.prefix_kv = pair
+            yield
+        finally:
+            for module in modules:
+                module.prefix_kv = None
+
+    def _extend_mask(self, attention_mask, batch: int, dtype=np.int64):
+        """Prepend num_virtual_tokens ones to a (B, T) mask (None stays None)."""
+        if attention_mask is None:
+            return None
+        mask = np.asarray(getattr(attention_mask, "data", attention_mask))
+        if mask.ndim != 2 or mask.shape[0] != batch:
+            raise ValueError(f"attention_mask must be (batch={batch}, T), got shape {mask.shape}")
+        ones = np.ones((batch, self.num_virtual_tokens), dtype=mask.dtype)
+        return np.concatenate([ones, mask], axis=1)
+
+    def _soft_prompt_embeds(self, input_ids, inputs_embeds):
+        """[soft prompt ; token embeddings] (B, P + T, d)."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            ids = np.asarray(getattr(input_ids, "data", input_ids))
+            if ids.ndim != 2:
+                raise ValueError(f"input_ids must be (batch, T), got shape {ids.shape}")
+            inputs_embeds = find_token_embedding(self.base_model)(ids)  # (B, T, d)
+        batch = inputs_embeds.shape[0]
+        prompt = self.prompt_encoder[self.active_adapter](batch)  # (B, P, d)
+        return ops.concatenate([prompt, inputs_embeds], axis=1)  # (B, P + T, d)
+
+    def _strip_virtual(self, output):
+        """Drop the outputs at the virtual positions (axis 1) of a Tensor or a tuple of Tensors."""
+        count = self.num_virtual_tokens
+        if isinstance(output, tuple):
+            return tuple(item[:, count:] for item in output)
+        return output[:, count:]
+
+    def forward(self, *args, **kwargs):
+        if self.kind == "causal":
+            return self._causal_forward(*args, **kwargs)
+        if self.kind == "encoder":
+            return self._encoder_forward(*args, **kwargs)
+        return self._seq2seq_forward(*args, **kwargs)
+
+    def _causal_forward(self, input_ids=None, attention_mask=None, cache=None, inputs_embeds=None, **kwargs):
+        if not self._prompt_active:
+            with self._prefixes_installed():
+                return self.base_model(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                                       inputs_embeds=inputs_embeds, **kwargs)
+        batch = (inputs_embeds if inputs_embeds is not None else np.asarray(input_ids)).shape[0]
+        mask = self._extend_mask(attention_mask, batch)
+        if cache is not None and cache.length > 0:
+            # the soft prompt went in with the first call and lives in the cache now
+            return self.base_model(input_ids=input_ids, attention_mask=mask, cache=cache,
+                                   inputs_embeds=inputs_embeds, **kwargs)
+        embeds = self._soft_prompt_embeds(input_ids, inputs_embeds)  # (B, P + T, d)
+        output = self.base_model(attention_mask=mask, cache=cache, inputs_embeds=embeds, **kwargs)
+        return self._strip_virtual(output)
+
+    def _encoder_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        if not self._prompt_active:
+            with self._prefixes_installed():
+                if inputs_embeds is not None:
+                    kwargs["inputs_embeds"] = inputs_embeds
+                return self.base_model(input_ids, attention_mask=attention_mask, **kwargs)
+        embeds = self._soft_prompt_embeds(input_ids, inputs_embeds)
+        mask = self._extend_mask(attention_mask, embeds.shape[0])
+        if mask is None:
+            mask = np.ones(embeds.shape[:2], dtype=np.int64)
+        hidden = self.base_model(None, attention_mask=mask, inputs_embeds=embeds, **kwargs)
+        return self._strip_virtual(hidden)
+
+    def _peft_encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        """T5 encode; with prompt tuning the returned states include the virtual positions."""
+        base = self.base_model
+        if not self._prompt_active:
+            with self._prefixes_installed():
+                if inputs_embeds is not None:
+                    kwargs["inputs_embeds"] = inputs_embeds
+                return base.encode(input_ids, attention_mask=attention_mask, **kwargs)
+        embeds = self._soft_prompt_embeds(input_ids, inputs_embeds)
+        mask = self._extend_mask(attention_mask, embeds.shape[0])
+        if mask is None:
+            mask = np.ones(embeds.shape[:2], dtype=np.int64)
+        return base.encode(None, attention_mask=mask, inputs_embeds=embeds, **kwargs)
+
+    def _peft_decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, **kwargs):
+        """T5 decode; a caller's encoder mask that lacks the virtual positions is extended."""
+        if self._prompt_active and encoder_mask is not None:
+            mask = np.asarray(getattr(encoder_mask, "data", encoder_mask))
+            if mask.shape[1] == encoder_hidden.shape[1] - self.num_virtual_tokens:
+                encoder_mask = self._extend_mask(mask, mask.shape[0])
+        with self._prefixes_installed():
+            return self.base_model.decode(decoder_input_ids, encoder_hidden, encoder_mask=encoder_mask, **kwargs)
+
+    def _seq2seq_forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, **kwargs):
+        encoder_hidden = self._peft_encode(input_ids, attention_mask=attention_mask)
+        encoder_mask = attention_mask
+        if encoder_mask is None:
+            batch = encoder_hidden.shape[0]
+            encoder_mask = np.ones((batch, encoder_hidden.shape[1] - (self.num_virtual_tokens if self._prompt_active else 0)),
+                                   dtype=np.int64)
+        return self._peft_decode(decoder_input_ids, encoder_hidden, encoder_mask=encoder_mask, **kwargs)
+
+    def _peft_make_cache(self, batch_size: int, max_length: int):
+        extra = self.num_virtual_tokens if (self._prompt_active and self.kind == "causal") else 0
+        return self.base_model.make_cache(batch_size, max_length + extra)
+
+    def loss(self, *args, ignore_index: int = -100, **kwargs):
+        """The base model's loss, computed through this wrapper's forward (so every method applies)."""
+        if self.kind == "causal":
+            input_ids, targets = args[0], args[1]
+            logits = self(input_ids, **kwargs)  # (B, T, V)
+            return F.cross_entropy(logits, np.asarray(getattr(targets, "data", targets)), ignore_index=ignore_index)
+        if self.kind == "seq2seq":
+            input_ids, decoder_input_ids, targets = args[0], args[1], args[2]
+            logits = self(input_ids, decoder_input_ids, **kwargs)  # (B, T, V)
+            return F.cross_entropy(logits, np.asarray(getattr(targets, "data", targets)), ignore_index=ignore_index)
+        with self._prefixes_installed():
+            return self.base_model.loss(*args, ignore_index=ignore_index, **kwargs)
+
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """KV-cached generation through this wrapper (minifm.sampling.generate)."""
+        from minifm.sampling.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _is_adapter_param(parts: list[str]) -> bool:
+    return any(part in ("lora_A", "lora_B", "ia3_l", "adapters", "prompt_encoder") for part in parts)
+
+
+def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "default", tokenizer=None,
+                   rng: np.random.Generator | None = None) -> PeftModel:
+    """Wrap `model` with the method that `peft_config` describes (PEFT's entry point).
+
+    The base model is modified in place (its targeted layers are wrapped and all its parameters frozen).
+    `tokenizer` is needed only for PromptTuningConfig(prompt_tuning_init="TEXT"); `rng` seeds the
+    adapter initialisation (default: the model's own `rng`, else a Generator seeded with 0).
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a minifm.nn.Module, got {type(model).__name__}")
+    return PeftModel(model, peft_config, adapter_name=adapter_name, tokenizer=tokenizer, rng=rng)
