@@ -6,6 +6,9 @@
     sizes.py  closed-form parameter counts, FLOPs per token, memory estimates
     config.py shared config/init helpers
 """
+from minifm.models import sizes
+from minifm.models.bert import BERT, BERTConfig
 from minifm.models.gpt import GPT, GPTConfig
+from minifm.models.t5 import T5, T5Config
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["BERT", "BERTConfig", "GPT", "GPTConfig", "T5", "T5Config", "sizes"]

@@ -1,0 +1,191 @@
+"""T5: an encoder-decoder transformer (bidirectional encoder, causal decoder with cross-attention).
+
+    encode(ids)  = norm_enc(encoder blocks(dropout(shared(ids))))                        (B, S, d)
+    decode(dec_ids, enc) = logits of norm_dec(decoder blocks(shared(dec_ids), enc))      (B, T, vocab)
+    decoder block: x += self_attn(norm(x)) (causal); x += cross_attn(norm(x), enc); x += mlp(norm(x))
+
+Simplifications, documented: positions are RoPE in every self-attention (T5 uses learned relative-
+position buckets; RoPE is also relative and keeps attention on the fused flash kernel); the tied output
+head is not rescaled by d^-0.5; RMSNorm and no biases by default, as T5. One embedding table `shared`
+serves encoder, decoder and (tied) output head. Training uses teacher forcing:
+decoder_input_ids = shift_right(labels) (decoder_start_token_id first). Init: GPT-2 style with the
+residual scale 1/sqrt(2 * max(n_layer, n_decoder_layer)), seeded by config.seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import minifm.functional as F
+from minifm.autograd.grad_mode import no_grad
+from minifm.models.config import (
+    ConfigBase, attach_dropout_rng, check_choice, check_heads, check_ids, check_mask, check_positive_int,
+    ffn_hidden_size, init_gpt2_style, seeded_generators,
+)
+from minifm.nn.attention import KVCache, RotaryEmbedding
+from minifm.nn.block import TransformerBlock
+from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
+from minifm.nn.module import Module, ModuleList
+
+
+@dataclass
+class T5Config(ConfigBase):
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_decoder_layer: int | None = None
+    n_kv_head: int | None = None
+    dropout: float = 0.0
+    bias: bool = False
+    norm: str = "rmsnorm"
+    mlp: str = "gelu"
+    tie_weights: bool = True
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None
+    rope_base: float = 10000.0
+    norm_eps: float | None = None
+    init_std: float = 0.02
+    seed: int = 0
+    dtype: str = "float32"
+    pad_token_id: int = 0
+    decoder_start_token_id: int = 0
+
+    def __post_init__(self):
+        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            check_positive_int("T5Config", field, getattr(self, field))
+        if self.n_decoder_layer is not None:
+            check_positive_int("T5Config", "n_decoder_layer", self.n_decoder_layer)
+        check_choice("T5Config", "norm", self.norm, ("layernorm", "rmsnorm"))
+        check_choice("T5Config", "mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice("T5Config", "dtype", self.dtype, ("float32", "float64"))
+        check_heads("T5Config", self.n_embd, self.n_head, self.n_kv_head, "rope")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"T5Config.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_layer if self.n_decoder_layer is None else self.n_decoder_layer
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden_size(self.mlp, self.n_embd, self.mlp_ratio, self.mlp_hidden)
+
+
+class T5(Module):
+    """Encoder-decoder model (see the module docstring)."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        if isinstance(config, dict):
+            config = T5Config.from_dict(config)
+        self.config = config
+        d = config.n_embd
+        rope = RotaryEmbedding(config.head_dim, config.rope_base)
+        self.shared = Embedding(config.vocab_size, d)
+        self.drop = Dropout(config.dropout)
+        common = dict(mlp_hidden=config.ffn_hidden, bias=config.bias, norm=config.norm, mlp=config.mlp,
+                      dropout=config.dropout, rope=rope, norm_eps=config.norm_eps)
+        self.encoder_blocks = ModuleList(
+            TransformerBlock(d, config.n_head, config.n_kv_head, causal=False, **common) for _ in range(config.n_layer)
+        )
+        self.encoder_norm = make_norm(config.norm, d, config.norm_eps, config.bias)
+        self.decoder_blocks = ModuleList(
+            TransformerBlock(d, config.n_head, config.n_kv_head, causal=True, cross_attention=True, **common)
+            for _ in range(config.decoder_layers)
+        )
+        self.decoder_norm = make_norm(config.norm, d, config.norm_eps, config.bias)
+        if not config.tie_weights:
+            self.lm_head = Linear(d, config.vocab_size, bias=False)
+        init_rng, self.rng = seeded_generators(config.seed)
+        init_gpt2_style(self, max(config.n_layer, config.decoder_layers), config.init_std, init_rng)
+        self.to(np.dtype(config.dtype))
+        attach_dropout_rng(self, self.rng)
+
+    def encode(self, input_ids, attention_mask=None):
+        """input_ids (B, S), attention_mask (B, S) 1/0 -> encoder hidden states (B, S, d)."""
+        input_ids = check_ids("input_ids", input_ids)
+        batch, steps = input_ids.shape
+        key_padding_mask = None
+        if attention_mask is not None:
+            mask = check_mask("attention_mask", attention_mask, (batch, steps))
+            key_padding_mask = None if mask.all() else mask
+        positions = np.arange(steps)
+        x = self.drop(self.shared(input_ids))  # (B, S, d)
+        for block in self.encoder_blocks:
+            x = block(x, positions=positions, key_padding_mask=key_padding_mask)
+        return self.encoder_norm(x)
+
+    def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache: KVCache | None = None):
+        """Logits (B, T, vocab) for decoder_input_ids (B, T) attending to encoder_hidden (B, S, d)."""
+        decoder_input_ids = check_ids("decoder_input_ids", decoder_input_ids)
+        batch, steps = decoder_input_ids.shape
+        if encoder_hidden.shape[0] != batch or encoder_hidden.shape[-1] != self.config.n_embd:
+            raise ValueError(
+                f"encoder_hidden must be ({batch}, S, {self.config.n_embd}), got {encoder_hidden.shape}"
+            )
+        if encoder_mask is not None:
+            encoder_mask = check_mask("encoder_mask", encoder_mask, encoder_hidden.shape[:2])
+            encoder_mask = None if encoder_mask.all() else encoder_mask
+        past = 0 if cache is None else cache.length
+        positions = np.arange(past, past + steps)
+        x = self.drop(self.shared(decoder_input_ids))  # (B, T, d)
+        for index, block in enumerate(self.decoder_blocks):
+            x = block(x, positions=positions, cache=cache, layer_index=index, encoder_hidden=encoder_hidden,
+                      encoder_mask=encoder_mask)
+        hidden = self.decoder_norm(x)  # (B, T, d)
+        if cache is not None:
+            cache.advance(steps)
+        if self.config.tie_weights:
+            return F.linear(hidden, self.shared.weight)
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None):
+        encoder_hidden = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, encoder_hidden, attention_mask)
+
+    def shift_right(self, labels) -> np.ndarray:
+        """Teacher-forcing decoder inputs: [start, labels[:-1]] with ignored (-100) labels replaced by pad."""
+        labels = check_ids("labels", labels)
+        shifted = np.empty_like(labels)
+        shifted[:, 0] = self.config.decoder_start_token_id
+        shifted[:, 1:] = labels[:, :-1]
+        shifted[shifted < 0] = self.config.pad_token_id
+        return shifted
+
+    def loss(self, input_ids, labels, attention_mask=None, decoder_input_ids=None, ignore_index: int = -100):
+        """Mean cross-entropy of labels (B, T); decoder inputs default to shift_right(labels)."""
+        labels = check_ids("labels", labels)
+        if decoder_input_ids is None:
+            decoder_input_ids = self.shift_right(labels)
+        logits = self.forward(input_ids, decoder_input_ids, attention_mask)  # (B, T, V)
+        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+    def make_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
+        config = self.config
+        return KVCache(config.decoder_layers, batch_size, config.kv_heads, config.head_dim,
+                       config.block_size if max_length is None else max_length)
+
+    def greedy_decode(self, input_ids, max_new_tokens: int, attention_mask=None) -> np.ndarray:
+        """Greedy decoding with the KV cache; returns generated ids (B, max_new_tokens) (no start token)."""
+        with no_grad():
+            encoder_hidden = self.encode(input_ids, attention_mask)
+            batch = encoder_hidden.shape[0]
+            cache = self.make_cache(batch, max_new_tokens)
+            token = np.full((batch, 1), self.config.decoder_start_token_id, dtype=np.int64)
+            generated = []
+            for _ in range(max_new_tokens):
+                logits = self.decode(token, encoder_hidden, attention_mask, cache=cache)  # (B, 1, V)
+                token = np.argmax(logits.data[:, -1], axis=-1)[:, None].astype(np.int64)
+                generated.append(token)
+        return np.concatenate(generated, axis=1)
