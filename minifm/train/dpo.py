@@ -1,0 +1,158 @@
+"""Direct preference optimisation (DPO, Rafailov et al. 2023) with TRL's DPOTrainer names.
+
+DPO skips the reward model and RL loop: for a pair (prompt, chosen, rejected) it raises the
+policy's log-likelihood of the chosen response relative to the rejected one, measured against a
+frozen reference policy (the SFT model):
+
+    logits = (log pi(chosen) - log pi(rejected)) - (log ref(chosen) - log ref(rejected))
+    loss   = -log sigmoid(beta * logits)            loss_type="sigmoid" (with label_smoothing: conservative DPO)
+             relu(1 - beta * logits)                loss_type="hinge" (SLiC)
+             (logits - 1 / (2 beta))^2              loss_type="ipo"
+
+where log pi(response) is the sum of the response tokens' log-probabilities given the prompt
+(rl_math.dpo_loss holds the formulas). The reference log-probabilities are computed once before
+training (`precompute_ref_log_probs=True`, the reference is then not needed again) or on the fly
+for every batch. Logged: loss, the implicit rewards beta * (log pi - log ref) of chosen and
+rejected, their margin and the reward accuracy (share of pairs whose chosen reward is larger).
+
+Simplification: sequences longer than max_length are cut on the response side.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from minifm.autograd.grad_mode import no_grad
+from minifm.autograd.tensor import Tensor
+from minifm.train import rl_math
+from minifm.train.reward import pad_right
+from minifm.train.sft import PAD_TOKEN, loop_config, prompt_ids, response_ids, shuffled_batches, special_id
+
+
+@dataclass
+class DPOConfig:
+    """DPO hyper-parameters (TRL's DPOConfig names and defaults for beta / loss_type / label_smoothing)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    precompute_ref_log_probs: bool = True
+    learning_rate: float = 1e-4
+    max_steps: int = 100
+    per_device_train_batch_size: int = 16
+    max_length: int = 64
+    warmup_steps: int = 5
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.loss_type not in rl_math.DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {rl_math.DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def encode_dpo_pairs(tokenizer, pairs, max_length: int) -> list[dict]:
+    """[{"chosen": ids, "rejected": ids, "prompt_length": n}] with the prompt shared by both."""
+    out = []
+    for index, pair in enumerate(pairs):
+        missing = {"prompt", "chosen", "rejected"} - set(pair)
+        if missing:
+            raise KeyError(f"preference pair {index} lacks {sorted(missing)}")
+        prompt = prompt_ids(tokenizer, pair["prompt"])
+        if len(prompt) >= max_length:
+            raise ValueError(f"pair {index}: the prompt has {len(prompt)} tokens, max_length is {max_length}")
+        out.append({"chosen": (prompt + response_ids(tokenizer, pair["chosen"]))[:max_length],
+                    "rejected": (prompt + response_ids(tokenizer, pair["rejected"]))[:max_length],
+                    "prompt_length": len(prompt)})
+    return out
+
+
+def sequence_logps(model, rows: list[list[int]], prompt_lengths: list[int], pad_id: int) -> Tensor:
+    """(N,) sum of log pi(token) over each row's response tokens (those after its prompt)."""
+    ids, mask = pad_right(rows, pad_id)  # (N, T)
+    logits = model(ids[:, :-1], attention_mask=mask[:, :-1])  # (N, T-1, V)
+    token_logps = rl_math.token_logprobs(logits, ids[:, 1:])  # (N, T-1)
+    positions = np.arange(1, ids.shape[1])[None, :]  # target position of each column
+    response = (positions >= np.asarray(prompt_lengths)[:, None]) & (mask[:, 1:] == 1)  # (N, T-1)
+    return rl_math.masked_sum(token_logps, response, axis=1)  # (N,)
+
+
+def pair_logps(model, batch: list[dict], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(chosen logps (B,), rejected logps (B,)) with one forward over the 2B rows."""
+    rows = [p["chosen"] for p in batch] + [p["rejected"] for p in batch]
+    lengths = [p["prompt_length"] for p in batch] * 2
+    logps = sequence_logps(model, rows, lengths, pad_id)  # (2B,)
+    return logps[:len(batch)], logps[len(batch):]
+
+
+def precompute_reference(ref_model, encoded: list[dict], pad_id: int, batch_size: int = 64) -> None:
+    """Store "ref_chosen_logps" / "ref_rejected_logps" in every encoded pair (no graph)."""
+    with no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            chosen, rejected = pair_logps(ref_model, batch, pad_id)
+            for pair, c, r in zip(batch, chosen.data, rejected.data):
+                pair["ref_chosen_logps"], pair["ref_rejected_logps"] = float(c), float(r)
+
+
+def dpo_loss_fn(config: DPOConfig, pad_id: int, reference=None):
+    """loss_fn(model, batch) for the shared loop; records the implicit-reward statistics in `.last_stats`."""
+
+    def loss_fn(model, batch):
+        if config.precompute_ref_log_probs:
+            ref_chosen = np.array([p["ref_chosen_logps"] for p in batch])
+            ref_rejected = np.array([p["ref_rejected_logps"] for p in batch])
+        else:
+            with no_grad():
+                ref_c, ref_r = pair_logps(reference, batch, pad_id)
+            ref_chosen, ref_rejected = ref_c.data, ref_r.data
+        chosen, rejected = pair_logps(model, batch, pad_id)
+        losses, chosen_rewards, rejected_rewards = rl_math.dpo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type, config.label_smoothing)
+        loss_fn.last_stats = {"rewards_chosen": float(chosen_rewards.mean()),
+                              "rewards_rejected": float(rejected_rewards.mean()),
+                              "rewards_margin": float((chosen_rewards - rejected_rewards).mean()),
+                              "rewards_accuracy": float(np.mean(chosen_rewards > rejected_rewards))}
+        return losses.mean(), len(batch)
+
+    loss_fn.last_stats = {}
+    return loss_fn
+
+
+def train_dpo_encoded(policy, encoded: list[dict], pad_id: int, config: DPOConfig | None = None, ref_policy=None,
+                      run_dir=None):
+    """DPO on encoded pairs (see encode_dpo_pairs) with the shared loop; returns (TrainResult, last stats)."""
+    from minifm.train.loop import train
+
+    config = config or DPOConfig()
+    if not encoded:
+        raise ValueError("DPO needs at least one preference pair")
+    reference = ref_policy if ref_policy is not None else copy.deepcopy(policy)
+    reference.requires_grad_(False)
+    reference.eval()
+    if config.precompute_ref_log_probs:
+        precompute_reference(reference, encoded, pad_id)
+    loss_fn = dpo_loss_fn(config, pad_id, reference)
+    policy.eval()  # no dropout: policy and reference log-probs must be comparable
+    result = train(policy, loss_fn, shuffled_batches(encoded, config.per_device_train_batch_size),
+                   loop_config(config), run_dir=run_dir, stage="dpo", run_config=config.to_dict())
+    policy.eval()
+    return result, dict(loss_fn.last_stats)
+
+
+def train_dpo(policy, tokenizer, pairs, config: DPOConfig | None = None, ref_policy=None, run_dir=None):
+    """Train `policy` in place with DPO on [{"prompt", "chosen", "rejected"}].
+
+    `ref_policy` defaults to a frozen copy of the policy as it is when training starts.
+    Returns (TrainResult of the shared loop, implicit-reward stats of the last batch).
+    """
+    config = config or DPOConfig()
+    encoded = encode_dpo_pairs(tokenizer, pairs, config.max_length)
+    return train_dpo_encoded(policy, encoded, special_id(tokenizer, PAD_TOKEN), config, ref_policy, run_dir)
