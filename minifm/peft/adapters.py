@@ -8,13 +8,17 @@ A bottleneck adapter is a small residual MLP inserted after a sublayer's output 
 `output_adapter` one after the feed-forward output projection (fc_out, or down_proj with SwiGLU), i.e.
 on the sublayer's output before it joins the residual stream — Houlsby's placement. W_up and b_up
 start at zero, so the adapter is the identity and the model is unchanged at step 0; W_down uses the
-Linear default init. Trainable parameters per adapter: 2 d m + m + d.
+Linear default init and b_down starts at zero (sublayer outputs are small at init, so a random
+negative b_down would leave ReLU units dead). The default non-linearity is swish (SiLU), the
+`adapters` library's Houlsby default. Trainable parameters per adapter: 2 d m + m + d.
 
 Simplifications: the adapter wraps the output projection Linear (it sees that layer's output, before
 the residual dropout), Houlsby's extra training of the layer norms is left to `modules_to_save`, and
 an adapter cannot be merged into the weights (it is non-linear).
 """
 from __future__ import annotations
+
+import numpy as np
 
 import minifm.functional as F
 from minifm.nn import Linear, Module
@@ -36,10 +40,11 @@ MLP_OUTPUT_NAMES = ("fc_out", "down_proj")
 class Bottleneck(Module):
     """down-project, non-linearity, zero-initialised up-project (returns only the residual branch)."""
 
-    def __init__(self, features: int, bottleneck: int, non_linearity: str):
+    def __init__(self, features: int, bottleneck: int, non_linearity: str, rng=None, dtype=np.float32):
         super().__init__()
-        self.adapter_down = Linear(features, bottleneck)
-        self.adapter_up = Linear(bottleneck, features)
+        self.adapter_down = Linear(features, bottleneck, rng=rng, dtype=dtype)
+        self.adapter_up = Linear(bottleneck, features, dtype=dtype)
+        self.adapter_down.bias.data[...] = 0.0  # a random negative bias can leave ReLU units dead from the start
         self.adapter_up.weight.data[...] = 0.0
         self.adapter_up.bias.data[...] = 0.0
         object.__setattr__(self, "activation", ACTIVATIONS[non_linearity])
@@ -63,7 +68,8 @@ class BottleneckAdapterLayer(TunerLayer):
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} already exists on this layer")
         bottleneck = bottleneck_size(self.out_features, config.reduction_factor)
-        self.adapters[name] = Bottleneck(self.out_features, bottleneck, config.non_linearity)
+        self.adapters[name] = Bottleneck(self.out_features, bottleneck, config.non_linearity, rng=rng,
+                                         dtype=self.base_layer.weight.dtype)
 
     def forward(self, x):
         h = self.base_forward(x)  # (..., d)

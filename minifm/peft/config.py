@@ -114,7 +114,7 @@ class AdapterConfig(PeftConfig):
     reduction_factor: int = 16
     mh_adapter: bool = True
     output_adapter: bool = True
-    non_linearity: str = "relu"
+    non_linearity: str = "swish"
     modules_to_save: list[str] | None = None
 
     def __post_init__(self):

@@ -26,9 +26,9 @@ from minifm.nn import Module
 class ScalingVector(Module):
     """One learned vector `weight` (n,), initialised to ones."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, dtype=np.float32):
         super().__init__()
-        self.weight = Parameter(np.ones(size, dtype=np.float32))
+        self.weight = Parameter(np.ones(size, dtype=dtype))
 
     def forward(self, x):
         return x * self.weight
@@ -48,7 +48,7 @@ class IA3Linear(TunerLayer):
         if name in self.ia3_l:
             raise ValueError(f"adapter {name!r} already exists on this layer")
         size = self.in_features if self.is_feedforward else self.out_features
-        self.ia3_l[name] = ScalingVector(size)
+        self.ia3_l[name] = ScalingVector(size, dtype=self.base_layer.weight.dtype)
 
     def merged_weight_and_bias(self, name, weight, bias):
         scale = self.ia3_l[name].weight.data.astype(weight.dtype)

@@ -66,7 +66,7 @@ def kaiming_uniform_a_sqrt5(shape: tuple[int, int], rng: np.random.Generator) ->
     """torch.nn.init.kaiming_uniform_(w, a=sqrt(5)): U(-b, b) with b = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in)."""
     fan_in = shape[1]
     bound = 1.0 / np.sqrt(fan_in)
-    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return rng.uniform(-bound, bound, size=shape)
 
 
 class LoraLinear(TunerLayer):
@@ -86,8 +86,9 @@ class LoraLinear(TunerLayer):
     def add_adapter(self, name: str, config: LoraConfig, rng: np.random.Generator) -> None:
         if name in self.lora_A:
             raise ValueError(f"adapter {name!r} already exists on this layer")
-        lora_A = Linear(self.in_features, config.r, bias=False)
-        lora_B = Linear(config.r, self.out_features, bias=False)
+        dtype = self.base_layer.weight.dtype  # adapters compute in the base model's precision
+        lora_A = Linear(self.in_features, config.r, bias=False, dtype=dtype)
+        lora_B = Linear(config.r, self.out_features, bias=False, dtype=dtype)
         if config.init_lora_weights:
             lora_A.weight.data[...] = kaiming_uniform_a_sqrt5((config.r, self.in_features), rng)
             lora_B.weight.data[...] = 0.0
@@ -101,7 +102,7 @@ class LoraLinear(TunerLayer):
         """scaling * B @ A, the (out, in) change this adapter makes to W."""
         lora_A = self.lora_A[name].weight.data  # (r, in)
         lora_B = self.lora_B[name].weight.data  # (out, r)
-        return (lora_B @ lora_A) * np.float32(self.scaling[name])
+        return (lora_B @ lora_A) * lora_A.dtype.type(self.scaling[name])
 
     def merged_weight_and_bias(self, name, weight, bias):
         return weight + self.delta_weight(name).astype(weight.dtype), bias

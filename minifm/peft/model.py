@@ -138,13 +138,14 @@ class PeftModel(Module):
                          lambda base, name: BottleneckAdapterLayer(base))
         elif isinstance(peft_config, PromptTuningConfig):
             embedding = find_token_embedding(self.base_model)
-            prompt = PromptEmbedding(peft_config.num_virtual_tokens, embedding.weight.shape[1])
+            prompt = PromptEmbedding(peft_config.num_virtual_tokens, embedding.weight.shape[1], embedding.weight.dtype)
             init_prompt_embedding(prompt, peft_config, embedding.weight.data, self.rng, self.tokenizer)
             self.prompt_encoder[adapter_name] = prompt
         elif isinstance(peft_config, PrefixTuningConfig):
             kv_shapes = [(m.num_kv_heads, m.head_dim) for _, m in attention_modules(self.base_model)]
             encoder = PrefixEncoder(peft_config.num_virtual_tokens, kv_shapes, _embedding_width(self.base_model),
-                                    peft_config.prefix_projection, peft_config.encoder_hidden_size, self.rng)
+                                    peft_config.prefix_projection, peft_config.encoder_hidden_size, self.rng,
+                                    dtype=find_token_embedding(self.base_model).weight.dtype)
             self.prompt_encoder[adapter_name] = encoder
         else:
             raise TypeError(f"unsupported config {type(peft_config).__name__}")

@@ -32,7 +32,8 @@ class PrefixEncoder(Module):
     """Produces the (keys, values) prefix pair of every attention module (see the module docstring)."""
 
     def __init__(self, num_virtual_tokens: int, kv_shapes: list[tuple[int, int]], d_model: int,
-                 prefix_projection: bool, encoder_hidden_size: int | None, rng: np.random.Generator):
+                 prefix_projection: bool, encoder_hidden_size: int | None, rng: np.random.Generator,
+                 dtype=np.float32):
         super().__init__()
         object.__setattr__(self, "kv_shapes", list(kv_shapes))  # [(Hkv, head_dim)] per attention module
         object.__setattr__(self, "prefix_projection", bool(prefix_projection))
@@ -40,12 +41,12 @@ class PrefixEncoder(Module):
         columns = sum(2 * heads * head_dim for heads, head_dim in kv_shapes)
         if prefix_projection:
             hidden = encoder_hidden_size or d_model
-            self.embedding = Parameter(rng.standard_normal((num_virtual_tokens, d_model)).astype(np.float32))
-            self.transform_in = Linear(d_model, hidden)
-            self.transform_out = Linear(hidden, columns)
+            self.embedding = Parameter(rng.standard_normal((num_virtual_tokens, d_model)).astype(dtype))
+            self.transform_in = Linear(d_model, hidden, rng=rng, dtype=dtype)
+            self.transform_out = Linear(hidden, columns, rng=rng, dtype=dtype)
         else:
             table = rng.normal(0.0, PREFIX_TABLE_INIT_STD, size=(num_virtual_tokens, columns))
-            self.embedding = Parameter(table.astype(np.float32))
+            self.embedding = Parameter(table.astype(dtype))
 
     def table(self):
         """(num_virtual_tokens, columns): the learned table or the MLP's output."""

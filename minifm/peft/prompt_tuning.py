@@ -29,9 +29,9 @@ from minifm.peft.config import PromptTuningConfig
 class PromptEmbedding(Module):
     """The soft prompt: `weight` (num_virtual_tokens, d_model)."""
 
-    def __init__(self, num_virtual_tokens: int, d_model: int):
+    def __init__(self, num_virtual_tokens: int, d_model: int, dtype=np.float32):
         super().__init__()
-        self.weight = Parameter(np.zeros((num_virtual_tokens, d_model), dtype=np.float32))
+        self.weight = Parameter(np.zeros((num_virtual_tokens, d_model), dtype=dtype))
 
     @property
     def num_virtual_tokens(self) -> int:
