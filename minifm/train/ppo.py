@@ -56,7 +56,7 @@ class ValueModel(Module):
         from minifm.nn import Linear
 
         self.backbone = backbone
-        self.value_head = Linear(backbone.config.n_embd, 1)
+        self.value_head = Linear(backbone.config.n_embd, 1).to(next(backbone.parameters()).dtype)
 
     @classmethod
     def from_reward_model(cls, reward_model) -> "ValueModel":

@@ -51,7 +51,7 @@ class RewardModel(Module):
         from minifm.nn import Linear
 
         self.backbone = backbone
-        self.score_head = Linear(backbone.config.n_embd, 1)
+        self.score_head = Linear(backbone.config.n_embd, 1).to(next(backbone.parameters()).dtype)
         self.score_head.weight.data[...] = 0.0
         if self.score_head.bias is not None:
             self.score_head.bias.data[...] = 0.0
