@@ -86,8 +86,9 @@ def load_adapter(peft_model, directory, adapter_name: str = "default", is_traina
         np.copyto(target, saved[name], casting="same_kind")
     peft_model.set_adapter(adapter_name)
     if not is_trainable:
-        for name, param in peft_model.named_parameters():
-            if adapter_name in name.split("."):
+        loaded_arrays = {id(array) for array in expected.values()}
+        for param in peft_model.parameters():
+            if id(param.data) in loaded_arrays:
                 param.requires_grad = False
 
 

@@ -1,0 +1,71 @@
+"""Adapter-only save/load: round trip, file contents, errors."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from minifm.peft import (
+    AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, from_pretrained, get_peft_model,
+    load_adapter, save_adapter,
+)
+from peft_testing import perturb_trainable, random_ids, tiny_gpt
+
+CONFIGS = [
+    LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "fc_in"], bias="lora_only"),
+    AdapterConfig(reduction_factor=4, mh_adapter=False),
+    PromptTuningConfig(num_virtual_tokens=3),
+    PrefixTuningConfig(num_virtual_tokens=2, prefix_projection=True),
+    IA3Config(target_modules=["v_proj", "fc_out"], feedforward_modules=["fc_out"]),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.peft_type)
+def test_save_load_round_trip(tmp_path, rng, config):
+    peft_model = get_peft_model(tiny_gpt(), config)
+    perturb_trainable(peft_model, rng)
+    ids = random_ids(rng, 2, 6)
+    expected = peft_model(ids).data.copy()
+    save_adapter(peft_model, tmp_path)
+
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    trainable = peft_model.get_nb_trainable_parameters()[0]
+    assert sum(a.size for a in saved.values()) == trainable  # only the adapter, never the base model
+    assert not any(".default." in key for key in saved)  # PEFT's layout: no adapter name in the keys
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == config.peft_type
+
+    fresh = from_pretrained(tiny_gpt(), tmp_path)  # same seed -> same base weights
+    np.testing.assert_array_equal(fresh(ids).data, expected)
+    assert fresh.get_nb_trainable_parameters()[0] == 0  # loaded for inference
+    trainable_again = from_pretrained(tiny_gpt(), tmp_path, is_trainable=True)
+    assert trainable_again.get_nb_trainable_parameters()[0] == trainable
+
+
+def test_load_as_second_named_adapter(tmp_path, rng):
+    source = get_peft_model(tiny_gpt(), LoraConfig(r=2))
+    perturb_trainable(source, rng)
+    ids = random_ids(rng, 1, 5)
+    expected = source(ids).data.copy()
+    save_adapter(source, tmp_path)
+    target = get_peft_model(tiny_gpt(), LoraConfig(r=2))
+    load_adapter(target, tmp_path, adapter_name="loaded")
+    assert target.active_adapter == "loaded"
+    np.testing.assert_array_equal(target(ids).data, expected)
+
+
+def test_load_rejects_a_different_model(tmp_path):
+    save_adapter(get_peft_model(tiny_gpt(), LoraConfig(r=2)), tmp_path)
+    with pytest.raises(ValueError, match="shape"):
+        from_pretrained(tiny_gpt(n_embd=24, n_head=4), tmp_path)
+
+
+def test_save_refuses_nan_and_merged(tmp_path):
+    peft_model = get_peft_model(tiny_gpt(), LoraConfig(r=2))
+    peft_model.merge_adapter()
+    with pytest.raises(RuntimeError, match="unmerge"):
+        save_adapter(peft_model, tmp_path)
+    peft_model.unmerge_adapter()
+    next(p for p in peft_model.parameters() if p.requires_grad).data[0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN"):
+        save_adapter(peft_model, tmp_path)
+    assert not (tmp_path / "adapter_model.safetensors").exists()
