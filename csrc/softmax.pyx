@@ -1,11 +1,21 @@
 # cython: language_level=3
-"""Cython twin of minifm/kernels/softmax.py (reference: softmax_reference).
+"""Cython twin of minifm/kernels/softmax.py (references: softmax_reference, softmax_backward_reference,
+log_softmax_reference, log_softmax_backward_reference).
 
-Each row is independent, so rows are split across OpenMP threads with prange; within a row the
-max, the exponentials and the normalisation are three passes over contiguous memory.
+Each row is independent, so rows are split across OpenMP threads with prange. Within a row the work
+is a few passes over contiguous memory, each one a vectorised primitive from _common.pxd:
+
+  softmax:      m = max(x);  y = exp(x - m), s = sum(y);  y *= 1/s
+  log_softmax:  m = max(x);  s = sum(exp(x - m));         y = x - (m + log s)
+  softmax backward:      dx = y * (dy - sum(dy * y))
+  log_softmax backward:  dx = dy - exp(y) * sum(dy)
+
+A row whose maximum is -inf (every entry -inf) has no mass: softmax gives zeros, log_softmax -inf.
 """
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, INFINITY
+from libc.math cimport log, INFINITY
+
+cimport _common as vec
 
 ctypedef fused real:
     float
@@ -13,33 +23,103 @@ ctypedef fused real:
 
 
 cdef inline void _softmax_row(const real* x, real* y, Py_ssize_t n) noexcept nogil:
+    cdef real row_max
+    cdef double total
     cdef Py_ssize_t j
-    cdef double row_max = -INFINITY
-    cdef double total = 0.0
-    cdef double e
-    for j in range(n):
-        if x[j] > row_max:
-            row_max = x[j]
+    if real is float:
+        row_max = vec.max_f(x, n)
+    else:
+        row_max = vec.max_d(x, n)
     if row_max == -INFINITY:
         for j in range(n):
             y[j] = 0
         return
-    for j in range(n):
-        if real is float:
-            e = expf(<float>(x[j] - row_max))
-        else:
-            e = exp(x[j] - row_max)
-        y[j] = <real>e
-        total += e
-    for j in range(n):
-        y[j] = <real>(y[j] / total)
+    if real is float:
+        total = vec.exp_store_sum_f(x, y, n, 1.0, row_max)
+        vec.scale_f(y, n, <float>(1.0 / total))
+    else:
+        total = vec.exp_store_sum_d(x, y, n, 1.0, row_max)
+        vec.scale_d(y, n, 1.0 / total)
+
+
+cdef inline void _log_softmax_row(const real* x, real* y, Py_ssize_t n) noexcept nogil:
+    cdef real row_max
+    cdef double total
+    cdef Py_ssize_t j
+    if real is float:
+        row_max = vec.max_f(x, n)
+    else:
+        row_max = vec.max_d(x, n)
+    if row_max == -INFINITY:
+        for j in range(n):
+            y[j] = -INFINITY
+        return
+    if real is float:
+        total = vec.exp_sum_f(x, n, row_max)
+        vec.shift_f(x, y, n, <float>(row_max + log(total)))
+    else:
+        total = vec.exp_sum_d(x, n, row_max)
+        vec.shift_d(x, y, n, row_max + log(total))
+
+
+def _check_pair(tuple a, tuple b, str name_a, str name_b):
+    if a != b:
+        raise ValueError(f"{name_a} shape {a} != {name_b} shape {b}")
 
 
 def softmax_forward(const real[:, ::1] x, real[:, ::1] out):
     """out[i] = softmax(x[i]) for every row i."""
     cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i
-    if out.shape[0] != rows or out.shape[1] != cols:
-        raise ValueError(f"out shape {(out.shape[0], out.shape[1])} != x shape {(rows, cols)}")
+    _check_pair((out.shape[0], out.shape[1]), (rows, cols), "out", "x")
+    if cols == 0:
+        return
     with nogil:
         for i in prange(rows, schedule="static"):
             _softmax_row(&x[i, 0], &out[i, 0], cols)
+
+
+def log_softmax_forward(const real[:, ::1] x, real[:, ::1] out):
+    """out[i] = log_softmax(x[i]) for every row i."""
+    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], i
+    _check_pair((out.shape[0], out.shape[1]), (rows, cols), "out", "x")
+    if cols == 0:
+        return
+    with nogil:
+        for i in prange(rows, schedule="static"):
+            _log_softmax_row(&x[i, 0], &out[i, 0], cols)
+
+
+def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] dx):
+    """dx[i] = y[i] * (dy[i] - <dy[i], y[i]>) where y = softmax(x)."""
+    cdef Py_ssize_t rows = y.shape[0], cols = y.shape[1], i
+    cdef double inner
+    _check_pair((dy.shape[0], dy.shape[1]), (rows, cols), "dy", "y")
+    _check_pair((dx.shape[0], dx.shape[1]), (rows, cols), "dx", "y")
+    if cols == 0:
+        return
+    with nogil:
+        for i in prange(rows, schedule="static"):
+            if real is float:
+                inner = vec.dot_f(&dy[i, 0], &y[i, 0], cols)
+                vec.mul_sub_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>inner)
+            else:
+                inner = vec.dot_d(&dy[i, 0], &y[i, 0], cols)
+                vec.mul_sub_d(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, inner)
+
+
+def log_softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] dx):
+    """dx[i] = dy[i] - exp(y[i]) * sum(dy[i]) where y = log_softmax(x)."""
+    cdef Py_ssize_t rows = y.shape[0], cols = y.shape[1], i
+    cdef double total
+    _check_pair((dy.shape[0], dy.shape[1]), (rows, cols), "dy", "y")
+    _check_pair((dx.shape[0], dx.shape[1]), (rows, cols), "dx", "y")
+    if cols == 0:
+        return
+    with nogil:
+        for i in prange(rows, schedule="static"):
+            if real is float:
+                total = vec.sum_f(&dy[i, 0], cols)
+                vec.sub_exp_mul_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>total)
+            else:
+                total = vec.sum_d(&dy[i, 0], cols)
+                vec.sub_exp_mul_d(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, total)
