@@ -49,7 +49,7 @@ ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 
 
 class ValueModel(Module):
-    """A GPT backbone plus `value_head` (Linear(n_embd, 1)) applied at every position: (B, T) values."""
+    """A GPT backbone plus `value_head` (Linear(n_embd, 1), zero-initialised) at every position: (B, T) values."""
 
     def __init__(self, backbone):
         super().__init__()
@@ -57,6 +57,9 @@ class ValueModel(Module):
 
         self.backbone = backbone
         self.value_head = Linear(backbone.config.n_embd, 1).to(next(backbone.parameters()).dtype)
+        self.value_head.weight.data[...] = 0.0  # deterministic start: every value estimate is 0
+        if self.value_head.bias is not None:
+            self.value_head.bias.data[...] = 0.0
 
     @classmethod
     def from_reward_model(cls, reward_model) -> "ValueModel":
