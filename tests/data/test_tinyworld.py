@@ -160,14 +160,14 @@ def test_rejected_kinds_are_varied():
 def test_reward_formula_components():
     prompt = "Where does Mara live?"
     answer = tw.reference_answer(prompt)
-    wrong = tw.all_tasks()[0].wrong_answers[0] if tw.all_tasks()[0].prompt == prompt else None
+    wrong = next(t for t in tw.all_tasks() if t.prompt == prompt).wrong_answers[0]
     assert tw.ground_truth_reward(prompt, answer) == 1.0
     assert tw.ground_truth_reward(prompt, "Sure! " + answer) == pytest.approx(1.2)
     assert tw.ground_truth_reward(prompt, answer + " I hope this helps.") == pytest.approx(1.0 - 4 * 0.05)
     assert tw.ground_truth_reward(prompt, "Ugh. " + answer) == pytest.approx(1.0 - 0.05 - 0.5)
     assert tw.ground_truth_reward(prompt, "") == -1.0
-    if wrong is not None:
-        assert tw.ground_truth_reward(prompt, wrong) == -1.0
+    assert tw.ground_truth_reward(prompt, wrong) == -1.0
+    assert tw.ground_truth_reward(prompt, "Sure! " + wrong) == pytest.approx(-0.8)
 
 
 @given(st.text(max_size=200))
