@@ -65,8 +65,7 @@ def log_softmax_reference(x: np.ndarray) -> np.ndarray:
     """x - max - log(sum(exp(x - max))) along the last axis; rows of all -inf give -inf."""
     shifted = x - _safe_row_max(x)
     total = np.sum(np.exp(shifted), axis=-1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        log_total = np.log(total)  # -inf for an all -inf row
+    log_total = np.log(np.where(total > 0, total, 1.0))  # an all -inf row gets -inf below
     return np.where(total > 0, shifted - log_total, -np.inf).astype(x.dtype)
 
 
