@@ -1,0 +1,420 @@
+"""Pre-training: next-token prediction (GPT), masked LM (BERT) and span corruption (T5).
+
+Pre-training turns raw text into knowledge in the weights by self-supervision: the text itself
+supplies the targets. Three objectives, one per architecture family:
+  causal  (GPT, decoder)       predict token t+1 from tokens <= t; every position is a target
+  mlm     (BERT, encoder)      15% of the tokens are selected (80% -> <|mask|>, 10% random, 10% kept)
+                               and predicted from both sides
+  span    (T5, enc-decoder)    random spans are replaced by sentinels <|extra_i|> in the encoder input;
+                               the decoder writes "<|extra_0|> span0 <|extra_1|> span1 ..."
+The pipeline (`run_pretraining`): load the corpus (minifm.data.sources: "tinyworld", "python-stdlib",
+a folder, a .txt/.md file or a JSONL of {"text": ...}), optionally curate it (quality rules + dedup),
+train or load a BPE tokenizer, split *documents* into train / held-out (no window straddles the
+split), pack the token stream into fixed windows, and run the shared loop (minifm.train.loop).
+Held-out loss is the token-weighted mean cross-entropy on the held-out windows and perplexity its
+exp; for mlm/span it is over the masked / corrupted targets (a "pseudo" perplexity, comparable
+only within one objective). A loss-curve PNG is written to the run directory.
+
+Simplifications: windows are packed with an eos between documents (GPT-2 style), the held-out set
+is capped at `eval_batches` batches, and the held-out masking / corruption is drawn from a fixed
+seed so every evaluation scores the same targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import minifm.functional as F
+from minifm.train.loop import TrainConfig, Trainer, read_metrics
+
+OBJECTIVE_OF_ARCH = {"gpt": "causal", "bert": "mlm", "t5": "span"}
+
+
+@dataclass
+class PretrainConfig:
+    """What to pre-train on and which model (the optimisation settings are in loop.TrainConfig)."""
+
+    arch: str = "gpt"               # "gpt" (causal LM) | "bert" (masked LM) | "t5" (span corruption)
+    corpus: str = "tinyworld"       # "tinyworld" | "python-stdlib" | a path (.txt/.md, folder, .jsonl with "text")
+    corpus_bytes: int = 400_000     # size of the generated tinyworld corpus / cap for python-stdlib
+    curate: bool = True             # run the quality pipeline (+ dedup) before tokenizing
+    vocab_size: int = 1024          # BPE vocabulary when a tokenizer is trained here
+    val_fraction: float = 0.05      # fraction of documents held out
+    eval_batches: int = 8           # held-out batches scored at each evaluation
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_kv_head: int | None = None
+    dropout: float = 0.0
+    pos: str = "learned"            # GPT/BERT: "learned" | "rope"
+    norm: str = "layernorm"         # "layernorm" | "rmsnorm"
+    mlp: str = "gelu"               # "gelu" | "swiglu"
+    mlm_probability: float = 0.15
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    model_seed: int = 0
+
+    def __post_init__(self):
+        if self.arch not in OBJECTIVE_OF_ARCH:
+            raise ValueError(f"PretrainConfig.arch must be one of {sorted(OBJECTIVE_OF_ARCH)}, got {self.arch!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"PretrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("corpus_bytes", "vocab_size", "eval_batches", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PretrainConfig.{name} must be a positive int, got {value!r}")
+
+    @property
+    def objective(self) -> str:
+        return OBJECTIVE_OF_ARCH[self.arch]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainConfig":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig keys {unknown}; valid keys: {valid}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------- model
+def build_model(config: PretrainConfig, vocab_size: int, special_tokens: dict | None = None):
+    """The GPT / BERT / T5 that config.arch names, sized by the config and the tokenizer."""
+    from minifm.models import BERT, BERTConfig, GPT, GPTConfig, T5, T5Config
+
+    common = dict(vocab_size=vocab_size, block_size=config.block_size, n_layer=config.n_layer,
+                  n_head=config.n_head, n_embd=config.n_embd, n_kv_head=config.n_kv_head, dropout=config.dropout,
+                  norm=config.norm, mlp=config.mlp, seed=config.model_seed)
+    if config.arch == "gpt":
+        return GPT(GPTConfig(pos=config.pos, **common))
+    if config.arch == "bert":
+        return BERT(BERTConfig(pos=config.pos, **common))
+    pad = (special_tokens or {}).get("<|pad|>", 0)
+    return T5(T5Config(pad_token_id=pad, decoder_start_token_id=pad, **common))
+
+
+def model_from_config_dict(values: dict):
+    """Rebuild a model from a run's config.json "model" record {"arch": ..., "config": {...}}."""
+    from minifm.models import BERT, BERTConfig, GPT, GPTConfig, T5, T5Config
+
+    classes = {"gpt": (GPT, GPTConfig), "bert": (BERT, BERTConfig), "t5": (T5, T5Config)}
+    arch = values.get("arch")
+    if arch not in classes:
+        raise ValueError(f"model record must name arch in {sorted(classes)}, got {arch!r}")
+    model_class, config_class = classes[arch]
+    return model_class(config_class.from_dict(values["config"]))
+
+
+# ---------------------------------------------------------------------------------------- objectives
+def endless(make_epoch, rng):
+    """Epoch after epoch of make_epoch(rng) (each epoch reshuffles with the same generator)."""
+    while True:
+        produced = False
+        for batch in make_epoch(rng):
+            produced = True
+            yield batch
+        if not produced:
+            raise ValueError("an epoch produced no batch: the training set is smaller than one batch")
+
+
+class CausalLMObjective:
+    """GPT: next-token cross-entropy on packed windows (inputs = window[:-1], targets = window[1:])."""
+
+    name = "causal"
+
+    def __init__(self, train_windows: np.ndarray, val_windows: np.ndarray, batch_size: int, eval_batches: int):
+        self.train_windows = train_windows  # (n, T + 1)
+        self.val_windows = val_windows[:batch_size * eval_batches]  # (m, T + 1)
+        self.batch_size = batch_size
+
+    def batches(self, rng):
+        from minifm.data.batches import causal_lm_batches
+
+        return endless(lambda r: causal_lm_batches(self.train_windows, self.batch_size, r, drop_last=True), rng)
+
+    def loss(self, model, batch):
+        inputs, targets = batch  # (B, T), (B, T)
+        logits = model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits, targets), targets.size
+
+    def eval_batches(self):
+        for start in range(0, self.val_windows.shape[0], self.batch_size):
+            windows = self.val_windows[start:start + self.batch_size]
+            yield windows[:, :-1], windows[:, 1:]
+
+    def evaluate(self, model) -> dict:
+        return _weighted_eval(self, model)
+
+
+class MaskedLMObjective:
+    """BERT: predict the selected tokens of each window (mask_for_mlm, 80/10/10)."""
+
+    name = "mlm"
+
+    def __init__(self, train_windows, val_windows, batch_size, eval_batches, tokenizer, mlm_probability):
+        self.train_windows = train_windows[:, :-1]  # (n, T)
+        self.val_windows = val_windows[:batch_size * eval_batches, :-1]  # (m, T)
+        self.batch_size = batch_size
+        specials = tokenizer.special_tokens
+        if "<|mask|>" not in specials:
+            raise ValueError("masked-LM pre-training needs a '<|mask|>' special token in the tokenizer")
+        self.mask_id = specials["<|mask|>"]
+        self.special_ids = sorted(specials.values())
+        self.vocab_size = tokenizer.vocab_size
+        self.mlm_probability = mlm_probability
+
+    def _mask(self, windows, rng):
+        from minifm.data.batches import mask_for_mlm
+
+        return mask_for_mlm(windows, rng, self.mask_id, self.vocab_size, self.special_ids, self.mlm_probability)
+
+    def batches(self, rng):
+        def epoch(r):
+            order = r.permutation(self.train_windows.shape[0])
+            for start in range(0, order.size - self.batch_size + 1, self.batch_size):
+                yield self._mask(self.train_windows[order[start:start + self.batch_size]], r)
+
+        return endless(epoch, rng)
+
+    def loss(self, model, batch):
+        inputs, labels = batch  # (B, T), (B, T) with -100 where not selected
+        logits = model.mlm_logits(model(inputs))  # (B, T, V)
+        return F.cross_entropy(logits, labels), int((labels != -100).sum())
+
+    def eval_batches(self):
+        rng = np.random.default_rng(12345)  # the same held-out masking at every evaluation
+        for start in range(0, self.val_windows.shape[0], self.batch_size):
+            yield self._mask(self.val_windows[start:start + self.batch_size], rng)
+
+    def evaluate(self, model) -> dict:
+        return _weighted_eval(self, model)
+
+
+class SpanCorruptionObjective:
+    """T5: encoder sees the window with spans replaced by sentinels, decoder writes the spans."""
+
+    name = "span"
+
+    def __init__(self, train_windows, val_windows, batch_size, eval_batches, tokenizer, noise_density,
+                 mean_span_length):
+        self.train_windows = train_windows[:, :-1]  # (n, T)
+        self.val_windows = val_windows[:batch_size * eval_batches, :-1]  # (m, T)
+        self.batch_size = batch_size
+        specials = tokenizer.special_tokens
+        self.sentinels = [specials[f"<|extra_{i}|>"] for i in range(32) if f"<|extra_{i}|>" in specials]
+        if not self.sentinels:
+            raise ValueError("span-corruption pre-training needs '<|extra_i|>' sentinel special tokens")
+        self.noise_density = noise_density
+        self.mean_span_length = mean_span_length
+
+    def _corrupt(self, windows, rng):
+        from minifm.data.batches import span_corruption
+
+        pairs = [span_corruption(row, rng, self.sentinels, self.noise_density, self.mean_span_length)
+                 for row in windows]
+        encoder = np.stack([p[0] for p in pairs])  # (B, S): equal lengths for equal window lengths
+        targets = np.stack([p[1] for p in pairs])  # (B, T_dec)
+        return encoder, targets
+
+    def batches(self, rng):
+        def epoch(r):
+            order = r.permutation(self.train_windows.shape[0])
+            for start in range(0, order.size - self.batch_size + 1, self.batch_size):
+                yield self._corrupt(self.train_windows[order[start:start + self.batch_size]], r)
+
+        return endless(epoch, rng)
+
+    def loss(self, model, batch):
+        encoder_ids, targets = batch
+        return model.loss(encoder_ids, targets), targets.size
+
+    def eval_batches(self):
+        rng = np.random.default_rng(12345)
+        for start in range(0, self.val_windows.shape[0], self.batch_size):
+            yield self._corrupt(self.val_windows[start:start + self.batch_size], rng)
+
+    def evaluate(self, model) -> dict:
+        return _weighted_eval(self, model)
+
+
+def _weighted_eval(objective, model) -> dict:
+    """Token-weighted mean held-out loss and its exp (perplexity)."""
+    total, count = 0.0, 0
+    for batch in objective.eval_batches():
+        loss, n_tokens = objective.loss(model, batch)
+        total += float(loss.data) * n_tokens
+        count += n_tokens
+    if count == 0:
+        raise ValueError("the held-out set is empty: raise corpus_bytes or val_fraction")
+    mean = total / count
+    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 700.0))}
+
+
+def make_objective(config: PretrainConfig, train_windows, val_windows, batch_size: int, tokenizer):
+    if config.objective == "causal":
+        return CausalLMObjective(train_windows, val_windows, batch_size, config.eval_batches)
+    if config.objective == "mlm":
+        return MaskedLMObjective(train_windows, val_windows, batch_size, config.eval_batches, tokenizer,
+                                 config.mlm_probability)
+    return SpanCorruptionObjective(train_windows, val_windows, batch_size, config.eval_batches, tokenizer,
+                                   config.noise_density, config.mean_span_length)
+
+
+# ---------------------------------------------------------------------------------------- data
+def load_texts(config: PretrainConfig) -> list[str]:
+    from minifm.data.sources import load_corpus
+
+    if config.corpus == "tinyworld":
+        return load_corpus("tinyworld", max_bytes=config.corpus_bytes)
+    if config.corpus == "python-stdlib":
+        return load_corpus("python-stdlib", max_bytes=config.corpus_bytes)
+    return load_corpus(config.corpus)
+
+
+def curate_texts(texts: list[str], corpus: str):
+    """Run the quality pipeline ("code" rules for python-stdlib, "web" rules otherwise)."""
+    from minifm.data.quality import QualityPipeline
+
+    return QualityPipeline(preset="code" if corpus == "python-stdlib" else "web").run(texts)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE with minifm's default special tokens (eos, pad, chat roles, mask, sentinels)."""
+    from minifm.tokenizer import BPETokenizer
+    from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
+
+    return BPETokenizer.train(texts, vocab_size, special_tokens=DEFAULT_SPECIAL_TOKENS)
+
+
+def split_documents(token_lists: list[list[int]], val_fraction: float, seed: int):
+    """Hold out a random fraction of whole documents (at least one); returns (train, held_out)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(token_lists))
+    n_val = max(1, int(round(len(token_lists) * val_fraction)))
+    if len(token_lists) < 2:
+        raise ValueError(f"need at least 2 documents to hold some out, got {len(token_lists)}")
+    val = [token_lists[i] for i in sorted(order[:n_val])]
+    train = [token_lists[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def pack(token_lists, block_size: int, eos_id: int, what: str) -> np.ndarray:
+    from minifm.data.batches import pack_causal_lm
+
+    total = sum(len(t) + 1 for t in token_lists)
+    if total < block_size + 1:
+        raise ValueError(f"the {what} split has {total} tokens, fewer than one window of block_size + 1 = "
+                         f"{block_size + 1}: use a larger corpus, a smaller block_size or (held-out) a larger "
+                         "val_fraction")
+    return pack_causal_lm(token_lists, block_size, eos_id)
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, tokenizer=None, texts=None,
+                    resume: bool = False, log=print) -> dict:
+    """Corpus -> (curation) -> tokenizer -> windows -> shared loop -> held-out perplexity + loss curve.
+
+    Writes into run_dir: tokenizer.json, config.json, model.safetensors, optimizer.safetensors,
+    train_state.json, metrics.jsonl, loss_curve.png, pretrain_summary.json. Returns the summary
+    dict (with the live "model" and "tokenizer" objects added under those keys).
+    """
+    from minifm.tokenizer import BPETokenizer
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    curation = None
+    if texts is None:
+        texts = load_texts(config)
+        if config.curate:
+            curation = curate_texts(texts, config.corpus)
+            log(f"curation kept {len(curation.kept)} of {curation.n_input} documents")
+            texts = curation.kept
+    tokenizer_path = run_dir / "tokenizer.json"
+    if tokenizer is None and resume and tokenizer_path.exists():
+        tokenizer = BPETokenizer.load(tokenizer_path)
+    if tokenizer is None:
+        log(f"training a {config.vocab_size}-token BPE tokenizer on {len(texts)} documents")
+        tokenizer = train_tokenizer(texts, config.vocab_size)
+    tokenizer.save(tokenizer_path)
+    eos_id = tokenizer.special_tokens.get("<|endoftext|>")
+    if eos_id is None:
+        raise ValueError("the tokenizer needs an '<|endoftext|>' special token to separate documents")
+    token_lists = tokenizer.encode_batch(texts)
+    train_docs, val_docs = split_documents(token_lists, config.val_fraction, train_config.seed)
+    train_windows = pack(train_docs, config.block_size, eos_id, "training")
+    val_windows = pack(val_docs, config.block_size, eos_id, "held-out")
+    objective = make_objective(config, train_windows, val_windows, train_config.batch_size, tokenizer)
+    model = build_model(config, tokenizer.vocab_size, tokenizer.special_tokens)
+    from minifm.models.sizes import param_count
+
+    n_params = int(param_count(model.config))
+    log(f"{config.arch.upper()} with {n_params:,} parameters; {train_windows.shape[0]} training windows of "
+        f"{config.block_size} tokens ({train_windows.shape[0] * config.block_size:,} tokens), "
+        f"{val_windows.shape[0]} held-out windows")
+    run_config = {"stage": "pretrain", "pretrain": config.to_dict(), "train": train_config.to_dict(),
+                  "model": {"arch": config.arch, "config": model.config.to_dict()}}
+    trainer = Trainer(model, objective.loss, objective.batches, train_config, run_dir=run_dir,
+                      eval_fn=objective.evaluate, stage="pretrain", run_config=run_config)
+    result = trainer.fit(resume=resume)
+    from minifm.train.plots import plot_loss_curve
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    curve = plot_loss_curve(rows, run_dir / "loss_curve.png",
+                            title=f"{config.arch.upper()} pre-training ({config.objective}) on {config.corpus}")
+    final = result.final_eval
+    losses = [r["loss"] for r in rows if "loss" in r]
+    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    summary = {
+        "arch": config.arch, "objective": config.objective, "corpus": config.corpus,
+        "documents": len(texts), "train_windows": int(train_windows.shape[0]),
+        "val_windows": int(min(val_windows.shape[0], train_config.batch_size * config.eval_batches)),
+        "params": n_params, "steps": result.step, "tokens": result.tokens,
+        "train_elapsed_s": result.elapsed_s, "total_elapsed_s": time.perf_counter() - started,
+        "tokens_per_s_median": float(np.median(speeds)) if speeds else None,
+        "first_loss": losses[0] if losses else None, "final_train_loss": losses[-1] if losses else None,
+        "val_loss": final.get("val_loss"), "val_ppl": final.get("val_ppl"),
+        "loss_curve": curve.name, "vocab_size": tokenizer.vocab_size,
+        "curation_kept": None if curation is None else len(curation.kept),
+    }
+    (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log(f"held-out loss {summary['val_loss']:.4f} nats/token, perplexity {summary['val_ppl']:.2f}")
+    summary["model"] = model
+    summary["tokenizer"] = tokenizer
+    summary["curation"] = curation
+    return summary
+
+
+def load_run(run_dir):
+    """(model, tokenizer, config.json dict) from a run directory written by run_pretraining / a stage."""
+    from minifm.checkpoint import load_checkpoint
+    from minifm.tokenizer import BPETokenizer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"no config.json in {run_dir}: is it a minifm run directory?")
+    record = json.loads(config_path.read_text(encoding="utf-8"))
+    if "model" not in record:
+        raise ValueError(f"{config_path} has no 'model' record (keys: {sorted(record)})")
+    model = model_from_config_dict(record["model"])
+    load_checkpoint(run_dir, model)
+    tokenizer_path = next((p for p in (run_dir / "tokenizer.json", run_dir.parent / "tokenizer.json") if p.exists()),
+                          None)
+    if tokenizer_path is None:
+        raise FileNotFoundError(f"no tokenizer.json in {run_dir} or its parent")
+    return model, BPETokenizer.load(tokenizer_path), record
+
+
+__all__ = ["CausalLMObjective", "MaskedLMObjective", "PretrainConfig", "SpanCorruptionObjective", "build_model",
+           "load_run", "make_objective", "model_from_config_dict", "run_pretraining", "split_documents"]
