@@ -42,3 +42,17 @@ def off_grid_arrays(shape, offset=0.1):
 def distinct_arrays(shape):
     """Values at least 0.1 apart (no ties, so max/min have a unique winner per reduction)."""
     return hnp.arrays(np.int64, shape, elements=st.integers(-40, 40), unique=True).map(lambda k: 0.1 * k)
+
+
+# ---------------------------------------------------------------- tokenizer (tests/tokenizer)
+# Arbitrary Unicode (surrogates excluded, as str.encode("utf-8") requires) mixed with pieces that
+# stress a byte-level BPE: emoji and ZWJ sequences, CJK, combining marks, NUL and control
+# characters, Unicode numbers that are not digits, contractions, long runs, special-token text.
+tokenizer_nasty_pieces = st.sampled_from([
+    "🙂", "👩\u200d👩\u200d👧", "🇫🇷", "你好，世界", "こんにちは", "한국어", "e\u0301", "\u0301\u0308", "\x00",
+    "\x1c\x1f", "\x7f", "\r\n", "\n\n\n", "\t ", "   ", "\u00a0", "\u2028", "\u3000", "'s", "'LL", "'re",
+    "123456", "²³", "Ⅻ", "½", "\u200b", "\ufeff", "\U0010ffff", "\U0001d49c", "x" * 40, "=" * 33,
+    "<|endoftext|>", "<|end|>", "<|user|>", "<|", "|>", "def f(x):\n    return x", "Ünïcödé",
+    "مرحبا", "Привет", "\ufffd",
+])
+tokenizer_text = st.lists(st.one_of(st.text(max_size=16), tokenizer_nasty_pieces), max_size=10).map("".join)
