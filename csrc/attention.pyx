@@ -1,0 +1,283 @@
+# cython: language_level=3
+"""Cython twin of minifm/kernels/attention.py (references: attention_forward_reference,
+attention_backward_reference): flash-style scaled dot-product attention.
+
+Layout: q (B, H, Tq, D), k and v (B, Hkv, Tk, D), all C-contiguous; query head h reads kv head
+h // (H // Hkv). Nothing of size Tq x Tk is ever allocated: each thread owns a few tiles of
+BLOCK_Q x BLOCK_K scores and walks the key axis block by block.
+
+Forward, per (batch, head) pair (prange) and per block of BLOCK_Q query rows:
+    running max m = -inf, running sum l = 0, accumulator acc = 0            (BLOCK_Q, D)
+    for each key block:  S = scale * Q K^T (BLAS gemm), masked entries -inf
+        m_new = max(m, rowmax S);  P = exp(S - m_new);  alpha = exp(m - m_new)
+        l = alpha * l + rowsum P;  acc = alpha * acc + P V (BLAS gemm)
+    out = acc / l,  lse = m + log l      (a row with no allowed key: out 0, lse -inf)
+
+Backward (FlashAttention-2 order), per (batch, kv head) pair (prange; the query heads of a group
+are handled by the same thread, so dk/dv need no atomics), per key block, per query block:
+    P = exp(scale * Q K^T - lse)  (recomputed, masked entries 0)
+    dV += P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(dO * O)) * scale
+    dQ += dS K;  dK += dS^T Q
+Causal blocks that are entirely above the diagonal are skipped in both directions.
+"""
+from cython.parallel cimport prange
+from libc.math cimport log, INFINITY
+from libc.stdint cimport uint8_t
+from libc.stdlib cimport malloc, free
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cimport _common as vec
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    BLOCK_Q = 64    # query rows per tile
+    BLOCK_K = 128   # keys per tile
+
+
+cdef inline void _gemm(char trans_a, char trans_b, int m, int n, int k, real alpha,
+                       const real* a, int lda, const real* b, int ldb, real beta,
+                       real* c, int ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(X) is X or X^T.
+
+    BLAS is column-major; a row-major matrix is the transpose of the same memory read column-major,
+    so the row-major product C = op(A) op(B) is the column-major product C^T = op(B)^T op(A)^T:
+    swap the operands (and m with n) and keep each one's transpose flag.
+    """
+    if real is float:
+        sgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline Py_ssize_t _allowed_prefix(Py_ssize_t query_pos, Py_ssize_t key_start, Py_ssize_t width,
+                                       bint causal) noexcept nogil:
+    """How many keys key_start .. key_start + width - 1 the query at absolute position query_pos may see
+    under the causal rule (key j allowed iff j <= query_pos)."""
+    cdef Py_ssize_t count
+    if not causal:
+        return width
+    count = query_pos - key_start + 1
+    if count < 0:
+        return 0
+    if count > width:
+        return width
+    return count
+
+
+cdef inline void _mask_row(real* s_row, Py_ssize_t allowed, Py_ssize_t width,
+                           const uint8_t* key_mask) noexcept nogil:
+    """Set the entries of a score row that may not be attended to -inf."""
+    cdef Py_ssize_t c
+    for c in range(allowed, width):
+        s_row[c] = -INFINITY
+    if key_mask != NULL:
+        for c in range(allowed):
+            if not key_mask[c]:
+                s_row[c] = -INFINITY
+
+
+cdef void _forward_head(const real* q, const real* k, const real* v, real* out, real* lse,
+                        Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale, bint causal,
+                        Py_ssize_t q_offset, const uint8_t* key_mask,
+                        real* scores, real* acc, double* run_max, double* run_sum) noexcept nogil:
+    cdef Py_ssize_t query_block, key_block, i0, j0, r, c, rows, width, key_end, allowed
+    cdef double tile_max, new_max, alpha, total
+    cdef real* s_row
+    for query_block in range((tq + BLOCK_Q - 1) // BLOCK_Q):
+        i0 = query_block * BLOCK_Q
+        rows = min(<Py_ssize_t>BLOCK_Q, tq - i0)
+        for r in range(rows):
+            run_max[r] = -INFINITY
+            run_sum[r] = 0.0
+        for r in range(rows * d):
+            acc[r] = 0
+        key_end = tk
+        if causal:
+            key_end = min(tk, i0 + rows - 1 + q_offset + 1)
+        for key_block in range((key_end + BLOCK_K - 1) // BLOCK_K):
+            j0 = key_block * BLOCK_K
+            width = min(<Py_ssize_t>BLOCK_K, key_end - j0)
+            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * d, <int>d,
+                  k + j0 * d, <int>d, 0.0, scores, BLOCK_K)
+            for r in range(rows):
+                s_row = scores + r * BLOCK_K
+                allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
+                _mask_row(s_row, allowed, width, key_mask + j0 if key_mask != NULL else NULL)
+                if real is float:
+                    tile_max = vec.max_f(s_row, allowed)
+                else:
+                    tile_max = vec.max_d(s_row, allowed)
+                new_max = tile_max if tile_max > run_max[r] else run_max[r]
+                if new_max == -INFINITY:
+                    for c in range(width):
+                        s_row[c] = 0
+                    continue
+                if real is float:
+                    total = vec.exp_store_sum_f(s_row, s_row, width, 1.0, <float>new_max)
+                    alpha = vec.fast_exp(run_max[r] - new_max)
+                    if alpha != 1.0:
+                        vec.scale_f(acc + r * d, d, <float>alpha)
+                else:
+                    total = vec.exp_store_sum_d(s_row, s_row, width, 1.0, new_max)
+                    alpha = vec.fast_exp(run_max[r] - new_max)
+                    if alpha != 1.0:
+                        vec.scale_d(acc + r * d, d, alpha)
+                run_sum[r] = run_sum[r] * alpha + total
+                run_max[r] = new_max
+            _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, BLOCK_K,
+                  v + j0 * d, <int>d, 1.0, acc, <int>d)
+        for r in range(rows):
+            if run_sum[r] > 0:
+                for c in range(d):
+                    out[(i0 + r) * d + c] = <real>(acc[r * d + c] / run_sum[r])
+                lse[i0 + r] = <real>(run_max[r] + log(run_sum[r]))
+            else:
+                for c in range(d):
+                    out[(i0 + r) * d + c] = 0
+                lse[i0 + r] = -INFINITY
+
+
+def attention_forward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, const real[:, :, :, ::1] v,
+                      real[:, :, :, ::1] out, real[:, :, ::1] lse, double scale, bint causal,
+                      Py_ssize_t q_offset, const uint8_t[:, ::1] key_mask=None):
+    """Fill out (B, H, Tq, D) and lse (B, H, Tq); shapes are validated by the Python wrapper."""
+    cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
+    cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
+    cdef Py_ssize_t pair, b, h, g
+    cdef bint has_mask = key_mask is not None
+    cdef const uint8_t* mask_row
+    cdef real* scores
+    cdef real* acc
+    cdef double* run_max
+    cdef double* run_sum
+    if batch * heads * tq * d == 0:
+        return
+    with nogil:
+        for pair in prange(batch * heads, schedule="dynamic"):
+            b = pair // heads
+            h = pair % heads
+            g = h // group
+            scores = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
+            acc = <real*>malloc(BLOCK_Q * d * sizeof(real))
+            run_max = <double*>malloc(BLOCK_Q * sizeof(double))
+            run_sum = <double*>malloc(BLOCK_Q * sizeof(double))
+            mask_row = &key_mask[b, 0] if has_mask and tk > 0 else NULL
+            _forward_head(&q[b, h, 0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
+                          &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, 0, 0], &lse[b, h, 0],
+                          tq, tk, d, <real>scale, causal, q_offset, mask_row,
+                          scores, acc, run_max, run_sum)
+            free(scores)
+            free(acc)
+            free(run_max)
+            free(run_sum)
+
+
+cdef void _backward_group(const real* q, const real* k, const real* v, const real* out, const real* lse,
+                          const real* dout, real* dq, real* dk, real* dv,
+                          Py_ssize_t group, Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale,
+                          bint causal, Py_ssize_t q_offset, const uint8_t* key_mask,
+                          real* probs, real* dprobs, double* delta) noexcept nogil:
+    """Gradients for one kv head and the `group` query heads that read it.
+    q, out, dout, dq point at the first query head of the group (heads are tq * d apart)."""
+    cdef Py_ssize_t gh, query_block, key_block, i0, j0, r, c, rows, width, allowed, head_stride = tq * d
+    cdef const real* qh
+    cdef const real* doh
+    cdef const real* lseh
+    cdef real* dqh
+    cdef real* p_row
+    cdef real* dp_row
+    cdef double row_lse
+    for gh in range(group):
+        qh = q + gh * head_stride
+        doh = dout + gh * head_stride
+        lseh = lse + gh * tq
+        dqh = dq + gh * head_stride
+        for r in range(tq):
+            if real is float:
+                delta[gh * tq + r] = vec.dot_f(doh + r * d, out + gh * head_stride + r * d, d)
+            else:
+                delta[gh * tq + r] = vec.dot_d(doh + r * d, out + gh * head_stride + r * d, d)
+    for key_block in range((tk + BLOCK_K - 1) // BLOCK_K):
+        j0 = key_block * BLOCK_K
+        width = min(<Py_ssize_t>BLOCK_K, tk - j0)
+        for gh in range(group):
+            qh = q + gh * head_stride
+            doh = dout + gh * head_stride
+            lseh = lse + gh * tq
+            dqh = dq + gh * head_stride
+            for query_block in range((tq + BLOCK_Q - 1) // BLOCK_Q):
+                i0 = query_block * BLOCK_Q
+                rows = min(<Py_ssize_t>BLOCK_Q, tq - i0)
+                if causal and i0 + rows - 1 + q_offset < j0:
+                    continue  # every query of this block is before every key of this block
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, qh + i0 * d, <int>d,
+                      k + j0 * d, <int>d, 0.0, probs, BLOCK_K)
+                for r in range(rows):
+                    p_row = probs + r * BLOCK_K
+                    row_lse = lseh[i0 + r]
+                    if row_lse == -INFINITY:  # a fully masked row has no probabilities
+                        for c in range(width):
+                            p_row[c] = 0
+                        continue
+                    allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
+                    _mask_row(p_row, allowed, width, key_mask + j0 if key_mask != NULL else NULL)
+                    if real is float:
+                        vec.exp_affine_f(p_row, p_row, width, <float>row_lse, 1.0, 0.0)
+                    else:
+                        vec.exp_affine_d(p_row, p_row, width, row_lse, 1.0, 0.0)
+                # dV_j += P^T dO_i
+                _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, probs, BLOCK_K,
+                      doh + i0 * d, <int>d, 1.0, dv + j0 * d, <int>d)
+                # dP = dO_i V_j^T
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, 1.0, doh + i0 * d, <int>d,
+                      v + j0 * d, <int>d, 0.0, dprobs, BLOCK_K)
+                for r in range(rows):
+                    p_row = probs + r * BLOCK_K
+                    dp_row = dprobs + r * BLOCK_K
+                    if real is float:
+                        vec.mul_sub_f(p_row, dp_row, dp_row, width, <float>delta[gh * tq + i0 + r])
+                        vec.scale_f(dp_row, width, scale)
+                    else:
+                        vec.mul_sub_d(p_row, dp_row, dp_row, width, delta[gh * tq + i0 + r])
+                        vec.scale_d(dp_row, width, scale)
+                # dQ_i += dS K_j ;  dK_j += dS^T Q_i
+                _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, dprobs, BLOCK_K,
+                      k + j0 * d, <int>d, 1.0, dqh + i0 * d, <int>d)
+                _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, dprobs, BLOCK_K,
+                      qh + i0 * d, <int>d, 1.0, dk + j0 * d, <int>d)
+
+
+def attention_backward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, const real[:, :, :, ::1] v,
+                       const real[:, :, :, ::1] out, const real[:, :, ::1] lse, const real[:, :, :, ::1] dout,
+                       real[:, :, :, ::1] dq, real[:, :, :, ::1] dk, real[:, :, :, ::1] dv,
+                       double scale, bint causal, Py_ssize_t q_offset, const uint8_t[:, ::1] key_mask=None):
+    """Accumulate into dq, dk, dv (the wrapper passes them zero-filled)."""
+    cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
+    cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
+    cdef Py_ssize_t pair, b, g
+    cdef bint has_mask = key_mask is not None
+    cdef const uint8_t* mask_row
+    cdef real* probs
+    cdef real* dprobs
+    cdef double* delta
+    if batch * heads * tq * d * tk == 0:
+        return
+    with nogil:
+        for pair in prange(batch * kv_heads, schedule="dynamic"):
+            b = pair // kv_heads
+            g = pair % kv_heads
+            probs = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
+            dprobs = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
+            delta = <double*>malloc(group * tq * sizeof(double))
+            mask_row = &key_mask[b, 0] if has_mask else NULL
+            _backward_group(&q[b, g * group, 0, 0], &k[b, g, 0, 0], &v[b, g, 0, 0],
+                            &out[b, g * group, 0, 0], &lse[b, g * group, 0], &dout[b, g * group, 0, 0],
+                            &dq[b, g * group, 0, 0], &dk[b, g, 0, 0], &dv[b, g, 0, 0],
+                            group, tq, tk, d, <real>scale, causal, q_offset, mask_row,
+                            probs, dprobs, delta)
+            free(probs)
+            free(dprobs)
+            free(delta)
