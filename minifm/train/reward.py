@@ -59,7 +59,9 @@ class RewardModel(Module):
     @classmethod
     def from_policy(cls, policy) -> "RewardModel":
         """A reward model whose backbone starts as a copy of `policy` (InstructGPT starts from the SFT model)."""
-        return cls(copy.deepcopy(policy))
+        backbone = copy.deepcopy(policy)
+        backbone.requires_grad_(True)
+        return cls(backbone)
 
     @property
     def config(self):
