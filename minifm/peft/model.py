@@ -377,32 +377,51 @@ class PeftModel(Module):
         output = self.base_model(attention_mask=mask, cache=cache, inputs_embeds=embeds, **kwargs)
         return self._strip_virtual(output)
 
-    def _encoder_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+    @contextlib.contextmanager
+    def _soft_prompt_embedding_installed(self):
+        """Swap the token embedding for one that writes the soft prompt over the first P positions.
+
+        For models whose forward has no `inputs_embeds` (BERT.forward, T5.encode): the caller prepends
+        P placeholder ids, so positions and masks are computed for P + T tokens, exactly as if the soft
+        prompt had been passed as embeddings.
+        """
+        embedding = find_token_embedding(self.base_model)
+        name = next(n for n, m in self.base_model.named_modules() if m is embedding)
+        self.base_model.set_submodule(name, _SoftPromptEmbedding(embedding, self.prompt_encoder[self.active_adapter]))
+        try:
+            yield
+        finally:
+            self.base_model.set_submodule(name, embedding)
+
+    def _with_placeholders(self, input_ids, attention_mask):
+        """(placeholder ids + input_ids, ones + attention_mask), both (B, P + T)."""
+        ids = np.asarray(getattr(input_ids, "data", input_ids))
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, T), got shape {ids.shape}")
+        placeholders = np.zeros((ids.shape[0], self.num_virtual_tokens), dtype=ids.dtype)
+        mask = self._extend_mask(attention_mask, ids.shape[0])
+        if mask is None:
+            mask = np.ones((ids.shape[0], self.num_virtual_tokens + ids.shape[1]), dtype=np.int64)
+        return np.concatenate([placeholders, ids], axis=1), mask
+
+    def _encoder_forward(self, input_ids=None, attention_mask=None, **kwargs):
         if not self._prompt_active:
             with self._prefixes_installed():
-                if inputs_embeds is not None:
-                    kwargs["inputs_embeds"] = inputs_embeds
                 return self.base_model(input_ids, attention_mask=attention_mask, **kwargs)
-        embeds = self._soft_prompt_embeds(input_ids, inputs_embeds)
-        mask = self._extend_mask(attention_mask, embeds.shape[0])
-        if mask is None:
-            mask = np.ones(embeds.shape[:2], dtype=np.int64)
-        hidden = self.base_model(None, attention_mask=mask, inputs_embeds=embeds, **kwargs)
+        ids, mask = self._with_placeholders(input_ids, attention_mask)
+        with self._soft_prompt_embedding_installed():
+            hidden = self.base_model(ids, attention_mask=mask, **kwargs)  # (B, P + T, d)
         return self._strip_virtual(hidden)
 
-    def _peft_encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+    def _peft_encode(self, input_ids=None, attention_mask=None, **kwargs):
         """T5 encode; with prompt tuning the returned states include the virtual positions."""
         base = self.base_model
         if not self._prompt_active:
             with self._prefixes_installed():
-                if inputs_embeds is not None:
-                    kwargs["inputs_embeds"] = inputs_embeds
                 return base.encode(input_ids, attention_mask=attention_mask, **kwargs)
-        embeds = self._soft_prompt_embeds(input_ids, inputs_embeds)
-        mask = self._extend_mask(attention_mask, embeds.shape[0])
-        if mask is None:
-            mask = np.ones(embeds.shape[:2], dtype=np.int64)
-        return base.encode(None, attention_mask=mask, inputs_embeds=embeds, **kwargs)
+        ids, mask = self._with_placeholders(input_ids, attention_mask)
+        with self._soft_prompt_embedding_installed():
+            return base.encode(ids, attention_mask=mask, **kwargs)  # (B, P + S, d)
 
     def _peft_decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, **kwargs):
         """T5 decode; a caller's encoder mask that lacks the virtual positions is extended."""
@@ -433,17 +452,41 @@ class PeftModel(Module):
             logits = self(input_ids, **kwargs)  # (B, T, V)
             return F.cross_entropy(logits, np.asarray(getattr(targets, "data", targets)), ignore_index=ignore_index)
         if self.kind == "seq2seq":
-            input_ids, decoder_input_ids, targets = args[0], args[1], args[2]
-            logits = self(input_ids, decoder_input_ids, **kwargs)  # (B, T, V)
-            return F.cross_entropy(logits, np.asarray(getattr(targets, "data", targets)), ignore_index=ignore_index)
+            return self._seq2seq_loss(*args, ignore_index=ignore_index, **kwargs)
         with self._prefixes_installed():
             return self.base_model.loss(*args, ignore_index=ignore_index, **kwargs)
+
+    def _seq2seq_loss(self, input_ids, labels, attention_mask=None, decoder_input_ids=None, ignore_index=-100):
+        """T5.loss's contract: decoder inputs default to shift_right(labels)."""
+        labels = np.asarray(getattr(labels, "data", labels))
+        if decoder_input_ids is None:
+            decoder_input_ids = self.base_model.shift_right(labels)
+        logits = self(input_ids, decoder_input_ids, attention_mask=attention_mask)  # (B, T, V)
+        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """KV-cached generation through this wrapper (minifm.sampling.generate)."""
         from minifm.sampling.generate import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+class _SoftPromptEmbedding(Module):
+    """Token embedding whose first P output positions are the soft prompt (ids there are placeholders)."""
+
+    def __init__(self, embedding: Embedding, prompt: PromptEmbedding):
+        super().__init__()
+        object.__setattr__(self, "inner", embedding)  # not registered: the swap is temporary
+        object.__setattr__(self, "prompt", prompt)
+
+    @property
+    def weight(self):
+        return self.inner.weight
+
+    def forward(self, ids):
+        count = self.prompt.num_virtual_tokens
+        tokens = self.inner(ids[:, count:])  # (B, T, d)
+        return ops.concatenate([self.prompt(ids.shape[0]), tokens], axis=1)  # (B, P + T, d)
 
 
 def _is_adapter_param(parts: list[str]) -> bool:
