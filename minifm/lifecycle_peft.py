@@ -1,0 +1,252 @@
+"""The lifecycle's PEFT stage: quality against trainable parameters on the tinyworld instructions.
+
+Starting from the same pre-trained GPT each time, it fine-tunes on tinyworld's instruction
+examples (the chat format, loss on the answer only: minifm.train.sft) with
+    full fine-tuning, LoRA r = 1, 4, 16, bottleneck adapters, prompt tuning, prefix tuning and IA3,
+every run with the same data order, batch size and number of steps (each method at its own learning
+rate, since PEFT methods usually want a larger one), then answers the held-out prompts greedily and
+grades them with tinyworld's grader. For each run it records
+    held-out accuracy, trainable parameters, training wall time, optimizer memory (AdamW's two
+    moment arrays per trainable parameter, measured from the optimizer's state), final train loss,
+and writes `peft/peft_results.json`, `peft/peft_table.md` and the plot `peft/peft_tradeoff.png`
+(accuracy vs trainable parameters, log scale; accuracy vs wall time; optimizer memory).
+
+Entry point for minifm/lifecycle.py:
+    run_peft_stage(model, tokenizer, out_dir, preset="default", seed=0, log=print, **overrides) -> dict
+
+The base model passed in is never modified: every run trains a fresh copy built from its config
+and state dict. Simplification: held-out accuracy is measured on a fixed subset of the test split
+(preset `n_test`) to keep the stage inside the lifecycle's time budget.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+
+@dataclass
+class PeftStageConfig:
+    """How much work each of the eight runs does."""
+
+    max_steps: int = 60
+    batch_size: int = 16
+    max_length: int = 40
+    n_train: int | None = None       # training examples (None = the whole train split)
+    n_test: int = 96                 # held-out prompts answered greedily
+    max_new_tokens: int = 16
+    warmup_steps: int = 5
+    lora_targets: tuple = ("q_proj", "v_proj")
+    num_virtual_tokens: int = 8
+    reduction_factor: int = 16
+    lr_full: float = 1e-3
+    lr_lora: float = 5e-3
+    lr_adapter: float = 5e-3
+    lr_prompt: float = 3e-2
+    lr_prefix: float = 1e-2
+    lr_ia3: float = 3e-2
+
+
+PRESETS = {
+    "tiny": PeftStageConfig(max_steps=6, batch_size=8, n_train=64, n_test=12, max_new_tokens=8, warmup_steps=1),
+    "default": PeftStageConfig(),
+}
+
+
+def method_specs(config: PeftStageConfig) -> list[tuple[str, object, float]]:
+    """(run name, PEFT config or None for full fine-tuning, learning rate) of the eight runs."""
+    targets = list(config.lora_targets)
+    return [
+        ("full", None, config.lr_full),
+        ("lora_r1", LoraConfig(r=1, lora_alpha=2, target_modules=targets), config.lr_lora),
+        ("lora_r4", LoraConfig(r=4, lora_alpha=8, target_modules=targets), config.lr_lora),
+        ("lora_r16", LoraConfig(r=16, lora_alpha=32, target_modules=targets), config.lr_lora),
+        ("adapter", AdapterConfig(reduction_factor=config.reduction_factor), config.lr_adapter),
+        ("prompt", PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens), config.lr_prompt),
+        ("prefix", PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens), config.lr_prefix),
+        ("ia3", IA3Config(), config.lr_ia3),
+    ]
+
+
+def fresh_copy(model):
+    """A new model of the same class and config with the same weights (the original is never touched)."""
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict(copy=True))
+    return copy
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of every array the optimizer keeps per parameter (AdamW: exp_avg and exp_avg_sq)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, np.ndarray):
+                total += value.nbytes
+    return int(total)
+
+
+def train_one(model, encoded, pad_id: int, config: PeftStageConfig, learning_rate: float, seed: int):
+    """Fine-tune `model` (full or PEFT-wrapped) in place with the shared loop; returns (result, optimizer)."""
+    from minifm.train.loop import make_optimizer, train
+    from minifm.train.sft import IGNORE_INDEX, SFTConfig, collate, loop_config, sft_loss, shuffled_batches
+
+    sft_config = SFTConfig(learning_rate=learning_rate, max_steps=config.max_steps,
+                           per_device_train_batch_size=config.batch_size, max_length=config.max_length,
+                           warmup_steps=config.warmup_steps, weight_decay=0.0, seed=seed)
+    train_config = loop_config(sft_config)
+    optimizer = make_optimizer(model, train_config)
+
+    def loss_fn(model, batch):
+        inputs, targets, mask = collate(batch, config.max_length, pad_id)
+        return sft_loss(model, inputs, targets, mask), int(np.sum(targets != IGNORE_INDEX))
+
+    model.train()
+    result = train(model, loss_fn, shuffled_batches(encoded, config.batch_size), train_config, optimizer=optimizer,
+                   stage="peft", run_config=sft_config.to_dict())
+    model.eval()
+    return result, optimizer
+
+
+def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int = 0, log=print,
+                   **overrides) -> dict:
+    """Run the eight fine-tuning runs and write the table, plot and JSON (see the module docstring).
+
+    `overrides` replace fields of the preset's PeftStageConfig (e.g. max_steps=20). Returns
+    {"config", "rows", "lora_r16_vs_full", "files"}, where each row has method, trainable_params,
+    trainable_fraction, accuracy, mean_ground_truth_reward, train_loss, wall_time_s, optimizer_bytes.
+    """
+    from minifm.data import tinyworld
+    from minifm.train.sft import PAD_TOKEN, encode_sft_examples, evaluate_instructions, special_id
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    config = replace(PRESETS[preset], **overrides)
+    out_dir = Path(out_dir) / "peft"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    train_examples = tinyworld.instructions("train", seed=seed, n=config.n_train)
+    test_tasks = tinyworld.instructions("test", seed=seed)[:config.n_test]
+    encoded = encode_sft_examples(tokenizer, train_examples)
+    pad_id = special_id(tokenizer, PAD_TOKEN)
+    base_total = sum(p.size for p in model.parameters())
+
+    rows = []
+    for name, peft_config, learning_rate in method_specs(config):
+        candidate = fresh_copy(model)
+        if peft_config is not None:
+            candidate = get_peft_model(candidate, peft_config, rng=np.random.default_rng(seed))
+        trainable = int(sum(p.size for p in candidate.parameters() if p.requires_grad))
+        started = time.perf_counter()
+        result, optimizer = train_one(candidate, encoded, pad_id, config, learning_rate, seed)
+        wall_time = time.perf_counter() - started
+        evaluation = evaluate_instructions(candidate, tokenizer, test_tasks, max_new_tokens=config.max_new_tokens)
+        losses = result.losses()
+        row = {
+            "method": name,
+            "trainable_params": trainable,
+            "trainable_fraction": trainable / base_total,
+            "accuracy": evaluation["accuracy"],
+            "mean_ground_truth_reward": evaluation["mean_ground_truth_reward"],
+            "train_loss": float(np.mean(losses[-5:])) if losses else float("nan"),
+            "wall_time_s": wall_time,
+            "optimizer_bytes": optimizer_state_bytes(optimizer),
+            "learning_rate": learning_rate,
+            "example": evaluation["examples"][0] if evaluation["examples"] else None,
+        }
+        rows.append(row)
+        log(f"[peft] {name:9s} trainable {trainable:>9,d} ({100 * row['trainable_fraction']:.2f}%)  "
+            f"accuracy {row['accuracy']:.3f}  loss {row['train_loss']:.3f}  {wall_time:.1f}s")
+
+    verdict = lora_verdict(rows)
+    log(f"[peft] {verdict['summary']}")
+    table = results_table(rows)
+    files = {"json": str(out_dir / "peft_results.json"), "table": str(out_dir / "peft_table.md")}
+    from minifm.checkpoint import atomic_write_bytes
+
+    report = {"config": {**asdict(config), "preset": preset, "seed": seed, "base_params": base_total},
+              "rows": rows, "lora_r16_vs_full": verdict, "files": files}
+    plot_path = plot_tradeoff(rows, out_dir / "peft_tradeoff.png")
+    if plot_path is not None:
+        files["plot"] = str(plot_path)
+    atomic_write_bytes(out_dir / "peft_table.md", (table + "\n\n" + verdict["summary"] + "\n").encode())
+    atomic_write_bytes(out_dir / "peft_results.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
+    report["table_markdown"] = table
+    return report
+
+
+def lora_verdict(rows: list[dict]) -> dict:
+    """Did LoRA r=16 reach >= 90% of full fine-tuning's accuracy with < 5% of its trainable parameters?"""
+    by_name = {row["method"]: row for row in rows}
+    full, lora = by_name.get("full"), by_name.get("lora_r16")
+    if full is None or lora is None:
+        return {"summary": "LoRA r=16 vs full fine-tuning: not both measured", "met": None}
+    accuracy_ratio = lora["accuracy"] / full["accuracy"] if full["accuracy"] > 0 else float("nan")
+    param_ratio = lora["trainable_params"] / full["trainable_params"]
+    met = bool(accuracy_ratio >= 0.9 and param_ratio < 0.05)
+    summary = (f"LoRA r=16 reached {lora['accuracy']:.3f} vs full fine-tuning {full['accuracy']:.3f} "
+               f"({100 * accuracy_ratio:.0f}% of it) with {100 * param_ratio:.2f}% of its trainable parameters: "
+               f"target (>= 90% with < 5%) {'met' if met else 'NOT met'}")
+    return {"accuracy_ratio": accuracy_ratio, "param_ratio": param_ratio, "met": met, "summary": summary}
+
+
+def results_table(rows: list[dict]) -> str:
+    lines = ["| method | trainable params | % of model | held-out accuracy | GT reward | train loss | "
+             "wall time (s) | optimizer memory |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['trainable_params']:,d} | {100 * row['trainable_fraction']:.3f}% | "
+            f"{row['accuracy']:.3f} | {row['mean_ground_truth_reward']:.3f} | {row['train_loss']:.3f} | "
+            f"{row['wall_time_s']:.1f} | {_human_bytes(row['optimizer_bytes'])} |")
+    return "\n".join(lines)
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> Path | None:
+    """Three panels: accuracy vs trainable parameters (log x), accuracy vs wall time, optimizer memory."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is a dependency, but a plot is never worth failing the stage
+        return None
+    names = [row["method"] for row in rows]
+    params = np.array([row["trainable_params"] for row in rows], dtype=float)
+    accuracy = np.array([row["accuracy"] for row in rows])
+    wall = np.array([row["wall_time_s"] for row in rows])
+    memory = np.array([row["optimizer_bytes"] for row in rows], dtype=float) / 1024
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].scatter(params, accuracy)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("trainable parameters (log)")
+    axes[1].scatter(wall, accuracy)
+    axes[1].set_xlabel("training wall time (s)")
+    for axis, xs in ((axes[0], params), (axes[1], wall)):
+        axis.set_ylabel("held-out accuracy")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+        for x, y, name in zip(xs, accuracy, names):
+            axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[2].barh(names, memory)
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("optimizer state (KiB, log)")
+    axes[0].set_title("quality vs trainable parameters")
+    axes[1].set_title("quality vs wall time")
+    axes[2].set_title("AdamW state memory")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
