@@ -179,3 +179,16 @@ def test_split_pieces_accumulate_into_one_gradient():
     (first * 1 + second * 2 + third * 3).sum().backward()
     np.testing.assert_array_equal(x.grad, [1, 1, 2, 2, 3, 3])
     assert gradcheck(lambda t: mf.concatenate(mf.split(t, [1, 4])[::-1]), leaf(np.arange(6.0)))
+
+
+def test_zero_size_arrays_flow_through_forward_and_backward():
+    empty = mf.zeros(0, 3, requires_grad=True, dtype=np.float64)
+    full = mf.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True, dtype=np.float64)
+    inner_empty = mf.zeros(2, 0, requires_grad=True, dtype=np.float64)
+    product = inner_empty @ mf.zeros(0, 3, dtype=np.float64)  # (2, 3) of zeros: an empty sum
+    joined = mf.concatenate([empty, full], axis=0)  # (2, 3)
+    loss = (joined * 2).sum() + product.sum() + (empty.exp() * 3).sum() + full[2:].sum()
+    loss.backward()
+    np.testing.assert_array_equal(product.numpy(), np.zeros((2, 3)))
+    assert empty.grad.shape == (0, 3) and inner_empty.grad.shape == (2, 0)
+    np.testing.assert_array_equal(full.grad, np.full((2, 3), 2.0))

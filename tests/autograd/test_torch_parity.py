@@ -125,3 +125,17 @@ def test_cross_entropy_matches_torch(kernel_path, rng, reduction, label_smoothin
 
     torch_compare(lambda t: F.cross_entropy(t, targets, label_smoothing=label_smoothing, reduction=reduction),
                   torch_loss, logits)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_loss_matches_torch(rng, reduction):
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    torch_compare(lambda x, y: F.mse_loss(x, y, reduction=reduction),
+                  lambda x, y: TF.mse_loss(x, y, reduction=reduction), a, b)
+
+
+def test_tensor_method_aliases_match_torch(rng):
+    a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 2))
+    torch_compare(lambda x, y: x.matmul(y).pow(2.0).softmax(axis=1).log_softmax(),
+                  lambda x, y: torch.log_softmax(torch.softmax(x.matmul(y).pow(2.0), dim=1), dim=-1), a, b)
+    torch_compare(lambda x: x.permute(2, 0, 1).flatten(), lambda x: x.permute(2, 0, 1).flatten(), a)
