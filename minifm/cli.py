@@ -12,12 +12,11 @@ flat table of the same names, dashes or underscores) supplies them too; flags wi
 the file over the defaults. An unknown key is an error that lists the valid keys.
 Output goes to <out>/<run-name>/ (default runs/<name>/).
 
-Extension point for other stages: a module listed in EXTENSION_COMMANDS provides
-    add_cli_arguments(parser)   add its flags to an argparse parser (the helpers below may be used:
-                                add_run_arguments, add_dataclass_arguments)
-    cli_main(args) -> int       run it and return the exit code
-and its subcommand appears in `minifm --help`; a listed module that does not provide them (yet)
-is shown as unavailable instead of breaking the command.
+Extension point for other stages: EXTENSION_REGISTRARS lists "module:function" names; each
+function receives the argparse subparsers object and adds its subcommands, each with
+`set_defaults(func=handler)` where handler(args) -> exit code (the helpers below may be used:
+add_run_arguments, add_dataclass_arguments, build_dataclasses). The post-training commands
+(`sft`, `reward`, `ppo`, `dpo`) come in this way from minifm/lifecycle_post.py.
 """
 from __future__ import annotations
 
@@ -31,12 +30,9 @@ import time
 import typing
 from pathlib import Path
 
-EXTENSION_COMMANDS = {  # subcommand -> module providing add_cli_arguments(parser) and cli_main(args)
-    "sft": "minifm.train.sft",
-    "reward": "minifm.train.reward",
-    "ppo": "minifm.train.ppo",
-    "dpo": "minifm.train.dpo",
-}
+EXTENSION_REGISTRARS = [  # "module:function(subparsers)" adding more subcommands
+    "minifm.lifecycle_post:add_post_training_commands",  # sft, reward, ppo, dpo
+]
 
 
 # ---------------------------------------------------------------------------------------- config helpers
@@ -351,20 +347,9 @@ BUILTIN_COMMANDS = {  # name: (one-line help, add_arguments, main)
 }
 
 
-def _extension(module_name: str):
-    """(help, add_arguments, main) of an extension module, or None when it does not provide them."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return None
-        raise
-    add_arguments = getattr(module, "add_cli_arguments", None)
-    main = getattr(module, "cli_main", None)
-    if add_arguments is None or main is None:
-        return None
-    summary = (module.__doc__ or module_name).strip().splitlines()[0]
-    return summary, add_arguments, main
+def _registrar(name: str):
+    module_name, _, function_name = name.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,33 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      "in NumPy. `minifm lifecycle` runs everything on the built-in tinyworld corpus.")
     parser.add_argument("--version", action="version", version=f"minifm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = dict(BUILTIN_COMMANDS)
-    unavailable = []
-    for name, module_name in EXTENSION_COMMANDS.items():
-        extension = _extension(module_name)
-        if extension is None:
-            unavailable.append(name)
-        else:
-            commands[name] = extension
-    for name, (summary, add_arguments, main) in commands.items():
+    for name, (summary, add_arguments, handler) in BUILTIN_COMMANDS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
         add_arguments(sub)
-        sub.set_defaults(main=main)
-    if unavailable:
-        parser.epilog = "not available in this build: " + ", ".join(unavailable)
+        sub.set_defaults(func=handler)
+    for registrar in EXTENSION_REGISTRARS:
+        _registrar(registrar)(subparsers)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "main", None) is None:
+    handler = getattr(args, "func", None)
+    if handler is None:
         parser.print_help()
         return 2
     from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 
     try:
-        return int(args.main(args) or 0)
+        return int(handler(args) or 0)
     except TrainingInterrupted as interrupted:
         print(f"\n{interrupted}", file=sys.stderr)
         return 130

@@ -9,10 +9,11 @@ and returns a dict with
   "markdown"   this stage's section of report.md (tables, images relative to run_dir)
   "artifacts"  live objects for later stages (model, tokenizer, texts); never serialised.
 
-Adding a stage (post-training, PEFT, ...): write `lifecycle_stage(run_dir, preset, outputs)` in your
-own module and add a `Stage(...)` line to STAGES below with its presets. Stages listed with
-`optional=True` whose module or function does not exist yet are reported as "not available" in the
-report instead of failing the run (any other error inside a stage stops the run).
+Adding a stage: write its function in your own module and add a `Stage(...)` line to STAGES below
+(a callable, or "module:function" imported when the stage runs). Its settings come from PRESETS
+here, or, for a stage that keeps its own presets (post-training, PEFT), from the preset name
+passed as preset["preset"]. A stage with `optional=True` whose module or function does not exist
+is reported as "not available" instead of failing the run (any error inside a stage stops it).
 
 The built-in stages:
   curate     tinyworld's web-like corpus through the quality rules and dedup: a per-rule table and
@@ -21,6 +22,8 @@ The built-in stages:
   pretrain   a small GPT, causal LM, held-out perplexity, loss curve
   sampling   the same prompts under greedy, temperature 0.7/1.0/1.5, top-k, top-p and min-p, with
              distinct-1/2 and the mean log-likelihood under the model (the quality/diversity trade-off)
+and the later ones, written in their own files: post_training (minifm/lifecycle_post.py: SFT ->
+reward model -> PPO, DPO and best-of-N side by side) and peft (minifm/lifecycle_peft.py).
 """
 from __future__ import annotations
 
@@ -236,6 +239,38 @@ def sampling_stage(run_dir: Path, preset: dict, outputs: dict) -> dict:
     return {"figures": figures, "markdown": markdown, "artifacts": {}}
 
 
+def post_training_stage(run_dir: Path, preset: dict, outputs: dict) -> dict:
+    """minifm.lifecycle_post.run_post_training on a copy of the pre-trained GPT (SFT changes it in place)."""
+    import copy
+
+    from minifm.lifecycle_post import run_post_training
+
+    extra = sorted(k for k in preset if k != "preset")
+    if extra:
+        raise ValueError(f"the post_training stage takes only its preset name (see minifm/lifecycle_post.py), "
+                         f"got keys {extra}")
+    artifacts = outputs["pretrain"]["artifacts"]
+    policy = copy.deepcopy(artifacts["model"])
+    summary = run_post_training(policy, artifacts["tokenizer"], run_dir, preset=preset["preset"])
+    markdown = summary.pop("markdown", "")
+    return {"figures": summary, "markdown": markdown, "artifacts": {"sft_policy": policy}}
+
+
+def peft_stage(run_dir: Path, preset: dict, outputs: dict) -> dict:
+    """minifm.lifecycle_peft.run_peft_stage on the pre-trained GPT (it trains fresh copies)."""
+    from minifm.lifecycle_peft import run_peft_stage
+
+    artifacts = outputs["pretrain"]["artifacts"]
+    overrides = {k: v for k, v in preset.items() if k != "preset"}
+    report = run_peft_stage(artifacts["model"], artifacts["tokenizer"], run_dir, preset=preset["preset"],
+                            **overrides)
+    table = report.pop("table_markdown", "")
+    markdown = table + "\n\n" + report.get("lora_r16_vs_full", {}).get("summary", "")
+    if "plot" in report.get("files", {}):
+        markdown += "\n\n![PEFT trade-off](peft/peft_tradeoff.png)"
+    return {"figures": report, "markdown": markdown, "artifacts": {}}
+
+
 # ---------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Stage:
@@ -250,12 +285,8 @@ STAGES: list[Stage] = [
     Stage("tokenizer", "Tokenizer", tokenizer_stage),
     Stage("pretrain", "Pre-training", pretrain_stage),
     Stage("sampling", "Sampling strategies", sampling_stage),
-    # post-training and PEFT live in their own files; each module provides lifecycle_stage(...)
-    Stage("sft", "Supervised fine-tuning", "minifm.train.sft:lifecycle_stage", optional=True),
-    Stage("reward", "Reward model", "minifm.train.reward:lifecycle_stage", optional=True),
-    Stage("ppo", "PPO (RLHF)", "minifm.train.ppo:lifecycle_stage", optional=True),
-    Stage("dpo", "DPO and best-of-N", "minifm.train.dpo:lifecycle_stage", optional=True),
-    Stage("peft", "Parameter-efficient fine-tuning", "minifm.peft.experiment:lifecycle_stage", optional=True),
+    Stage("post_training", "Post-training: SFT, reward model, PPO, DPO, best-of-N", post_training_stage),
+    Stage("peft", "Parameter-efficient fine-tuning", peft_stage),
 ]
 
 

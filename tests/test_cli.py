@@ -6,7 +6,7 @@ import pytest
 from minifm import cli
 from minifm.lifecycle import distinct_n, stage_presets
 
-SUBCOMMANDS = sorted(cli.BUILTIN_COMMANDS)
+SUBCOMMANDS = sorted(cli.BUILTIN_COMMANDS) + ["sft", "reward", "ppo", "dpo"]
 MY_STAGES = "curate,tokenizer,pretrain,sampling"
 
 
