@@ -9,7 +9,7 @@ A norm:                            LayerNorm d + b d;   RMSNorm d
 GPT   = V d [+ block_size d learned positions] + L (2 norms + attention + MLP) + final norm [+ V d untied head]
 BERT  = GPT's body (not causal) + MLM head (d^2 + d + LayerNorm 2d + V bias) + pooler (d^2 + d)
         + classifier (d num_labels + num_labels)
-T5    = V d + L_enc (2 norms + attention + MLP) + norm + L_dec (3 norms + 2 attentions + MLP) + norm [+ V d]
+T5    = V d [+ 2 block_size d learned positions] + L_enc (2 norms + attention + MLP) + norm + L_dec (3 norms + 2 attentions + MLP) + norm [+ V d]
 
 FLOPs per token (the Kaplan / Chinchilla convention, multiply-add = 2 FLOPs):
   N_mm = parameters that take part in a matrix product (every Linear weight, plus V d for the output
@@ -82,7 +82,7 @@ def param_count(config) -> int:
         total += (d * d + d) + (d * config.num_labels + config.num_labels)  # pooler, classifier
         return total
     if isinstance(config, T5Config):
-        total = vocab * d
+        total = vocab * d + (2 * config.block_size * d if config.pos == "learned" else 0)
         total += config.n_layer * _block_params(config, config.bias) + _norm_params(config.norm, d, config.bias)
         total += config.decoder_layers * _block_params(config, config.bias, cross=True)
         total += _norm_params(config.norm, d, config.bias)

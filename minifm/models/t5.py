@@ -4,8 +4,12 @@
     decode(dec_ids, enc) = logits of norm_dec(decoder blocks(shared(dec_ids), enc))      (B, T, vocab)
     decoder block: x += self_attn(norm(x)) (causal); x += cross_attn(norm(x), enc); x += mlp(norm(x))
 
-Simplifications, documented: positions are RoPE in every self-attention (T5 uses learned relative-
-position buckets; RoPE is also relative and keeps attention on the fused flash kernel); the tied output
+Positions (a documented simplification: T5 itself uses learned relative-position buckets):
+pos="rope" (default) rotates q/k in every self-attention (relative, like T5's buckets, and keeps
+attention on the fused flash kernel); pos="learned" adds absolute position tables `encoder_wpe` and
+`decoder_wpe` to the embeddings instead. With RoPE the encoder output carries position only through
+relative attention patterns, so small models learn position-sensitive maps (reversal) slowly;
+"learned" makes them easy. Other simplifications: the tied output
 head is not rescaled by d^-0.5; RMSNorm and no biases by default, as T5. One embedding table `shared`
 serves encoder, decoder and (tied) output head. Training uses teacher forcing:
 decoder_input_ids = shift_right(labels) (decoder_start_token_id first). Init: GPT-2 style with the
@@ -40,6 +44,7 @@ class T5Config(ConfigBase):
     n_kv_head: int | None = None
     dropout: float = 0.0
     bias: bool = False
+    pos: str = "rope"
     norm: str = "rmsnorm"
     mlp: str = "gelu"
     tie_weights: bool = True
@@ -58,10 +63,11 @@ class T5Config(ConfigBase):
             check_positive_int("T5Config", field, getattr(self, field))
         if self.n_decoder_layer is not None:
             check_positive_int("T5Config", "n_decoder_layer", self.n_decoder_layer)
+        check_choice("T5Config", "pos", self.pos, ("learned", "rope"))
         check_choice("T5Config", "norm", self.norm, ("layernorm", "rmsnorm"))
         check_choice("T5Config", "mlp", self.mlp, ("gelu", "swiglu"))
         check_choice("T5Config", "dtype", self.dtype, ("float32", "float64"))
-        check_heads("T5Config", self.n_embd, self.n_head, self.n_kv_head, "rope")
+        check_heads("T5Config", self.n_embd, self.n_head, self.n_kv_head, self.pos)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"T5Config.dropout must be in [0, 1), got {self.dropout}")
 
@@ -91,8 +97,11 @@ class T5(Module):
             config = T5Config.from_dict(config)
         self.config = config
         d = config.n_embd
-        rope = RotaryEmbedding(config.head_dim, config.rope_base)
+        rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.pos == "rope" else None
         self.shared = Embedding(config.vocab_size, d)
+        if config.pos == "learned":
+            self.encoder_wpe = Embedding(config.block_size, d)
+            self.decoder_wpe = Embedding(config.block_size, d)
         self.drop = Dropout(config.dropout)
         common = dict(mlp_hidden=config.ffn_hidden, bias=config.bias, norm=config.norm, mlp=config.mlp,
                       dropout=config.dropout, rope=rope, norm_eps=config.norm_eps)
@@ -121,7 +130,11 @@ class T5(Module):
             mask = check_mask("attention_mask", attention_mask, (batch, steps))
             key_padding_mask = None if mask.all() else mask
         positions = np.arange(steps)
-        x = self.drop(self.shared(input_ids))  # (B, S, d)
+        x = self.shared(input_ids)  # (B, S, d)
+        if self.config.pos == "learned":
+            self._check_length(steps)
+            x = x + self.encoder_wpe(positions)
+        x = self.drop(x)
         for block in self.encoder_blocks:
             x = block(x, positions=positions, key_padding_mask=key_padding_mask)
         return self.encoder_norm(x)
@@ -139,7 +152,11 @@ class T5(Module):
             encoder_mask = None if encoder_mask.all() else encoder_mask
         past = 0 if cache is None else cache.length
         positions = np.arange(past, past + steps)
-        x = self.drop(self.shared(decoder_input_ids))  # (B, T, d)
+        x = self.shared(decoder_input_ids)  # (B, T, d)
+        if self.config.pos == "learned":
+            self._check_length(past + steps)
+            x = x + self.decoder_wpe(positions)
+        x = self.drop(x)
         for index, block in enumerate(self.decoder_blocks):
             x = block(x, positions=positions, cache=cache, layer_index=index, encoder_hidden=encoder_hidden,
                       encoder_mask=encoder_mask)
@@ -149,6 +166,10 @@ class T5(Module):
         if self.config.tie_weights:
             return F.linear(hidden, self.shared.weight)
         return self.lm_head(hidden)
+
+    def _check_length(self, steps: int) -> None:
+        if steps > self.config.block_size:
+            raise ValueError(f"sequence length {steps} exceeds block_size {self.config.block_size} (learned positions)")
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None):
         encoder_hidden = self.encode(input_ids, attention_mask)

@@ -131,15 +131,20 @@ def bert_forward(P, cfg, ids, attention_mask=None):
 
 def t5_forward(P, cfg, ids, decoder_ids, attention_mask=None):
     """Decoder logits (B, T, V) of a T5 with parameters P."""
+    rope_base = cfg.rope_base if cfg.pos == "rope" else None
     enc_positions = np.arange(ids.shape[1])
     x = P["shared.weight"][torch.as_tensor(ids)]
+    if cfg.pos == "learned":
+        x = x + P["encoder_wpe.weight"][torch.as_tensor(enc_positions)]
     for layer in range(cfg.n_layer):
-        x = block(P, f"encoder_blocks.{layer}", x, cfg, False, enc_positions, attention_mask, cfg.rope_base)
+        x = block(P, f"encoder_blocks.{layer}", x, cfg, False, enc_positions, attention_mask, rope_base)
     encoder = norm(P, "encoder_norm", x, cfg.norm, cfg.norm_eps)
     dec_positions = np.arange(decoder_ids.shape[1])
     y = P["shared.weight"][torch.as_tensor(decoder_ids)]
+    if cfg.pos == "learned":
+        y = y + P["decoder_wpe.weight"][torch.as_tensor(dec_positions)]
     for layer in range(cfg.decoder_layers):
-        y = block(P, f"decoder_blocks.{layer}", y, cfg, True, dec_positions, None, cfg.rope_base, encoder=encoder,
+        y = block(P, f"decoder_blocks.{layer}", y, cfg, True, dec_positions, None, rope_base, encoder=encoder,
                   encoder_mask=attention_mask)
     hidden = norm(P, "decoder_norm", y, cfg.norm, cfg.norm_eps)
     head = P["shared.weight"] if cfg.tie_weights else P["lm_head.weight"]
