@@ -195,3 +195,19 @@ def test_generate_keeps_the_training_mode_and_the_dropout_rng():
     generate(model, [[1, 2]], 4)
     assert model.training
     assert model.rng.bit_generator.state == state
+
+
+def test_encoder_decoder_greedy_matches_the_uncached_decoder_and_t5_greedy_decode(rng):
+    from minifm.models import T5, T5Config
+
+    model = T5(T5Config(vocab_size=19, block_size=32, n_layer=1, n_head=2, n_embd=16, dtype="float64",
+                        init_std=0.4))
+    prompts = rng.integers(1, 19, size=(2, 5))
+    cached = generate(model, prompts, 7, return_logprobs=True)
+    plain = generate(model, prompts, 7, return_logprobs=True, use_cache=False)
+    np.testing.assert_array_equal(cached.sequences, plain.sequences)
+    np.testing.assert_allclose(cached.logprobs, plain.logprobs, atol=1e-9)
+    assert np.all(cached.sequences[:, 0] == model.config.decoder_start_token_id)
+    np.testing.assert_array_equal(cached.sequences[:, 1:], model.greedy_decode(prompts, 7))
+    sampled = generate(model, prompts, 7, do_sample=True, seed=2)
+    np.testing.assert_array_equal(sampled, generate(model, prompts, 7, do_sample=True, seed=2))
