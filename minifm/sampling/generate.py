@@ -52,7 +52,8 @@ class GenerateOutput:
     attention_mask   (N, T0 + T_new) int64: 1 for prompt tokens and kept new tokens, 0 for padding;
     num_generated    (N,) new tokens per row, counting the eos / stop token that ended it;
     prompt_length    T0, the padded prompt length (new tokens start at this column);
-    logprobs         (N, T_new) float64 log p_model(token) of each new token (0 after the end), or None;
+    logprobs         (N, T_new) float64 log p_model(token) of each new token (0 after the end); None
+                     unless return_logprobs (always present for beam search and best-of-N);
     scores           list over steps of processed logits (N, V), or None;
     sequences_scores (N,) beam score (sum of log-probs / length**length_penalty) or best-of-N reward;
     """
@@ -382,8 +383,8 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
                 ids_rep, mask_rep = np.repeat(ids, copies, axis=0), np.repeat(mask, copies, axis=0)
                 result = _search(make_stepper(), ids_rep, mask_rep, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, rng=_make_rng(seed), stopper=stopper, pad_token_id=output_pad,
-                                 output_scores=output_scores, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty)
+                                 output_scores=output_scores, want_logprobs=return_logprobs or best_of is not None,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty)
                 if best_of is not None:
                     result = _keep_best_of(result, reward_model, ids.shape[0], copies, num_return_sequences)
     finally:
@@ -395,7 +396,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
 
 
 def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_token_id, output_scores,
-            **processor_options) -> GenerateOutput:
+            want_logprobs=True, **processor_options) -> GenerateOutput:
     """Greedy decoding or sampling, one token per row per step, rows finishing independently."""
     batch = ids.shape[0]
     repetition_penalty = processor_options["repetition_penalty"]
@@ -408,6 +409,9 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
     steps_done = 0
     logits = stepper.start(ids, mask) if max_new_tokens else None  # (N, V)
     for step in range(max_new_tokens):
+        if not np.isfinite(logits).all():
+            bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
+            raise FloatingPointError(f"the model produced non-finite logits at generation step {step} (rows {bad})")
         context = stepper.ids  # (N, T) everything so far, for the repetition penalty
         if do_sample:
             processed = process_logits(logits, input_ids=context, **processor_options)  # (N, V)
@@ -417,13 +421,11 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
             if repetition_penalty != 1.0:
                 processed = process_logits(logits, input_ids=context, repetition_penalty=repetition_penalty)
             chosen = greedy(processed)  # (N,)
-        if not np.all(np.isfinite(logits)):
-            bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
-            raise FloatingPointError(f"the model produced non-finite logits at generation step {step} (rows {bad})")
         chosen = np.where(finished, pad_token_id, np.asarray(chosen, dtype=np.int64))  # (N,)
         new_tokens[:, step] = chosen
-        row_logprobs = _log_softmax(logits)[np.arange(batch), chosen]  # (N,)
-        logprobs[:, step] = np.where(finished, 0.0, row_logprobs)
+        if want_logprobs:
+            row_logprobs = _log_softmax(logits)[np.arange(batch), chosen]  # (N,)
+            logprobs[:, step] = np.where(finished, 0.0, row_logprobs)
         if scores is not None:
             scores.append(np.asarray(processed, dtype=np.float32).copy())
         num_generated += ~finished
@@ -440,7 +442,7 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
     new_tokens, logprobs = new_tokens[:, :steps_done], logprobs[:, :steps_done]
     if max_new_tokens:
         ids, mask = stepper.prompt_ids, stepper.prompt_mask
-    return _assemble(ids, mask, new_tokens, num_generated, logprobs, scores)
+    return _assemble(ids, mask, new_tokens, num_generated, logprobs if want_logprobs else None, scores)
 
 
 def _assemble(ids, mask, new_tokens, num_generated, logprobs, scores, sequences_scores=None) -> GenerateOutput:
@@ -465,7 +467,7 @@ def _keep_best_of(result: GenerateOutput, reward_model, batch: int, copies: int,
     rows = (np.arange(batch)[:, None] * copies + order).reshape(-1)  # (B*keep,)
     output = GenerateOutput(sequences=result.sequences[rows], attention_mask=result.attention_mask[rows],
                             num_generated=result.num_generated[rows], prompt_length=result.prompt_length,
-                            logprobs=result.logprobs[rows],
+                            logprobs=None if result.logprobs is None else result.logprobs[rows],
                             scores=None if result.scores is None else [s[rows] for s in result.scores],
                             sequences_scores=rewards[rows])
     output.extras["all_rewards"] = grouped
