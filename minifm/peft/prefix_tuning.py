@@ -12,9 +12,10 @@ attention module, its keys then its values (2 * kv_dim columns per module, kv_di
   prefix_projection=True   Li & Liang's reparameterisation: table = MLP(E), with E (P, d_model),
                            MLP = Linear(d_model, h) -> tanh -> Linear(h, sum_l 2 kv_dim_l),
                            h = encoder_hidden_size (default d_model). Params: P d + d h + h + h C + C.
-Initialisation: E ~ N(0, 1) as PEFT's Embedding. Deviation: without projection the learned table
-starts at N(0, 0.02^2)-scale... see `PrefixEncoder.__init__` (small values keep the frozen model close
-to itself at step 0, where N(0, 1) keys and values swamp a small model's activations).
+Initialisation: with the projection E ~ N(0, 1), PEFT's Embedding init. Deviation: without the
+projection the learned table starts at N(0, 0.02^2) (PREFIX_TABLE_INIT_STD) instead of PEFT's N(0, 1):
+small keys and values keep the frozen model close to itself at step 0, where unit-scale ones swamp a
+small model's activations.
 
 Simplification: every attention module of the model gets a prefix (for T5 that is encoder
 self-attention, decoder self-attention and decoder cross-attention).
