@@ -44,3 +44,35 @@ def torch_compare(op, torch_op, *arrays, rtol=1e-9, atol=1e-10, seed=0):
         expected = np.zeros(mine.shape) if theirs.grad is None else theirs.grad.numpy()
         got = np.zeros(mine.shape) if mine.grad is None else mine.grad
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+
+
+def _projected_grads(op, arrays, seed=0):
+    """Output and d sum(w * op(x)) / dx for every input, with w a fixed random projection."""
+    inputs = [leaf(a) for a in arrays]
+    out = op(*inputs)
+    out.backward(np.random.default_rng(seed).standard_normal(out.shape))
+    return out.numpy(), [x.grad for x in inputs]
+
+
+def check_on_kernel_path(kernel_path, op, reference, *arrays, atol=1e-10, gradcheck_atol=1e-5):
+    """On the reference path: forward = `reference` and gradcheck. On the compiled path: forward =
+    `reference` and gradients equal to the reference path's (which that run proves by gradcheck).
+
+    The compiled kernels are not gradchecked element by element: thousands of calls on tiny inputs
+    would measure the kernels' per-call overhead rather than their correctness."""
+    from minifm.kernels import _backend
+
+    if kernel_path == "reference":
+        inputs = [leaf(a) for a in arrays]
+        np.testing.assert_allclose(op(*inputs).numpy(), reference(*arrays), rtol=1e-10, atol=atol)
+        assert gradcheck(op, *[leaf(a) for a in arrays], atol=gradcheck_atol)
+        return
+    out, grads = _projected_grads(op, arrays)
+    np.testing.assert_allclose(out, reference(*arrays), rtol=1e-10, atol=atol)
+    _backend.use_reference(True)
+    try:
+        _, reference_grads = _projected_grads(op, arrays)
+    finally:
+        _backend.use_reference(False)
+    for got, expected in zip(grads, reference_grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)

@@ -1,8 +1,9 @@
-"""Fused Functions (softmax, log_softmax, cross_entropy, layer_norm, rms_norm, dropout), run on both kernel
-paths: forward equals the NumPy formula, gradient equals central differences in float64."""
+"""Fused Functions (softmax, log_softmax, cross_entropy, layer_norm, rms_norm, dropout): forward equals the
+NumPy formula, gradient equals central differences in float64. Kernel-backed ones run on both kernel paths
+(the compiled path's gradients must equal the reference path's, which are gradchecked)."""
 import numpy as np
 import pytest
-from autograd_testing import GRAD_EXAMPLES, check_forward_and_grad, leaf
+from autograd_testing import GRAD_EXAMPLES, check_forward_and_grad, check_on_kernel_path, leaf
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,7 +24,7 @@ def test_softmax_family_any_axis(kernel_path, kind, data, shape):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     op = getattr(F, kind)
     reference = scipy_softmax if kind == "softmax" else scipy_log_softmax
-    check_forward_and_grad(lambda t: op(t, axis=axis), lambda a: reference(a, axis=axis), x)
+    check_on_kernel_path(kernel_path, lambda t: op(t, axis=axis), lambda a: reference(a, axis=axis), x)
 
 
 def _cross_entropy_reference(logits, targets, ignore_index, label_smoothing, reduction):
@@ -51,7 +52,8 @@ def test_cross_entropy(kernel_path, data, batch, vocab, label_smoothing, reducti
     ignored = data.draw(hnp.arrays(bool, batch))
     ignored.flat[0] = False  # at least one row counts, so the mean is defined
     targets = np.where(ignored, -100, targets)
-    check_forward_and_grad(
+    check_on_kernel_path(
+        kernel_path,
         lambda t: F.cross_entropy(t, targets, label_smoothing=label_smoothing, reduction=reduction),
         lambda a: _cross_entropy_reference(a, targets, -100, label_smoothing, reduction), logits,
     )
