@@ -63,9 +63,12 @@ def _check_words(symbols: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -
     return symbols, offsets, counts
 
 
-def _check_merges(merges: np.ndarray, first_id: int) -> np.ndarray:
-    merges = np.ascontiguousarray(merges, dtype=np.int32).reshape(-1, 2)
-    return merges
+def _as_merge_array(merges) -> np.ndarray:
+    """merges as a C-contiguous int32 (M, 2) array (their meaning is checked by BPETokenizer)."""
+    array = np.asarray(merges)
+    if array.size and (array.ndim != 2 or array.shape[1] != 2):
+        raise ValueError(f"merges must have shape (M, 2), got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.int32).reshape(-1, 2)
 
 
 # ------------------------------------------------------------------ training: the reference
@@ -180,7 +183,7 @@ class ReferenceEncoder:
     """The reference encoder: pieces -> ids with a per-piece cache (same API as the compiled one)."""
 
     def __init__(self, merges: np.ndarray, first_id: int = 256, cache_limit: int = 1 << 20):
-        self.ranks = merge_ranks(merges)
+        self.ranks = merge_ranks(_as_merge_array(merges))
         self.first_id = first_id
         self.cache: dict[str, list[int]] = {}
         self.cache_limit = cache_limit
@@ -200,7 +203,7 @@ class ReferenceEncoder:
 
 def make_encoder(merges: np.ndarray, first_id: int = 256):
     """An object with `encode_pieces(list[str]) -> list[int]` (compiled when available)."""
-    merges = _check_merges(merges, first_id)
+    merges = _as_merge_array(merges)
     kernel = compiled("bpe")
     if kernel is None:
         return ReferenceEncoder(merges, first_id)
