@@ -20,10 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-COLUMNS = ("language", "texts", "words", "tokens", "tokens_per_word", "bytes_per_token",
-           "chars_per_token", "ratio_to_best")
-
-
 def fertility(tokenizer, texts_by_language: Mapping[str, Sequence[str]]) -> dict[str, dict]:
     """{language: {texts, words, chars, bytes, tokens, tokens_per_word, bytes_per_token,
     chars_per_token, ratio_to_best}} for every language in `texts_by_language`."""
