@@ -70,6 +70,29 @@ def get_preset(preset) -> dict:
     return copy.deepcopy(PRESETS[preset])
 
 
+def fitting(items: list[dict], tokenizer, block_size: int, new_tokens: int) -> list[dict]:
+    """The items whose chat prompt plus `new_tokens` fits in the model's context (block_size)."""
+    return [item for item in items if len(prompt_ids(tokenizer, item["prompt"])) + new_tokens <= block_size]
+
+
+def _stage_settings(preset: dict, policy) -> dict:
+    """Per-stage settings with sequence lengths clamped to the model's block_size."""
+    block = policy.config.block_size
+    settings = copy.deepcopy(preset)
+    settings["sft"]["max_length"] = min(settings["sft"].get("max_length", block - 1), block - 1)
+    for stage in ("reward", "dpo"):
+        settings[stage]["max_length"] = min(settings[stage].get("max_length", block), block)
+    return settings
+
+
+def _pairs(split: str, preset: dict, tokenizer, policy) -> list[dict]:
+    """tinyworld preference pairs of `split` whose prompts leave room for an answer in the context."""
+    from minifm.data import tinyworld
+
+    n = preset["n_train_pairs"] if split == "train" else preset["n_eval_pairs"]
+    return fitting(tinyworld.preferences(split, n=n), tokenizer, policy.config.block_size, preset["max_new_tokens"])
+
+
 def _log(log, message: str) -> None:
     if log:
         log(message)
@@ -80,8 +103,11 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
     """SFT in place on tinyworld's train instructions; accuracy before and after on held-out prompts."""
     from minifm.data import tinyworld
 
-    train_tasks = tinyworld.instructions("train", n=preset["n_train_instructions"])
-    eval_tasks = tinyworld.instructions("test", n=preset["n_eval"])
+    preset = _stage_settings(preset, policy)
+    block, new_tokens = policy.config.block_size, preset["max_new_tokens"]
+    train_tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer, block,
+                          new_tokens)
+    eval_tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, block, new_tokens)
     before = evaluate_instructions(policy, tokenizer, eval_tasks, preset["max_new_tokens"])
     _log(log, f"sft: held-out accuracy before {before['accuracy']:.3f}")
     config = SFTConfig(**preset["sft"])
@@ -98,14 +124,13 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
 
 def reward_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print) -> tuple[RewardModel, dict]:
     """A reward model started from the SFT policy; held-out preference accuracy and correlation."""
-    from minifm.data import tinyworld
-
+    preset = _stage_settings(preset, sft_policy)
     config = RewardConfig(**preset["reward"])
     reward_model = RewardModel.from_policy(sft_policy)
     started = time.perf_counter()
-    result = train_reward_model(reward_model, tokenizer, tinyworld.preferences("train", n=preset["n_train_pairs"]),
+    result = train_reward_model(reward_model, tokenizer, _pairs("train", preset, tokenizer, sft_policy),
                                 config, run_dir=Path(run_dir) / "reward")
-    metrics = evaluate_reward_model(reward_model, tokenizer, tinyworld.preferences("test", n=preset["n_eval_pairs"]),
+    metrics = evaluate_reward_model(reward_model, tokenizer, _pairs("test", preset, tokenizer, sft_policy),
                                     config.max_length)
     metrics.update(final_loss=result.losses()[-1], steps=result.step, seconds=time.perf_counter() - started,
                    config=config.to_dict())
@@ -130,7 +155,9 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
     from minifm.data import tinyworld
 
     config = PPOConfig(**{**preset["ppo"], **overrides})
-    prompts = [task["prompt"] for task in tinyworld.instructions("train", n=preset["n_train_instructions"])]
+    tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer,
+                    sft_policy.config.block_size, config.response_length)
+    prompts = [task["prompt"] for task in tasks]
     policy = _trainable(sft_policy)
     value_model = ValueModel.from_reward_model(reward_model) if config.advantage_estimator == "gae" else None
     trainer = PPOTrainer(config, policy, reward_model, [prompt_ids(tokenizer, p) for p in prompts],
@@ -155,12 +182,11 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
 
 def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print):
     """DPO from a copy of the SFT policy (the SFT policy is the reference); returns (policy, metrics)."""
-    from minifm.data import tinyworld
-
+    preset = _stage_settings(preset, sft_policy)
     config = DPOConfig(**preset["dpo"])
     policy = _trainable(sft_policy)
     started = time.perf_counter()
-    result, stats = train_dpo(policy, tokenizer, tinyworld.preferences("train", n=preset["n_train_pairs"]), config,
+    result, stats = train_dpo(policy, tokenizer, _pairs("train", preset, tokenizer, sft_policy), config,
                               ref_policy=sft_policy, run_dir=Path(run_dir) / "dpo")
     _log(log, f"dpo: loss {result.losses()[0]:.3f} -> {result.losses()[-1]:.3f}, last-batch reward accuracy "
               f"{stats.get('rewards_accuracy', float('nan')):.2f}")
@@ -197,7 +223,8 @@ def evaluate_policies(policies: dict, sft_policy, reward_model, tokenizer, prese
     """Held-out comparison: sampled / greedy ground-truth reward, accuracy, learned reward and KL to SFT."""
     from minifm.data import tinyworld
 
-    tasks = tinyworld.instructions("test", n=preset["n_eval"])
+    tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, sft_policy.config.block_size,
+                    preset["max_new_tokens"])
     prompts = [t["prompt"] for t in tasks] * preset["eval_samples"]
     table = {}
     for name, policy in policies.items():

@@ -160,6 +160,11 @@ class PPOTrainer:
         self.prompts = [list(map(int, p)) for p in prompts]
         if not self.prompts:
             raise ValueError("PPOTrainer needs at least one prompt")
+        block_size = getattr(getattr(policy, "config", None), "block_size", None)
+        longest = max(len(p) for p in self.prompts)
+        if block_size is not None and longest + config.response_length > block_size:
+            raise ValueError(f"the longest prompt ({longest} tokens) + response_length {config.response_length} "
+                             f"exceeds the policy's block_size {block_size}; drop long prompts or shorten responses")
         self.use_value = config.advantage_estimator == "gae"
         if self.use_value and value_model is None:
             raise ValueError("advantage_estimator='gae' needs value_model= (a ValueModel)")
