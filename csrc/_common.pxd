@@ -22,6 +22,23 @@ cdef extern from *:
     #include <math.h>
     #include <stdint.h>
     #include <string.h>
+    #if MINIFM_OPENMP
+    #include <omp.h>
+    #endif
+
+    /* Threads for a parallel loop over `rows` independent items costing `work` element-operations
+       in total: one thread when the work is too small to pay for waking a second one (on a busy
+       machine the wake-up can cost milliseconds), otherwise OpenMP's count (at most rows). */
+    static inline int minifm_threads_for(Py_ssize_t rows, double work) {
+    #if MINIFM_OPENMP
+        if (rows < 2 || work < 200000.0) return 1;
+        int threads = omp_get_max_threads();
+        return threads < rows ? threads : (int)rows;
+    #else
+        (void)rows; (void)work;
+        return 1;
+    #endif
+    }
 
     static inline __attribute__((always_inline)) float minifm_expf(float x) {
         float xc = x < -87.0f ? -87.0f : x;
@@ -204,6 +221,7 @@ cdef extern from *:
     }
 
     """
+    int threads_for "minifm_threads_for"(Py_ssize_t rows, double work) noexcept nogil
     float fast_expf "minifm_expf"(float x) noexcept nogil
     double fast_exp "minifm_exp"(double x) noexcept nogil
 

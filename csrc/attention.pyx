@@ -156,7 +156,8 @@ def attention_forward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, co
     if batch * heads * tq * d == 0:
         return
     with nogil:
-        for pair in prange(batch * heads, schedule="dynamic"):
+        for pair in prange(batch * heads, schedule="dynamic",
+                           num_threads=vec.threads_for(batch * heads, <double>batch * heads * tq * tk * d)):
             b = pair // heads
             h = pair % heads
             g = h // group
@@ -266,7 +267,8 @@ def attention_backward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, c
     if batch * heads * tq * d * tk == 0:
         return
     with nogil:
-        for pair in prange(batch * kv_heads, schedule="dynamic"):
+        for pair in prange(batch * kv_heads, schedule="dynamic",
+                           num_threads=vec.threads_for(batch * kv_heads, <double>batch * heads * tq * tk * d)):
             b = pair // kv_heads
             g = pair % kv_heads
             probs = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))

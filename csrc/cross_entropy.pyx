@@ -67,7 +67,7 @@ def cross_entropy_rows(const real[:, ::1] logits, const int64_t[::1] targets, in
     if rows == 0 or vocab == 0:
         return
     with nogil:
-        for i in prange(rows, schedule="static"):
+        for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * vocab)):
             grad_row = &grad[i, 0] if want_grad else NULL
             if targets[i] == ignore_index:
                 losses[i] = 0

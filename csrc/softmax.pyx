@@ -74,7 +74,7 @@ def softmax_forward(const real[:, ::1] x, real[:, ::1] out):
     if cols == 0:
         return
     with nogil:
-        for i in prange(rows, schedule="static"):
+        for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
             _softmax_row(&x[i, 0], &out[i, 0], cols)
 
 
@@ -85,7 +85,7 @@ def log_softmax_forward(const real[:, ::1] x, real[:, ::1] out):
     if cols == 0:
         return
     with nogil:
-        for i in prange(rows, schedule="static"):
+        for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
             _log_softmax_row(&x[i, 0], &out[i, 0], cols)
 
 
@@ -98,7 +98,7 @@ def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] d
     if cols == 0:
         return
     with nogil:
-        for i in prange(rows, schedule="static"):
+        for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
             if real is float:
                 inner = vec.dot_f(&dy[i, 0], &y[i, 0], cols)
                 vec.mul_sub_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>inner)
@@ -116,7 +116,7 @@ def log_softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::
     if cols == 0:
         return
     with nogil:
-        for i in prange(rows, schedule="static"):
+        for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
             if real is float:
                 total = vec.sum_f(&dy[i, 0], cols)
                 vec.sub_exp_mul_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>total)
