@@ -49,7 +49,7 @@ def test_bert(rng, method):
     def loss():
         return F.cross_entropy(peft_model.classify(peft_model(ids, attention_mask=mask)), labels)
 
-    check_parameter_gradients(loss, params, max_entries=8)
+    check_parameter_gradients(loss, params, max_entries=3)
     base_params = [p for n, p in model.named_parameters() if not p.requires_grad]
     assert all(p.grad is None for p in base_params)
     for name, param in model.named_parameters():
@@ -68,7 +68,7 @@ def test_t5(rng, method):
         np.testing.assert_array_equal(loss_value.data, before)
     perturb_trainable(peft_model, rng, scale=0.2)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    check_parameter_gradients(lambda: peft_model.loss(ids, labels), params, max_entries=8)
+    check_parameter_gradients(lambda: peft_model.loss(ids, labels), params, max_entries=3)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
     # cached decoding through the wrapper equals one full decoder pass

@@ -59,7 +59,7 @@ def test_gradients_of_method_parameters_match_finite_differences(rng, method):
     ids = random_ids(rng, 2, 4)
     targets = random_ids(rng, 2, 4)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    check_parameter_gradients(lambda: peft_model.loss(ids, targets), params, max_entries=12)
+    check_parameter_gradients(lambda: peft_model.loss(ids, targets), params, max_entries=5)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
