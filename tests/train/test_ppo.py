@@ -70,7 +70,10 @@ def test_config_validation():
     with pytest.raises(ValueError, match="num_generations"):
         ppo.PPOConfig(advantage_estimator="grpo", num_generations=1)
     with pytest.raises(ValueError, match="value_model"):
-        ppo.PPOTrainer(ppo.PPOConfig(), tiny_gpt(), bandit_reward, [[PROMPT]], stop_token_id=STOP, pad_token_id=PAD)
+        ppo.PPOTrainer(ppo.PPOConfig(response_length=1), tiny_gpt(), bandit_reward, [[PROMPT]], stop_token_id=STOP,
+                       pad_token_id=PAD)
+    with pytest.raises(ValueError, match="block_size"):
+        make_trainer(response_length=24)
 
 
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])
