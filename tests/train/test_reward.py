@@ -80,3 +80,22 @@ def test_training_learns_a_toy_preference():
     assert np.mean(chosen > rejected) == 1.0
     # the centring term keeps the rewards near zero mean
     assert abs(np.mean(np.concatenate([chosen, rejected]))) < np.std(np.concatenate([chosen, rejected]))
+
+
+def test_best_of_n_keeps_the_highest_reward_sample():
+    from minifm.sampling.best_of_n import best_of_n, best_of_n_kl_bound
+
+    policy = tiny_gpt(seed=3)
+
+    def count_of_token_5(sequences, attention_mask):
+        return np.sum((sequences == 5) & (attention_mask == 1), axis=1).astype(np.float64)
+
+    prompts = [[1, 2], [3, 4, 6]]
+    out = best_of_n(policy, count_of_token_5, prompts, n=6, max_new_tokens=5, seed=0)
+    assert out.sequences.shape[0] == 2
+    np.testing.assert_array_equal(out.sequences_scores, out.extras["all_rewards"].max(axis=1))
+    np.testing.assert_array_equal(count_of_token_5(out.sequences, out.attention_mask), out.sequences_scores)
+    assert best_of_n_kl_bound(1) == 0.0
+    assert best_of_n_kl_bound(4) == pytest.approx(np.log(4) - 0.75)
+    with pytest.raises(ValueError, match="n must be"):
+        best_of_n(policy, count_of_token_5, prompts, n=0)
