@@ -58,15 +58,15 @@ def softmax_reference(x: np.ndarray) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)) along the last axis; rows of all -inf give zeros."""
     e = np.exp(x - _safe_row_max(x))
     total = np.sum(e, axis=-1, keepdims=True)
-    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    return np.divide(e, total, out=np.zeros_like(e), where=total != 0)  # NaN rows stay NaN
 
 
 def log_softmax_reference(x: np.ndarray) -> np.ndarray:
     """x - max - log(sum(exp(x - max))) along the last axis; rows of all -inf give -inf."""
     shifted = x - _safe_row_max(x)
     total = np.sum(np.exp(shifted), axis=-1, keepdims=True)
-    log_total = np.log(np.where(total > 0, total, 1.0))  # an all -inf row gets -inf below
-    return np.where(total > 0, shifted - log_total, -np.inf).astype(x.dtype)
+    log_total = np.log(np.where(total == 0, 1.0, total))  # an all -inf row gets -inf below
+    return np.where(total == 0, -np.inf, shifted - log_total).astype(x.dtype)
 
 
 def softmax_backward_reference(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
