@@ -121,7 +121,7 @@ def transformers_model(model: GPT):
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
                                     n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
                                     activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0,
-                                    attn_pdrop=0.0)).eval()
+                                    attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)).eval()
     return hf, torch
 
 
