@@ -42,12 +42,12 @@ from minifm.train.sft import (
 
 PRESETS = {
     "tiny": {
-        "n_train_instructions": 256, "n_eval": 48, "n_train_pairs": 256, "n_eval_pairs": 64,
+        "n_train_instructions": 256, "n_eval": 24, "n_train_pairs": 256, "n_eval_pairs": 32,
         "sft": {"max_steps": 30, "per_device_train_batch_size": 16, "learning_rate": 2e-3},
         "reward": {"max_steps": 20, "per_device_train_batch_size": 16, "learning_rate": 1e-3},
-        "ppo": {"num_iterations": 4, "batch_size": 16, "response_length": 16, "num_ppo_epochs": 2,
+        "ppo": {"num_iterations": 3, "batch_size": 16, "response_length": 16, "num_ppo_epochs": 2,
                 "learning_rate": 5e-5},
-        "dpo": {"max_steps": 15, "per_device_train_batch_size": 16, "learning_rate": 1e-4},
+        "dpo": {"max_steps": 10, "per_device_train_batch_size": 16, "learning_rate": 1e-4},
         "best_of_n": 4, "max_new_tokens": 16, "eval_samples": 1,
     },
     "default": {
