@@ -126,16 +126,52 @@ cdef Py_ssize_t _gather_finite(const real* s, Py_ssize_t n, Item* items) noexcep
     return count
 
 
+cdef void _sift_down(double* heap, Py_ssize_t size, Py_ssize_t i) noexcept nogil:
+    """Restore the min-heap property below position i."""
+    cdef Py_ssize_t child
+    cdef double value = heap[i]
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[child] >= value:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = value
+
+
+cdef double _kth_largest(const real* s, Py_ssize_t n, Py_ssize_t k, Item* items) noexcept nogil:
+    """The k-th largest score (counting repeats). For small k a min-heap of the k best seen so far
+    (one comparison per score for almost every score); otherwise quickselect."""
+    cdef Py_ssize_t j
+    cdef double* heap
+    if k > 1024:
+        for j in range(n):
+            items[j].key = s[j]
+            items[j].index = j
+        _select_rank(items, n, k - 1, True)
+        return items[k - 1].key
+    heap = <double*>items  # the items buffer is large enough for k doubles
+    for j in range(k):
+        heap[j] = s[j]
+    for j in range(k // 2 - 1, -1, -1):
+        _sift_down(heap, k, j)
+    for j in range(k, n):
+        if s[j] > heap[0]:
+            heap[0] = s[j]
+            _sift_down(heap, k, 0)
+    return heap[0]
+
+
 cdef void _top_k(real* s, Py_ssize_t n, Py_ssize_t k, Item* items) noexcept nogil:
     cdef Py_ssize_t j
     cdef double threshold
     if k >= n:
         return
-    for j in range(n):
-        items[j].key = s[j]
-        items[j].index = j
-    _select_rank(items, n, k - 1, True)
-    threshold = items[k - 1].key
+    threshold = _kth_largest(s, n, k, items)
     for j in range(n):
         if s[j] < threshold:
             s[j] = -INFINITY
@@ -233,7 +269,7 @@ def sample_rows(const real[:, ::1] scores, const double[::1] uniforms, int64_t[:
     Returns the index of the first row without any finite score, or -1."""
     cdef Py_ssize_t rows = scores.shape[0], vocab = scores.shape[1], i, j, chosen, bad_row = -1
     cdef double row_max, total, target, running
-    cdef double* weights
+    cdef real* weights
     if uniforms.shape[0] != rows or out.shape[0] != rows:
         raise ValueError(f"uniforms ({uniforms.shape[0]},) and out ({out.shape[0]},) need {rows} rows")
     with nogil:
@@ -242,12 +278,11 @@ def sample_rows(const real[:, ::1] scores, const double[::1] uniforms, int64_t[:
             if row_max == -INFINITY or vocab == 0:
                 out[i] = -1
                 continue
-            weights = <double*>malloc(vocab * sizeof(double))
-            total = 0.0
-            for j in range(vocab):
-                weights[j] = vec.fast_exp(scores[i, j] - row_max)
-            for j in range(vocab):
-                total = total + weights[j]
+            weights = <real*>malloc(vocab * sizeof(real))
+            if real is float:
+                total = vec.exp_store_sum_f(&scores[i, 0], weights, vocab, 1.0, <float>row_max)
+            else:
+                total = vec.exp_store_sum_d(&scores[i, 0], weights, vocab, 1.0, row_max)
             target = uniforms[i] * total
             running = 0.0
             chosen = -1
