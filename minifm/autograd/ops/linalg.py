@@ -13,6 +13,18 @@ import numpy as np
 from minifm.autograd.function import Function, unbroadcast
 
 
+def batched_times_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a (..., n, k) and a plain matrix b (k, m), as ONE 2-D GEMM.
+
+    NumPy's matmul loops over the batch axes of a 3-D operand and calls a small GEMM per entry,
+    which is many times slower than flattening the batch into the rows of a single product.
+    """
+    if b.ndim != 2 or a.ndim <= 2:
+        return a @ b
+    rows = a.reshape(-1, a.shape[-1])  # (N, k); copies only if `a` is not contiguous
+    return (rows @ b).reshape(*a.shape[:-1], b.shape[-1])
+
+
 class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -30,7 +42,7 @@ class MatMul(Function):
                 f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast"
             ) from None
         ctx.a, ctx.b = a, b
-        return np.matmul(a, b)
+        return batched_times_matrix(a, b)
 
     @staticmethod
     def backward(ctx, grad):
@@ -44,7 +56,7 @@ class MatMul(Function):
             g2 = np.expand_dims(g2, -2)  # restore the n = 1 row axis; g2: (..., n, m)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            grad_a = unbroadcast(batched_times_matrix(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if ctx.needs_input_grad[1]:
             if b2.ndim == 2 and a2.ndim > 2:
                 k, m = a2.shape[-1], g2.shape[-1]
@@ -69,7 +81,7 @@ class Linear(Function):
                 f"weight's in_features {weight.shape[1]} (weight shape {weight.shape})"
             )
         ctx.x, ctx.weight, ctx.has_bias = x, weight, bias is not None
-        out = x @ weight.T
+        out = batched_times_matrix(x, weight.T)  # (..., out)
         if bias is not None:
             out += bias
         return out
