@@ -23,7 +23,7 @@ from minifm.models.config import (
 )
 from minifm.nn.attention import RotaryEmbedding
 from minifm.nn.block import TransformerBlock
-from minifm.nn.layers import Dropout, Embedding, LayerNorm, Linear, linear, make_norm
+from minifm.nn.layers import Dropout, Embedding, LayerNorm, Linear, make_norm
 from minifm.nn.module import Module, ModuleList, Parameter
 
 
@@ -122,7 +122,7 @@ class BERT(Module):
     def mlm_logits(self, hidden):
         """Masked-LM logits (B, T, vocab) from hidden states (B, T, d); the decoder is tied to wte."""
         transformed = self.mlm_norm(F.gelu(self.mlm_dense(hidden)))  # (B, T, d)
-        return linear(transformed, self.wte.weight, self.mlm_bias)
+        return F.linear(transformed, self.wte.weight, self.mlm_bias)
 
     def classify(self, hidden):
         """Sequence-classification logits (B, num_labels) from the first token's hidden state."""

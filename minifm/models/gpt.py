@@ -32,7 +32,7 @@ from minifm.models.config import (
 )
 from minifm.nn.attention import KVCache, RotaryEmbedding
 from minifm.nn.block import TransformerBlock
-from minifm.nn.layers import Dropout, Embedding, Linear, linear, make_norm
+from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
 from minifm.nn.module import Module, ModuleList
 
 
@@ -153,7 +153,7 @@ class GPT(Module):
     def logits_from_hidden(self, hidden):
         """Apply the output head to final hidden states (B, T, d) -> (B, T, vocab)."""
         if self.config.tie_weights:
-            return linear(hidden, self.wte.weight)
+            return F.linear(hidden, self.wte.weight)
         return self.lm_head(hidden)
 
     @staticmethod

@@ -29,7 +29,7 @@ from minifm.models.config import (
 )
 from minifm.nn.attention import KVCache, RotaryEmbedding
 from minifm.nn.block import TransformerBlock
-from minifm.nn.layers import Dropout, Embedding, Linear, linear, make_norm
+from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
 from minifm.nn.module import Module, ModuleList
 
 
@@ -164,7 +164,7 @@ class T5(Module):
         if cache is not None:
             cache.advance(steps)
         if self.config.tie_weights:
-            return linear(hidden, self.shared.weight)
+            return F.linear(hidden, self.shared.weight)
         return self.lm_head(hidden)
 
     def _check_length(self, steps: int) -> None:
