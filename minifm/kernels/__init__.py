@@ -1,6 +1,15 @@
 """Hot kernels: each family has a readable NumPy reference and a Cython twin in csrc/.
 
-    softmax.py   <-> csrc/softmax.pyx    softmax / log-softmax over the last axis
+    softmax.py        <-> csrc/softmax.pyx        softmax / log-softmax over the last axis, forward
+                                                   and backward
+    cross_entropy.py  <-> csrc/cross_entropy.pyx  fused per-row loss + d loss / d logits (ignore_index,
+                                                   label smoothing), no probability array
+    attention.py      <-> csrc/attention.pyx      flash-style scaled dot-product attention (causal with
+                                                   a query offset, key-padding mask, GQA), forward and
+                                                   backward; saves only the log-sum-exp per row
+    sampling.py       <-> csrc/sampling.pyx       top-k / top-p / min-p / typical-p filters by partial
+                                                   selection, inverse-CDF draw, greedy
+    csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)
 
 `backend_info()` says which path runs. MINIFM_KERNELS=reference forces NumPy everywhere;
 `use_reference(True)` does the same at run time.
