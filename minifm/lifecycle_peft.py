@@ -34,19 +34,19 @@ from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig
 class PeftStageConfig:
     """How much work each of the eight runs does."""
 
-    max_steps: int = 60
+    max_steps: int = 120
     batch_size: int = 16
     max_length: int = 40
     n_train: int | None = None       # training examples (None = the whole train split)
-    n_test: int = 96                 # held-out prompts answered greedily
+    n_test: int = 64                 # held-out prompts answered greedily
     max_new_tokens: int = 16
     warmup_steps: int = 5
     lora_targets: tuple = ("q_proj", "v_proj")
     num_virtual_tokens: int = 8
     reduction_factor: int = 16
-    lr_full: float = 1e-3
-    lr_lora: float = 5e-3
-    lr_adapter: float = 5e-3
+    lr_full: float = 2e-3
+    lr_lora: float = 1e-2
+    lr_adapter: float = 1e-2
     lr_prompt: float = 3e-2
     lr_prefix: float = 1e-2
     lr_ia3: float = 3e-2
