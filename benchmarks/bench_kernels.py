@@ -12,15 +12,23 @@ columns within one run, not across runs. torch is only a yardstick here; minifm 
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-import tracemalloc
+import os
 
-import numpy as np
+# Three thread pools share the cores here (minifm's OpenMP, torch's OpenMP, NumPy's OpenBLAS). By
+# default an idle OpenMP worker keeps spinning for a while, stealing the core another pool's next
+# call needs; on 2 cores that distorted every column by up to 30x. Idle workers sleep instead (set
+# OMP_WAIT_POLICY yourself to override). This must happen before the libraries start their threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from minifm.kernels import _backend, attention, backend_info, cross_entropy, softmax
-from minifm.sampling import sample
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from minifm.kernels import _backend, attention, backend_info, cross_entropy, softmax  # noqa: E402
+from minifm.sampling import sample  # noqa: E402
 
 try:
     import torch
@@ -195,7 +203,8 @@ def main():
         torch.set_num_threads(threads)
     print(f"minifm kernels: backend={info['backend']} openmp={info['openmp']} threads={threads}; "
           f"torch {'%s with %d threads' % (torch.__version__, torch.get_num_threads()) if torch else 'not installed'}; "
-          f"numpy {np.__version__}; repeats {repeats[0]}-{repeats[1]} (median)")
+          f"numpy {np.__version__}; repeats {repeats[0]}-{repeats[1]} (median); "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     if info["backend"] != "compiled":
         print("warning: not every compiled kernel is loaded; the 'compiled' column may be the reference")
     rng = np.random.default_rng(0)
