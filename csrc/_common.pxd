@@ -13,8 +13,9 @@ exponent bits. Simplification: results below the smallest normal number are flus
 (exp(x) = 0 for x < -87 in float32, x < -708 in float64), +inf above the overflow point, NaN
 stays NaN.
 
-Each primitive has an `_f` (float32) and a `_d` (float64) version; the kernels choose with
-`if real is float`.
+Each primitive has an `_f` (float32) and a `_d` (float64) version, written out twice; the kernels
+choose with `if real is float`. Sums accumulate in double. The max reductions skip NaN entries, but
+the exp pass that follows turns a NaN input into NaN outputs, so a NaN row never comes out finite.
 """
 
 cdef extern from *:

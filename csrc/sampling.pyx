@@ -4,9 +4,10 @@ sample_from_uniforms_reference): the top-k / top-p / min-p / typical-p filters o
 transformers' logits warpers, and the inverse-CDF categorical draw.
 
 Rows are independent and split across OpenMP threads (prange). Instead of sorting the vocabulary,
-each filter uses partial selection (quickselect, O(V) on average):
+each filter uses partial selection (O(V) on average):
 
-  top-k      the k-th largest score by rank selection; scores below it become -inf (ties kept).
+  top-k      the k-th largest score (a min-heap of the k best for k <= 1024, quickselect above);
+             scores below it become -inf (ties kept).
   top-p      *weighted* selection: the first position L, in descending score order, at which the
              cumulative probability reaches top_p; the tokens ranked after L are removed. This is
              transformers' rule "remove a token if the ascending cumulative probability up to and

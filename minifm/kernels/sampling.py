@@ -2,7 +2,8 @@
 logits warpers) + dispatch to the compiled twin.
 
 Compiled twin: csrc/sampling.pyx (module minifm.kernels._sampling), which replaces every sort by
-partial selection (quickselect), so a (batch, vocab) row costs O(vocab) on average.
+partial selection (a heap for top-k, quickselect weighted by probability for top-p and typical-p),
+so a (batch, vocab) row costs O(vocab) on average.
 
 Functions (scores are (batch, vocab) float arrays; removed entries are -inf):
     filter_logits(scores, top_k, top_p, min_p, typical_p, min_tokens_to_keep) -> new array
