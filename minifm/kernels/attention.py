@@ -42,6 +42,8 @@ def _validate(q, k, v, scale, q_offset, key_mask):
         raise ValueError(f"k shape {k.shape} must equal v shape {v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {q.shape} and k {k.shape} must agree on batch (axis 0) and head size (axis 3)")
+    if q.shape[3] == 0:
+        raise ValueError(f"head size D (axis 3) must be >= 1, got q {q.shape}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]}); shapes q {q.shape}, k {k.shape}")
     if scale is None:

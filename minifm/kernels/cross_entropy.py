@@ -27,8 +27,8 @@ def _validate(logits, targets, ignore_index, label_smoothing):
             f"logits must be a float32 or float64 numpy array, got "
             f"{getattr(logits, 'dtype', type(logits).__name__)}"
         )
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (N, V), got {logits.shape}")
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (N, V) with V >= 1 classes, got {logits.shape}")
     targets = np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be integers, got dtype {targets.dtype}")

@@ -167,6 +167,8 @@ def test_bad_shapes_are_named(kernel_path):
         at.attention_forward(q, kv, kv, key_mask=np.ones((1, 4), dtype=bool))
     with pytest.raises(TypeError, match="key_mask must be a bool array"):
         at.attention_forward(q, kv, kv, key_mask=np.ones((1, 5)))
+    with pytest.raises(ValueError, match=r"head size D \(axis 3\) must be >= 1"):
+        at.attention_forward(np.zeros((1, 2, 3, 0)), np.zeros((1, 2, 5, 0)), np.zeros((1, 2, 5, 0)))
     with pytest.raises(TypeError, match="share a dtype"):
         at.attention_forward(q.astype(np.float32), kv, kv)
     with pytest.raises(ValueError, match=r"dout must have shape"):

@@ -98,3 +98,5 @@ def test_bad_targets_and_arguments_are_named(kernel_path):
         ce.cross_entropy(logits, np.array([0, 1, 2]), label_smoothing=1.5)
     with pytest.raises(ValueError, match=r"logits must have shape \(N, V\)"):
         ce.cross_entropy(np.zeros(4), np.array([0]))
+    with pytest.raises(ValueError, match=r"V >= 1 classes, got \(1, 0\)"):
+        ce.cross_entropy(np.zeros((1, 0)), np.array([-100]))
