@@ -212,7 +212,9 @@ def sampling_stage(run_dir: Path, preset: dict, outputs: dict) -> dict:
         n_tokens = int(out.num_generated.sum())
         mean_loglik = float(out.logprobs.sum() / max(n_tokens, 1))
         texts = [tokenizer.decode(t) for t in kept]
-        settings[label] = {"options": options, "distinct_1": distinct_n(kept, 1), "distinct_2": distinct_n(kept, 2),
+        first_samples = kept[::copies]  # one sample per prompt, so every setting is scored on as many texts
+        settings[label] = {"options": options, "distinct_1": distinct_n(first_samples, 1),
+                           "distinct_2": distinct_n(first_samples, 2),
                            "mean_loglik": mean_loglik, "mean_length": n_tokens / len(new_tokens)}
         examples[label] = [prompts[row // copies] + texts[row] for row in range(0, len(texts), copies)]
         points[label] = (settings[label]["distinct_2"], mean_loglik)
@@ -230,6 +232,8 @@ def sampling_stage(run_dir: Path, preset: dict, outputs: dict) -> dict:
         sample_lines += [f"- {text.strip()[:300]!r}" for text in texts[:3]]
         sample_lines.append("")
     markdown = ("The same prompts (opening words of unseen tinyworld documents) under each decoding rule. "
+                "distinct-n counts unique n-grams over one sample per prompt; the log-likelihood is the mean "
+                "per-token log-probability under the unwarped model over all samples. "
                 "Lower temperature and tighter truncation raise the likelihood under the model and lower "
                 "the diversity; high temperature does the opposite.\n\n"
                 + markdown_table(["setting", "distinct-1", "distinct-2", "mean log-lik (nats/token)",
