@@ -9,6 +9,8 @@
                                                    backward; saves only the log-sum-exp per row
     sampling.py       <-> csrc/sampling.pyx       top-k / top-p / min-p / typical-p filters by partial
                                                    selection, inverse-CDF draw, greedy
+    bpe.py            <-> csrc/bpe.pyx            BPE merge training (incremental pair counts) and
+                                                   piece encoding by merge rank
     csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)
 
 `backend_info()` says which path runs. MINIFM_KERNELS=reference forces NumPy everywhere;
