@@ -109,6 +109,45 @@ def test_instructions_seed_orders_and_n_subsamples():
     assert len(tw.instructions("test", n=pool + 5)) == pool + 5
 
 
+def test_instruction_styles_are_a_seeded_mix_all_graded_correct():
+    data = tw.instructions("train", seed=3) + tw.instructions("test", seed=3)
+    assert data == tw.instructions("train", seed=3) + tw.instructions("test", seed=3)
+    counts = {"plain": 0, "polite": 0, "verbose": 0}
+    for example in data:
+        reference = tw.reference_answer(example["prompt"])
+        completion = example["completion"]
+        assert tw.grade(example["prompt"], completion), example
+        reward = tw.ground_truth_reward(example["prompt"], completion)
+        if completion == reference:
+            counts["plain"] += 1
+            assert reward == 1.0
+        elif tw.tasks.strip_polite_prefix(completion) == (reference, True):
+            counts["polite"] += 1
+            assert reward == pytest.approx(1.0 + tw.tasks.POLITENESS_BONUS)
+        else:
+            counts["verbose"] += 1
+            assert reference.rstrip(".") in completion and 0.0 <= reward < 1.0, example
+    expected = [tw.tasks.STYLE_MIX[k] * len(data) for k in counts]
+    assert stats.chisquare(list(counts.values()), expected).pvalue > 1e-4, counts
+    plain = tw.instructions("train", seed=3, style_mix={"plain": 1.0})
+    assert [e["completion"] for e in plain] == [tw.reference_answer(e["prompt"]) for e in plain]
+    assert [e["prompt"] for e in plain] == [e["prompt"] for e in tw.instructions("train", seed=3)]
+
+
+@pytest.mark.parametrize("bad", [{"plain": 0.5}, {"shouting": 1.0}, {}, {"plain": float("nan")}, "plain"])
+def test_bad_style_mix_raises_naming_it(bad):
+    with pytest.raises(ValueError, match="style_mix"):
+        tw.instructions("train", n=3, style_mix=bad)
+
+
+def test_grade_judges_the_fact_inside_filler_sentences():
+    prompt = "Where does Mara live?"
+    answer = tw.reference_answer(prompt)
+    wrong = next(t for t in tw.all_tasks() if t.prompt == prompt).wrong_answers[0]
+    assert tw.grade(prompt, "Let me see. " + answer) and tw.grade(prompt, answer + " That is all.")
+    assert not tw.grade(prompt, "Let me see. " + wrong) and not tw.grade(prompt, answer + "x That is all.")
+
+
 def test_every_reference_grades_correct_and_every_wrong_answer_wrong():
     for task in tw.all_tasks():
         assert tw.reference_answer(task.prompt) == task.answer

@@ -16,9 +16,17 @@ A prompt whose answer would be ambiguous (e.g. English "singer" -> Spanish canta
 The split is fixed by the prompt text: crc32(prompt) % 100 < 20 is "test", the rest "train",
 so the splits are disjoint and do not depend on `seed` (which only orders and subsamples).
 
+Instruction completions come in a style mix, as real SFT data does (STYLE_MIX, deterministic by
+seed): mostly the plain reference answer, some with a polite prefix ("Sure! <answer>") and some
+with a short filler sentence ("Let me see. <answer>", "<answer> That is all."). Every style is
+graded correct; they differ only in ground-truth reward, so an SFT model samples every style and
+preference tuning has a signal it can find (prefer the polite form, drop the filler).
+
 Normalisation (grade and reward): Unicode NFKC, casefold, runs of whitespace -> one space,
 strip, then strip trailing " .!?". A leading polite marker from POLITE_PREFIXES ("Sure!",
-"Of course!", "Certainly!", "Happy to help!") is removed before comparing.
+"Of course!", "Certainly!", "Happy to help!") is removed before comparing. grade() judges the
+fact: the response (minus the polite marker) is correct when it, or one of its sentences,
+normalises to the reference answer -- the same test the ground-truth reward uses.
 
 Ground-truth reward, for any string `response` (reference = reference_answer(prompt)):
 
@@ -30,10 +38,11 @@ Ground-truth reward, for any string `response` (reference = reference_answer(pro
     reward   = (+1 if correct else -1) + 0.2 * polite - min(0.5, 0.05 * extra) - 0.5 * rude
 
 so reward is in [-2.0, 1.2]; every correct answer (>= 0.0) beats every wrong one (<= -0.8); a
-plain correct answer scores 1.0 and "Sure! <answer>" 1.2, which SFT data (plain answers) never
-shows, so preference tuning can raise the mean reward measurably above an SFT model.
+plain correct answer scores 1.0, "Sure! <answer>" 1.2 and "Let me see. <answer>" 0.85; with the
+default STYLE_MIX an SFT model that copies its data's styles sits near the plain score, and
+preference tuning can raise the mean reward by up to ~0.2 by shifting toward the polite style.
 Known loophole (documented, not hidden): a wrong sentence followed by the right one counts as
-correct, paying only the length penalty.
+correct (for grade() too), paying only the length penalty.
 """
 from __future__ import annotations
 
@@ -63,6 +72,9 @@ VERBOSE_CLOSERS = ("I hope that this long answer is useful to you in some way.",
                    "There is not much more that I can say about this.")
 RUDE_TEMPLATES = ("Ugh. {answer}", "{answer} Obviously.", "Whatever. {answer}", "{answer} Figure it out yourself next time.")
 REJECTED_KINDS = ("wrong_fact", "verbose", "rude", "wrong_language")
+# the instruction data's completion styles and their default shares (see instructions())
+STYLE_MIX = {"plain": 0.6, "polite": 0.2, "verbose": 0.2}
+SFT_FILLER_TEMPLATES = ("Let me see. {answer}", "{answer} That is all.")   # 3 extra words: -0.15
 
 
 @dataclass(frozen=True)
@@ -243,12 +255,48 @@ def sampled_tasks(split: str, seed: int, n: int | None, world: World | None) -> 
 
 
 # ------------------------------------------------------------------ public API
-def instructions(split: str = "train", seed: int = 0, n: int | None = None, world: World | None = None) -> list[dict]:
+def check_style_mix(style_mix) -> dict[str, float]:
+    """`style_mix` as {style: share} with shares summing to 1; clear errors for unknown styles or bad shares."""
+    if not isinstance(style_mix, dict) or not style_mix:
+        raise ValueError(f"style_mix must be a non-empty dict of style -> share, got {style_mix!r}")
+    unknown = sorted(set(style_mix) - set(STYLE_MIX))
+    if unknown:
+        raise ValueError(f"style_mix has unknown styles {unknown}; valid styles are {sorted(STYLE_MIX)}")
+    shares = {k: float(v) for k, v in style_mix.items()}
+    if any(not (v >= 0.0) or v != v for v in shares.values()) or abs(sum(shares.values()) - 1.0) > 1e-9:
+        raise ValueError(f"style_mix shares must be >= 0 and sum to 1, got {style_mix!r}")
+    return shares
+
+
+def styled_completion(answer: str, style: str, rng: random.Random) -> str:
+    """`answer` rendered in `style`: "plain" as is, "polite" behind a POLITE_PREFIXES marker, "verbose" with a filler."""
+    if style == "plain":
+        return answer
+    if style == "polite":
+        return f"{rng.choice(POLITE_PREFIXES)} {answer}"
+    if style == "verbose":
+        sentence = answer if answer.endswith((".", "!", "?")) else answer + "."   # "Katze" -> "Katze." before a closer
+        return rng.choice(SFT_FILLER_TEMPLATES).format(answer=sentence)
+    raise ValueError(f"style must be one of {sorted(STYLE_MIX)}, got {style!r}")
+
+
+def instructions(split: str = "train", seed: int = 0, n: int | None = None, world: World | None = None,
+                 style_mix: dict | None = None) -> list[dict]:
     """[{"prompt": str, "completion": str}] of `split`, shuffled by `seed`.
 
-    n=None returns the whole split once; a larger n cycles through fresh shuffles.
+    n=None returns the whole split once; a larger n cycles through fresh shuffles. Each completion's
+    style is drawn from `style_mix` (default STYLE_MIX: 60% plain, 20% polite, 20% verbose filler)
+    by a generator seeded with `seed`; {"plain": 1.0} gives the bare reference answers. Every
+    style is graded correct by grade().
     """
-    return [{"prompt": t.prompt, "completion": t.answer} for t in sampled_tasks(split, seed, n, world)]
+    shares = check_style_mix(STYLE_MIX if style_mix is None else style_mix)
+    styles, weights = list(shares), list(shares.values())
+    rng = random.Random(seed + 104729)
+    out = []
+    for task in sampled_tasks(split, seed, n, world):
+        style = rng.choices(styles, weights)[0]
+        out.append({"prompt": task.prompt, "completion": styled_completion(task.answer, style, rng)})
+    return out
 
 
 def reference_answer(prompt: str, world: World | None = None) -> str:
@@ -277,12 +325,19 @@ def strip_polite_prefix(response: str) -> tuple[str, bool]:
     return stripped, False
 
 
+def states_reference(body: str, reference: str) -> bool:
+    """Whether `body`, or one of its sentences (split after . ! ?), normalises to `reference`."""
+    target = normalise(reference)
+    return normalise(body) == target or any(normalise(s) == target for s in split_sentences(body))
+
+
 def grade(prompt: str, response: str, world: World | None = None) -> bool:
-    """Normalised exact match of `response` (minus a polite prefix) against the reference answer."""
+    """Whether `response` (minus a polite prefix) states the reference answer: the whole response or one
+    of its sentences matches it after normalisation (a filler sentence around the fact is not wrong)."""
     if not isinstance(response, str):
         raise TypeError(f"grade: response must be a str, got {type(response).__name__}")
     body, _ = strip_polite_prefix(response)
-    return normalise(body) == normalise(reference_answer(prompt, world))
+    return states_reference(body, reference_answer(prompt, world))
 
 
 def split_sentences(text: str) -> list[str]:
@@ -300,8 +355,7 @@ def ground_truth_reward(prompt: str, response: str, world: World | None = None) 
         raise TypeError(f"ground_truth_reward: response must be a str, got {type(response).__name__}")
     reference = reference_answer(prompt, world)
     body, polite = strip_polite_prefix(response)
-    target = normalise(reference)
-    correct = normalise(body) == target or any(normalise(s) == target for s in split_sentences(body))
+    correct = states_reference(body, reference)
     extra_words = max(0, len(body.split()) - len(reference.split()))
     reward = 1.0 if correct else -1.0
     reward += POLITENESS_BONUS * polite
