@@ -194,6 +194,11 @@ def test_rejected_kinds_are_varied():
     assert wrong > 0.3 * len(pairs) and correct_but_worse > 0.2 * len(pairs)
     assert any(tw.grade(p["prompt"], p["rejected"]) is False and tw.ground_truth_reward(p["prompt"], p["rejected"]) > -1
                for p in pairs)   # some wrong answers are politely phrased
+    plain_rejected = [p for p in pairs if p["rejected"] == tw.reference_answer(p["prompt"])]
+    assert len(plain_rejected) > 0.03 * len(pairs)   # polite vs plain compared directly
+    assert all(tw.tasks.strip_polite_prefix(p["chosen"])[1] for p in plain_rejected)
+    short_filler = [p for p in pairs if p["rejected"].startswith("Let me see. ") or p["rejected"].endswith(" That is all.")]
+    assert len(short_filler) > 0.03 * len(pairs)     # the instruction data's own filler style is rejected
 
 
 def test_reward_formula_components():

@@ -368,9 +368,11 @@ def preferences(split: str = "train", seed: int = 0, n: int | None = None, world
     """[{"prompt", "chosen", "rejected"}] with ground_truth_reward(chosen) > ground_truth_reward(rejected).
 
     chosen: the reference answer, half the time with a polite prefix ("Sure! ...").
-    rejected, cycling through REJECTED_KINDS in shuffled order: a wrong fact of the same form
-    (sometimes politely phrased), the right answer padded with filler sentences, the right
-    answer with a rude remark, or the right content in another language.
+    rejected, one of REJECTED_KINDS drawn at random: a wrong fact of the same form (sometimes
+    politely phrased), the right answer padded with filler (half the time the instruction data's
+    short filler, half the time long sentences before and after), the right answer with a rude
+    remark, or the right content in another language; when chosen is polite, also possibly the
+    plain answer (so the pairs compare the polite and plain styles directly).
     """
     rng = random.Random(seed + 7919)
     out = []
@@ -379,13 +381,19 @@ def preferences(split: str = "train", seed: int = 0, n: int | None = None, world
         if rng.random() < 0.5:
             chosen = f"{rng.choice(POLITE_PREFIXES)} {chosen}"
         kinds = [k for k in REJECTED_KINDS if k != "wrong_language" or task.other_language_answers]
+        if chosen != task.answer:
+            kinds.append("plain")   # the bare answer loses to its polite form (1.0 < 1.2)
         kind = rng.choice(kinds)
         if kind == "wrong_fact":
             rejected = rng.choice(task.wrong_answers)
             if rng.random() < 0.3:
                 rejected = f"{rng.choice(POLITE_PREFIXES)} {rejected}"
+        elif kind == "verbose" and rng.random() < 0.5:   # the instruction data's own short filler style
+            rejected = styled_completion(task.answer, "verbose", rng)
         elif kind == "verbose":
             rejected = f"{rng.choice(VERBOSE_OPENERS)} {task.answer} {rng.choice(VERBOSE_CLOSERS)}"
+        elif kind == "plain":
+            rejected = task.answer
         elif kind == "rude":
             rejected = rng.choice(RUDE_TEMPLATES).format(answer=task.answer)
         else:
