@@ -2,27 +2,38 @@
 
 For each configuration, builds the same GPT-2-style model (learned positions, LayerNorm, GELU MLP,
 tied head, float32) in minifm and in plain PyTorch (nn.Linear / F.scaled_dot_product_attention /
-torch.optim.AdamW), with torch.set_num_threads equal to minifm's thread count, and reports the
-median step time of each, tokens per second, and model-FLOPs utilisation (MFU) against the float32
-GEMM peak measured on this machine (NumPy/BLAS matmul of 2048 x 2048, printed first).
+torch.optim.AdamW), with torch.set_num_threads equal to minifm's thread budget
+(minifm.kernels.threads.num_threads(), or --threads N for both), and reports the median step time of
+each, tokens per second, and model-FLOPs utilisation (MFU) against the float32 GEMM peak measured on
+this machine (NumPy/BLAS matmul of 2048 x 2048 on the same thread budget, printed first).
 FLOPs per step = minifm.models.sizes.flops_per_token(config, T) * B * T (6 N + 12 L T d per token).
 
     python benchmarks/bench_train_step.py            # all four configs
     python benchmarks/bench_train_step.py --quick    # tiny and small, fewer repeats
     python benchmarks/bench_train_step.py --profile small   # also print a cProfile of one minifm step
+    python benchmarks/bench_train_step.py --threads 1       # both libraries on one thread
+
+The machine's load average is printed before and after: on a shared machine the figures depend on it.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import time
 
 import numpy as np
 
+try:  # imported before minifm, so torch's OpenMP runtime starts with the user's settings, not minifm's
+    import torch
+except ImportError:
+    torch = None
+
 import minifm
+from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT, GPTConfig, sizes
 from minifm.optim import AdamW, param_groups_for_weight_decay
 
@@ -128,20 +139,23 @@ def main():
     parser.add_argument("--profile", choices=list(CONFIGS), default=None,
                         help="print the top functions of a cProfile of one minifm step")
     parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="thread budget for minifm (OpenMP and BLAS) and torch; default minifm's")
     args = parser.parse_args()
+    if args.threads is not None:
+        minifm_threads.set_num_threads(args.threads)
     names = args.configs or (["tiny", "small"] if args.quick else list(CONFIGS))
     repeats = args.repeats or (3 if args.quick else 7)
 
     info = minifm.kernels.backend_info()
-    threads = int(info.get("num_threads", 1) or 1)
-    try:
-        import torch
+    threads = minifm_threads.num_threads()
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
     peak = gemm_peak()
     print(f"minifm backend: {info}")
-    print(f"threads: {threads}; measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s")
+    print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
+    print(f"threads: {threads} (minifm GEMMs below {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP run on one); "
+          f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s")
     header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} "
               f"{'minifm tok/s':>13} {'torch tok/s':>12} {'minifm MFU':>11} {'torch MFU':>10}")
     print(header)
@@ -157,6 +171,7 @@ def main():
         print(f"{name:<10} {sizes.param_count(config):>9,} {ours * 1e3:>10.1f} {theirs * 1e3:>9.1f} "
               f"{ours / theirs:>6.2f} {tokens / ours:>13,.0f} {tokens / theirs:>12,.0f} "
               f"{flops / ours / peak:>10.1%} {flops / theirs / peak:>10.1%}")
+    print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
     if args.profile:
         shape = CONFIGS[args.profile]
         config = GPTConfig(vocab_size=shape["V"], block_size=shape["T"], n_layer=shape["n_layer"],

@@ -9,12 +9,19 @@ Every kernel family `minifm/kernels/<name>.py` asks `compiled(<name>)` for its C
 
 With MINIFM_REQUIRE_COMPILED=1 a missing extension is an ImportError instead of a silent
 fallback; CI sets it so that a broken build cannot pass on the slower path.
+
+Before any compiled module loads (and so before the OpenMP runtime reads its settings), this module
+sets OMP_WAIT_POLICY=PASSIVE unless the user chose a policy: an OpenMP thread that finished its share
+of a kernel then sleeps instead of spinning on a core that OpenBLAS or the main thread needs (see
+minifm/kernels/threads.py and docs/performance.md).
 """
 from __future__ import annotations
 
 import importlib
 import os
 from types import ModuleType
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # One entry per csrc/<name>.pyx. Kept explicit so a missing build is detected by name.
 COMPILED_FAMILIES: tuple[str, ...] = (

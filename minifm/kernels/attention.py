@@ -19,14 +19,10 @@ key_mask (B, Tk) bool, True = may be attended.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
-import os
-
 import numpy as np
 
 from minifm.kernels._backend import compiled
+from minifm.kernels.threads import single_threaded_scipy_blas
 
 
 def _validate(q, k, v, scale, q_offset, key_mask):
@@ -137,48 +133,6 @@ def _check_backward_inputs(q, out, lse, dout):
 # ---------------------------------------------------------------- dispatch
 
 
-def _load_scipy_openblas():
-    """The OpenBLAS library behind scipy.linalg.cython_blas (which the compiled kernel calls), or None."""
-    try:
-        import scipy.linalg
-
-        libs_dir = os.path.join(os.path.dirname(os.path.dirname(scipy.linalg.__file__)), "..", "scipy.libs")
-        for path in sorted(glob.glob(os.path.join(libs_dir, "libscipy_openblas*.so*"))):
-            lib = ctypes.CDLL(path)
-            if hasattr(lib, "scipy_openblas_set_num_threads") and hasattr(lib, "scipy_openblas_get_num_threads"):
-                return lib
-    except (ImportError, OSError):
-        pass
-    return None
-
-
-_scipy_openblas = None
-_scipy_openblas_looked_up = False
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Run the block with scipy's OpenBLAS on one thread.
-
-    The kernel calls small BLAS products from inside its own OpenMP threads; a pthreads OpenBLAS
-    that also tried to spread each tile over threads would oversubscribe the cores (and warn about
-    an OpenMP loop). Where the library cannot be found this does nothing.
-    """
-    global _scipy_openblas, _scipy_openblas_looked_up
-    if not _scipy_openblas_looked_up:
-        _scipy_openblas = _load_scipy_openblas()
-        _scipy_openblas_looked_up = True
-    if _scipy_openblas is None:
-        yield
-        return
-    previous = _scipy_openblas.scipy_openblas_get_num_threads()
-    _scipy_openblas.scipy_openblas_set_num_threads(1)
-    try:
-        yield
-    finally:
-        _scipy_openblas.scipy_openblas_set_num_threads(previous)
-
-
 def attention_forward(q, k, v, *, scale=None, causal=False, q_offset=0, key_mask=None):
     """out (B, H, Tq, D), lse (B, H, Tq); the compiled flash kernel when available."""
     kernel = compiled("attention")
@@ -188,7 +142,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, q_offset=0, key_mask
     out = np.empty_like(q)  # (B, H, Tq, D)
     lse = np.empty(q.shape[:3], dtype=q.dtype)  # (B, H, Tq)
     mask_bytes = key_mask.view(np.uint8) if key_mask is not None else None
-    with _single_threaded_blas():
+    with single_threaded_scipy_blas():
         kernel.attention_forward(q, k, v, out, lse, scale, bool(causal), int(q_offset), mask_bytes)
     return out, lse
 
@@ -206,7 +160,7 @@ def attention_backward(q, k, v, out, lse, dout, *, scale=None, causal=False, q_o
     dk = np.zeros_like(k)
     dv = np.zeros_like(v)
     mask_bytes = key_mask.view(np.uint8) if key_mask is not None else None
-    with _single_threaded_blas():
+    with single_threaded_scipy_blas():
         kernel.attention_backward(
             q, k, v, np.ascontiguousarray(out), np.ascontiguousarray(lse), np.ascontiguousarray(dout),
             dq, dk, dv, scale, bool(causal), int(q_offset), mask_bytes,

@@ -8,9 +8,12 @@ batched product followed by a sum.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minifm.autograd.function import Function, unbroadcast
+from minifm.kernels.threads import matmul as matmul_2d
 
 
 def batched_times_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -19,10 +22,10 @@ def batched_times_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     NumPy's matmul loops over the batch axes of a 3-D operand and calls a small GEMM per entry,
     which is many times slower than flattening the batch into the rows of a single product.
     """
-    if b.ndim != 2 or a.ndim <= 2:
+    if b.ndim != 2 or a.ndim < 2:
         return a @ b
-    rows = a.reshape(-1, a.shape[-1])  # (N, k); copies only if `a` is not contiguous
-    return (rows @ b).reshape(*a.shape[:-1], b.shape[-1])
+    rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])  # (N, k); copies only if `a` is not contiguous
+    return matmul_2d(rows, b).reshape(*a.shape[:-1], b.shape[-1])
 
 
 class MatMul(Function):
@@ -60,7 +63,7 @@ class MatMul(Function):
         if ctx.needs_input_grad[1]:
             if b2.ndim == 2 and a2.ndim > 2:
                 k, m = a2.shape[-1], g2.shape[-1]
-                grad_b = (a2.reshape(-1, k).T @ g2.reshape(-1, m)).reshape(b.shape)  # one big GEMM
+                grad_b = matmul_2d(a2.reshape(-1, k).T, g2.reshape(-1, m)).reshape(b.shape)  # one big GEMM
             else:
                 grad_b = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
         return grad_a, grad_b
@@ -91,8 +94,8 @@ class Linear(Function):
         x, weight = ctx.x, ctx.weight
         out_features, in_features = weight.shape
         grad_2d = grad.reshape(-1, out_features)  # (N, out)
-        grad_x = (grad_2d @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        grad_w = grad_2d.T @ x.reshape(-1, in_features) if ctx.needs_input_grad[1] else None
+        grad_x = matmul_2d(grad_2d, weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = matmul_2d(grad_2d.T, x.reshape(-1, in_features)) if ctx.needs_input_grad[1] else None
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_2d.sum(axis=0)

@@ -1,0 +1,104 @@
+"""Thread policy (minifm/kernels/threads.py): size-dependent BLAS threads give the same products,
+the budget is validated and applied to both pools, per-call settings are undone, and the OpenMP
+wait policy defaults to PASSIVE without overriding a user's choice."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minifm.kernels import threads
+
+
+@pytest.fixture
+def restore_budget():
+    previous = threads.num_threads()
+    yield
+    threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threshold", [0.0, float("inf")], ids=["parallel", "serial"])
+@given(m=st.integers(1, 70), k=st.integers(1, 70), n=st.integers(1, 70), transpose=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_matmul_equals_float64_product_on_either_thread_count(threshold, m, k, n, transpose, dtype):
+    rng = np.random.default_rng(m * 10007 + k * 101 + n)
+    a = rng.standard_normal((k, m) if transpose else (m, k)).astype(dtype)
+    a = a.T if transpose else a  # a non-contiguous (m, k) view when transposed
+    b = rng.standard_normal((k, n)).astype(dtype)
+    saved = threads.GEMM_PARALLEL_FLOPS
+    threads.GEMM_PARALLEL_FLOPS = threshold
+    try:
+        result = threads.matmul(a, b)
+    finally:
+        threads.GEMM_PARALLEL_FLOPS = saved
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    assert result.dtype == dtype and result.shape == (m, n)
+    np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance * np.sqrt(k))
+
+
+def test_large_product_crosses_the_threshold_and_still_matches(rng):
+    a = rng.standard_normal((300, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 400)).astype(np.float32)
+    assert 2 * 300 * 300 * 400 >= threads.GEMM_PARALLEL_FLOPS
+    np.testing.assert_allclose(threads.matmul(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_gemm_threads_is_one_below_the_threshold_and_the_budget_above():
+    budget = threads.num_threads()
+    assert threads.gemm_threads(2, 2, 2) == 1
+    side = int(np.ceil((threads.GEMM_PARALLEL_FLOPS / 2) ** (1 / 3))) + 1
+    assert threads.gemm_threads(side, side, side) == budget
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
+def test_set_num_threads_rejects_non_positive_integers(bad):
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        threads.set_num_threads(bad)
+
+
+def test_set_num_threads_sets_both_pools(restore_budget):
+    from minifm.kernels._backend import _load
+
+    threads.set_num_threads(1)
+    assert threads.num_threads() == 1
+    assert threads.gemm_threads(4096, 4096, 4096) == 1
+    parallel = _load("parallel")
+    if parallel is not None:
+        assert parallel.num_threads() == 1
+    numpy_blas = threads._openblas("numpy")
+    if numpy_blas is not None:
+        assert numpy_blas.get() == 1
+
+
+def test_matmul_leaves_the_callers_blas_thread_count_unchanged(rng):
+    numpy_blas = threads._openblas("numpy")
+    if numpy_blas is None:
+        pytest.skip("no OpenBLAS found behind NumPy")
+    before = numpy_blas.get()
+    threads.matmul(rng.standard_normal((3, 4)), rng.standard_normal((4, 5)))
+    threads.matmul(rng.standard_normal((400, 300)), rng.standard_normal((300, 400)))
+    assert numpy_blas.get() == before
+
+
+def test_single_threaded_scipy_blas_restores_the_previous_count():
+    scipy_blas = threads._openblas("scipy")
+    if scipy_blas is None:
+        pytest.skip("no OpenBLAS found behind scipy")
+    before = scipy_blas.get()
+    with threads.single_threaded_scipy_blas():
+        assert scipy_blas.get() == 1
+    assert scipy_blas.get() == before
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_openmp_wait_policy_defaults_to_passive_but_keeps_the_users(user_policy):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if user_policy is not None:
+        env["OMP_WAIT_POLICY"] = user_policy
+    code = "import os, minifm.kernels; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_policy or "PASSIVE")
