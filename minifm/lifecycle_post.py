@@ -196,15 +196,28 @@ def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print):
 
 # ---------------------------------------------------------------------- evaluation
 def sample_answers(policy, tokenizer, prompts, max_new_tokens: int, temperature: float, seed: int,
-                   best_of: int | None = None, reward_model=None):
-    """Sampled answers (token lists) per prompt; with best_of, the reward model picks one of best_of samples."""
+                   best_of: int | None = None, reward_model=None, chunk: int = 128):
+    """Sampled answers per prompt, in chunks of `chunk` prompts (bounded KV-cache memory); with best_of,
+    the reward model picks one of best_of samples. Returns a list of GenerateOutput, one per chunk."""
     from minifm.sampling.generate import generate
 
-    ids = [prompt_ids(tokenizer, p) for p in prompts]
-    out = generate(policy, ids, max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                   eos_token_id=special_id(tokenizer, END_TOKEN), pad_token_id=special_id(tokenizer, PAD_TOKEN),
-                   seed=seed, return_dict_in_generate=True, best_of=best_of, reward_model=reward_model)
-    return out
+    rng = np.random.default_rng(seed)
+    outputs = []
+    for start in range(0, len(prompts), chunk):
+        ids = [prompt_ids(tokenizer, p) for p in prompts[start:start + chunk]]
+        outputs.append(generate(policy, ids, max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                                eos_token_id=special_id(tokenizer, END_TOKEN),
+                                pad_token_id=special_id(tokenizer, PAD_TOKEN), seed=rng,
+                                return_dict_in_generate=True, best_of=best_of, reward_model=reward_model))
+    return outputs
+
+
+def mean_and_standard_error(values_per_prompt: np.ndarray) -> tuple[float, float]:
+    """Mean over prompts and its standard error (sample std over prompts / sqrt(number of prompts))."""
+    values = np.asarray(values_per_prompt, dtype=np.float64)
+    if values.size < 2:
+        return float(values.mean()) if values.size else float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
 
 
 def sampled_kl(policy, reference, out, temperature: float) -> float:
@@ -220,32 +233,57 @@ def sampled_kl(policy, reference, out, temperature: float) -> float:
 
 def evaluate_policies(policies: dict, sft_policy, reward_model, tokenizer, preset: dict, temperature: float,
                       log=print) -> dict:
-    """Held-out comparison: sampled / greedy ground-truth reward, accuracy, learned reward and KL to SFT."""
+    """Held-out comparison: sampled / greedy ground-truth reward, accuracy, learned reward and KL to SFT.
+
+    Every policy answers the same held-out prompts (`eval_samples` samples each, the same seed). The
+    ground-truth reward is averaged per prompt first, so its standard error (over prompts) counts
+    the prompt-to-prompt spread honestly; `difference_vs_sft` is the paired per-prompt difference to
+    the first policy of `policies` (the SFT model) with its own standard error.
+    """
     from minifm.data import tinyworld
 
     tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, sft_policy.config.block_size,
                     preset["max_new_tokens"])
-    prompts = [t["prompt"] for t in tasks] * preset["eval_samples"]
-    table = {}
+    n_prompts, copies = len(tasks), preset["eval_samples"]
+    prompts = [t["prompt"] for t in tasks] * copies
+    table, baseline = {}, None
     for name, policy in policies.items():
         best_of = preset["best_of_n"] if name == "best_of_n" else None
-        out = sample_answers(policy, tokenizer, prompts, preset["max_new_tokens"], temperature, seed=123,
-                             best_of=best_of, reward_model=reward_model if best_of else None)
-        answers = [decode_response(tokenizer, out.new_tokens(row)) for row in range(len(prompts))]
-        truth = [tinyworld.ground_truth_reward(p, a) for p, a in zip(prompts, answers)]
-        learned = reward_model.score(out.sequences, out.attention_mask)
+        with no_grad():
+            outs = sample_answers(policy, tokenizer, prompts, preset["max_new_tokens"], temperature, seed=123,
+                                  best_of=best_of, reward_model=reward_model if best_of else None)
+            answers = [decode_response(tokenizer, out.new_tokens(row)) for out in outs
+                       for row in range(out.sequences.shape[0])]
+            learned = np.concatenate([reward_model.score(out.sequences, out.attention_mask) for out in outs])
+        truth = np.array([tinyworld.ground_truth_reward(p, a) for p, a in zip(prompts, answers)])
+        per_prompt = truth.reshape(copies, n_prompts).mean(axis=0)  # (n_prompts,)
         if best_of:
             kl = rl_math_kl_bound(best_of)
-            greedy = table["sft"]["greedy"]
+            greedy = table["sft"]["greedy"] if "sft" in table else {"accuracy": float("nan"),
+                                                                    "mean_ground_truth_reward": float("nan")}
         else:
-            kl = 0.0 if policy is sft_policy else sampled_kl(policy, sft_policy, out, temperature)
+            if policy is sft_policy:
+                kl = 0.0
+            else:
+                weights = np.array([out.sequences.shape[0] for out in outs], dtype=np.float64)
+                kl = float(np.average([sampled_kl(policy, sft_policy, out, temperature) for out in outs],
+                                      weights=weights))
             greedy = evaluate_instructions(policy, tokenizer, tasks, preset["max_new_tokens"])
-        table[name] = {"ground_truth_reward": float(np.mean(truth)), "learned_reward": float(np.mean(learned)),
+        mean, standard_error = mean_and_standard_error(per_prompt)
+        if baseline is None:
+            baseline = per_prompt
+        difference, difference_se = mean_and_standard_error(per_prompt - baseline)
+        polite = float(np.mean([tinyworld.tasks.strip_polite_prefix(a)[1] for a in answers]))
+        table[name] = {"ground_truth_reward": mean, "ground_truth_reward_se": standard_error,
+                       "difference_vs_sft": difference, "difference_vs_sft_se": difference_se,
+                       "learned_reward": float(np.mean(learned)), "polite_fraction": polite,
                        "accuracy_sampled": float(np.mean([tinyworld.grade(p, a) for p, a in zip(prompts, answers)])),
                        "kl_to_sft": kl, "greedy": {k: greedy[k] for k in ("accuracy", "mean_ground_truth_reward")},
+                       "n_prompts": n_prompts, "samples_per_prompt": copies,
                        "examples": [{"prompt": p, "response": a} for p, a in list(zip(prompts, answers))[:3]]}
-        _log(log, f"eval {name:10s}: ground truth {table[name]['ground_truth_reward']:+.3f} "
-                  f"learned {table[name]['learned_reward']:+.3f} kl {kl:.3f}")
+        _log(log, f"eval {name:10s}: ground truth {mean:+.3f} ± {standard_error:.3f} "
+                  f"(vs sft {difference:+.3f} ± {difference_se:.3f}) learned {table[name]['learned_reward']:+.3f} "
+                  f"polite {polite:.2f} kl {kl:.3f}")
     return table
 
 
@@ -379,6 +417,10 @@ def _load_policy(directory):
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     config = config.get("model", config)
+    if "arch" in config:  # a pre-training run directory: {"model": {"arch": "gpt", "config": {...}}}
+        if config["arch"] != "gpt":
+            raise ValueError(f"post-training needs a GPT, but {directory} holds a {config['arch']!r} model")
+        config = config["config"]
     model = GPT(GPTConfig.from_dict(config))
     load_checkpoint(directory, model)
     tokenizer_path = directory / "tokenizer.json"
