@@ -11,6 +11,9 @@
                                                    selection, inverse-CDF draw, greedy
     bpe.py            <-> csrc/bpe.pyx            BPE merge training (incremental pair counts) and
                                                    piece encoding by merge rank
+    activations.py    <-> csrc/activations.pyx    exact (erf) GELU forward and backward in one pass each
+    threads.py                                     one thread budget for OpenMP and BLAS; serial
+                                                   execution below a size threshold
     csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)
 
 `backend_info()` says which path runs. MINIFM_KERNELS=reference forces NumPy everywhere;

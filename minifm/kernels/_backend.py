@@ -31,6 +31,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "attention",
     "sampling",
     "bpe",
+    "activations",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
 
 from minifm.autograd.function import Function, unbroadcast
+from minifm.kernels import activations as gelu_kernels
 
 
 def _shape_of(x) -> tuple[int, ...]:
@@ -275,8 +275,7 @@ class Gelu(Function):
             inner = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
             ctx.t = np.tanh(inner)
             return (0.5 * x * (1 + ctx.t)).astype(x.dtype, copy=False)
-        ctx.cdf = 0.5 * (1 + erf(x / math.sqrt(2.0)))
-        return (x * ctx.cdf).astype(x.dtype, copy=False)
+        return gelu_kernels.gelu(x)  # fused kernel; backward recomputes Phi(x) from x
 
     @staticmethod
     def backward(ctx, grad):
@@ -285,10 +284,8 @@ class Gelu(Function):
             t = ctx.t
             d_inner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
             local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
-        else:
-            pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-            local = ctx.cdf + x * pdf
-        return (grad * local).astype(grad.dtype, copy=False)
+            return (grad * local).astype(grad.dtype, copy=False)
+        return gelu_kernels.gelu_backward(x, np.asarray(grad, dtype=x.dtype))
 
 
 class Silu(Function):

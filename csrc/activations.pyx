@@ -1,0 +1,105 @@
+# cython: language_level=3
+"""Cython twin of minifm/kernels/activations.py (references: gelu_reference, gelu_backward_reference).
+
+Exact (erf) GELU and its derivative, one pass over contiguous memory, elements split across OpenMP
+threads in blocks:
+
+    forward:   y  = x * Phi(x)                          Phi = standard normal CDF
+    backward:  dx = dy * (Phi(x) + x * phi(x))          phi = standard normal density
+
+so the forward saves nothing (backward recomputes Phi from x) and no temporary array is allocated.
+
+Phi(x) = erfc(-x / sqrt 2) / 2. float64 calls libm's erfc per element (full precision). float32
+computes in double with the Chebyshev-fitted erfc of Numerical Recipes (Press et al., "erfcc"):
+
+    z = |x| / sqrt 2,  t = 1 / (1 + z / 2)
+    erfc(z) = t exp(-z^2 - 1.26551223 + t (1.00002368 + t (0.37409196 + ... + t 0.17087277)))
+
+whose relative error is below 1.2e-7 for every z >= 0 (about one float32 ulp), and
+Phi(x) = 1 - erfc(z)/2 for x >= 0, erfc(z)/2 for x < 0; with the vectorised exp of _common.pxd the
+loop is pure arithmetic, so GCC turns it into SIMD instructions (scipy's erf took ~40 ns/element).
+NaN stays NaN; x = +inf gives +inf; x = -inf gives NaN (-inf * 0), as the reference does.
+"""
+from cython.parallel cimport prange
+from libc.math cimport erfc, exp, sqrt
+
+cimport _common as vec
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    BLOCK = 8192    # elements per parallel work item
+
+cdef double INV_SQRT2 = 0.70710678118654752440
+cdef double INV_SQRT_2PI = 0.39894228040143267794
+
+
+cdef inline double _normal_cdf_fast(double x) noexcept nogil:
+    """Phi(x) with relative error ~1.2e-7 (see the module docstring); branch-free so it vectorises."""
+    cdef double z = (x if x >= 0 else -x) * INV_SQRT2
+    cdef double t = 1.0 / (1.0 + 0.5 * z)
+    cdef double poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+        -0.82215223 + t * 0.17087277))))))))
+    cdef double half_tail = 0.5 * t * vec.fast_exp(poly - z * z)  # erfc(z) / 2 = Phi(-|x|)
+    return 1.0 - half_tail if x >= 0 else half_tail
+
+
+cdef inline double _normal_cdf_exact(double x) noexcept nogil:
+    return 0.5 * erfc(-x * INV_SQRT2)
+
+
+cdef void _forward_block(const real* x, real* y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double v
+    if real is float:
+        for j in range(n):
+            v = x[j]
+            y[j] = <float>(v * _normal_cdf_fast(v))
+    else:
+        for j in range(n):
+            v = x[j]
+            y[j] = v * _normal_cdf_exact(v)
+
+
+cdef void _backward_block(const real* x, const real* dy, real* dx, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double v
+    if real is float:
+        for j in range(n):
+            v = x[j]
+            dx[j] = <float>(dy[j] * (_normal_cdf_fast(v) + v * INV_SQRT_2PI * vec.fast_exp(-0.5 * v * v)))
+    else:
+        for j in range(n):
+            v = x[j]
+            dx[j] = dy[j] * (_normal_cdf_exact(v) + v * INV_SQRT_2PI * exp(-0.5 * v * v))
+
+
+def gelu_forward(const real[::1] x, real[::1] out):
+    """out[j] = x[j] * Phi(x[j]) for flat contiguous arrays of equal length."""
+    cdef Py_ssize_t n = x.shape[0], blocks, block, start
+    if out.shape[0] != n:
+        raise ValueError(f"out has {out.shape[0]} elements, x has {n}")
+    if n == 0:
+        return
+    blocks = (n + BLOCK - 1) // BLOCK
+    with nogil:
+        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, <double>n)):
+            start = block * BLOCK
+            _forward_block(&x[start], &out[start], min(<Py_ssize_t>BLOCK, n - start))
+
+
+def gelu_backward(const real[::1] x, const real[::1] dy, real[::1] dx):
+    """dx[j] = dy[j] * (Phi(x[j]) + x[j] phi(x[j])) for flat contiguous arrays of equal length."""
+    cdef Py_ssize_t n = x.shape[0], blocks, block, start
+    if dy.shape[0] != n or dx.shape[0] != n:
+        raise ValueError(f"dy ({dy.shape[0]}) and dx ({dx.shape[0]}) must have as many elements as x ({n})")
+    if n == 0:
+        return
+    blocks = (n + BLOCK - 1) // BLOCK
+    with nogil:
+        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, <double>n)):
+            start = block * BLOCK
+            _backward_block(&x[start], &dy[start], &dx[start], min(<Py_ssize_t>BLOCK, n - start))

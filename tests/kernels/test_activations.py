@@ -1,0 +1,108 @@
+"""GELU kernel: compiled == reference (float64 tightly, float32 to about one ulp of the float64 truth),
+NaN/inf behaviour, the multi-block parallel path, finite differences of the derivative, and torch."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from kernel_helpers import central_difference, compiled_path
+from minifm.kernels import activations as act
+
+
+@st.composite
+def activations_arrays(draw):
+    """Float arrays of 0-3 axes (sizes 0-30) with values in [-30, 30]: the tails where Phi underflows included."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=30))
+    return draw(hnp.arrays(dtype, shape, elements=st.floats(-30, 30, width=32)))
+
+
+def _assert_close_to_truth(result, truth, dtype):
+    """float64: 1e-12 relative; float32: 4e-7 relative to the float64 truth plus the smallest normal."""
+    if dtype == np.float64:
+        np.testing.assert_allclose(result, truth, rtol=1e-12, atol=1e-300)
+    else:
+        np.testing.assert_allclose(result, truth, rtol=4e-7, atol=float(np.finfo(np.float32).tiny) * 4)
+
+
+@given(x=activations_arrays(), seed=st.integers(0, 2**31 - 1))
+def test_compiled_matches_the_float64_reference(x, seed):
+    dy = np.random.default_rng(seed).standard_normal(x.shape).astype(x.dtype)
+    truth = act.gelu_reference(x.astype(np.float64))
+    truth_grad = act.gelu_backward_reference(x.astype(np.float64), dy.astype(np.float64))
+    with compiled_path("activations"):
+        y = act.gelu(x)
+        dx = act.gelu_backward(x, dy)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    _assert_close_to_truth(y, truth, x.dtype)
+    # the derivative's two terms cancel near x = -0.75, so the error is relative to |dy| not to dx
+    tolerance = 1e-12 if x.dtype == np.float64 else 6e-7
+    np.testing.assert_allclose(dx, truth_grad, rtol=tolerance, atol=tolerance * float(np.max(np.abs(dy), initial=0)))
+
+
+def test_reference_is_the_erf_formula_where_it_does_not_cancel(rng):
+    x = rng.uniform(-3, 6, size=200)
+    erf = np.vectorize(math.erf)
+    np.testing.assert_allclose(act.gelu_reference(x), x * 0.5 * (1 + erf(x / math.sqrt(2))), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_blocks_on_the_parallel_path_match(dtype, rng):
+    x = (rng.standard_normal(300_001) * 4).astype(dtype)  # ~37 blocks of 8192, not a multiple of the block
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    with compiled_path("activations"):
+        y, dx = act.gelu(x), act.gelu_backward(x, dy)
+    _assert_close_to_truth(y, act.gelu_reference(x.astype(np.float64)), dtype)
+    grad_truth = act.gelu_backward_reference(x.astype(np.float64), dy.astype(np.float64))
+    tolerance = 1e-12 if dtype == np.float64 else 6e-7
+    np.testing.assert_allclose(dx, grad_truth, rtol=tolerance, atol=tolerance * float(np.abs(dy).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_inputs_follow_the_reference(dtype, kernel_path):
+    x = np.array([np.nan, np.inf, -np.inf, -1e30, 1e30, 0.0, -0.0], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # inf * 0 in the reference
+        y = act.gelu(x)
+        dx = act.gelu_backward(x, np.ones_like(x))
+    np.testing.assert_array_equal(np.isnan(y), [True, False, True, False, False, False, False])
+    assert y[1] == np.inf
+    np.testing.assert_allclose(y[3:], np.array([0, 1e30, 0, 0], dtype=dtype), rtol=1e-7, atol=0)
+    np.testing.assert_array_equal(np.isnan(dx), [True, True, True, False, False, False, False])
+    np.testing.assert_allclose(dx[3:], [0, 1, 0.5, 0.5], rtol=1e-7, atol=0)
+
+
+def test_backward_matches_finite_differences_in_float64(kernel_path, rng):
+    x = rng.uniform(-5, 5, size=(3, 7))
+    dy = rng.standard_normal(x.shape)
+    numeric = central_difference(lambda values: float(np.sum(act.gelu(values) * dy)), x.copy())
+    np.testing.assert_allclose(act.gelu_backward(x, dy), numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_torch_gelu(dtype, kernel_path, rng):
+    torch = pytest.importorskip("torch", reason="torch is the oracle for GELU semantics")
+    x = (rng.standard_normal((64, 33)) * 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    out = torch.nn.functional.gelu(tx)
+    out.backward(torch.tensor(dy))
+    tolerance = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(act.gelu(x), out.detach().numpy(), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(act.gelu_backward(x, dy), tx.grad.numpy(), rtol=tolerance, atol=tolerance)
+
+
+def test_bad_inputs_raise_clear_errors(kernel_path):
+    with pytest.raises(TypeError, match="x must be float32 or float64, got dtype int64"):
+        act.gelu(np.arange(3))
+    with pytest.raises(TypeError, match="x must be a numpy array"):
+        act.gelu([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"dy shape \(2,\) must equal x shape \(3,\)"):
+        act.gelu_backward(np.zeros(3), np.zeros(2))
+    with pytest.raises(TypeError, match="dy dtype float32 must equal x dtype float64"):
+        act.gelu_backward(np.zeros(3), np.zeros(3, dtype=np.float32))
