@@ -24,8 +24,8 @@ ctypedef fused real:
 
 
 cdef inline real _row(const real* x, int64_t target, Py_ssize_t vocab, double eps,
-                      real* grad) noexcept nogil:
-    """Loss of one row; writes the gradient row when grad is not NULL."""
+                      real* grad, double grad_scale) noexcept nogil:
+    """Loss of one row; writes the gradient row, times grad_scale, when grad is not NULL."""
     cdef real row_max
     cdef double total, lse, logit_sum = 0.0, loss
     if real is float:
@@ -44,16 +44,17 @@ cdef inline real _row(const real* x, int64_t target, Py_ssize_t vocab, double ep
         loss = loss + eps * (lse - logit_sum / vocab)
     if grad != NULL:
         if real is float:
-            vec.exp_affine_f(x, grad, vocab, <float>lse, 1.0, <float>(-eps / vocab))
+            vec.exp_affine_f(x, grad, vocab, <float>lse, <float>grad_scale, <float>(-eps / vocab * grad_scale))
         else:
-            vec.exp_affine_d(x, grad, vocab, lse, 1.0, -eps / vocab)
-        grad[target] = <real>(grad[target] - (1.0 - eps))
+            vec.exp_affine_d(x, grad, vocab, lse, grad_scale, -eps / vocab * grad_scale)
+        grad[target] = <real>(grad[target] - (1.0 - eps) * grad_scale)
     return <real>loss
 
 
 def cross_entropy_rows(const real[:, ::1] logits, const int64_t[::1] targets, int64_t ignore_index,
-                       double label_smoothing, real[::1] losses, real[:, ::1] grad=None):
-    """losses[i] (and grad[i] when grad is given) for every row; targets must already be valid."""
+                       double label_smoothing, real[::1] losses, real[:, ::1] grad=None,
+                       double grad_scale=1.0):
+    """losses[i] (and grad[i] * grad_scale when grad is given) for every row; targets must already be valid."""
     cdef Py_ssize_t rows = logits.shape[0], vocab = logits.shape[1], i, j
     cdef bint want_grad = grad is not None
     cdef real* grad_row
@@ -75,4 +76,4 @@ def cross_entropy_rows(const real[:, ::1] logits, const int64_t[::1] targets, in
                     for j in range(vocab):
                         grad_row[j] = 0
             else:
-                losses[i] = _row(&logits[i, 0], targets[i], vocab, label_smoothing, grad_row)
+                losses[i] = _row(&logits[i, 0], targets[i], vocab, label_smoothing, grad_row, grad_scale)

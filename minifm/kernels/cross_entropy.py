@@ -10,7 +10,8 @@ target distribution is (1 - eps) * onehot(t) + eps / V):
     d loss / d x_j = softmax(x)_j - eps / V - (1 - eps) * [j == t]
 
 Rows whose target equals ignore_index get loss 0 and a zero gradient row. The caller (autograd)
-does the mean/sum reduction and multiplies by the upstream gradient. The compiled path never stores
+does the mean/sum reduction and multiplies by the upstream gradient (a constant factor such as
+1 / rows can be folded into the gradient pass with `grad_scale`). The compiled path never stores
 a probability array: it writes the gradient row straight from the logits row.
 """
 from __future__ import annotations
@@ -45,8 +46,9 @@ def _validate(logits, targets, ignore_index, label_smoothing):
     return np.ascontiguousarray(logits), np.ascontiguousarray(targets)
 
 
-def cross_entropy_reference(logits, targets, ignore_index=-100, label_smoothing=0.0, compute_grad=True):
-    """The readable math: log-softmax, pick the target, smooth, differentiate."""
+def cross_entropy_reference(logits, targets, ignore_index=-100, label_smoothing=0.0, compute_grad=True,
+                            grad_scale=1.0):
+    """The readable math: log-softmax, pick the target, smooth, differentiate (times grad_scale)."""
     logits, targets = _validate(logits, targets, ignore_index, label_smoothing)
     n, vocab = logits.shape
     ignored = targets == ignore_index  # (N,)
@@ -63,16 +65,23 @@ def cross_entropy_reference(logits, targets, ignore_index=-100, label_smoothing=
     grad = np.exp(log_probs) - label_smoothing / vocab  # (N, V)
     grad[np.arange(n), safe_targets] -= 1 - label_smoothing
     grad[ignored] = 0
-    return losses, grad.astype(logits.dtype)
+    return losses, (grad * grad_scale).astype(logits.dtype)
 
 
-def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0, compute_grad=True):
-    """Per-row losses (N,) and dlogits (N, V) (None when compute_grad=False); compiled when available."""
+def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0, compute_grad=True, grad_scale=1.0):
+    """Per-row losses (N,) and dlogits (N, V) times grad_scale (None when compute_grad=False).
+
+    grad_scale lets a caller fold a constant factor (1 / rows for a mean) into the one pass that
+    writes the gradient. Compiled when available.
+    """
+    grad_scale = float(grad_scale)
+    if not np.isfinite(grad_scale):
+        raise ValueError(f"grad_scale must be finite, got {grad_scale}")
     kernel = compiled("cross_entropy")
     if kernel is None:
-        return cross_entropy_reference(logits, targets, ignore_index, label_smoothing, compute_grad)
+        return cross_entropy_reference(logits, targets, ignore_index, label_smoothing, compute_grad, grad_scale)
     logits, targets = _validate(logits, targets, ignore_index, label_smoothing)
     losses = np.empty(logits.shape[0], dtype=logits.dtype)  # (N,)
     grad = np.empty_like(logits) if compute_grad else None  # (N, V)
-    kernel.cross_entropy_rows(logits, targets, int(ignore_index), float(label_smoothing), losses, grad)
+    kernel.cross_entropy_rows(logits, targets, int(ignore_index), float(label_smoothing), losses, grad, grad_scale)
     return losses, grad

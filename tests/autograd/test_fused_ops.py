@@ -112,3 +112,24 @@ def test_dropout_is_seeded_inverted_and_identity_in_eval(rng):
     assert F.dropout(x, 0.0, True, rng) is x
     np.testing.assert_array_equal(F.dropout(x, 1.0, True, rng).numpy(), 0)
     assert gradcheck(lambda t: F.dropout(t, 0.5, True, np.random.default_rng(3)), leaf(rng.standard_normal((3, 4))))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_saved_gradient_survives_repeated_and_scaled_backward(reduction, kernel_path, rng):
+    """The loss hands its saved (N, V) gradient out without a copy when the upstream grad is 1:
+    a second backward through the retained graph and a scaled loss must still see it unchanged."""
+    logits = mf.tensor(rng.standard_normal((6, 5)), requires_grad=True)
+    targets = np.array([0, 4, -100, 2, 2, 1])
+    loss = F.cross_entropy(logits, targets, reduction=reduction)
+    loss.backward(retain_graph=True)
+    first = logits.grad.copy()
+    loss.backward(retain_graph=True)
+    np.testing.assert_allclose(logits.grad, 2 * first, rtol=1e-12)
+    logits.grad = None
+    (loss * 3.0).backward()
+    np.testing.assert_allclose(logits.grad, 3 * first, rtol=1e-12)
+    probabilities = np.exp(logits.data) / np.exp(logits.data).sum(axis=1, keepdims=True)
+    expected = probabilities - np.eye(5)[np.where(targets < 0, 0, targets)]
+    expected[targets < 0] = 0
+    expected /= 5 if reduction == "mean" else 1
+    np.testing.assert_allclose(first, expected, rtol=1e-10, atol=1e-12)

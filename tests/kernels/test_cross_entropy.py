@@ -100,3 +100,25 @@ def test_bad_targets_and_arguments_are_named(kernel_path):
         ce.cross_entropy(np.zeros(4), np.array([0]))
     with pytest.raises(ValueError, match=r"V >= 1 classes, got \(1, 0\)"):
         ce.cross_entropy(np.zeros((1, 0)), np.array([-100]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(scale=st.floats(-4, 4).filter(lambda s: s != 0), smoothing=st.sampled_from([0.0, 0.1]))
+def test_grad_scale_multiplies_only_the_gradient(dtype, scale, smoothing):
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((9, 13)) * 3).astype(dtype)
+    targets = rng.integers(0, 13, size=9)
+    targets[2] = -100
+    with compiled_path("cross_entropy"):
+        losses, grad = ce.cross_entropy(logits, targets, label_smoothing=smoothing, grad_scale=scale)
+    ref_losses, ref_grad = ce.cross_entropy_reference(logits, targets, label_smoothing=smoothing)
+    tolerance = rtol_for(dtype) * 10
+    np.testing.assert_allclose(losses, ref_losses, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(grad, ref_grad * scale, rtol=tolerance, atol=tolerance * abs(scale))
+    _, scaled_ref = ce.cross_entropy_reference(logits, targets, label_smoothing=smoothing, grad_scale=scale)
+    np.testing.assert_allclose(scaled_ref, ref_grad * scale, rtol=tolerance, atol=tolerance * abs(scale))
+
+
+def test_grad_scale_must_be_finite(kernel_path):
+    with pytest.raises(ValueError, match="grad_scale must be finite, got nan"):
+        ce.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), grad_scale=float("nan"))

@@ -1,8 +1,10 @@
 """Fused cross-entropy Function: log-softmax, the negative log-likelihood and its gradient in one node.
 
 Forward calls minifm.kernels.cross_entropy on (N, V) logits, which returns the per-row losses and the
-per-row gradient d loss_i / d logits_i in one pass; backward only scales those rows by the upstream
-gradient (and by 1 / number-of-non-ignored-rows for reduction="mean", as torch does).
+per-row gradient d loss_i / d logits_i in one pass, already divided by the number of non-ignored rows
+for reduction="mean" (as torch does); backward only scales those rows by the upstream gradient, and
+returns the saved array itself when that gradient is 1 (the usual `loss.backward()`), so the large
+(N, V) gradient is written once per step. Nothing downstream mutates a gradient it receives.
 """
 from __future__ import annotations
 
@@ -38,11 +40,11 @@ class CrossEntropy(Function):
             )
         flat_logits = np.ascontiguousarray(logits.reshape(-1, vocab))  # (N, V)
         flat_targets = targets.reshape(-1).astype(np.int64)  # (N,)
+        valid = int(np.sum(flat_targets != ignore_index))
         losses, dlogits = kernels.cross_entropy(
             flat_logits, flat_targets, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            compute_grad=ctx.needs_input_grad[0],
+            compute_grad=ctx.needs_input_grad[0], grad_scale=1.0 / max(valid, 1) if reduction == "mean" else 1.0,
         )
-        valid = int(np.sum(flat_targets != ignore_index))
         ctx.dlogits, ctx.shape, ctx.reduction, ctx.valid = dlogits, logits.shape, reduction, valid
         if reduction == "none":
             return losses.reshape(targets.shape)
@@ -53,11 +55,10 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        vocab = ctx.shape[-1]
         if ctx.reduction == "none":
             scale = grad.reshape(-1, 1)  # (N, 1)
-        elif ctx.reduction == "sum":
-            scale = grad
+        elif grad == 1:
+            return ctx.dlogits.reshape(ctx.shape), None  # already the final gradient (1/valid folded in)
         else:
-            scale = grad / max(ctx.valid, 1)
+            scale = grad  # the 1 / valid of a mean is already in dlogits
         return (ctx.dlogits * scale).reshape(ctx.shape).astype(ctx.dlogits.dtype, copy=False), None
