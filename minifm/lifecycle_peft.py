@@ -15,7 +15,9 @@ Entry point for minifm/lifecycle.py:
     run_peft_stage(model, tokenizer, out_dir, preset="default", seed=0, log=print, **overrides) -> dict
 
 The base model passed in is never modified: every run trains a fresh copy built from its config
-and state dict. Simplification: held-out accuracy is measured on a fixed subset of the test split
+and state dict. The training answers are the bare reference answers by default (`plain_answers`;
+the post-training stage uses tinyworld's style mix instead), since this experiment is about
+learning the facts and format, not the style. Simplification: held-out accuracy is measured on a fixed subset of the test split
 (preset `n_test`) to keep the stage inside the lifecycle's time budget.
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ class PeftStageConfig:
     lr_prompt: float = 3e-2
     lr_prefix: float = 1e-2
     lr_ia3: float = 3e-2
+    plain_answers: bool = True       # train on the bare reference answers (style_mix={"plain": 1.0})
 
 
 PRESETS = {
@@ -129,7 +132,8 @@ def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int
     out_dir = Path(out_dir) / "peft"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    train_examples = tinyworld.instructions("train", seed=seed, n=config.n_train)
+    style_mix = {"plain": 1.0} if config.plain_answers else None   # None: tinyworld's default style mix
+    train_examples = tinyworld.instructions("train", seed=seed, n=config.n_train, style_mix=style_mix)
     test_tasks = tinyworld.instructions("test", seed=seed)[:config.n_test]
     encoded = encode_sft_examples(tokenizer, train_examples)
     pad_id = special_id(tokenizer, PAD_TOKEN)
