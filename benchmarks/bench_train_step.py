@@ -4,8 +4,10 @@ For each configuration, builds the same GPT-2-style model (learned positions, La
 tied head, float32) in minifm and in plain PyTorch (nn.Linear / F.scaled_dot_product_attention /
 torch.optim.AdamW), with torch.set_num_threads equal to minifm's thread budget
 (minifm.kernels.threads.num_threads(), or --threads N for both), and reports the median step time of
-each, tokens per second, and model-FLOPs utilisation (MFU) against the float32 GEMM peak measured on
-this machine (NumPy/BLAS matmul of 2048 x 2048 on the same thread budget, printed first).
+each (the two models' steps alternate, so both see the same background load; "pair ratio" is the
+median of the per-pair ratios), tokens per second, and model-FLOPs utilisation (MFU) against the
+float32 GEMM peak measured on this machine (NumPy/BLAS matmul of 2048 x 2048 on the same thread
+budget, printed first).
 FLOPs per step = minifm.models.sizes.flops_per_token(config, T) * B * T (6 N + 12 L T d per token).
 
     python benchmarks/bench_train_step.py            # all four configs
@@ -57,15 +59,27 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / min(times)
 
 
-def median_time(step, repeats: int, warmup: int = 2) -> float:
+def timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def paired_times(ours, theirs, repeats: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Step times of `ours` and `theirs` (None: skipped), alternating step by step.
+
+    Alternating means both see the same background load at nearly the same moment, so the ratio of
+    a pair is meaningful even when the machine is shared and absolute times drift by several x.
+    """
     for _ in range(warmup):
-        step()
-    times = []
+        ours()
+        if theirs is not None:
+            theirs()
+    our_times, their_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        our_times.append(timed(ours))
+        their_times.append(timed(theirs) if theirs is not None else float("nan"))
+    return our_times, their_times
 
 
 def minifm_step_fn(config: GPTConfig, batch: int):
@@ -156,7 +170,7 @@ def main():
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
     print(f"threads: {threads} (minifm GEMMs below {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP run on one); "
           f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s")
-    header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} "
+    header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} {'pair ratio':>10} "
               f"{'minifm tok/s':>13} {'torch tok/s':>12} {'minifm MFU':>11} {'torch MFU':>10}")
     print(header)
     print("-" * len(header))
@@ -166,10 +180,13 @@ def main():
                            n_head=shape["n_head"], n_embd=shape["n_embd"])
         batch, tokens = shape["B"], shape["B"] * shape["T"]
         flops = sizes.flops_per_token(config, shape["T"]) * tokens
-        ours = median_time(minifm_step_fn(config, batch), repeats)
-        theirs = median_time(torch_step_fn(torch, config, batch), repeats) if torch else float("nan")
+        our_times, their_times = paired_times(
+            minifm_step_fn(config, batch), torch_step_fn(torch, config, batch) if torch else None, repeats
+        )
+        ours, theirs = statistics.median(our_times), statistics.median(their_times)
+        pair_ratio = statistics.median(a / b for a, b in zip(our_times, their_times))
         print(f"{name:<10} {sizes.param_count(config):>9,} {ours * 1e3:>10.1f} {theirs * 1e3:>9.1f} "
-              f"{ours / theirs:>6.2f} {tokens / ours:>13,.0f} {tokens / theirs:>12,.0f} "
+              f"{ours / theirs:>6.2f} {pair_ratio:>10.2f} {tokens / ours:>13,.0f} {tokens / theirs:>12,.0f} "
               f"{flops / ours / peak:>10.1%} {flops / theirs / peak:>10.1%}")
     print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
     if args.profile:

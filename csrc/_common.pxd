@@ -27,12 +27,16 @@ cdef extern from *:
     #include <omp.h>
     #endif
 
-    /* Threads for a parallel loop over `rows` independent items costing `work` element-operations
-       in total: one thread when the work is too small to pay for waking a second one (on a busy
-       machine the wake-up can cost milliseconds), otherwise OpenMP's count (at most rows). */
+    /* Threads for a parallel loop over `rows` independent items whose serial cost is `work`,
+       estimated in nanoseconds on one core (each kernel converts its size into that unit; an
+       element of softmax or cross-entropy is about 1 ns). Below MINIFM_PARALLEL_WORK (about a
+       millisecond) one thread: waking a second one costs tens of microseconds on an idle machine
+       and up to a scheduler time slice (several ms) when other processes hold the cores, which
+       made the tiny model's step 4x slower. Otherwise OpenMP's count (at most rows). */
+    #define MINIFM_PARALLEL_WORK 1000000.0
     static inline int minifm_threads_for(Py_ssize_t rows, double work) {
     #if MINIFM_OPENMP
-        if (rows < 2 || work < 200000.0) return 1;
+        if (rows < 2 || work < MINIFM_PARALLEL_WORK) return 1;
         int threads = omp_get_max_threads();
         return threads < rows ? threads : (int)rows;
     #else

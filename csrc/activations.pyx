@@ -32,6 +32,9 @@ ctypedef fused real:
 cdef enum:
     BLOCK = 8192    # elements per parallel work item
 
+# Serial cost of one element in nanoseconds (forward ~2, backward ~3.5 measured), for the threading decision.
+cdef double NS_PER_ELEMENT = 2.5
+
 cdef double INV_SQRT2 = 0.70710678118654752440
 cdef double INV_SQRT_2PI = 0.39894228040143267794
 
@@ -86,7 +89,7 @@ def gelu_forward(const real[::1] x, real[::1] out):
         return
     blocks = (n + BLOCK - 1) // BLOCK
     with nogil:
-        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, <double>n)):
+        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, NS_PER_ELEMENT * n)):
             start = block * BLOCK
             _forward_block(&x[start], &out[start], min(<Py_ssize_t>BLOCK, n - start))
 
@@ -100,6 +103,6 @@ def gelu_backward(const real[::1] x, const real[::1] dy, real[::1] dx):
         return
     blocks = (n + BLOCK - 1) // BLOCK
     with nogil:
-        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, <double>n)):
+        for block in prange(blocks, schedule="static", num_threads=vec.threads_for(blocks, NS_PER_ELEMENT * n)):
             start = block * BLOCK
             _backward_block(&x[start], &dy[start], &dx[start], min(<Py_ssize_t>BLOCK, n - start))

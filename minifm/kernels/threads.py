@@ -17,7 +17,10 @@ The policy here, measured in docs/performance.md ("Training step"):
     `set_num_threads(n)` changes for both pools;
   * a matrix product runs on one BLAS thread unless it has at least `GEMM_PARALLEL_FLOPS`
     floating-point operations (`matmul` below; the kernels' own loops have the same kind of
-    threshold in csrc/_common.pxd, `minifm_threads_for`);
+    threshold, about a millisecond of serial work, in csrc/_common.pxd `minifm_threads_for`);
+  * on a machine that other processes keep busy, any fork-join costs up to a scheduler time slice
+    per operation, and one thread is fastest: OMP_NUM_THREADS=1 (or `set_num_threads(1)`) sets the
+    whole budget to one;
   * the OpenBLAS inside scipy (which the attention kernel calls from its OpenMP threads, tile by
     tile) runs on one thread while a kernel runs (`single_threaded_scipy_blas`), so the two pools
     never nest;
@@ -148,13 +151,23 @@ def set_num_threads(threads: int) -> None:
     numpy_blas = _openblas("numpy")
     if numpy_blas is not None:
         numpy_blas.set(_budget)
+    global _blas_limit
+    _blas_limit = _budget
+
+
+_blas_limit: int | None = None  # NumPy's OpenBLAS thread count as the user left it (OPENBLAS_NUM_THREADS)
 
 
 def gemm_threads(m: int, k: int, n: int) -> int:
-    """BLAS threads for an (m, k) @ (k, n) product: 1 below GEMM_PARALLEL_FLOPS, else the budget."""
+    """BLAS threads for an (m, k) @ (k, n) product: 1 below GEMM_PARALLEL_FLOPS, else the budget
+    (never more than the OpenBLAS behind NumPy was started with)."""
+    global _blas_limit
     if 2.0 * m * k * n < GEMM_PARALLEL_FLOPS:
         return 1
-    return num_threads()
+    if _blas_limit is None:
+        numpy_blas = _openblas("numpy")
+        _blas_limit = numpy_blas.get() if numpy_blas is not None else num_threads()
+    return max(1, min(num_threads(), _blas_limit))
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -102,3 +102,14 @@ def test_openmp_wait_policy_defaults_to_passive_but_keeps_the_users(user_policy)
     code = "import os, minifm.kernels; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (user_policy or "PASSIVE")
+
+
+def test_a_user_limit_on_openblas_threads_is_respected():
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    code = ("from minifm.kernels import threads; "
+            "print(threads._openblas('numpy') is not None, threads.gemm_threads(4096, 4096, 4096))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    found, gemm_threads = out.stdout.split()
+    if found != "True":
+        pytest.skip("no OpenBLAS found behind NumPy")
+    assert gemm_threads == "1"
