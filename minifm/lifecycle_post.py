@@ -348,16 +348,20 @@ def report_markdown(summary: dict) -> str:
         f"* Reward model, held-out preference accuracy {reward['preference_accuracy']:.3f}; correlation with the "
         f"ground-truth reward: Pearson {reward['pearson_r']:.3f}, Spearman {reward['spearman_r']:.3f}.",
         "",
-        "Held-out prompts, sampled answers (temperature "
-        f"{summary['temperature']}), KL to the SFT policy per response:",
+        f"{next(iter(table.values()))['n_prompts']} held-out prompts x "
+        f"{next(iter(table.values()))['samples_per_prompt']} sampled answers (temperature "
+        f"{summary['temperature']}); standard errors over prompts; KL to the SFT policy per response:",
         "",
-        "| policy | ground-truth reward | learned reward | sampled accuracy | greedy accuracy | greedy GT reward | KL to SFT |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | ground-truth reward ± s.e. | vs SFT (paired) ± s.e. | learned reward | polite share | "
+        "sampled accuracy | greedy accuracy | greedy GT reward | KL to SFT |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         kl = f"<= {row['kl_to_sft']:.3f} (bound)" if name == "best_of_n" else f"{row['kl_to_sft']:.3f}"
         greedy = row["greedy"]
-        lines.append(f"| {name} | {row['ground_truth_reward']:+.3f} | {row['learned_reward']:+.3f} | "
+        lines.append(f"| {name} | {row['ground_truth_reward']:+.3f} ± {row['ground_truth_reward_se']:.3f} | "
+                     f"{row['difference_vs_sft']:+.3f} ± {row['difference_vs_sft_se']:.3f} | "
+                     f"{row['learned_reward']:+.3f} | {row['polite_fraction']:.2f} | "
                      f"{row['accuracy_sampled']:.3f} | {greedy['accuracy']:.3f} | "
                      f"{greedy['mean_ground_truth_reward']:+.3f} | {kl} |")
     lines += ["", "![learned vs ground-truth reward over PPO iterations](ppo_rewards.png)", "",
