@@ -15,6 +15,10 @@ training (`precompute_ref_log_probs=True`, the reference is then not needed agai
 for every batch. Logged: loss, the implicit rewards beta * (log pi - log ref) of chosen and
 rejected, their margin and the reward accuracy (share of pairs whose chosen reward is larger).
 
+With `rpo_alpha` (TRL's RPO, Pang et al. 2024) the loss adds rpo_alpha times the per-token negative
+log-likelihood of the chosen responses, which keeps DPO from lowering the likelihood of good answers
+together with the bad ones.
+
 Simplification: sequences longer than max_length are cut on the response side.
 """
 from __future__ import annotations
@@ -38,6 +42,7 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    rpo_alpha: float | None = None   # TRL's RPO: + rpo_alpha * NLL of the chosen responses (per token)
     precompute_ref_log_probs: bool = True
     learning_rate: float = 1e-4
     max_steps: int = 100
@@ -53,6 +58,8 @@ class DPOConfig:
             raise ValueError(f"loss_type must be one of {rl_math.DPO_LOSS_TYPES}, got {self.loss_type!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
+            raise ValueError(f"rpo_alpha must be None or >= 0, got {self.rpo_alpha}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +109,14 @@ def precompute_reference(ref_model, encoded: list[dict], pad_id: int, batch_size
                 pair["ref_chosen_logps"], pair["ref_rejected_logps"] = float(c), float(r)
 
 
+def chosen_nll_per_token(chosen_logps: Tensor, batch: list[dict]) -> Tensor:
+    """RPO's extra term: -(sum of the chosen responses' token log-probs) / (number of those tokens)."""
+    n_tokens = sum(len(p["chosen"]) - p["prompt_length"] for p in batch)
+    if n_tokens < 1:
+        raise ValueError("rpo_alpha: the batch's chosen responses have no tokens (all cut by max_length?)")
+    return chosen_logps.sum() * (-1.0 / n_tokens)
+
+
 def dpo_loss_fn(config: DPOConfig, pad_id: int, reference=None):
     """loss_fn(model, batch) for the shared loop; records the implicit-reward statistics in `.last_stats`."""
 
@@ -116,11 +131,16 @@ def dpo_loss_fn(config: DPOConfig, pad_id: int, reference=None):
         chosen, rejected = pair_logps(model, batch, pad_id)
         losses, chosen_rewards, rejected_rewards = rl_math.dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type, config.label_smoothing)
+        loss = losses.mean()
         loss_fn.last_stats = {"rewards_chosen": float(chosen_rewards.mean()),
                               "rewards_rejected": float(rejected_rewards.mean()),
                               "rewards_margin": float((chosen_rewards - rejected_rewards).mean()),
                               "rewards_accuracy": float(np.mean(chosen_rewards > rejected_rewards))}
-        return losses.mean(), len(batch)
+        if config.rpo_alpha:
+            nll = chosen_nll_per_token(chosen, batch)
+            loss = loss + config.rpo_alpha * nll
+            loss_fn.last_stats["nll_chosen"] = float(nll.item())
+        return loss, len(batch)
 
     loss_fn.last_stats = {}
     return loss_fn

@@ -73,3 +73,28 @@ def test_dpo_config_rejects_bad_values():
         dpo.DPOConfig(loss_type="kto")
     with pytest.raises(ValueError, match="beta"):
         dpo.DPOConfig(beta=0)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        dpo.DPOConfig(rpo_alpha=-1.0)
+
+
+def test_rpo_alpha_adds_the_per_token_nll_of_the_chosen_responses():
+    rng = np.random.default_rng(2)
+    encoded = _pairs(rng, 6)
+    encoded[0]["chosen"] = encoded[0]["chosen"] + [5]   # rows of different response lengths
+    reference, policy = tiny_gpt(seed=6, dtype="float64"), tiny_gpt(seed=7, dtype="float64")
+    dpo.precompute_reference(reference, encoded, PAD)
+    plain, _ = dpo.dpo_loss_fn(dpo.DPOConfig(), PAD)(policy, encoded)
+    with_rpo, _ = dpo.dpo_loss_fn(dpo.DPOConfig(rpo_alpha=0.7), PAD)(policy, encoded)
+    # independent NLL: NumPy log-softmax over each chosen row, response tokens only
+    total, count = 0.0, 0
+    for pair in encoded:
+        row, start = pair["chosen"], pair["prompt_length"]
+        with no_grad():
+            logits = policy(np.array([row[:-1]])).data[0]
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= sum(log_probs[t - 1, row[t]] for t in range(start, len(row)))
+        count += len(row) - start
+    assert with_rpo.item() - plain.item() == pytest.approx(0.7 * total / count, rel=1e-9)
+    # the combined loss back-propagates into the policy
+    with_rpo.backward()
+    assert any(np.any(p.grad != 0) for p in policy.parameters() if p.grad is not None)
