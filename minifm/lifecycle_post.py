@@ -51,14 +51,14 @@ PRESETS = {
         "best_of_n": 4, "max_new_tokens": 16, "eval_samples": 1,
     },
     "default": {  # measured figures in docs/post-training.md
-        "n_train_instructions": None, "n_eval": None, "n_train_pairs": None, "n_eval_pairs": 200,
+        "n_train_instructions": None, "n_eval": None, "n_train_pairs": 2500, "n_eval_pairs": 200,
         "sft": {"max_steps": 150, "per_device_train_batch_size": 32, "learning_rate": 1e-3},
         "reward": {"max_steps": 160, "per_device_train_batch_size": 16, "learning_rate": 3e-4, "max_length": 64},
         "ppo": {"num_iterations": 30, "batch_size": 32, "response_length": 24, "num_ppo_epochs": 2,
                 "num_mini_batches": 2, "learning_rate": 3e-5, "kl_coef": 0.3, "temperature": 0.7},
         "dpo": {"max_steps": 60, "per_device_train_batch_size": 16, "learning_rate": 3e-5, "beta": 0.25,
-                "max_length": 64},
-        "best_of_n": 8, "max_new_tokens": 24, "eval_samples": 2,
+                "rpo_alpha": 1.0, "max_length": 64},
+        "best_of_n": 8, "max_new_tokens": 24, "eval_samples": 4,
     },
 }
 
