@@ -161,13 +161,17 @@ _blas_limit: int | None = None  # NumPy's OpenBLAS thread count as the user left
 def gemm_threads(m: int, k: int, n: int) -> int:
     """BLAS threads for an (m, k) @ (k, n) product: 1 below GEMM_PARALLEL_FLOPS, else the budget
     (never more than the OpenBLAS behind NumPy was started with)."""
-    global _blas_limit
     if 2.0 * m * k * n < GEMM_PARALLEL_FLOPS:
         return 1
+    return max(1, min(num_threads(), _numpy_blas_limit()))
+
+
+def _numpy_blas_limit() -> int:
+    global _blas_limit
     if _blas_limit is None:
         numpy_blas = _openblas("numpy")
         _blas_limit = numpy_blas.get() if numpy_blas is not None else num_threads()
-    return max(1, min(num_threads(), _blas_limit))
+    return _blas_limit
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -175,7 +179,10 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     numpy_blas = _openblas("numpy")
     if numpy_blas is None:
         return a @ b
-    previous = numpy_blas.set_local(gemm_threads(a.shape[0], a.shape[1], b.shape[1]))
+    wanted = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
+    if wanted == _numpy_blas_limit():
+        return a @ b  # the library's own setting already (e.g. a budget of 1): no ctypes calls
+    previous = numpy_blas.set_local(wanted)
     try:
         return a @ b
     finally:
