@@ -63,12 +63,15 @@ class Function:
         from minifm.autograd.tensor import Tensor
 
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
-        needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        record = any(needs_grad) and is_grad_enabled()
         ctx = Context()
+        if not is_grad_enabled():
+            # nothing is recorded: skip the per-input grad flags and the parents tuple
+            ctx.needs_input_grad = (False,) * len(inputs)
+            return Tensor._from_array(cls.forward(ctx, *arrays, **options))
+        needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         ctx.needs_input_grad = needs_grad
         out = cls.forward(ctx, *arrays, **options)
-        if not record or np.asarray(out).dtype.kind != "f":
+        if not any(needs_grad) or np.asarray(out).dtype.kind != "f":
             return Tensor._from_array(out)
         parents = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
         return Tensor._from_array(out, requires_grad=True, grad_fn=cls, ctx=ctx, parents=parents)
