@@ -18,17 +18,14 @@ import numpy as np
 
 import minifm.functional as F
 from minifm.models.config import (
-    ConfigBase, attach_dropout_rng, check_choice, check_heads, check_ids, check_mask, check_positive_int,
-    ffn_hidden_size, init_gpt2_style, seeded_generators,
+    TransformerConfigBase, check_ids, initialise_weights, key_padding_mask, rotary_embedding, transformer_blocks,
 )
-from minifm.nn.attention import RotaryEmbedding
-from minifm.nn.block import TransformerBlock
 from minifm.nn.layers import Dropout, Embedding, LayerNorm, Linear, make_norm
-from minifm.nn.module import Module, ModuleList, Parameter
+from minifm.nn.module import Module, Parameter
 
 
 @dataclass
-class BERTConfig(ConfigBase):
+class BERTConfig(TransformerConfigBase):
     vocab_size: int
     block_size: int
     n_layer: int
@@ -50,23 +47,7 @@ class BERTConfig(ConfigBase):
     dtype: str = "float32"
 
     def __post_init__(self):
-        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "num_labels"):
-            check_positive_int("BERTConfig", field, getattr(self, field))
-        check_choice("BERTConfig", "pos", self.pos, ("learned", "rope"))
-        check_choice("BERTConfig", "norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice("BERTConfig", "mlp", self.mlp, ("gelu", "swiglu"))
-        check_choice("BERTConfig", "dtype", self.dtype, ("float32", "float64"))
-        check_heads("BERTConfig", self.n_embd, self.n_head, self.n_kv_head, self.pos)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"BERTConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        return ffn_hidden_size(self.mlp, self.n_embd, self.mlp_ratio, self.mlp_hidden)
+        self.check_shared_fields(extra_positive=("num_labels",))  # see TransformerConfigBase
 
 
 class BERT(Module):
@@ -81,24 +62,15 @@ class BERT(Module):
         self.wte = Embedding(config.vocab_size, d)
         if config.pos == "learned":
             self.wpe = Embedding(config.block_size, d)
-        rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.pos == "rope" else None
         self.drop = Dropout(config.dropout)
-        self.blocks = ModuleList(
-            TransformerBlock(d, config.n_head, config.n_kv_head, mlp_hidden=config.ffn_hidden, bias=config.bias,
-                             norm=config.norm, mlp=config.mlp, dropout=config.dropout, causal=False, rope=rope,
-                             norm_eps=config.norm_eps)
-            for _ in range(config.n_layer)
-        )
+        self.blocks = transformer_blocks(config, config.n_layer, causal=False, rope=rotary_embedding(config))
         self.norm_f = make_norm(config.norm, d, config.norm_eps, config.bias)
         self.mlm_dense = Linear(d, d, bias=True)
         self.mlm_norm = LayerNorm(d)
         self.mlm_bias = Parameter(np.zeros(config.vocab_size, dtype=np.float32))
         self.pooler = Linear(d, d, bias=True)
         self.classifier = Linear(d, config.num_labels, bias=True)
-        init_rng, self.rng = seeded_generators(config.seed)
-        init_gpt2_style(self, config.n_layer, config.init_std, init_rng)
-        self.to(np.dtype(config.dtype))
-        attach_dropout_rng(self, self.rng)
+        self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
 
     def forward(self, input_ids, attention_mask=None):
         """input_ids (B, T), attention_mask (B, T) of 1 = token / 0 = padding -> hidden states (B, T, n_embd)."""
@@ -106,17 +78,14 @@ class BERT(Module):
         batch, steps = input_ids.shape
         if steps > self.config.block_size and self.config.pos == "learned":
             raise ValueError(f"sequence length {steps} exceeds block_size {self.config.block_size}")
-        key_padding_mask = None
-        if attention_mask is not None:
-            mask = check_mask("attention_mask", attention_mask, (batch, steps))
-            key_padding_mask = None if mask.all() else mask
+        padding = key_padding_mask("attention_mask", attention_mask, (batch, steps))  # None: no padding
         positions = np.arange(steps)
         x = self.wte(input_ids)  # (B, T, d)
         if self.config.pos == "learned":
             x = x + self.wpe(positions)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, positions=positions, key_padding_mask=key_padding_mask)
+            x = block(x, positions=positions, key_padding_mask=padding)
         return self.norm_f(x)  # (B, T, d)
 
     def mlm_logits(self, hidden):

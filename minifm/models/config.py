@@ -1,7 +1,15 @@
-"""Helpers shared by the model configs and models: dict round trip, FFN width, GPT-2 init, RNG wiring.
+"""Helpers shared by the model configs and models: dict round trip, field checks, FFN width, block stacks,
+GPT-2 init, RNG wiring.
 
 ConfigBase gives every config dataclass `to_dict()` and `from_dict(d)`; from_dict rejects unknown
 keys with the list of valid ones (a typo in a JSON config must not be silently ignored).
+TransformerConfigBase adds what GPTConfig, BERTConfig and T5Config have in common: the checks of the
+shared fields (errors name the concrete config class) and the derived sizes kv_heads, head_dim and
+ffn_hidden. Each config still declares its own fields and defaults, so one file shows one config.
+
+Model construction: rotary_embedding(config) and transformer_blocks(config, ...) build the pieces every
+model has; initialise_weights(model, config, n_layer) runs the seeded init below and returns the
+dropout generator.
 
 init_gpt2_style(model, n_layer, std, rng) is GPT-2's initialisation: every Linear and Embedding
 weight ~ N(0, std^2) (std = 0.02), biases 0, norm weights 1, and the projections that add into the
@@ -16,7 +24,10 @@ import math
 import numpy as np
 
 from minifm.nn import init
+from minifm.nn.attention import RotaryEmbedding
+from minifm.nn.block import TransformerBlock
 from minifm.nn.layers import Dropout, Embedding, Linear
+from minifm.nn.module import ModuleList
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")
 
@@ -36,6 +47,40 @@ class ConfigBase:
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid keys are {valid}")
         return cls(**values)
+
+
+class TransformerConfigBase(ConfigBase):
+    """Mixin for the transformer configs: checks of the shared fields and the derived sizes.
+
+    The subclass (a dataclass) declares vocab_size, block_size, n_layer, n_head, n_embd, n_kv_head,
+    dropout, pos, norm, mlp, mlp_ratio, mlp_hidden and dtype, and calls check_shared_fields from
+    its __post_init__, naming any extra fields that must be positive integers.
+    """
+
+    def check_shared_fields(self, extra_positive: tuple[str, ...] = ()) -> None:
+        name = type(self).__name__
+        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") + tuple(extra_positive):
+            check_positive_int(name, field, getattr(self, field))
+        check_choice(name, "pos", self.pos, ("learned", "rope"))
+        check_choice(name, "norm", self.norm, ("layernorm", "rmsnorm"))
+        check_choice(name, "mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice(name, "dtype", self.dtype, ("float32", "float64"))
+        check_heads(name, self.n_embd, self.n_head, self.n_kv_head, self.pos)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when grouped-query attention is off."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden_size(self.mlp, self.n_embd, self.mlp_ratio, self.mlp_hidden)
 
 
 def check_choice(config_name: str, field: str, value, choices) -> None:
@@ -70,6 +115,35 @@ def ffn_hidden_size(mlp: str, dim: int, mlp_ratio: float, mlp_hidden: int | None
     if mlp == "swiglu":
         return 8 * math.ceil(2 * hidden / 3 / 8)
     return int(round(hidden))
+
+
+def rotary_embedding(config) -> RotaryEmbedding | None:
+    """The RoPE table all self-attentions share when config.pos == "rope", else None."""
+    return RotaryEmbedding(config.head_dim, config.rope_base) if config.pos == "rope" else None
+
+
+def transformer_blocks(config, count: int, causal: bool, rope: RotaryEmbedding | None,
+                       cross_attention: bool = False) -> ModuleList:
+    """`count` pre-norm TransformerBlocks of the config's width, heads, norm, MLP, bias and dropout."""
+    return ModuleList(
+        TransformerBlock(config.n_embd, config.n_head, config.n_kv_head, mlp_hidden=config.ffn_hidden,
+                         bias=config.bias, norm=config.norm, mlp=config.mlp, dropout=config.dropout, causal=causal,
+                         cross_attention=cross_attention, rope=rope, norm_eps=config.norm_eps)
+        for _ in range(count)
+    )
+
+
+def initialise_weights(model, config, n_layer: int) -> np.random.Generator:
+    """GPT-2 init of `model` from config.seed, cast to config.dtype; returns the dropout generator.
+
+    n_layer sets the residual-projection scale 1/sqrt(2 n_layer). Every Dropout in the model gets the
+    returned generator (the model keeps it as `model.rng`).
+    """
+    init_rng, dropout_rng = seeded_generators(config.seed)
+    init_gpt2_style(model, n_layer, config.init_std, init_rng)
+    model.to(np.dtype(config.dtype))
+    attach_dropout_rng(model, dropout_rng)
+    return dropout_rng
 
 
 def seeded_generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -118,3 +192,11 @@ def check_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray:
             raise ValueError(f"{name} must hold only 0/1 (or bool) values")
         mask = mask.astype(bool)
     return mask
+
+
+def key_padding_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray | None:
+    """check_mask, then None when nothing is padded (attention then skips the mask entirely)."""
+    if mask is None:
+        return None
+    mask = check_mask(name, mask, shape)
+    return None if mask.all() else mask

@@ -27,17 +27,15 @@ import numpy as np
 import minifm.functional as F
 from minifm.autograd.tensor import Tensor
 from minifm.models.config import (
-    ConfigBase, attach_dropout_rng, check_choice, check_heads, check_ids, check_mask, check_positive_int,
-    ffn_hidden_size, init_gpt2_style, seeded_generators,
+    TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
-from minifm.nn.attention import KVCache, RotaryEmbedding
-from minifm.nn.block import TransformerBlock
+from minifm.nn.attention import KVCache
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
-from minifm.nn.module import Module, ModuleList
+from minifm.nn.module import Module
 
 
 @dataclass
-class GPTConfig(ConfigBase):
+class GPTConfig(TransformerConfigBase):
     vocab_size: int
     block_size: int
     n_layer: int
@@ -59,27 +57,7 @@ class GPTConfig(ConfigBase):
     dtype: str = "float32"
 
     def __post_init__(self):
-        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            check_positive_int("GPTConfig", field, getattr(self, field))
-        check_choice("GPTConfig", "pos", self.pos, ("learned", "rope"))
-        check_choice("GPTConfig", "norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice("GPTConfig", "mlp", self.mlp, ("gelu", "swiglu"))
-        check_choice("GPTConfig", "dtype", self.dtype, ("float32", "float64"))
-        check_heads("GPTConfig", self.n_embd, self.n_head, self.n_kv_head, self.pos)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_head if self.n_kv_head is None else self.n_kv_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        return ffn_hidden_size(self.mlp, self.n_embd, self.mlp_ratio, self.mlp_hidden)
+        self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
 
 
 class GPT(Module):
@@ -94,21 +72,12 @@ class GPT(Module):
         self.wte = Embedding(config.vocab_size, d)
         if config.pos == "learned":
             self.wpe = Embedding(config.block_size, d)
-        rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.pos == "rope" else None
         self.drop = Dropout(config.dropout)
-        self.blocks = ModuleList(
-            TransformerBlock(d, config.n_head, config.n_kv_head, mlp_hidden=config.ffn_hidden, bias=config.bias,
-                             norm=config.norm, mlp=config.mlp, dropout=config.dropout, causal=True, rope=rope,
-                             norm_eps=config.norm_eps)
-            for _ in range(config.n_layer)
-        )
+        self.blocks = transformer_blocks(config, config.n_layer, causal=True, rope=rotary_embedding(config))
         self.norm_f = make_norm(config.norm, d, config.norm_eps, config.bias)
         if not config.tie_weights:
             self.lm_head = Linear(d, config.vocab_size, bias=False)
-        init_rng, self.rng = seeded_generators(config.seed)
-        init_gpt2_style(self, config.n_layer, config.init_std, init_rng)
-        self.to(np.dtype(config.dtype))
-        attach_dropout_rng(self, self.rng)
+        self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids=None, attention_mask=None, cache: KVCache | None = None, inputs_embeds=None,

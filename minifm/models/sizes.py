@@ -54,8 +54,7 @@ def _mlp_matmul(kind: str, d: int, hidden: int) -> int:
 
 
 def _kv_width(config) -> int:
-    kv_heads = config.n_head if config.n_kv_head is None else config.n_kv_head
-    return kv_heads * (config.n_embd // config.n_head)
+    return config.kv_heads * config.head_dim
 
 
 def _block_params(config, norm_bias: bool, cross: bool = False) -> int:

@@ -24,17 +24,16 @@ import numpy as np
 import minifm.functional as F
 from minifm.autograd.grad_mode import no_grad
 from minifm.models.config import (
-    ConfigBase, attach_dropout_rng, check_choice, check_heads, check_ids, check_mask, check_positive_int,
-    ffn_hidden_size, init_gpt2_style, seeded_generators,
+    TransformerConfigBase, check_ids, check_positive_int, initialise_weights, key_padding_mask,
+    rotary_embedding, transformer_blocks,
 )
-from minifm.nn.attention import KVCache, RotaryEmbedding
-from minifm.nn.block import TransformerBlock
+from minifm.nn.attention import KVCache
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
-from minifm.nn.module import Module, ModuleList
+from minifm.nn.module import Module
 
 
 @dataclass
-class T5Config(ConfigBase):
+class T5Config(TransformerConfigBase):
     vocab_size: int
     block_size: int
     n_layer: int
@@ -59,33 +58,13 @@ class T5Config(ConfigBase):
     decoder_start_token_id: int = 0
 
     def __post_init__(self):
-        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            check_positive_int("T5Config", field, getattr(self, field))
         if self.n_decoder_layer is not None:
             check_positive_int("T5Config", "n_decoder_layer", self.n_decoder_layer)
-        check_choice("T5Config", "pos", self.pos, ("learned", "rope"))
-        check_choice("T5Config", "norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice("T5Config", "mlp", self.mlp, ("gelu", "swiglu"))
-        check_choice("T5Config", "dtype", self.dtype, ("float32", "float64"))
-        check_heads("T5Config", self.n_embd, self.n_head, self.n_kv_head, self.pos)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"T5Config.dropout must be in [0, 1), got {self.dropout}")
+        self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
 
     @property
     def decoder_layers(self) -> int:
         return self.n_layer if self.n_decoder_layer is None else self.n_decoder_layer
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_head if self.n_kv_head is None else self.n_kv_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        return ffn_hidden_size(self.mlp, self.n_embd, self.mlp_ratio, self.mlp_hidden)
 
 
 class T5(Module):
@@ -97,38 +76,26 @@ class T5(Module):
             config = T5Config.from_dict(config)
         self.config = config
         d = config.n_embd
-        rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.pos == "rope" else None
+        rope = rotary_embedding(config)  # one table for encoder and decoder self-attention (None if learned)
         self.shared = Embedding(config.vocab_size, d)
         if config.pos == "learned":
             self.encoder_wpe = Embedding(config.block_size, d)
             self.decoder_wpe = Embedding(config.block_size, d)
         self.drop = Dropout(config.dropout)
-        common = dict(mlp_hidden=config.ffn_hidden, bias=config.bias, norm=config.norm, mlp=config.mlp,
-                      dropout=config.dropout, rope=rope, norm_eps=config.norm_eps)
-        self.encoder_blocks = ModuleList(
-            TransformerBlock(d, config.n_head, config.n_kv_head, causal=False, **common) for _ in range(config.n_layer)
-        )
+        self.encoder_blocks = transformer_blocks(config, config.n_layer, causal=False, rope=rope)
         self.encoder_norm = make_norm(config.norm, d, config.norm_eps, config.bias)
-        self.decoder_blocks = ModuleList(
-            TransformerBlock(d, config.n_head, config.n_kv_head, causal=True, cross_attention=True, **common)
-            for _ in range(config.decoder_layers)
-        )
+        self.decoder_blocks = transformer_blocks(config, config.decoder_layers, causal=True, rope=rope,
+                                                 cross_attention=True)
         self.decoder_norm = make_norm(config.norm, d, config.norm_eps, config.bias)
         if not config.tie_weights:
             self.lm_head = Linear(d, config.vocab_size, bias=False)
-        init_rng, self.rng = seeded_generators(config.seed)
-        init_gpt2_style(self, max(config.n_layer, config.decoder_layers), config.init_std, init_rng)
-        self.to(np.dtype(config.dtype))
-        attach_dropout_rng(self, self.rng)
+        self.rng = initialise_weights(self, config, max(config.n_layer, config.decoder_layers))
 
     def encode(self, input_ids, attention_mask=None):
         """input_ids (B, S), attention_mask (B, S) 1/0 -> encoder hidden states (B, S, d)."""
         input_ids = check_ids("input_ids", input_ids)
         batch, steps = input_ids.shape
-        key_padding_mask = None
-        if attention_mask is not None:
-            mask = check_mask("attention_mask", attention_mask, (batch, steps))
-            key_padding_mask = None if mask.all() else mask
+        padding = key_padding_mask("attention_mask", attention_mask, (batch, steps))  # None: no padding
         positions = np.arange(steps)
         x = self.shared(input_ids)  # (B, S, d)
         if self.config.pos == "learned":
@@ -136,7 +103,7 @@ class T5(Module):
             x = x + self.encoder_wpe(positions)
         x = self.drop(x)
         for block in self.encoder_blocks:
-            x = block(x, positions=positions, key_padding_mask=key_padding_mask)
+            x = block(x, positions=positions, key_padding_mask=padding)
         return self.encoder_norm(x)
 
     def decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, cache: KVCache | None = None):
@@ -147,9 +114,7 @@ class T5(Module):
             raise ValueError(
                 f"encoder_hidden must be ({batch}, S, {self.config.n_embd}), got {encoder_hidden.shape}"
             )
-        if encoder_mask is not None:
-            encoder_mask = check_mask("encoder_mask", encoder_mask, encoder_hidden.shape[:2])
-            encoder_mask = None if encoder_mask.all() else encoder_mask
+        encoder_mask = key_padding_mask("encoder_mask", encoder_mask, encoder_hidden.shape[:2])
         past = 0 if cache is None else cache.length
         positions = np.arange(past, past + steps)
         x = self.shared(decoder_input_ids)  # (B, T, d)
