@@ -37,7 +37,8 @@ class ConstantSchedule:
 
 
 @dataclass(frozen=True)
-class WarmupCosineSchedule:
+class _WarmupThenDecay:
+    """Linear warmup 0 -> max_lr over warmup_steps, then max_lr -> min_lr by the subclass's decay(progress)."""
     max_lr: float
     warmup_steps: int
     total_steps: int
@@ -46,6 +47,10 @@ class WarmupCosineSchedule:
     def __post_init__(self):
         _check(self.max_lr, self.warmup_steps, self.total_steps, self.min_lr)
 
+    def decay(self, progress: float) -> float:
+        """Fraction of (max_lr - min_lr) left at progress in [0, 1): 1 at the start, -> 0 at the end."""
+        raise NotImplementedError
+
     def __call__(self, step: int) -> float:
         _check_step(step)
         if step < self.warmup_steps:
@@ -53,27 +58,19 @@ class WarmupCosineSchedule:
         if step >= self.total_steps:
             return self.min_lr
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return self.min_lr + (self.max_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + (self.max_lr - self.min_lr) * self.decay(progress)
 
 
 @dataclass(frozen=True)
-class WarmupLinearSchedule:
-    max_lr: float
-    warmup_steps: int
-    total_steps: int
-    min_lr: float = 0.0
+class WarmupCosineSchedule(_WarmupThenDecay):
+    def decay(self, progress: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def __post_init__(self):
-        _check(self.max_lr, self.warmup_steps, self.total_steps, self.min_lr)
 
-    def __call__(self, step: int) -> float:
-        _check_step(step)
-        if step < self.warmup_steps:
-            return self.max_lr * step / self.warmup_steps
-        if step >= self.total_steps:
-            return self.min_lr
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return self.min_lr + (self.max_lr - self.min_lr) * (1.0 - progress)
+@dataclass(frozen=True)
+class WarmupLinearSchedule(_WarmupThenDecay):
+    def decay(self, progress: float) -> float:
+        return 1.0 - progress
 
 
 def constant(max_lr: float) -> ConstantSchedule:
