@@ -17,6 +17,20 @@ def _pyplot():
     return plt
 
 
+def _label_and_save(plt, figure, axes, path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Axis labels, title and a light grid; write the PNG (parent folders created) and close the figure."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     """Exponential moving average with bias correction (what TensorBoard's smoothing slider shows)."""
     out, average = [], 0.0
@@ -39,17 +53,8 @@ def plot_loss_curve(rows: list[dict], path, title: str = "loss", eval_key: str =
     if evals:
         steps, losses = zip(*evals)
         axes.plot(steps, losses, "o-", color="tab:orange", linewidth=2, label="held-out")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("cross-entropy (nats/token)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _label_and_save(plt, figure, axes, path, title, "optimizer step", "cross-entropy (nats/token)")
 
 
 def plot_xy(series: dict[str, tuple[list, list]], path, title: str, xlabel: str, ylabel: str,
@@ -59,18 +64,9 @@ def plot_xy(series: dict[str, tuple[list, list]], path, title: str, xlabel: str,
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for name, (xs, ys) in series.items():
         axes.plot(xs, ys, marker, label=name)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
     if len(series) > 1:
         axes.legend()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _label_and_save(plt, figure, axes, path, title, xlabel, ylabel)
 
 
 def plot_scatter(points: dict[str, tuple[float, float]], path, title: str, xlabel: str, ylabel: str) -> Path:
@@ -80,16 +76,7 @@ def plot_scatter(points: dict[str, tuple[float, float]], path, title: str, xlabe
     for label, (x, y) in points.items():
         axes.scatter([x], [y], s=40)
         axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _label_and_save(plt, figure, axes, path, title, xlabel, ylabel)
 
 
 __all__ = ["plot_loss_curve", "plot_scatter", "plot_xy", "smooth"]
