@@ -26,6 +26,11 @@ from libc.stdint cimport int64_t
 
 cimport _common as vec
 
+# A cumulative probability within this of the target counts as reaching it, so that exact cut-offs
+# (equal logits) do not depend on summation order; minifm/kernels/sampling.py has the same constant.
+cdef double MASS_TOLERANCE = 1e-9
+KERNEL_MASS_TOLERANCE = MASS_TOLERANCE
+
 ctypedef fused real:
     float
     double
@@ -95,7 +100,7 @@ cdef Py_ssize_t _select_mass(Item* items, Py_ssize_t n, double target, bint high
         mass_before_p = mass_before_lo
         for i in range(lo, p):
             mass_before_p += items[i].weight
-        if mass_before_p + items[p].weight >= target:
+        if mass_before_p + items[p].weight >= target - MASS_TOLERANCE:
             found = p       # p qualifies; an earlier rank may too
             hi = p
         else:

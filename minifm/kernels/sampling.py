@@ -16,6 +16,11 @@ Ties: transformers sorts with torch.sort, whose order among equal scores is not 
 is the order of a *stable* sort, i.e. top-p (ascending sort, lowest removed first) removes the lower
 index of two equal scores first, and min-p / typical-p keep the lower index first when
 min_tokens_to_keep has to break a tie. Top-k keeps every score equal to the k-th (transformers too).
+Cut-offs: a cumulative probability within MASS_TOLERANCE (1e-9) of the top-p or typical-p mass
+counts as reaching it. Equal logits make exact cut-offs common (18 equal scores and top_p=0.5 must
+keep 9 tokens), and without the tolerance the answer would depend on the order in which rounding
+errors were summed — which differs between the sorted cumulative sum here and the partitioned
+selection of the compiled twin (which uses the same constant).
 Simplification: probabilities are computed in float64 (transformers uses the logits' dtype), which
 can only matter for a token exactly at a cut-off.
 """
@@ -24,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.kernels._backend import compiled
+
+MASS_TOLERANCE = 1e-9  # csrc/sampling.pyx has the same constant
 
 
 def _softmax64(scores: np.ndarray) -> np.ndarray:
@@ -50,7 +57,7 @@ def top_p_reference(scores, top_p, min_tokens_to_keep=1):
     order = np.argsort(scores, axis=-1, kind="stable")  # (batch, vocab) ascending
     sorted_probs = np.take_along_axis(_softmax64(scores), order, axis=-1)
     cumulative = np.cumsum(sorted_probs, axis=-1)  # (batch, vocab)
-    sorted_remove = cumulative <= 1 - top_p
+    sorted_remove = cumulative <= 1 - top_p + MASS_TOLERANCE
     sorted_remove[:, -min_tokens_to_keep:] = False
     remove = np.zeros_like(sorted_remove)
     np.put_along_axis(remove, order, sorted_remove, axis=-1)
@@ -81,7 +88,7 @@ def typical_p_reference(scores, typical_p, min_tokens_to_keep=1):
     order = np.argsort(distance, axis=-1, kind="stable")  # most typical first
     sorted_distance = np.take_along_axis(distance, order, axis=-1)
     cumulative = np.cumsum(np.take_along_axis(probs, order, axis=-1), axis=-1)
-    last = np.minimum(np.sum(cumulative < typical_p, axis=-1), scores.shape[-1] - 1)  # (batch,)
+    last = np.minimum(np.sum(cumulative < typical_p - MASS_TOLERANCE, axis=-1), scores.shape[-1] - 1)  # (batch,)
     threshold = sorted_distance[np.arange(scores.shape[0]), last][:, None]  # (batch, 1)
     sorted_remove = sorted_distance > threshold
     sorted_remove[:, :min_tokens_to_keep] = False

@@ -160,6 +160,25 @@ def test_compiled_filters_match_reference(logits, top_k, top_p, min_p, typical_p
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("vocab, kept", [(18, 9), (10, 5), (7, 2), (300, 150), (1000, 1)])
+def test_cutoff_exactly_on_equal_logits_keeps_the_exact_count(kernel_path, dtype, vocab, kept):
+    # equal logits: the cumulative mass reaches top_p = kept / vocab exactly at the kept-th token in
+    # exact arithmetic; the rounding of the running sum must not add or drop a token on either path
+    logits = np.zeros((2, vocab), dtype=dtype)
+    out = process_logits(logits, top_p=kept / vocab)
+    assert (np.isfinite(out).sum(axis=-1) == kept).all()
+    # stable ascending order removes the lower indices first, so the highest indices survive
+    assert np.isfinite(out[:, vocab - kept:]).all()
+    typical = process_logits(logits, typical_p=kept / vocab)
+    assert (np.isfinite(typical).sum(axis=-1) == vocab).all()  # equal distances: all tie at the cut-off
+
+
+def test_compiled_and_reference_share_the_cutoff_tolerance():
+    kernel = pytest.importorskip("minifm.kernels._sampling", reason="compiled kernels not built")
+    assert kernel.KERNEL_MASS_TOLERANCE == ks.MASS_TOLERANCE
+
+
 @pytest.mark.parametrize("vocab", [1, 50257])
 def test_compiled_matches_reference_at_vocab_edges(vocab, rng):
     logits = (rng.standard_normal((3, vocab)) * 3).astype(np.float32)

@@ -1,6 +1,15 @@
 """Against Hugging Face `tokenizers` (skipped unless installed): the GPT-2 split rule gives the same
 pieces as its ByteLevel pre-tokenizer, and BPE trained the same way compresses as well (bytes per
-token within 3%)."""
+token within 3%).
+
+The piece comparison draws only code points that Python's Unicode database assigns: minifm's letter
+and number classes come from `unicodedata` (Unicode 14 on Python 3.11), while `tokenizers` carries
+its own, newer tables, so a code point assigned after Python's version (U+13441, a Unicode 15
+hieroglyph, say) is a letter to one and "other" to the other. That is the documented simplification
+of minifm/tokenizer/pretokenize.py, not a disagreement about the split rule.
+"""
+import unicodedata
+
 import pytest
 from hypothesis import given
 
@@ -20,7 +29,11 @@ def hf_byte_level_tokenizer():
     return tok
 
 
-@given(text=tokenizer_text)
+def _assigned_in_python_unicode(text: str) -> bool:
+    return all(unicodedata.category(ch) != "Cn" for ch in text)
+
+
+@given(text=tokenizer_text.filter(_assigned_in_python_unicode))
 def test_gpt2_pieces_match_hf_byte_level(text):
     pre = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     theirs = [text[start:end] for _, (start, end) in pre.pre_tokenize_str(text)]
