@@ -76,9 +76,15 @@ def fitting(items: list[dict], tokenizer, block_size: int, new_tokens: int) -> l
     return [item for item in items if len(prompt_ids(tokenizer, item["prompt"])) + new_tokens <= block_size]
 
 
+def context_length(policy) -> int:
+    """Positions left for real tokens: block_size minus the virtual tokens of a prompt- or
+    prefix-tuned model (a PeftModel reports num_virtual_tokens; a plain model has none)."""
+    return policy.config.block_size - int(getattr(policy, "num_virtual_tokens", 0) or 0)
+
+
 def _stage_settings(preset: dict, policy) -> dict:
-    """Per-stage settings with sequence lengths clamped to the model's block_size."""
-    block = policy.config.block_size
+    """Per-stage settings with sequence lengths clamped to the model's context length."""
+    block = context_length(policy)
     settings = copy.deepcopy(preset)
     settings["sft"]["max_length"] = min(settings["sft"].get("max_length", block - 1), block - 1)
     for stage in ("reward", "dpo"):
@@ -91,7 +97,7 @@ def _pairs(split: str, preset: dict, tokenizer, policy) -> list[dict]:
     from minifm.data import tinyworld
 
     n = preset["n_train_pairs"] if split == "train" else preset["n_eval_pairs"]
-    return fitting(tinyworld.preferences(split, n=n), tokenizer, policy.config.block_size, preset["max_new_tokens"])
+    return fitting(tinyworld.preferences(split, n=n), tokenizer, context_length(policy), preset["max_new_tokens"])
 
 
 def _log(log, message: str) -> None:
@@ -105,7 +111,7 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
     from minifm.data import tinyworld
 
     preset = _stage_settings(preset, policy)
-    block, new_tokens = policy.config.block_size, preset["max_new_tokens"]
+    block, new_tokens = context_length(policy), preset["max_new_tokens"]
     train_tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer, block,
                           new_tokens)
     eval_tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, block, new_tokens)
@@ -157,7 +163,7 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
 
     config = PPOConfig(**{**preset["ppo"], **overrides})
     tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer,
-                    sft_policy.config.block_size, config.response_length)
+                    context_length(sft_policy), config.response_length)
     prompts = [task["prompt"] for task in tasks]
     policy = _trainable(sft_policy)
     value_model = ValueModel.from_reward_model(reward_model) if config.advantage_estimator == "gae" else None
@@ -181,13 +187,16 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
     return policy, history, metrics
 
 
-def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print):
-    """DPO from a copy of the SFT policy (the SFT policy is the reference); returns (policy, metrics)."""
-    preset = _stage_settings(preset, sft_policy)
-    config = DPOConfig(**preset["dpo"])
+def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None):
+    """DPO from a copy of the SFT policy (the SFT policy is the reference); returns (policy, metrics).
+    `wrap(copy) -> model` may wrap the trainable copy first (the CLI's --peft)."""
     policy = _trainable(sft_policy)
+    if wrap is not None:
+        policy = wrap(policy)
+    preset = _stage_settings(preset, policy)
+    config = DPOConfig(**preset["dpo"])
     started = time.perf_counter()
-    result, stats = train_dpo(policy, tokenizer, _pairs("train", preset, tokenizer, sft_policy), config,
+    result, stats = train_dpo(policy, tokenizer, _pairs("train", preset, tokenizer, policy), config,
                               ref_policy=sft_policy, run_dir=Path(run_dir) / "dpo")
     _log(log, f"dpo: loss {result.losses()[0]:.3f} -> {result.losses()[-1]:.3f}, last-batch reward accuracy "
               f"{stats.get('rewards_accuracy', float('nan')):.2f}")
@@ -243,7 +252,7 @@ def evaluate_policies(policies: dict, sft_policy, reward_model, tokenizer, prese
     """
     from minifm.data import tinyworld
 
-    tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, sft_policy.config.block_size,
+    tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, context_length(sft_policy),
                     preset["max_new_tokens"])
     n_prompts, copies = len(tasks), preset["eval_samples"]
     prompts = [t["prompt"] for t in tasks] * copies
@@ -413,9 +422,11 @@ def _trainable(model):
 
 
 # ---------------------------------------------------------------------- command line
-def _load_policy(directory):
-    """A GPT and its tokenizer from a run directory (model.safetensors + config.json + tokenizer.json)."""
-    from minifm.checkpoint import load_checkpoint
+PEFT_MARKER_NAME = "peft.json"
+
+
+def _gpt_and_tokenizer(directory):
+    """An untrained GPT of the configuration in `directory`/config.json, and the run's tokenizer."""
     from minifm.models import GPT, GPTConfig
     from minifm.tokenizer import BPETokenizer
 
@@ -426,26 +437,66 @@ def _load_policy(directory):
         if config["arch"] != "gpt":
             raise ValueError(f"post-training needs a GPT, but {directory} holds a {config['arch']!r} model")
         config = config["config"]
-    model = GPT(GPTConfig.from_dict(config))
-    load_checkpoint(directory, model)
     tokenizer_path = directory / "tokenizer.json"
     if not tokenizer_path.exists():
         tokenizer_path = directory.parent / "tokenizer.json"
     if not tokenizer_path.exists():
         raise FileNotFoundError(f"no tokenizer.json in {directory} or its parent")
-    return model, BPETokenizer.load(tokenizer_path)
+    return GPT(GPTConfig.from_dict(config)), BPETokenizer.load(tokenizer_path)
+
+
+def _load_policy(directory):
+    """A GPT and its tokenizer from a run directory (model.safetensors + config.json + tokenizer.json).
+
+    When the directory also holds an adapter that was not merged (peft.json says so: prompt, prefix
+    or bottleneck adapters, written by `minifm sft/dpo --peft ...`), the adapter is put on the model, frozen."""
+    from minifm.checkpoint import load_checkpoint
+
+    model, tokenizer = _gpt_and_tokenizer(directory)
+    load_checkpoint(directory, model)
+    marker = Path(directory) / PEFT_MARKER_NAME
+    if marker.is_file() and not json.loads(marker.read_text())["merged"]:
+        from minifm.peft import from_pretrained
+
+        model = from_pretrained(model, directory, tokenizer=tokenizer)
+    return model, tokenizer
+
+
+def _load_reward_model(directory) -> RewardModel:
+    """The reward model that `minifm reward` wrote to `directory`."""
+    from minifm.checkpoint import load_checkpoint
+
+    backbone, _ = _gpt_and_tokenizer(directory)
+    reward_model = RewardModel(backbone)
+    load_checkpoint(directory, reward_model)
+    return reward_model
 
 
 def _save_policy(model, tokenizer, directory) -> None:
-    from minifm.checkpoint import save_checkpoint
+    """Write a trained policy so that `_load_policy(directory)` gives it back.
+
+    A PEFT-wrapped policy also writes its adapter alone (adapter_model.safetensors +
+    adapter_config.json, the small file to share). LoRA and IA3 are then merged, so model.safetensors
+    is the fine-tuned GPT that later stages load like any other; the other methods cannot be merged,
+    so model.safetensors is their base model and peft.json tells `_load_policy` to add the adapter."""
+    from minifm.checkpoint import atomic_write_json, save_checkpoint
+    from minifm.peft import PeftModel, save_adapter
 
     directory = Path(directory)
+    if isinstance(model, PeftModel):
+        save_adapter(model, directory)
+        merged = model.peft_type in ("lora", "ia3")
+        atomic_write_json(directory / PEFT_MARKER_NAME, {"method": model.peft_type, "merged": merged})
+        model = model.merge_and_unload() if merged else model.unload()  # the wrapper is spent afterwards
     save_checkpoint(directory, model, config=model.config)
     tokenizer.save(directory / "tokenizer.json")
 
 
 def _cli_sft(args) -> int:
+    from minifm.peft import apply_peft_from_args
+
     policy, tokenizer = _load_policy(args.model)
+    policy = apply_peft_from_args(policy, args, tokenizer=tokenizer)
     settings = get_preset(args.preset)
     if args.max_steps:
         settings["sft"]["max_steps"] = args.max_steps
@@ -456,7 +507,13 @@ def _cli_sft(args) -> int:
 
 
 def _cli_reward(args) -> int:
+    from minifm.peft import PeftModel
+
     policy, tokenizer = _load_policy(args.model)
+    if isinstance(policy, PeftModel):
+        # a prompt/prefix/adapter-tuned policy: the reward model starts from its transformer alone
+        # (the adapter shapes generation; the reward head reads the plain network)
+        policy = policy.unload()
     settings = get_preset(args.preset)
     if args.max_steps:
         settings["reward"]["max_steps"] = args.max_steps
@@ -470,12 +527,8 @@ def _cli_reward(args) -> int:
 
 
 def _cli_ppo(args) -> int:
-    from minifm.checkpoint import load_checkpoint
-
     policy, tokenizer = _load_policy(args.model)
-    reward_backbone, _ = _load_policy(args.reward_model)
-    reward_model = RewardModel(reward_backbone)
-    load_checkpoint(args.reward_model, reward_model)
+    reward_model = _load_reward_model(args.reward_model)
     settings = get_preset(args.preset)
     overrides = {"advantage_estimator": "grpo" if args.grpo else "gae"}
     if args.num_iterations:
@@ -489,6 +542,8 @@ def _cli_ppo(args) -> int:
 
 
 def _cli_dpo(args) -> int:
+    from minifm.peft import apply_peft_from_args
+
     policy, tokenizer = _load_policy(args.model)
     settings = get_preset(args.preset)
     if args.max_steps:
@@ -497,7 +552,8 @@ def _cli_dpo(args) -> int:
         settings["dpo"]["beta"] = args.beta
     if args.loss_type:
         settings["dpo"]["loss_type"] = args.loss_type
-    trained, metrics = dpo_stage(policy, tokenizer, args.out, settings)
+    trained, metrics = dpo_stage(policy, tokenizer, args.out, settings,
+                                 wrap=lambda copy: apply_peft_from_args(copy, args, tokenizer=tokenizer))
     _save_policy(trained, tokenizer, args.out)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -505,6 +561,8 @@ def _cli_dpo(args) -> int:
 
 def add_post_training_commands(subparsers) -> None:
     """Register `sft`, `reward`, `ppo` and `dpo` on an argparse subparsers object (minifm/cli.py calls this)."""
+    from minifm.peft import add_peft_arguments
+
     def common(parser, needs_model_help: str):
         parser.add_argument("--model", required=True, help=needs_model_help)
         parser.add_argument("--out", required=True, help="output run directory")
@@ -513,6 +571,7 @@ def add_post_training_commands(subparsers) -> None:
     parser = subparsers.add_parser("sft", help="supervised fine-tuning on tinyworld instructions")
     common(parser, "run directory of a pre-trained GPT (model.safetensors, config.json, tokenizer.json)")
     parser.add_argument("--max-steps", type=int, default=None)
+    add_peft_arguments(parser)
     parser.set_defaults(func=_cli_sft)
 
     parser = subparsers.add_parser("reward", help="train a reward model on tinyworld preference pairs")
@@ -533,6 +592,7 @@ def add_post_training_commands(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--beta", type=float, default=None)
     parser.add_argument("--loss-type", choices=["sigmoid", "hinge", "ipo"], default=None)
+    add_peft_arguments(parser)
     parser.set_defaults(func=_cli_dpo)
 
 

@@ -503,4 +503,8 @@ def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a minifm.nn.Module, got {type(model).__name__}")
+    if isinstance(model, PeftModel):
+        raise ValueError(f"model is already a PeftModel (method {model.peft_type!r}); stacking PEFT methods is "
+                         f"not supported: use add_adapter() for a second adapter of the same method, or "
+                         f"merge_and_unload() a LoRA/IA3 model first")
     return PeftModel(model, peft_config, adapter_name=adapter_name, tokenizer=tokenizer, rng=rng)

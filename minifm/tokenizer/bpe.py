@@ -259,6 +259,13 @@ class BPETokenizer:
             raise ValueError(f"allowed_special names tokens that are not special tokens: {unknown}")
         return allowed
 
+    def __getstate__(self) -> dict:
+        """copy.deepcopy support: the compiled encoders are a cache (rebuilt on first use), not state.
+        (Nothing in minifm pickles a tokenizer; save() writes JSON.)"""
+        state = dict(self.__dict__)
+        state["_encoders"] = {}
+        return state
+
     def _encoder(self):
         path = "reference" if compiled("bpe") is None else "compiled"
         if path not in self._encoders:

@@ -208,6 +208,17 @@ def test_save_load_round_trip(tmp_path_factory, tokenizer, text):
     assert loaded.encode(text, allowed_special="all") == tokenizer.encode(text, allowed_special="all")
 
 
+def test_deepcopy_after_encoding_gives_an_equal_independent_tokenizer(kernel_path, tokenizer):
+    # the compiled encoder cached by the first encode() cannot be copied; a deep copy rebuilds it
+    import copy
+
+    text = "Mara lives in the red house. 你好 🙂"
+    ids = tokenizer.encode(text)
+    clone = copy.deepcopy(tokenizer)
+    assert clone is not tokenizer and clone.merges == tokenizer.merges
+    assert clone.encode(text) == ids
+
+
 def _tamper(data, how):
     if how == "merge id":
         data["merges"][3][0] = data["merges"][3][1] + 1 if data["merges"][3][1] + 1 != data["merges"][3][0] else 0

@@ -1,4 +1,6 @@
 """Post-training lifecycle helpers: standard errors, loading a pre-training run, the held-out comparison."""
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,103 @@ def test_evaluate_policies_pairs_every_policy_on_the_same_prompts(tiny_policy):
     assert same["kl_to_sft"] == pytest.approx(0.0, abs=1e-6)
     assert sft["ground_truth_reward_se"] >= 0.0 and -2.0 <= sft["ground_truth_reward"] <= 1.2
     assert table["best_of_n"]["kl_to_sft"] == pytest.approx(np.log(2) - 0.5)
+
+
+# ---------------------------------------------------------------- `minifm sft|dpo --peft ...` files
+
+PEFT_CONFIGS = {
+    "lora": dict(r=4, target_modules=["q_proj", "v_proj"]),
+    "ia3": dict(),
+    "adapter": dict(reduction_factor=4),
+    "prompt": dict(num_virtual_tokens=3),
+    "prefix": dict(num_virtual_tokens=3),
+}
+
+
+def _peft_config(method):
+    from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
+
+    classes = {"lora": LoraConfig, "ia3": IA3Config, "adapter": AdapterConfig, "prompt": PromptTuningConfig,
+               "prefix": PrefixTuningConfig}
+    return classes[method](**PEFT_CONFIGS[method])
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_CONFIGS))
+def test_a_saved_peft_policy_loads_back_with_the_same_outputs(tiny_policy, tmp_path, method):
+    import copy
+
+    from minifm import no_grad
+    from minifm.peft import PeftModel, get_peft_model
+
+    model, tokenizer = tiny_policy
+    policy = get_peft_model(copy.deepcopy(model), _peft_config(method), rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for param in policy.parameters():
+        if param.requires_grad:  # move the adapter away from its output-preserving initialisation
+            param.data[...] += rng.normal(0.0, 0.3, size=param.shape).astype(param.dtype)
+    ids = np.array([tokenizer.encode("Mara lives in the red house")])
+    policy.eval()
+    with no_grad():
+        expected = policy(ids).numpy()
+        base_logits = model(ids).numpy()
+    assert not np.allclose(expected, base_logits, atol=1e-4), "the perturbed adapter must change the outputs"
+
+    lp._save_policy(policy, tokenizer, tmp_path)
+    merged = method in ("lora", "ia3")
+    assert json.loads((tmp_path / "peft.json").read_text()) == {"method": method, "merged": merged}
+    assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
+    loaded, _ = lp._load_policy(tmp_path)
+    assert isinstance(loaded, PeftModel) != merged
+    loaded.eval()
+    with no_grad():
+        np.testing.assert_allclose(loaded(ids).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _pretraining_run(model, tokenizer, directory):
+    from dataclasses import asdict
+
+    from minifm.checkpoint import save_checkpoint
+
+    save_checkpoint(directory, model, config={"model": {"arch": "gpt", "config": asdict(model.config)}})
+    tokenizer.save(directory / "tokenizer.json")
+    return directory
+
+
+@pytest.mark.slow
+def test_cli_sft_and_dpo_with_peft_train_only_the_adapter(tiny_policy, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from minifm import cli
+    from minifm.peft import PeftModel
+
+    model, tokenizer = tiny_policy
+    base_dir = _pretraining_run(model, tokenizer, tmp_path / "pre")
+    before = load_file(str(base_dir / "model.safetensors"))
+
+    assert cli.main(["sft", "--model", str(base_dir), "--out", str(tmp_path / "sft"), "--preset", "tiny",
+                     "--max-steps", "3", "--peft", "prompt", "--num-virtual-tokens", "4"]) == 0
+    # prompt tuning cannot be merged: the base weights are written back bit-identical, beside the prompt
+    after = load_file(str(tmp_path / "sft" / "model.safetensors"))
+    assert set(after) == set(before)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    adapter = load_file(str(tmp_path / "sft" / "adapter_model.safetensors"))
+    assert {name: array.shape for name, array in adapter.items()} == {"prompt_encoder.weight": (4, model.config.n_embd)}
+
+    # stacking a second method on an unmerged adapter is refused with a clear message
+    capsys.readouterr()
+    assert cli.main(["dpo", "--model", str(tmp_path / "sft"), "--out", str(tmp_path / "bad"), "--preset", "tiny",
+                     "--max-steps", "2", "--peft", "lora"]) == 2
+    assert "already a PeftModel (method 'prompt')" in capsys.readouterr().err
+
+    assert cli.main(["dpo", "--model", str(base_dir), "--out", str(tmp_path / "dpo"), "--preset", "tiny",
+                     "--max-steps", "3", "--peft", "lora", "--lora-r", "2"]) == 0
+    adapter = load_file(str(tmp_path / "dpo" / "adapter_model.safetensors"))
+    assert adapter and all("lora_A" in name or "lora_B" in name for name in adapter)
+    assert any(np.any(array != 0) for name, array in adapter.items() if "lora_B" in name)  # B moved from zero
+    merged, _ = lp._load_policy(tmp_path / "dpo")
+    assert not isinstance(merged, PeftModel)
+    changed = [name for name, array in load_file(str(tmp_path / "dpo" / "model.safetensors")).items()
+               if not np.array_equal(array, before[name])]
+    # only the LoRA-targeted projections changed when the adapter was merged in
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
