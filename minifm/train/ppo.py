@@ -16,11 +16,32 @@ One iteration (`PPOTrainer.step`):
      advantages whitened over valid tokens;
   5. `num_ppo_epochs` passes over the batch in `num_mini_batches` shuffled mini-batches:
         loss = clipped_policy_loss(cliprange) + vf_coef * clipped_value_loss(cliprange_value)
-     one AdamW over policy and value parameters, gradient norm clipped to `max_grad_norm`;
+               [+ ptx_coef * NLL(demonstration mini-batch)]          (PPO-ptx, below)
+     one AdamW over policy and value parameters, gradient norm clipped to `max_grad_norm`
+     (the norm of the combined gradient);
   6. the adaptive KL controller (optional, `adaptive_kl`, `target_kl`, `kl_horizon`) updates kl_coef.
 Logged per iteration: mean learned reward (score), mean ground-truth reward (when a ground-truth
 function is given), KL (per sequence, summed over tokens), entropy (mean per token), clip fraction,
-value loss, approximate KL of each epoch, kl_coef, response length.
+value loss, approximate KL of each epoch, kl_coef, response length, and the PPO-ptx loss.
+
+PPO-ptx (InstructGPT, Ouyang et al. 2022, eq. 2) maximises
+
+    E_{(x, y) ~ policy} [ r(x, y) - beta log(policy(y|x) / ref(y|x)) ]  +  gamma E_{x ~ D} [ log policy(x) ]
+
+where beta is the KL coefficient (`kl_coef`) and gamma, the "ptx" (pre-training mix) coefficient, is
+`ptx_coef`: how strongly the policy keeps predicting the text of a data set D while it chases the
+reward. gamma = 0 is plain PPO. As a loss to minimise, every PPO mini-batch update adds
+
+    ptx_coef * mean over completion tokens of -log policy(token | earlier tokens)
+
+on the next mini-batch of `ptx_batch_size` demonstrations. InstructGPT took D = GPT-3's pre-training
+data and reported gamma = 27.8 (its loss scales differ from minifm's, so the number does not carry
+over). minifm uses the SFT demonstrations instead ({"prompt", "completion"} chats, completion-only
+labels, minifm.train.sft's encode/collate/loss), the usual small-scale variant: the failure PPO-ptx
+fixes here is not forgetting pre-training text but the policy drifting off correct answers while it
+learns the reward model's style preference, and the demonstrations are exactly the correct answers
+(the reward model, which judges facts poorly, cannot hold them in place). It plays the role of
+DPO's RPO term (minifm.train.dpo, `rpo_alpha`).
 
 GRPO (`advantage_estimator="grpo"`): each prompt is sampled `num_generations` times; the advantage
 of every token of a completion is its score's group-relative value (rl_math.group_relative_advantages);
@@ -43,7 +64,7 @@ import numpy as np
 from minifm.autograd.grad_mode import no_grad
 from minifm.autograd.tensor import Tensor
 from minifm.nn.module import Module
-from minifm.train import rl_math
+from minifm.train import rl_math, sft
 
 ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 
@@ -104,6 +125,8 @@ class PPOConfig:
     advantage_estimator: str = "gae"
     num_generations: int = 4
     max_grad_norm: float = 1.0
+    ptx_coef: float = 0.0            # PPO-ptx: weight of the demonstrations' NLL in the loss (InstructGPT's gamma)
+    ptx_batch_size: int = 16         # demonstrations per PPO mini-batch update (PPO-ptx)
     seed: int = 0
 
     def __post_init__(self):
@@ -121,6 +144,10 @@ class PPOConfig:
             raise ValueError(f"GRPO needs num_generations >= 2, got {self.num_generations}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.ptx_coef >= 0:
+            raise ValueError(f"ptx_coef must be >= 0, got {self.ptx_coef}")
+        if self.ptx_batch_size < 1:
+            raise ValueError(f"ptx_batch_size must be >= 1, got {self.ptx_batch_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,10 +172,13 @@ class PPOTrainer:
     ground_truth_fn   optional callable (prompt_indices (N,), responses list of token lists) -> (N,)
                       scores, logged only (never optimised).
     stop_token_id     the token that ends a response (<|end|>); pad_token_id fills after it.
+    ptx_examples      demonstrations for PPO-ptx (needed when config.ptx_coef > 0): (input_ids, labels)
+                      pairs of 1-D int arrays, labels -100 outside the completion, as
+                      minifm.train.sft.encode_sft_examples returns them.
     """
 
     def __init__(self, config: PPOConfig, policy, reward_fn, prompts, *, value_model=None, ref_policy=None,
-                 stop_token_id: int, pad_token_id: int, ground_truth_fn=None):
+                 stop_token_id: int, pad_token_id: int, ground_truth_fn=None, ptx_examples=None):
         from minifm.optim import AdamW
 
         self.config = config
@@ -178,6 +208,15 @@ class PPOTrainer:
         self.kl_controller = (rl_math.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else rl_math.FixedKLController(config.kl_coef))
         self.rng = np.random.default_rng(config.seed)
+        self.ptx_examples = list(ptx_examples) if ptx_examples is not None else []
+        self.ptx_batches = None  # endless shuffled mini-batches of demonstrations (PPO-ptx only)
+        if config.ptx_coef > 0:
+            if not self.ptx_examples:
+                raise ValueError(f"ptx_coef={config.ptx_coef} needs ptx_examples= (SFT-encoded demonstrations)")
+            # a random stream of its own, so that PPO-ptx leaves the rollout and mini-batch draws unchanged
+            ptx_rng = np.random.default_rng([config.seed, 1])
+            self.ptx_batches = sft.shuffled_batches(self.ptx_examples, config.ptx_batch_size)(ptx_rng)
+        self.ptx_max_length = block_size  # demonstrations longer than the context are truncated
         self.iteration = 0
         self.history: list[dict] = []
 
@@ -239,6 +278,19 @@ class PPOTrainer:
         return {"kl": kl, "rewards": rewards, "advantages": advantages, "returns": returns}
 
     # ------------------------------------------------------------------ optimisation
+    def ptx_loss(self, examples=None) -> Tensor:
+        """PPO-ptx's language-modelling term: mean NLL per completion token of a mini-batch of
+        demonstrations under the policy (minifm.train.sft.sft_loss). `examples` defaults to the next
+        `ptx_batch_size` demonstrations of the shuffled stream."""
+        if examples is None:
+            examples = next(self.ptx_batches)
+        longest = max(ids.size for ids, _ in examples)
+        max_length = max(1, longest - 1)  # rows as wide as the longest demonstration, not the whole context
+        if self.ptx_max_length is not None:
+            max_length = min(max_length, self.ptx_max_length)
+        inputs, targets, mask = sft.collate(examples, max_length, self.pad_token_id)  # (b, L) each
+        return sft.sft_loss(self.policy, inputs, targets, mask)
+
     def minibatch_loss(self, batch: dict, targets: dict, rows: np.ndarray) -> tuple[Tensor, dict]:
         config = self.config
         sequences, attention_mask = batch["sequences"][rows], batch["attention_mask"][rows]
@@ -260,6 +312,10 @@ class PPOTrainer:
             kl_term = rl_math.masked_mean(k3, mask)
             loss = loss + config.kl_coef * kl_term
             stats["kl_loss"] = float(kl_term.item())
+        if config.ptx_coef > 0:  # PPO-ptx
+            ptx_term = self.ptx_loss()
+            loss = loss + config.ptx_coef * ptx_term
+            stats["ptx_loss"] = float(ptx_term.item())
         return loss, stats
 
     def step(self) -> dict:
@@ -308,6 +364,7 @@ class PPOTrainer:
             "policy_loss": epoch_stats[-1]["policy_loss"],
             "value_loss": epoch_stats[-1].get("value_loss"),
             "vf_clipfrac": epoch_stats[-1].get("vf_clipfrac"),
+            "ptx_loss": epoch_stats[-1].get("ptx_loss"),  # None without PPO-ptx
             "approxkl_per_epoch": [s["approxkl"] for s in epoch_stats],
             "response_length": float(mask.sum(axis=1).mean()),
             "ended_fraction": float(np.mean(batch["ended"])),
