@@ -59,3 +59,16 @@ def test_embedding_gathers_rows_and_scatter_adds(data, ids_shape, vocab):
     F.embedding(mf.tensor(ids), table).sum().backward()
     counts = np.bincount(ids.ravel(), minlength=vocab)
     np.testing.assert_allclose(table.grad, np.repeat(counts[:, None], 3, axis=1))
+
+
+@pytest.mark.parametrize("ids_shape", [(0,), (2, 0), (16, 64)])
+def test_embedding_backward_sums_like_add_at(rng, ids_shape):
+    """The grouped (sort + reduceat) backward equals np.add.at's scatter-add, also for no ids at all."""
+    vocab, dim = 37, 5
+    ids = rng.integers(0, vocab, size=ids_shape)
+    table = mf.tensor(rng.standard_normal((vocab, dim)), requires_grad=True, dtype=np.float64)
+    upstream = rng.standard_normal((*ids_shape, dim))
+    F.embedding(mf.tensor(ids), table).backward(upstream)
+    expected = np.zeros((vocab, dim))
+    np.add.at(expected, ids.ravel(), upstream.reshape(-1, dim))
+    np.testing.assert_allclose(table.grad, expected, rtol=1e-12, atol=1e-12)

@@ -103,7 +103,12 @@ class Linear(Function):
 
 
 class Embedding(Function):
-    """out = weight[ids]; backward scatter-adds rows of the gradient into the used rows of weight."""
+    """out = weight[ids]; backward adds each gradient row into the row of weight it was looked up from.
+
+    Backward groups equal ids instead of calling `np.add.at` (which handles one index at a time and
+    took ~0.6-1 ms for the tiny GPT's 1024 x 64 gradient): a stable sort brings the rows of each id
+    together, `np.add.reduceat` sums every run in one call, and the sums land in their rows.
+    """
 
     @staticmethod
     def forward(ctx, ids, weight):
@@ -119,6 +124,13 @@ class Embedding(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad_weight = np.zeros(ctx.weight_shape, dtype=grad.dtype)
-        np.add.at(grad_weight, ctx.ids.ravel(), grad.reshape(-1, ctx.weight_shape[1]))
+        grad_weight = np.zeros(ctx.weight_shape, dtype=grad.dtype)  # (vocab, dim)
+        ids = ctx.ids.ravel()  # (N,)
+        if ids.size == 0:
+            return None, grad_weight
+        rows = grad.reshape(-1, ctx.weight_shape[1])  # (N, dim)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        run_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each id
+        grad_weight[sorted_ids[run_starts]] = np.add.reduceat(rows[order], run_starts, axis=0)  # (unique ids, dim)
         return None, grad_weight
