@@ -12,6 +12,8 @@
     bpe.py            <-> csrc/bpe.pyx            BPE merge training (incremental pair counts) and
                                                    piece encoding by merge rank
     activations.py    <-> csrc/activations.pyx    exact (erf) GELU forward and backward in one pass each
+    normalization.py  <-> csrc/normalization.pyx  LayerNorm over the last axis, forward and backward,
+                                                   one pass per row with sums in double
     threads.py                                     one thread budget for OpenMP and BLAS; serial
                                                    execution below a size threshold
     csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)

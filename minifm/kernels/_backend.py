@@ -32,6 +32,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "sampling",
     "bpe",
     "activations",
+    "normalization",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.autograd.function import Function
+from minifm.kernels import normalization as normalization_kernels
 
 
 def _check_affine(x, weight, bias, name):
@@ -28,29 +29,27 @@ def _row_sum(a: np.ndarray) -> np.ndarray:
 
 
 class LayerNorm(Function):
+    """Fused LayerNorm; the arithmetic lives in minifm.kernels.normalization (NumPy reference + Cython twin)."""
+
     @staticmethod
     def forward(ctx, x, weight=None, bias=None, eps=1e-5):
         _check_affine(x, weight, bias, "layer_norm")
-        mean = x.mean(axis=-1, keepdims=True)
-        centered = x - mean
-        var = np.mean(centered * centered, axis=-1, keepdims=True)
-        inv_std = 1.0 / np.sqrt(var + eps)  # (..., 1)
-        xhat = centered * inv_std
-        ctx.xhat, ctx.inv_std, ctx.weight = xhat, inv_std, weight
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)  # integer input: normalise in float64, as NumPy's mean would
+        rows = x.reshape(-1, x.shape[-1])  # (N, D)
+        out, xhat, inv_std = normalization_kernels.layer_norm_forward(rows, weight, bias, eps)
+        ctx.xhat, ctx.inv_std, ctx.weight = xhat, inv_std, weight  # (N, D), (N,), (D,) or None
         ctx.has_bias = bias is not None
-        out = xhat * weight if weight is not None else xhat.copy()
-        if bias is not None:
-            out += bias
-        return out.astype(x.dtype, copy=False)
+        return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        xhat, weight = ctx.xhat, ctx.weight
-        g = grad * weight if weight is not None else grad
-        dx = (g - g.mean(axis=-1, keepdims=True) - xhat * np.mean(g * xhat, axis=-1, keepdims=True)) * ctx.inv_std
-        dweight = _row_sum(grad * xhat) if weight is not None and ctx.needs_input_grad[1] else None
-        dbias = _row_sum(grad) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx.astype(grad.dtype, copy=False), dweight, dbias, None
+        features = grad.shape[-1]
+        want_weight = ctx.weight is not None and ctx.needs_input_grad[1]
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        dx, dweight, dbias = normalization_kernels.layer_norm_backward(
+            grad.reshape(-1, features), ctx.xhat, ctx.inv_std, ctx.weight, want_weight, want_bias)
+        return dx.reshape(grad.shape), dweight, dbias, None
 
 
 class RMSNorm(Function):
