@@ -19,6 +19,9 @@ from minifm.kernels import attention as kernels
 class FlashAttention(Function):
     @staticmethod
     def forward(ctx, q, k, v, scale=None, causal=False, q_offset=0, key_mask=None):
+        # The heads usually arrive as transposed views of (B, T, H, D) projections; the kernel needs
+        # (B, H, T, D) contiguous. Copy once here and save the copies, so backward copies nothing.
+        q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
         out, lse = kernels.attention_forward(q, k, v, scale=scale, causal=causal, q_offset=q_offset, key_mask=key_mask)
         ctx.saved = (q, k, v, out, lse)
         ctx.options = dict(scale=scale, causal=causal, q_offset=q_offset, key_mask=key_mask)
