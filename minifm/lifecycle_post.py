@@ -37,7 +37,8 @@ from minifm.train.dpo import DPOConfig, train_dpo
 from minifm.train.ppo import PPOConfig, PPOTrainer, ValueModel, response_logprobs
 from minifm.train.reward import RewardConfig, RewardModel, evaluate_reward_model, train_reward_model
 from minifm.train.sft import (
-    END_TOKEN, PAD_TOKEN, SFTConfig, decode_response, evaluate_instructions, prompt_ids, special_id, train_sft,
+    END_TOKEN, PAD_TOKEN, SFTConfig, decode_response, encode_sft_examples, evaluate_instructions, prompt_ids,
+    special_id, train_sft,
 )
 
 PRESETS = {
@@ -46,7 +47,7 @@ PRESETS = {
         "sft": {"max_steps": 30, "per_device_train_batch_size": 16, "learning_rate": 2e-3},
         "reward": {"max_steps": 20, "per_device_train_batch_size": 16, "learning_rate": 1e-3},
         "ppo": {"num_iterations": 3, "batch_size": 16, "response_length": 16, "num_ppo_epochs": 2,
-                "learning_rate": 3e-5, "kl_coef": 0.3},
+                "learning_rate": 3e-5, "kl_coef": 0.3, "ptx_coef": 0.1},
         "dpo": {"max_steps": 10, "per_device_train_batch_size": 16, "learning_rate": 1e-4},
         "best_of_n": 4, "max_new_tokens": 16, "eval_samples": 1,
     },
@@ -105,6 +106,14 @@ def _log(log, message: str) -> None:
         log(message)
 
 
+def _sft_train_tasks(preset: dict, tokenizer, policy) -> list[dict]:
+    """tinyworld's train instructions that SFT learns from (and PPO-ptx keeps the policy close to)."""
+    from minifm.data import tinyworld
+
+    return fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer,
+                   context_length(policy), preset["max_new_tokens"])
+
+
 # ---------------------------------------------------------------------- stages
 def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
     """SFT in place on tinyworld's train instructions; accuracy before and after on held-out prompts."""
@@ -112,8 +121,7 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
 
     preset = _stage_settings(preset, policy)
     block, new_tokens = context_length(policy), preset["max_new_tokens"]
-    train_tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer, block,
-                          new_tokens)
+    train_tasks = _sft_train_tasks(preset, tokenizer, policy)
     eval_tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, block, new_tokens)
     before = evaluate_instructions(policy, tokenizer, eval_tasks, preset["max_new_tokens"])
     _log(log, f"sft: held-out accuracy before {before['accuracy']:.3f}")
@@ -157,7 +165,9 @@ def _ground_truth_fn(tokenizer, prompts: list[str]):
 
 
 def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=print, **overrides):
-    """PPO from a copy of the SFT policy; returns (policy, history, metrics)."""
+    """PPO from a copy of the SFT policy; returns (policy, history, metrics).
+
+    With ptx_coef > 0 (PPO-ptx) the SFT stage's training demonstrations enter the loss as an NLL term."""
     from minifm.checkpoint import save_checkpoint
     from minifm.data import tinyworld
 
@@ -167,10 +177,12 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
     prompts = [task["prompt"] for task in tasks]
     policy = _trainable(sft_policy)
     value_model = ValueModel.from_reward_model(reward_model) if config.advantage_estimator == "gae" else None
+    ptx_examples = (encode_sft_examples(tokenizer, _sft_train_tasks(preset, tokenizer, sft_policy))
+                    if config.ptx_coef > 0 else None)
     trainer = PPOTrainer(config, policy, reward_model, [prompt_ids(tokenizer, p) for p in prompts],
                          value_model=value_model, ref_policy=sft_policy,
                          stop_token_id=special_id(tokenizer, END_TOKEN), pad_token_id=special_id(tokenizer, PAD_TOKEN),
-                         ground_truth_fn=_ground_truth_fn(tokenizer, prompts))
+                         ground_truth_fn=_ground_truth_fn(tokenizer, prompts), ptx_examples=ptx_examples)
     started = time.perf_counter()
     stage_dir = Path(run_dir) / config.advantage_estimator.replace("gae", "ppo")
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -178,9 +190,10 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
         def record(row):
             handle.write(json.dumps(row) + "\n")
             handle.flush()
+            ptx = f" ptx {row['ptx_loss']:.3f}" if row["ptx_loss"] is not None else ""
             _log(log, f"{row['stage']} {row['iteration']:3d}: reward {row['reward_mean']:+.3f} "
                       f"ground truth {row['ground_truth_reward_mean']:+.3f} kl {row['kl']:.3f} "
-                      f"entropy {row['entropy']:.3f} clipfrac {row['clipfrac']:.3f}")
+                      f"entropy {row['entropy']:.3f} clipfrac {row['clipfrac']:.3f}{ptx}")
         history = trainer.train(log=record)
     save_checkpoint(stage_dir, policy, config=policy.config)
     metrics = {"seconds": time.perf_counter() - started, "iterations": len(history), "config": config.to_dict()}
@@ -535,6 +548,8 @@ def _cli_ppo(args) -> int:
         overrides["num_iterations"] = args.num_iterations
     if args.kl_coef is not None:
         overrides["kl_coef"] = args.kl_coef
+    if args.ptx_coef is not None:
+        overrides["ptx_coef"] = args.ptx_coef
     trained, history, metrics = ppo_stage(policy, reward_model, tokenizer, args.out, settings, **overrides)
     _save_policy(trained, tokenizer, args.out)
     print(json.dumps({**metrics, "last": history[-1]}, indent=2))
@@ -584,6 +599,8 @@ def add_post_training_commands(subparsers) -> None:
     parser.add_argument("--reward-model", required=True, help="run directory written by `minifm reward`")
     parser.add_argument("--num-iterations", type=int, default=None)
     parser.add_argument("--kl-coef", type=float, default=None)
+    parser.add_argument("--ptx-coef", type=float, default=None,
+                        help="PPO-ptx: weight of the SFT demonstrations' NLL in the loss (0 = plain PPO)")
     parser.add_argument("--grpo", action="store_true", help="group-relative advantages, no value model")
     parser.set_defaults(func=_cli_ppo)
 

@@ -72,6 +72,39 @@ def test_evaluate_policies_pairs_every_policy_on_the_same_prompts(tiny_policy):
     assert table["best_of_n"]["kl_to_sft"] == pytest.approx(np.log(2) - 0.5)
 
 
+def test_ppo_stage_with_ptx_mixes_in_the_sft_demonstrations(tiny_policy, tmp_path, monkeypatch):
+    from minifm.train import ppo
+    from minifm.train.reward import RewardModel
+    from minifm.train.sft import encode_sft_examples
+
+    model, tokenizer = tiny_policy
+    model.eval()
+    reward_model = RewardModel.from_policy(model)
+    reward_model.eval()
+    preset = lp.get_preset("tiny")
+    assert preset["ppo"]["ptx_coef"] > 0  # CI's smoke run exercises PPO-ptx
+    seen = {}
+    original_init = ppo.PPOTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen["ptx_examples"] = kwargs.get("ptx_examples")
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "__init__", spy)
+    _, history, metrics = lp.ppo_stage(model, reward_model, tokenizer, tmp_path, preset, log=None,
+                                       num_iterations=1, batch_size=4, response_length=6, ptx_batch_size=4)
+    expected = encode_sft_examples(tokenizer, lp._sft_train_tasks(preset, tokenizer, model))
+    assert len(seen["ptx_examples"]) == len(expected) > 0
+    for (ids, labels), (want_ids, want_labels) in zip(seen["ptx_examples"], expected):
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(labels, want_labels)
+    assert history[0]["ptx_loss"] is not None and np.isfinite(history[0]["ptx_loss"])
+    assert metrics["config"]["ptx_coef"] == preset["ppo"]["ptx_coef"]
+    _, history, _ = lp.ppo_stage(model, reward_model, tokenizer, tmp_path, preset, log=None, num_iterations=1,
+                                 batch_size=4, response_length=6, ptx_coef=0.0)
+    assert seen["ptx_examples"] is None and history[0]["ptx_loss"] is None
+
+
 # ---------------------------------------------------------------- `minifm sft|dpo --peft ...` files
 
 PEFT_CONFIGS = {
