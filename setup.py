@@ -35,6 +35,11 @@ def _compiler_accepts(flags: list[str], source: str) -> bool:
         return result.returncode == 0
 
 
+# Extra flags for single kernels. adam: sqrt without errno, so GCC can vectorise the update loop
+# (the moments are never negative; no kernel reads errno).
+PER_KERNEL_COMPILE_ARGS = {"adam": ["-fno-math-errno"]}
+
+
 def _extensions():
     if os.environ.get("MINIFM_NO_CYTHON") == "1":
         print("minifm: MINIFM_NO_CYTHON=1, building the pure NumPy package", file=sys.stderr)
@@ -67,7 +72,7 @@ def _extensions():
             f"minifm.kernels._{pyx.stem}",
             [str(pyx.relative_to(HERE))],
             include_dirs=[numpy.get_include(), str(HERE / "csrc")],
-            extra_compile_args=compile_args,
+            extra_compile_args=compile_args + PER_KERNEL_COMPILE_ARGS.get(pyx.stem, []),
             extra_link_args=link_args,
             define_macros=macros,
         )

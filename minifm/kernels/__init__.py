@@ -14,6 +14,7 @@
     activations.py    <-> csrc/activations.pyx    exact (erf) GELU forward and backward in one pass each
     normalization.py  <-> csrc/normalization.pyx  LayerNorm over the last axis, forward and backward,
                                                    one pass per row with sums in double
+    adam.py           <-> csrc/adam.pyx           one Adam / AdamW parameter update in one pass
     threads.py                                     one thread budget for OpenMP and BLAS; serial
                                                    execution below a size threshold
     csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)

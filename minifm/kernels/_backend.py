@@ -33,6 +33,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "bpe",
     "activations",
     "normalization",
+    "adam",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -6,18 +6,18 @@ For each parameter w with gradient g, at step t (starting at 1):
     m = beta1 * m + (1 - beta1) * g                  first moment
     v = beta2 * v + (1 - beta2) * g^2                second moment
     w = w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-Moments ("exp_avg", "exp_avg_sq") are kept in the parameter's dtype and updated in place, with one
-scratch array per update, so a step allocates almost nothing.
+Moments ("exp_avg", "exp_avg_sq") are kept in the parameter's dtype and updated in place. The update
+itself is `minifm.kernels.adam.adam_update`: a NumPy reference (one scratch array per update) and a
+compiled twin that makes one pass per parameter.
 
 `param_groups_for_weight_decay(model, weight_decay)` builds the usual two AdamW groups: decay on
 weight matrices, none on biases, normalisation weights and embeddings (GPT-2 / nanoGPT practice).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from minifm.kernels import adam as adam_kernels
 from minifm.optim.optimizer import Optimizer
 
 
@@ -40,28 +40,9 @@ class Adam(Optimizer):
             state["exp_avg"] = np.zeros_like(weight)
             state["exp_avg_sq"] = np.zeros_like(weight)
         state["step"] += 1
-        step = state["step"]
-        if weight_decay != 0:
-            if self.decoupled_weight_decay:
-                weight *= weight.dtype.type(1 - lr * weight_decay)
-            else:
-                grad = grad + weight.dtype.type(weight_decay) * weight
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        dtype = weight.dtype.type
-        exp_avg *= dtype(beta1)
-        exp_avg += dtype(1 - beta1) * grad  # m = b1 m + (1 - b1) g
-        exp_avg_sq *= dtype(beta2)
-        scratch = np.multiply(grad, grad)
-        scratch *= dtype(1 - beta2)
-        exp_avg_sq += scratch  # v = b2 v + (1 - b2) g^2
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-        np.sqrt(exp_avg_sq, out=scratch)
-        scratch *= dtype(1.0 / bias_correction2_sqrt)
-        scratch += dtype(eps)  # denominator
-        np.divide(exp_avg, scratch, out=scratch)
-        scratch *= dtype(lr / bias_correction1)
-        weight -= scratch
+        # the arithmetic (one pass per parameter when compiled) lives in minifm.kernels.adam
+        adam_kernels.adam_update(weight, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1,
+                                 beta2, eps, weight_decay, self.decoupled_weight_decay)
 
 
 class AdamW(Adam):
