@@ -3,6 +3,7 @@
     config.py          LoraConfig, AdapterConfig, PromptTuningConfig, PrefixTuningConfig, IA3Config
     model.py           get_peft_model(model, config) -> PeftModel (freezes the base, injects the method)
     lora.py            LoRA: W x + (alpha / r) B A x, merge / unmerge
+    trainable_tokens.py  LoraConfig(trainable_token_indices=...): train a few embedding rows (tied head too)
     adapters.py        Houlsby bottleneck adapters after attention and/or the MLP
     prompt_tuning.py   a learned soft prompt fed through inputs_embeds
     prefix_tuning.py   learned per-layer key/value prefixes through the attention prefix_kv hook

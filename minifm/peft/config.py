@@ -2,7 +2,7 @@
 
 Names and defaults follow Hugging Face PEFT where PEFT has the method:
   LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=None, bias="none", use_rslora=False,
-             modules_to_save=None)
+             modules_to_save=None, trainable_token_indices=None)
   PromptTuningConfig(num_virtual_tokens, prompt_tuning_init="RANDOM"|"TEXT", prompt_tuning_init_text)
   PrefixTuningConfig(num_virtual_tokens, prefix_projection=False, encoder_hidden_size)
   IA3Config(target_modules, feedforward_modules)
@@ -22,12 +22,36 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 PEFT_TYPES = ("lora", "adapter", "prompt", "prefix", "ia3")
 
 
 def _check_positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_token_indices(value):
+    """None, a list of ids (the input embedding) or {embedding name: list of ids}; ranges are checked
+    against the model in get_peft_model (minifm/peft/trainable_tokens.py)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        value = list(value)
+    lists = value.values() if isinstance(value, dict) else [value]
+    if isinstance(value, dict) and (not value or not all(isinstance(key, str) for key in value)):
+        raise ValueError(f"trainable_token_indices as a dict needs module-name keys, got {value!r}")
+    for ids in lists:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple)) or not ids:
+            raise ValueError(f"trainable_token_indices must be a non-empty list of token ids or a dict of them, "
+                             f"got {value!r}")
+        for token in ids:
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or token < 0:
+                raise ValueError(f"trainable_token_indices must hold non-negative integer token ids, got {token!r}")
+    if isinstance(value, dict):
+        return {key: [int(token) for token in ids] for key, ids in value.items()}
+    return [int(token) for token in value]  # plain ints: JSON-serialisable in adapter_config.json
 
 
 def _check_targets(name: str, value) -> None:
@@ -75,7 +99,10 @@ class PeftConfig:
 
 @dataclass
 class LoraConfig(PeftConfig):
-    """LoRA: W x + (alpha / r) * B A x with A (r, in) Kaiming-uniform and B (out, r) zero."""
+    """LoRA: W x + (alpha / r) * B A x with A (r, in) Kaiming-uniform and B (out, r) zero.
+
+    trainable_token_indices (PEFT >= 0.15): token ids whose embedding rows also train (a list for the
+    input embedding, or {embedding name: ids}); see minifm/peft/trainable_tokens.py."""
 
     peft_type_name = "lora"
     r: int = 8
@@ -86,9 +113,11 @@ class LoraConfig(PeftConfig):
     use_rslora: bool = False
     modules_to_save: list[str] | None = None
     init_lora_weights: bool = True
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding to train
 
     def __post_init__(self):
         self.peft_type = "lora"
+        self.trainable_token_indices = _check_token_indices(self.trainable_token_indices)
         _check_positive_int("r", self.r)
         if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")

@@ -1,8 +1,9 @@
 """Saving and loading one adapter alone: `adapter_model.safetensors` + `adapter_config.json`.
 
 These are PEFT's file names. The safetensors file holds only the adapter's parameters (LoRA A/B,
-IA3 vectors, bottleneck adapters, the soft prompt or prefix encoder, plus any trainable biases or
-modules_to_save), keyed by their dotted name with the adapter name removed — a few KB to MB instead
+LoRA's trainable token rows — only the k selected rows (k, d), key `<embedding>.trainable_tokens_delta`,
+never the whole table —, IA3 vectors, bottleneck adapters, the soft prompt or prefix encoder, plus any
+trainable biases or modules_to_save), keyed by their dotted name with the adapter name removed — a few KB to MB instead
 of the whole model. Loading needs the same base model: `load_adapter` adds the adapter from the
 config and copies the saved arrays in, checking names and shapes. Writes are atomic (temporary file
 + rename), and nothing is unpickled.

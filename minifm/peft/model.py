@@ -3,7 +3,8 @@
 `get_peft_model` freezes every base parameter (requires_grad=False, so no gradient and no optimizer
 state is ever made for them) and then
   * LoRA / IA3 / bottleneck adapters: replaces the targeted Linear layers in place by wrappers
-    (minifm/peft/lora.py, ia3.py, adapters.py) — the model's own forward then runs them;
+    (minifm/peft/lora.py, ia3.py, adapters.py) — the model's own forward then runs them; LoRA's
+    trainable_token_indices also wraps the token embedding (minifm/peft/trainable_tokens.py);
   * prompt tuning: keeps a soft prompt and feeds [soft prompt ; token embeddings] as `inputs_embeds`;
   * prefix tuning: computes per-layer key/value prefixes and sets every attention module's
     `prefix_kv` hook for the duration of each forward call.
@@ -38,6 +39,7 @@ from minifm.peft.lora import LoraLinear
 from minifm.peft.prefix_tuning import PrefixEncoder
 from minifm.peft.prompt_tuning import PromptEmbedding, init_prompt_embedding
 from minifm.peft.targeting import find_linear_targets, name_matches
+from minifm.peft.trainable_tokens import TrainableTokensEmbedding, resolve_token_targets
 
 DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
 DEFAULT_IA3_TARGETS = ["k_proj", "v_proj", "fc_out", "down_proj"]
@@ -128,6 +130,8 @@ class PeftModel(Module):
         if isinstance(peft_config, LoraConfig):
             self._inject(adapter_name, peft_config, peft_config.target_modules or DEFAULT_LORA_TARGETS,
                          lambda base, name: LoraLinear(base, self.rng))
+            if peft_config.trainable_token_indices is not None:
+                self._inject_trainable_tokens(adapter_name, peft_config.trainable_token_indices)
         elif isinstance(peft_config, IA3Config):
             targets = peft_config.target_modules or DEFAULT_IA3_TARGETS
             feedforward = peft_config.feedforward_modules or DEFAULT_IA3_FEEDFORWARD
@@ -168,6 +172,17 @@ class PeftModel(Module):
                 elif config.bias == "all" and name and getattr(module, "bias", None) is not None \
                         and not isinstance(module, TunerLayer) and hasattr(module.bias, "requires_grad"):
                     module.bias.requires_grad = True
+
+    def _inject_trainable_tokens(self, adapter_name: str, trainable_token_indices) -> None:
+        """Wrap the selected embedding(s) so that the rows at the given token ids train (a tied output
+        head reads the same rows through the wrapper's `weight`; minifm/peft/trainable_tokens.py)."""
+        targets = resolve_token_targets(self.base_model, trainable_token_indices, find_token_embedding(self.base_model))
+        for name, indices in targets.items():
+            module = self.base_model.get_submodule(name)
+            if not isinstance(module, TrainableTokensEmbedding):
+                module = TrainableTokensEmbedding(module)
+                self.base_model.set_submodule(name, module)
+            module.add_adapter(adapter_name, indices, module_name=f"embedding {name!r}")
 
     def _apply_modules_to_save(self, config: PeftConfig) -> None:
         if not config.modules_to_save:
@@ -490,7 +505,8 @@ class _SoftPromptEmbedding(Module):
 
 
 def _is_adapter_param(parts: list[str]) -> bool:
-    return any(part in ("lora_A", "lora_B", "ia3_l", "adapters", "prompt_encoder") for part in parts)
+    return any(part in ("lora_A", "lora_B", "ia3_l", "adapters", "prompt_encoder", "trainable_tokens_delta")
+               for part in parts)
 
 
 def get_peft_model(model: Module, peft_config: PeftConfig, adapter_name: str = "default", tokenizer=None,
