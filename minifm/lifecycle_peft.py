@@ -2,7 +2,8 @@
 
 Starting from the same pre-trained GPT each time, it fine-tunes on tinyworld's instruction
 examples (the chat format, loss on the answer only: minifm.train.sft) with
-    full fine-tuning, LoRA r = 1, 4, 16, bottleneck adapters, prompt tuning, prefix tuning and IA3,
+    full fine-tuning, LoRA r = 1, 4, 16 (each also training the embedding rows of the chat special
+    tokens, `trainable_token_indices`), bottleneck adapters, prompt tuning, prefix tuning and IA3,
 every run with the same data order, batch size and number of steps (each method at its own learning
 rate, since PEFT methods usually want a larger one), then answers the held-out prompts greedily and
 grades them with tinyworld's grader. For each run it records
@@ -44,10 +45,14 @@ class PeftStageConfig:
     max_new_tokens: int = 16
     warmup_steps: int = 5
     lora_targets: tuple = ("q_proj", "v_proj")
+    lora_alpha_per_rank: float = 2.0   # lora_alpha = 2 r
+    # chat special tokens whose (input and tied output) embedding rows the LoRA runs also train:
+    # they never occur in pre-training (docs/peft.md); () = LoRA on the projections alone
+    lora_trainable_tokens: tuple = ("<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
     num_virtual_tokens: int = 8
     reduction_factor: int = 16
     lr_full: float = 2e-3
-    lr_lora: float = 1e-2
+    lr_lora: float = 5e-3
     lr_adapter: float = 1e-2
     lr_prompt: float = 3e-2
     lr_prefix: float = 1e-2
@@ -61,19 +66,48 @@ PRESETS = {
 }
 
 
-def method_specs(config: PeftStageConfig) -> list[tuple[str, object, float]]:
-    """(run name, PEFT config or None for full fine-tuning, learning rate) of the eight runs."""
+def method_specs(config: PeftStageConfig, token_ids=()) -> list[tuple[str, object, float]]:
+    """(run name, PEFT config or None for full fine-tuning, learning rate) of the eight runs.
+
+    `token_ids`: ids whose embedding rows the LoRA runs also train (trainable_token_indices); empty = none."""
     targets = list(config.lora_targets)
+    tokens = [int(i) for i in token_ids] or None
+
+    def lora(r: int) -> LoraConfig:
+        return LoraConfig(r=r, lora_alpha=config.lora_alpha_per_rank * r, target_modules=targets,
+                          trainable_token_indices=tokens)
+
     return [
         ("full", None, config.lr_full),
-        ("lora_r1", LoraConfig(r=1, lora_alpha=2, target_modules=targets), config.lr_lora),
-        ("lora_r4", LoraConfig(r=4, lora_alpha=8, target_modules=targets), config.lr_lora),
-        ("lora_r16", LoraConfig(r=16, lora_alpha=32, target_modules=targets), config.lr_lora),
+        ("lora_r1", lora(1), config.lr_lora),
+        ("lora_r4", lora(4), config.lr_lora),
+        ("lora_r16", lora(16), config.lr_lora),
         ("adapter", AdapterConfig(reduction_factor=config.reduction_factor), config.lr_adapter),
         ("prompt", PromptTuningConfig(num_virtual_tokens=config.num_virtual_tokens), config.lr_prompt),
         ("prefix", PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens), config.lr_prefix),
         ("ia3", IA3Config(), config.lr_ia3),
     ]
+
+
+def describe(name: str, peft_config, config: PeftStageConfig) -> str:
+    """The table's words for one run, e.g. "LoRA r=16 (q, v) + 5 special-token rows"."""
+    if peft_config is None:
+        return "full fine-tuning"
+    if isinstance(peft_config, LoraConfig):
+        short = ", ".join(t.replace("_proj", "") for t in config.lora_targets)
+        text = f"LoRA r={peft_config.r} ({short}), alpha {peft_config.lora_alpha:g}"
+        if peft_config.trainable_token_indices:
+            text += f" + {len(peft_config.trainable_token_indices)} special-token rows"
+        return text
+    return {"adapter": f"bottleneck adapter (rf {config.reduction_factor})",
+            "prompt": f"prompt tuning (P={config.num_virtual_tokens})",
+            "prefix": f"prefix tuning (P={config.num_virtual_tokens})", "ia3": "IA3"}.get(name, name)
+
+
+def special_token_ids(tokenizer, names) -> list[int]:
+    """Ids of the special tokens `names` that `tokenizer` has (in the given order)."""
+    specials = getattr(tokenizer, "special_tokens", {})
+    return [int(specials[name]) for name in names if name in specials]
 
 
 def fresh_copy(model):
@@ -138,9 +172,13 @@ def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int
     encoded = encode_sft_examples(tokenizer, train_examples)
     pad_id = special_id(tokenizer, PAD_TOKEN)
     base_total = sum(p.size for p in model.parameters())
+    token_ids = special_token_ids(tokenizer, config.lora_trainable_tokens)
+    if config.lora_trainable_tokens:
+        log(f"[peft] LoRA runs also train the embedding rows of {list(config.lora_trainable_tokens)} "
+            f"(ids {token_ids}; tokens the tokenizer lacks are skipped)")
 
     rows = []
-    for name, peft_config, learning_rate in method_specs(config):
+    for name, peft_config, learning_rate in method_specs(config, token_ids):
         candidate = fresh_copy(model)
         if peft_config is not None:
             candidate = get_peft_model(candidate, peft_config, rng=np.random.default_rng(seed))
@@ -152,6 +190,7 @@ def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int
         losses = result.losses()
         row = {
             "method": name,
+            "setting": describe(name, peft_config, config),
             "trainable_params": trainable,
             "trainable_fraction": trainable / base_total,
             "accuracy": evaluation["accuracy"],
@@ -192,19 +231,19 @@ def lora_verdict(rows: list[dict]) -> dict:
     accuracy_ratio = lora["accuracy"] / full["accuracy"] if full["accuracy"] > 0 else float("nan")
     param_ratio = lora["trainable_params"] / full["trainable_params"]
     met = bool(accuracy_ratio >= 0.9 and param_ratio < 0.05)
-    summary = (f"LoRA r=16 reached {lora['accuracy']:.3f} vs full fine-tuning {full['accuracy']:.3f} "
+    summary = (f"{lora.get('setting', 'LoRA r=16')} reached {lora['accuracy']:.3f} vs full fine-tuning {full['accuracy']:.3f} "
                f"({100 * accuracy_ratio:.0f}% of it) with {100 * param_ratio:.2f}% of its trainable parameters: "
                f"target (>= 90% with < 5%) {'met' if met else 'NOT met'}")
     return {"accuracy_ratio": accuracy_ratio, "param_ratio": param_ratio, "met": met, "summary": summary}
 
 
 def results_table(rows: list[dict]) -> str:
-    lines = ["| method | trainable params | % of model | held-out accuracy | GT reward | train loss | "
+    lines = ["| method | setting | trainable params | % of model | held-out accuracy | GT reward | train loss | "
              "wall time (s) | optimizer memory |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['method']} | {row['trainable_params']:,d} | {100 * row['trainable_fraction']:.3f}% | "
+            f"| {row['method']} | {row.get('setting', row['method'])} | {row['trainable_params']:,d} | {100 * row['trainable_fraction']:.3f}% | "
             f"{row['accuracy']:.3f} | {row['mean_ground_truth_reward']:.3f} | {row['train_loss']:.3f} | "
             f"{row['wall_time_s']:.1f} | {_human_bytes(row['optimizer_bytes'])} |")
     return "\n".join(lines)

@@ -29,7 +29,10 @@ def test_stage_runs_every_method_and_accounts_honestly(tmp_path, tokenizer):
     total = sum(p.size for p in model.parameters())
     assert rows["full"]["trainable_params"] == total
     assert rows["lora_r1"]["trainable_params"] < rows["lora_r4"]["trainable_params"] < rows["lora_r16"]["trainable_params"]
-    assert rows["lora_r4"]["trainable_params"] == 4 * rows["lora_r1"]["trainable_params"]
+    # LoRA's count is r (in + out) per target plus one d-wide row per chat special token (trainable_token_indices)
+    token_rows = len(PRESETS["tiny"].lora_trainable_tokens) * model.config.n_embd
+    assert token_rows > 0 and "5 special-token rows" in rows["lora_r16"]["setting"]
+    assert rows["lora_r4"]["trainable_params"] - token_rows == 4 * (rows["lora_r1"]["trainable_params"] - token_rows)
     for row in rows.values():
         # AdamW keeps two float32 moments for each trainable parameter and nothing for frozen ones
         assert row["optimizer_bytes"] == 2 * 4 * row["trainable_params"], row["method"]
@@ -45,8 +48,9 @@ def test_stage_runs_every_method_and_accounts_honestly(tmp_path, tokenizer):
 
 def test_lora_verdict_arithmetic():
     rows = [{"method": "full", "accuracy": 0.8, "trainable_params": 1000},
-            {"method": "lora_r16", "accuracy": 0.76, "trainable_params": 49}]
+            {"method": "lora_r16", "accuracy": 0.76, "trainable_params": 49, "setting": "LoRA r=16 + 5 special-token rows"}]
     verdict = lora_verdict(rows)
     assert verdict["met"] and abs(verdict["accuracy_ratio"] - 0.95) < 1e-12
+    assert verdict["summary"].startswith("LoRA r=16 + 5 special-token rows reached 0.760")
     rows[1]["trainable_params"] = 50
     assert not lora_verdict(rows)["met"]
