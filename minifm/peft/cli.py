@@ -7,7 +7,8 @@
 
 Flag names mirror the config fields (PEFT's names with dashes): --lora-r, --lora-alpha,
 --lora-dropout, --target-modules, --use-rslora, --reduction-factor, --num-virtual-tokens,
---prefix-projection, --prompt-init-text.
+--prefix-projection, --prompt-init-text, --trainable-token-indices (LoRA: comma-separated token ids
+whose embedding rows also train).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def add_peft_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--use-rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
     group.add_argument("--target-modules", default=None,
                        help="comma-separated layer names, 'all-linear', or a regex (LoRA / IA3)")
+    group.add_argument("--trainable-token-indices", default=None,
+                       help="LoRA: comma-separated token ids whose embedding rows also train (e.g. the chat tokens)")
     group.add_argument("--reduction-factor", type=int, default=16, help="bottleneck adapter d / m (default 16)")
     group.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt / prefix length (default 20)")
     group.add_argument("--prefix-projection", action="store_true", help="prefix tuning through an MLP")
@@ -45,6 +48,15 @@ def _targets(value: str | None):
     return value  # a regular expression
 
 
+def _token_ids(value: str | None):
+    if value is None:
+        return None
+    try:
+        return [int(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--trainable-token-indices must be comma-separated integers, got {value!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> PeftConfig | None:
     method = getattr(args, "peft", "none") or "none"
     if method == "none":
@@ -52,7 +64,8 @@ def config_from_args(args: argparse.Namespace) -> PeftConfig | None:
     if method == "lora":
         alpha = args.lora_r if args.lora_alpha is None else args.lora_alpha
         return LoraConfig(r=args.lora_r, lora_alpha=alpha, lora_dropout=args.lora_dropout,
-                          target_modules=_targets(args.target_modules), use_rslora=args.use_rslora)
+                          target_modules=_targets(args.target_modules), use_rslora=args.use_rslora,
+                          trainable_token_indices=_token_ids(getattr(args, "trainable_token_indices", None)))
     if method == "adapter":
         return AdapterConfig(reduction_factor=args.reduction_factor)
     if method == "prompt":

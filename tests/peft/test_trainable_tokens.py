@@ -201,3 +201,17 @@ def test_second_adapter_with_other_rows_and_set_adapter(rng):
     assert not wrapper.trainable_tokens_delta["default"].requires_grad
     peft_model.delete_adapter("default")
     assert wrapper.adapter_names() == ["other"] and list(wrapper.token_indices) == ["other"]
+
+
+def test_command_line_flag(capsys):
+    import argparse
+
+    from minifm.peft import add_peft_arguments, apply_peft_from_args
+
+    parser = add_peft_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--peft", "lora", "--lora-r", "2", "--trainable-token-indices", "3,5"])
+    peft_model = apply_peft_from_args(tiny_gpt(), args)
+    assert peft_model.base_model.wte.token_indices == {"default": [3, 5]}
+    assert peft_model.get_nb_trainable_parameters()[0] == 2 * 2 * lora_parameter_count(16, 16, 2) + 2 * 16
+    with pytest.raises(ValueError, match="--trainable-token-indices must be comma-separated integers, got 'a,1'"):
+        apply_peft_from_args(tiny_gpt(), parser.parse_args(["--peft", "lora", "--trainable-token-indices", "a,1"]))
