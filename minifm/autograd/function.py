@@ -27,7 +27,8 @@ from minifm.autograd.grad_mode import is_grad_enabled
 class Context:
     """Scratch space shared by one forward call and its backward call."""
 
-    needs_input_grad: tuple[bool, ...]
+    # set by Function.apply; empty when a forward is called directly on arrays (no backward follows)
+    needs_input_grad: tuple[bool, ...] = ()
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

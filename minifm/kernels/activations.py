@@ -9,9 +9,12 @@ The math, with Phi the standard normal CDF and phi its density:
     gelu(x)   = x * Phi(x),          Phi(x) = erfc(-x / sqrt 2) / 2
     backward: dx = dy * (Phi(x) + x * phi(x)),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
 
+`gelu_with_derivative` returns the output and dy/dx = Phi(x) + x phi(x) from one pass, for
+training (the backward becomes one multiply at the cost of one stored activation-sized array).
+
 Phi is written with erfc rather than (1 + erf) / 2 so that it keeps its relative precision for
-negative x (1 + erf(x) cancels to 0 long before Phi underflows). Backward takes x, not a saved
-Phi: recomputing is cheaper than storing another activation-sized array. Any shape; the output has
+negative x (1 + erf(x) cancels to 0 long before Phi underflows). `gelu_backward` takes x, not
+a saved Phi: recomputing costs no memory. Any shape; the output has
 x's shape and dtype (float32 or float64).
 """
 from __future__ import annotations
@@ -48,6 +51,14 @@ def gelu_backward_reference(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return (dy * (_normal_cdf(x) + x * density)).astype(x.dtype, copy=False)
 
 
+def gelu_with_derivative_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x * Phi(x), Phi(x) + x phi(x)), elementwise, in x's dtype: the output and its derivative."""
+    _check_float(x, "x")
+    cdf = _normal_cdf(x)
+    density = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return (x * cdf).astype(x.dtype, copy=False), (cdf + x * density).astype(x.dtype, copy=False)
+
+
 def _check_pair(x, dy) -> None:
     _check_float(x, "x")
     _check_float(dy, "dy")
@@ -80,3 +91,19 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     dx = np.empty_like(flat_x)
     kernel.gelu_backward(flat_x, flat_dy, dx)
     return dx.reshape(x.shape)
+
+
+def gelu_with_derivative(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gelu(x), d gelu / dx) in one pass; the compiled kernel when available.
+
+    For training: the autograd node keeps the derivative (one more activation-sized array) and its
+    backward is dy * derivative, instead of recomputing Phi(x) from x (an erfc and two exps).
+    """
+    kernel = compiled("activations")
+    if kernel is None:
+        return gelu_with_derivative_reference(x)
+    _check_float(x, "x")
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out, dydx = np.empty_like(flat), np.empty_like(flat)
+    kernel.gelu_forward_with_derivative(flat, out, dydx)
+    return out.reshape(x.shape), dydx.reshape(x.shape)

@@ -106,3 +106,24 @@ def test_bad_inputs_raise_clear_errors(kernel_path):
         act.gelu_backward(np.zeros(3), np.zeros(2))
     with pytest.raises(TypeError, match="dy dtype float32 must equal x dtype float64"):
         act.gelu_backward(np.zeros(3), np.zeros(3, dtype=np.float32))
+
+
+@given(x=activations_arrays(), seed=st.integers(0, 2**31 - 1))
+def test_output_with_derivative_matches_the_float64_reference(x, seed):
+    """gelu_with_derivative: the same output as gelu, and dy * derivative as accurate as gelu_backward."""
+    dy = np.random.default_rng(seed).standard_normal(x.shape).astype(x.dtype)
+    truth_grad = act.gelu_backward_reference(x.astype(np.float64), dy.astype(np.float64))
+    with compiled_path("activations"):
+        y, dydx = act.gelu_with_derivative(x)
+        np.testing.assert_array_equal(y, act.gelu(x))
+    assert dydx.shape == x.shape and dydx.dtype == x.dtype
+    tolerance = 1e-12 if x.dtype == np.float64 else 6e-7
+    np.testing.assert_allclose(dy * dydx, truth_grad, rtol=tolerance,
+                               atol=tolerance * float(np.max(np.abs(dy), initial=0)))
+
+
+def test_reference_output_with_derivative_is_output_and_backward(rng):
+    x = rng.uniform(-8, 8, size=(5, 9))
+    y, dydx = act.gelu_with_derivative_reference(x)
+    np.testing.assert_array_equal(y, act.gelu_reference(x))
+    np.testing.assert_allclose(dydx, act.gelu_backward_reference(x, np.ones_like(x)), rtol=1e-15, atol=1e-300)

@@ -275,7 +275,11 @@ class Gelu(Function):
             inner = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
             ctx.t = np.tanh(inner)
             return (0.5 * x * (1 + ctx.t)).astype(x.dtype, copy=False)
-        return gelu_kernels.gelu(x)  # fused kernel; backward recomputes Phi(x) from x
+        if ctx.needs_input_grad and ctx.needs_input_grad[0]:
+            # training: one fused pass also yields dy/dx, so backward is a single multiply
+            out, ctx.dydx = gelu_kernels.gelu_with_derivative(x)
+            return out
+        return gelu_kernels.gelu(x)  # fused kernel
 
     @staticmethod
     def backward(ctx, grad):
@@ -285,7 +289,10 @@ class Gelu(Function):
             d_inner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
             local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * d_inner
             return (grad * local).astype(grad.dtype, copy=False)
-        return gelu_kernels.gelu_backward(x, np.asarray(grad, dtype=x.dtype))
+        dydx = getattr(ctx, "dydx", None)
+        if dydx is None:  # forward ran without needing the gradient: recompute Phi(x) from x
+            return gelu_kernels.gelu_backward(x, np.asarray(grad, dtype=x.dtype))
+        return np.asarray(grad, dtype=x.dtype) * dydx
 
 
 class Silu(Function):
