@@ -215,3 +215,30 @@ def test_command_line_flag(capsys):
     assert peft_model.get_nb_trainable_parameters()[0] == 2 * 2 * lora_parameter_count(16, 16, 2) + 2 * 16
     with pytest.raises(ValueError, match="--trainable-token-indices must be comma-separated integers, got 'a,1'"):
         apply_peft_from_args(tiny_gpt(), parser.parse_args(["--peft", "lora", "--trainable-token-indices", "a,1"]))
+
+
+@pytest.mark.parametrize("arch", ["bert", "t5"])
+def test_tied_heads_of_bert_and_t5_use_the_rows(rng, arch):
+    """BERT's MLM head and T5's output head read the embedding's weight: they see the trained rows."""
+    from minifm.models import BERT, BERTConfig, T5, T5Config
+
+    def make():
+        if arch == "bert":
+            return BERT(BERTConfig(vocab_size=23, block_size=16, n_layer=1, n_head=2, n_embd=8, dtype="float64", seed=1))
+        return T5(T5Config(vocab_size=23, block_size=16, n_layer=1, n_head=2, n_embd=8, dtype="float64", seed=2))
+
+    def logits(model, ids):
+        if arch == "bert":
+            return model.mlm_logits(model(ids)).data
+        return model(ids, ids).data
+
+    ids = random_ids(rng, 2, 5, vocab=23)
+    ids[:, 0] = 4
+    peft_model = get_peft_model(make(), LoraConfig(r=2, target_modules="all-linear", trainable_token_indices=[4, 9]))
+    np.testing.assert_array_equal(logits(peft_model, ids), logits(make(), ids))
+    embedding_name = "wte" if arch == "bert" else "shared"
+    rows = getattr(peft_model.base_model, embedding_name).trainable_tokens_delta["default"]
+    rows.data[...] += rng.standard_normal(rows.shape)
+    reference = make()
+    getattr(reference, embedding_name).weight.data[[4, 9]] = rows.data
+    np.testing.assert_array_equal(logits(peft_model, ids), logits(reference, ids))
