@@ -37,6 +37,7 @@ cdef void _forward_row(const real* x, real* xhat, real* y, const real* weight, c
                        Py_ssize_t d, double eps, real* inv_std) noexcept nogil:
     cdef Py_ssize_t j
     cdef double mean, var, scale
+    cdef real scale_r, normalised
     if real is float:
         mean = vec.sum_f(x, d) / d
         vec.shift_f(x, xhat, d, <float>mean)  # xhat = x - mean
@@ -47,20 +48,27 @@ cdef void _forward_row(const real* x, real* xhat, real* y, const real* weight, c
         var = vec.dot_d(xhat, xhat, d) / d
     scale = 1.0 / sqrt(var + eps)
     inv_std[0] = <real>scale
-    for j in range(d):
-        xhat[j] = <real>(xhat[j] * scale)
-    if weight != NULL and bias != NULL:
+    scale_r = <real>scale
+    if weight != NULL and bias != NULL:  # one pass: scale the centred row, then the affine map
         for j in range(d):
-            y[j] = xhat[j] * weight[j] + bias[j]
+            normalised = xhat[j] * scale_r
+            xhat[j] = normalised
+            y[j] = normalised * weight[j] + bias[j]
     elif weight != NULL:
         for j in range(d):
-            y[j] = xhat[j] * weight[j]
+            normalised = xhat[j] * scale_r
+            xhat[j] = normalised
+            y[j] = normalised * weight[j]
     elif bias != NULL:
         for j in range(d):
-            y[j] = xhat[j] + bias[j]
+            normalised = xhat[j] * scale_r
+            xhat[j] = normalised
+            y[j] = normalised + bias[j]
     else:
         for j in range(d):
-            y[j] = xhat[j]
+            normalised = xhat[j] * scale_r
+            xhat[j] = normalised
+            y[j] = normalised
 
 
 cdef void _backward_row(const real* dy, const real* xhat, const real* weight, real inv_std,
