@@ -2,8 +2,10 @@
 """Cython twin of minifm/kernels/attention.py (references: attention_forward_reference,
 attention_backward_reference): flash-style scaled dot-product attention.
 
-Layout: q (B, H, Tq, D), k and v (B, Hkv, Tk, D), all C-contiguous; query head h reads kv head
-h // (H // Hkv). Nothing of size Tq x Tk is ever allocated: each thread owns a few tiles of
+Layout: q (B, H, Tq, D), k and v (B, Hkv, Tk, D); query head h reads kv head h // (H // Hkv).
+Every array needs only its last axis contiguous: consecutive rows (T) of a head are `row stride`
+elements apart and consecutive heads `head stride` apart, so the usual transposed views of
+(B, T, H, D) projections are read and written in place (row stride H * D), with no copies. Nothing of size Tq x Tk is ever allocated: each thread owns a few tiles of
 BLOCK_Q x BLOCK_K scores and walks the key axis block by block.
 
 Forward, per (batch, head) pair (prange) and per block of BLOCK_Q query rows:
@@ -84,6 +86,7 @@ cdef inline void _mask_row(real* s_row, Py_ssize_t allowed, Py_ssize_t width,
 
 
 cdef void _forward_head(const real* q, const real* k, const real* v, real* out, real* lse,
+                        Py_ssize_t ldq, Py_ssize_t ldk, Py_ssize_t ldv, Py_ssize_t ldo,
                         Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale, bint causal,
                         Py_ssize_t q_offset, const uint8_t* key_mask,
                         real* scores, real* acc, double* run_max, double* run_sum) noexcept nogil:
@@ -104,8 +107,8 @@ cdef void _forward_head(const real* q, const real* k, const real* v, real* out, 
         for key_block in range((key_end + BLOCK_K - 1) // BLOCK_K):
             j0 = key_block * BLOCK_K
             width = min(<Py_ssize_t>BLOCK_K, key_end - j0)
-            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * d, <int>d,
-                  k + j0 * d, <int>d, 0.0, scores, BLOCK_K)
+            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * ldq, <int>ldq,
+                  k + j0 * ldk, <int>ldk, 0.0, scores, BLOCK_K)
             for r in range(rows):
                 s_row = scores + r * BLOCK_K
                 allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
@@ -132,63 +135,36 @@ cdef void _forward_head(const real* q, const real* k, const real* v, real* out, 
                 run_sum[r] = run_sum[r] * alpha + total
                 run_max[r] = new_max
             _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, BLOCK_K,
-                  v + j0 * d, <int>d, 1.0, acc, <int>d)
+                  v + j0 * ldv, <int>ldv, 1.0, acc, <int>d)
         for r in range(rows):
             if run_sum[r] > 0:
                 for c in range(d):
-                    out[(i0 + r) * d + c] = <real>(acc[r * d + c] / run_sum[r])
+                    out[(i0 + r) * ldo + c] = <real>(acc[r * d + c] / run_sum[r])
                 lse[i0 + r] = <real>(run_max[r] + log(run_sum[r]))
             else:
                 for c in range(d):
-                    out[(i0 + r) * d + c] = 0
+                    out[(i0 + r) * ldo + c] = 0
                 lse[i0 + r] = -INFINITY
 
 
-def attention_forward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, const real[:, :, :, ::1] v,
-                      real[:, :, :, ::1] out, real[:, :, ::1] lse, double scale, bint causal,
-                      Py_ssize_t q_offset, const uint8_t[:, ::1] key_mask=None):
-    """Fill out (B, H, Tq, D) and lse (B, H, Tq); shapes are validated by the Python wrapper."""
-    cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
-    cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
-    cdef Py_ssize_t pair, b, h, g
-    cdef bint has_mask = key_mask is not None
-    cdef const uint8_t* mask_row
-    cdef real* scores
-    cdef real* acc
-    cdef double* run_max
-    cdef double* run_sum
-    if batch * heads * tq * d == 0:
-        return
-    with nogil:
-        for pair in prange(batch * heads, schedule="dynamic",
-                           num_threads=vec.threads_for(batch * heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
-            b = pair // heads
-            h = pair % heads
-            g = h // group
-            scores = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
-            acc = <real*>malloc(BLOCK_Q * d * sizeof(real))
-            run_max = <double*>malloc(BLOCK_Q * sizeof(double))
-            run_sum = <double*>malloc(BLOCK_Q * sizeof(double))
-            mask_row = &key_mask[b, 0] if has_mask and tk > 0 else NULL
-            _forward_head(&q[b, h, 0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
-                          &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, 0, 0], &lse[b, h, 0],
-                          tq, tk, d, <real>scale, causal, q_offset, mask_row,
-                          scores, acc, run_max, run_sum)
-            free(scores)
-            free(acc)
-            free(run_max)
-            free(run_sum)
+cdef struct Layout:
+    # element distances in one (B, heads, T, D) array whose last axis is contiguous
+    Py_ssize_t row   # between consecutive positions (T) of a head
+    Py_ssize_t head  # between consecutive heads
 
 
 cdef void _backward_group(const real* q, const real* k, const real* v, const real* out, const real* lse,
                           const real* dout, real* dq, real* dk, real* dv,
-                          Py_ssize_t group, Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale,
+                          Layout lq, Layout lk, Layout lv, Layout lo, Layout ldo, Layout ldq, Layout ldk,
+                          Layout ldv, Py_ssize_t group, Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale,
                           bint causal, Py_ssize_t q_offset, const uint8_t* key_mask,
                           real* probs, real* dprobs, double* delta) noexcept nogil:
     """Gradients for one kv head and the `group` query heads that read it.
-    q, out, dout, dq point at the first query head of the group (heads are tq * d apart)."""
-    cdef Py_ssize_t gh, query_block, key_block, i0, j0, r, c, rows, width, allowed, head_stride = tq * d
+    q, out, dout, dq point at the first query head of the group (the others follow at their head strides);
+    lse is (group, tq) contiguous."""
+    cdef Py_ssize_t gh, query_block, key_block, i0, j0, r, c, rows, width, allowed
     cdef const real* qh
+    cdef const real* oh
     cdef const real* doh
     cdef const real* lseh
     cdef real* dqh
@@ -196,30 +172,28 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
     cdef real* dp_row
     cdef double row_lse
     for gh in range(group):
-        qh = q + gh * head_stride
-        doh = dout + gh * head_stride
-        lseh = lse + gh * tq
-        dqh = dq + gh * head_stride
+        oh = out + gh * lo.head
+        doh = dout + gh * ldo.head
         for r in range(tq):
             if real is float:
-                delta[gh * tq + r] = vec.dot_f(doh + r * d, out + gh * head_stride + r * d, d)
+                delta[gh * tq + r] = vec.dot_f(doh + r * ldo.row, oh + r * lo.row, d)
             else:
-                delta[gh * tq + r] = vec.dot_d(doh + r * d, out + gh * head_stride + r * d, d)
+                delta[gh * tq + r] = vec.dot_d(doh + r * ldo.row, oh + r * lo.row, d)
     for key_block in range((tk + BLOCK_K - 1) // BLOCK_K):
         j0 = key_block * BLOCK_K
         width = min(<Py_ssize_t>BLOCK_K, tk - j0)
         for gh in range(group):
-            qh = q + gh * head_stride
-            doh = dout + gh * head_stride
+            qh = q + gh * lq.head
+            doh = dout + gh * ldo.head
             lseh = lse + gh * tq
-            dqh = dq + gh * head_stride
+            dqh = dq + gh * ldq.head
             for query_block in range((tq + BLOCK_Q - 1) // BLOCK_Q):
                 i0 = query_block * BLOCK_Q
                 rows = min(<Py_ssize_t>BLOCK_Q, tq - i0)
                 if causal and i0 + rows - 1 + q_offset < j0:
                     continue  # every query of this block is before every key of this block
-                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, qh + i0 * d, <int>d,
-                      k + j0 * d, <int>d, 0.0, probs, BLOCK_K)
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, qh + i0 * lq.row, <int>lq.row,
+                      k + j0 * lk.row, <int>lk.row, 0.0, probs, BLOCK_K)
                 for r in range(rows):
                     p_row = probs + r * BLOCK_K
                     row_lse = lseh[i0 + r]
@@ -235,10 +209,10 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                         vec.exp_affine_d(p_row, p_row, width, row_lse, 1.0, 0.0)
                 # dV_j += P^T dO_i
                 _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, probs, BLOCK_K,
-                      doh + i0 * d, <int>d, 1.0, dv + j0 * d, <int>d)
+                      doh + i0 * ldo.row, <int>ldo.row, 1.0, dv + j0 * ldv.row, <int>ldv.row)
                 # dP = dO_i V_j^T
-                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, 1.0, doh + i0 * d, <int>d,
-                      v + j0 * d, <int>d, 0.0, dprobs, BLOCK_K)
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, 1.0, doh + i0 * ldo.row, <int>ldo.row,
+                      v + j0 * lv.row, <int>lv.row, 0.0, dprobs, BLOCK_K)
                 for r in range(rows):
                     p_row = probs + r * BLOCK_K
                     dp_row = dprobs + r * BLOCK_K
@@ -250,16 +224,78 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                         vec.scale_d(dp_row, width, scale)
                 # dQ_i += dS K_j ;  dK_j += dS^T Q_i
                 _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, dprobs, BLOCK_K,
-                      k + j0 * d, <int>d, 1.0, dqh + i0 * d, <int>d)
+                      k + j0 * lk.row, <int>lk.row, 1.0, dqh + i0 * ldq.row, <int>ldq.row)
                 _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, dprobs, BLOCK_K,
-                      qh + i0 * d, <int>d, 1.0, dk + j0 * d, <int>d)
+                      qh + i0 * lq.row, <int>lq.row, 1.0, dk + j0 * ldk.row, <int>ldk.row)
 
 
-def attention_backward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, const real[:, :, :, ::1] v,
-                       const real[:, :, :, ::1] out, const real[:, :, ::1] lse, const real[:, :, :, ::1] dout,
-                       real[:, :, :, ::1] dq, real[:, :, :, ::1] dk, real[:, :, :, ::1] dv,
+cdef Layout _layout(Py_ssize_t* strides, Py_ssize_t* shape, Py_ssize_t itemsize, str name) except *:
+    """Row and head strides in elements of a (B, heads, T, D) memoryview whose last axis is contiguous.
+
+    A length-1 axis is never stepped along, so its stride (which NumPy leaves arbitrary) is replaced by
+    a valid one: BLAS needs a row stride of at least D.
+    """
+    cdef Layout layout
+    if shape[3] > 1 and strides[3] != itemsize:
+        raise ValueError(f"{name} must have its last axis contiguous, got a stride of {strides[3]} bytes")
+    layout.row = strides[2] // itemsize if shape[2] > 1 else shape[3]
+    layout.head = strides[1] // itemsize if shape[1] > 1 else shape[2] * layout.row
+    if layout.row < shape[3] or layout.head < 0 or strides[2] % itemsize or strides[1] % itemsize:
+        raise ValueError(f"{name} rows must be at least D = {shape[3]} elements apart, got row and head "
+                         f"strides of {strides[2]} and {strides[1]} bytes")
+    return layout
+
+
+def attention_forward(const real[:, :, :, :] q, const real[:, :, :, :] k, const real[:, :, :, :] v,
+                      real[:, :, :, :] out, real[:, :, ::1] lse, double scale, bint causal,
+                      Py_ssize_t q_offset, const uint8_t[:, ::1] key_mask=None):
+    """Fill out (B, H, Tq, D) and lse (B, H, Tq); shapes are validated by the Python wrapper.
+
+    q, k, v and out need only their last axis contiguous (see the module docstring)."""
+    cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
+    cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
+    cdef Py_ssize_t pair, b, h, g
+    cdef bint has_mask = key_mask is not None
+    cdef const uint8_t* mask_row
+    cdef real* scores
+    cdef real* acc
+    cdef double* run_max
+    cdef double* run_sum
+    cdef Layout lq, lk, lv, lo
+    if batch * heads * tq * d == 0:
+        return
+    lq = _layout(q.strides, q.shape, sizeof(real), "q")
+    lk = _layout(k.strides, k.shape, sizeof(real), "k")
+    lv = _layout(v.strides, v.shape, sizeof(real), "v")
+    lo = _layout(out.strides, out.shape, sizeof(real), "out")
+    with nogil:
+        for pair in prange(batch * heads, schedule="dynamic",
+                           num_threads=vec.threads_for(batch * heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
+            b = pair // heads
+            h = pair % heads
+            g = h // group
+            scores = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
+            acc = <real*>malloc(BLOCK_Q * d * sizeof(real))
+            run_max = <double*>malloc(BLOCK_Q * sizeof(double))
+            run_sum = <double*>malloc(BLOCK_Q * sizeof(double))
+            mask_row = &key_mask[b, 0] if has_mask and tk > 0 else NULL
+            _forward_head(&q[b, h, 0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
+                          &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, 0, 0], &lse[b, h, 0],
+                          lq.row, lk.row, lv.row, lo.row,
+                          tq, tk, d, <real>scale, causal, q_offset, mask_row,
+                          scores, acc, run_max, run_sum)
+            free(scores)
+            free(acc)
+            free(run_max)
+            free(run_sum)
+
+
+def attention_backward(const real[:, :, :, :] q, const real[:, :, :, :] k, const real[:, :, :, :] v,
+                       const real[:, :, :, :] out, const real[:, :, ::1] lse, const real[:, :, :, :] dout,
+                       real[:, :, :, :] dq, real[:, :, :, :] dk, real[:, :, :, :] dv,
                        double scale, bint causal, Py_ssize_t q_offset, const uint8_t[:, ::1] key_mask=None):
-    """Accumulate into dq, dk, dv (the wrapper passes them zero-filled)."""
+    """Accumulate into dq, dk, dv (the wrapper passes them zero-filled); every array except lse
+    needs only its last axis contiguous."""
     cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
     cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
     cdef Py_ssize_t pair, b, g
@@ -268,8 +304,17 @@ def attention_backward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, c
     cdef real* probs
     cdef real* dprobs
     cdef double* delta
+    cdef Layout lq, lk, lv, lo, ldo, ldq, ldk, ldv
     if batch * heads * tq * d * tk == 0:
         return
+    lq = _layout(q.strides, q.shape, sizeof(real), "q")
+    lk = _layout(k.strides, k.shape, sizeof(real), "k")
+    lv = _layout(v.strides, v.shape, sizeof(real), "v")
+    lo = _layout(out.strides, out.shape, sizeof(real), "out")
+    ldo = _layout(dout.strides, dout.shape, sizeof(real), "dout")
+    ldq = _layout(dq.strides, dq.shape, sizeof(real), "dq")
+    ldk = _layout(dk.strides, dk.shape, sizeof(real), "dk")
+    ldv = _layout(dv.strides, dv.shape, sizeof(real), "dv")
     with nogil:
         for pair in prange(batch * kv_heads, schedule="dynamic",
                            num_threads=vec.threads_for(batch * kv_heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
@@ -282,6 +327,7 @@ def attention_backward(const real[:, :, :, ::1] q, const real[:, :, :, ::1] k, c
             _backward_group(&q[b, g * group, 0, 0], &k[b, g, 0, 0], &v[b, g, 0, 0],
                             &out[b, g * group, 0, 0], &lse[b, g * group, 0], &dout[b, g * group, 0, 0],
                             &dq[b, g * group, 0, 0], &dk[b, g, 0, 0], &dv[b, g, 0, 0],
+                            lq, lk, lv, lo, ldo, ldq, ldk, ldv,
                             group, tq, tk, d, <real>scale, causal, q_offset, mask_row,
                             probs, dprobs, delta)
             free(probs)

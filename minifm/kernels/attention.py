@@ -2,7 +2,9 @@
 
 Compiled twin: csrc/attention.pyx (module minifm.kernels._attention), flash-style: tiled, online
 softmax, only the per-row log-sum-exp is saved and the scores are recomputed in backward, so the
-(B, H, Tq, Tk) score array is never allocated.
+(B, H, Tq, Tk) score array is never allocated. It reads q, k, v (and writes out, dq, dk, dv) in
+place when their last axis is contiguous, so the usual transposed views of (B, T, H, D) projections
+need no copies; its outputs are (B, H, T, D) views of (B, T, H, D) memory.
 
 Shapes: q (B, H, Tq, D); k, v (B, Hkv, Tk, D) with H a multiple of Hkv (grouped-query attention:
 query head h reads kv head h // (H // Hkv)). The math, per (batch, head):
@@ -25,8 +27,27 @@ from minifm.kernels._backend import compiled
 from minifm.kernels.threads import single_threaded_scipy_blas
 
 
+def _readable_in_place(x: np.ndarray) -> np.ndarray:
+    """x itself when the compiled kernel can read it as it is (last axis contiguous, rows at least D
+    elements apart, no negative strides: e.g. the (B, H, T, D) transposed view of a (B, T, H, D)
+    projection), else a C-contiguous copy."""
+    itemsize, (_, _, steps, head_dim) = x.itemsize, x.shape
+    fits = (all(stride >= 0 and stride % itemsize == 0 for stride in x.strides)
+            and (head_dim <= 1 or x.strides[3] == itemsize)
+            and (steps <= 1 or x.strides[2] >= head_dim * itemsize))
+    return x if fits else np.ascontiguousarray(x)
+
+
+def _heads_buffer(shape, dtype, zeroed: bool) -> np.ndarray:
+    """A (B, H, T, D) array laid out as (B, T, H, D) in memory: merging the heads back into
+    (B, T, H * D) afterwards (transpose + reshape) is then a view, not a copy."""
+    batch, heads, steps, head_dim = shape
+    make = np.zeros if zeroed else np.empty
+    return make((batch, steps, heads, head_dim), dtype=dtype).transpose(0, 2, 1, 3)
+
+
 def _validate(q, k, v, scale, q_offset, key_mask):
-    """Check shapes and dtypes; return (q, k, v C-contiguous, scale as float, key_mask or None)."""
+    """Check shapes and dtypes; return (q, k, v readable in place, scale as float, key_mask or None)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} must be a float32 or float64 numpy array, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -56,7 +77,7 @@ def _validate(q, k, v, scale, q_offset, key_mask):
         if key_mask.shape != (k.shape[0], k.shape[2]):
             raise ValueError(f"key_mask must have shape (B, Tk) = {(k.shape[0], k.shape[2])}, got {key_mask.shape}")
         key_mask = np.ascontiguousarray(key_mask)
-    return np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), scale, key_mask
+    return _readable_in_place(q), _readable_in_place(k), _readable_in_place(v), scale, key_mask
 
 
 def _allowed(tq, tk, causal, q_offset, key_mask):
@@ -139,7 +160,7 @@ def attention_forward(q, k, v, *, scale=None, causal=False, q_offset=0, key_mask
     if kernel is None:
         return attention_forward_reference(q, k, v, scale=scale, causal=causal, q_offset=q_offset, key_mask=key_mask)
     q, k, v, scale, key_mask = _validate(q, k, v, scale, q_offset, key_mask)
-    out = np.empty_like(q)  # (B, H, Tq, D)
+    out = _heads_buffer(q.shape, q.dtype, zeroed=False)  # (B, H, Tq, D), memory (B, Tq, H, D)
     lse = np.empty(q.shape[:3], dtype=q.dtype)  # (B, H, Tq)
     mask_bytes = key_mask.view(np.uint8) if key_mask is not None else None
     with single_threaded_scipy_blas():
@@ -156,13 +177,13 @@ def attention_backward(q, k, v, out, lse, dout, *, scale=None, causal=False, q_o
         )
     q, k, v, scale, key_mask = _validate(q, k, v, scale, q_offset, key_mask)
     _check_backward_inputs(q, out, lse, dout)
-    dq = np.zeros_like(q)
-    dk = np.zeros_like(k)
-    dv = np.zeros_like(v)
+    dq = _heads_buffer(q.shape, q.dtype, zeroed=True)  # the kernel accumulates into these
+    dk = _heads_buffer(k.shape, k.dtype, zeroed=True)
+    dv = _heads_buffer(v.shape, v.dtype, zeroed=True)
     mask_bytes = key_mask.view(np.uint8) if key_mask is not None else None
     with single_threaded_scipy_blas():
         kernel.attention_backward(
-            q, k, v, np.ascontiguousarray(out), np.ascontiguousarray(lse), np.ascontiguousarray(dout),
+            q, k, v, _readable_in_place(out), np.ascontiguousarray(lse), _readable_in_place(dout),
             dq, dk, dv, scale, bool(causal), int(q_offset), mask_bytes,
         )
     return dq, dk, dv

@@ -42,9 +42,23 @@ def _assert_lse_close(lse, lse_ref, rtol):
     np.testing.assert_allclose(lse[~masked], lse_ref[~masked], rtol=rtol, atol=rtol * 10)
 
 
-@given(attention_problems())
-def test_compiled_matches_reference(problem):
+def _relayout(x, layout):
+    """The same values as x (B, H, T, D) in another memory layout: the kernel reads some in place."""
+    if layout == "heads-last":  # the transposed view of a (B, T, H, D) projection
+        return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    if layout == "padded-rows":  # rows further apart than D (a slice of a wider last axis)
+        wide = np.zeros(x.shape[:3] + (x.shape[3] + 3,), dtype=x.dtype)
+        wide[..., 1:x.shape[3] + 1] = x
+        return wide[..., 1:x.shape[3] + 1]
+    if layout == "reversed":  # negative strides: the wrapper copies
+        return np.ascontiguousarray(x[:, :, ::-1])[:, :, ::-1]
+    return x
+
+
+@given(attention_problems(), st.sampled_from(["contiguous", "heads-last", "padded-rows", "reversed"]))
+def test_compiled_matches_reference(problem, layout):
     q, k, v, dout, options = problem
+    q, k, v, dout = (_relayout(x, layout) for x in (q, k, v, dout))
     rtol = rtol_for(q.dtype) * (10 if q.dtype == np.float32 else 100)
     with compiled_path("attention"):
         out, lse = at.attention_forward(q, k, v, **options)
