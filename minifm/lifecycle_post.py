@@ -6,8 +6,9 @@ and runs, on tinyworld's data:
     sft        instruction tuning; greedy accuracy and ground-truth reward before and after
     reward     a reward model started from the SFT policy, trained on preference pairs; held-out
                preference accuracy and correlation with tinyworld.ground_truth_reward
-    ppo        PPO from the SFT policy against the reward model, KL-leashed to the SFT policy;
-               per-iteration learned and ground-truth reward (the reward-hacking plot)
+    ppo        PPO from the SFT policy against the reward model, KL-leashed to the SFT policy, and
+               with ptx_coef > 0 (the default preset) PPO-ptx: the SFT demonstrations' NLL in the
+               loss; per-iteration learned and ground-truth reward (the reward-hacking plot)
     dpo        DPO from the SFT policy on the same preference pairs
     best_of_n  the SFT policy sampling N answers and the reward model picking one
 
