@@ -174,17 +174,30 @@ def _numpy_blas_limit() -> int:
     return _blas_limit
 
 
+# Below this many rows, a @ b with b a transposed (Fortran-ordered) matrix is computed as (b^T a^T)^T.
+FEW_ROWS = 32
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b, C-contiguous. OpenBLAS is slow for a few rows times a transposed matrix, which is the
+    Linear layer's x @ W^T in KV-cached decoding (8 x 128 @ 128 x 2048: ~170 us, against ~90 us for
+    (W @ x^T)^T, which reads W in its own row-major order); larger products are left to a @ b."""
+    if a.shape[0] <= FEW_ROWS and b.flags.f_contiguous and not b.flags.c_contiguous:
+        return np.ascontiguousarray((b.T @ a.T).T)
+    return a @ b
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for 2-D arrays, on as many BLAS threads as its size earns (see gemm_threads)."""
     numpy_blas = _openblas("numpy")
     if numpy_blas is None:
-        return a @ b
+        return _product(a, b)
     wanted = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
     if wanted == _numpy_blas_limit():
-        return a @ b  # the library's own setting already (e.g. a budget of 1): no ctypes calls
+        return _product(a, b)  # the library's own setting already (e.g. a budget of 1): no ctypes calls
     previous = numpy_blas.set_local(wanted)
     try:
-        return a @ b
+        return _product(a, b)
     finally:
         numpy_blas.set_local(previous)
 

@@ -40,6 +40,19 @@ def test_matmul_equals_float64_product_on_either_thread_count(threshold, m, k, n
     np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance * np.sqrt(k))
 
 
+@pytest.mark.parametrize("rows", [1, 8, threads.FEW_ROWS, threads.FEW_ROWS + 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_rows_times_a_transposed_matrix(rng, rows, dtype):
+    """x @ W^T with few rows (KV-cached decoding) takes the (W x^T)^T route: same values, C order."""
+    x = rng.standard_normal((rows, 48)).astype(dtype)
+    weight = rng.standard_normal((130, 48)).astype(dtype)  # (out, in), so weight.T is Fortran-ordered
+    result = threads.matmul(x, weight.T)
+    assert result.shape == (rows, 130) and result.dtype == dtype and result.flags.c_contiguous
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(result, x.astype(np.float64) @ weight.T.astype(np.float64), rtol=tolerance,
+                               atol=tolerance * np.sqrt(48))
+
+
 def test_large_product_crosses_the_threshold_and_still_matches(rng):
     a = rng.standard_normal((300, 300)).astype(np.float32)
     b = rng.standard_normal((300, 400)).astype(np.float32)
