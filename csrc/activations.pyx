@@ -19,7 +19,7 @@ computes in double with the Chebyshev-fitted erfc of Numerical Recipes (Press et
 
 whose relative error is below 1.2e-7 for every z >= 0 (about one float32 ulp), and
 Phi(x) = 1 - erfc(z)/2 for x >= 0, erfc(z)/2 for x < 0; with a vectorisable exp (the float32 path
-uses exp_for_float below: _common.pxd's double exp with a degree-9 instead of degree-12 polynomial,
+uses _common.pxd's exp_for_float: the double exp with a degree-9 instead of degree-12 polynomial,
 ~1e-11 relative, far below a float32 ulp, ~16% faster) the loop is pure arithmetic, so GCC turns it
 into SIMD instructions (scipy's erf took ~40 ns/element). Max relative error of the float32 output
 measured on a 4e6-point grid over [-20, 20]: 1.6e-7.
@@ -40,37 +40,6 @@ cdef enum:
 # Serial cost of one element in nanoseconds (forward ~2, backward ~3.5 measured), for the threading decision.
 cdef double NS_PER_ELEMENT = 2.5
 
-cdef extern from *:
-    """
-    /* exp(x) in double to ~1e-11 relative (Taylor degree 9 after Cody-Waite reduction, |r| <= ln2/2):
-       ample for float32 results and cheaper than the full-double minifm_exp (degree 12). Same
-       handling of underflow (0 below -708), overflow and NaN. */
-    static inline __attribute__((always_inline)) double minifm_exp_for_float(double x) {
-        double xc = x < -708.0 ? -708.0 : x;
-        xc = xc > 709.0 ? 709.0 : xc;
-        double n = (xc * 1.44269504088896340736 + 6755399441055744.0) - 6755399441055744.0;
-        double r = xc - n * 6.93147180369123816490e-01;
-        r = r - n * 1.90821492927058770002e-10;
-        double p = 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
-        union { int64_t i; double f; } two_n;
-        two_n.i = ((int64_t)n + 1023) << 52;
-        double result = p * two_n.f;
-        result = x < -708.0 ? 0.0 : result;
-        result = x > 709.0 ? INFINITY : result;
-        result = x != x ? x : result;
-        return result;
-    }
-    """
-    double exp_for_float "minifm_exp_for_float"(double x) noexcept nogil
 
 
 cdef double INV_SQRT2 = 0.70710678118654752440
@@ -84,7 +53,7 @@ cdef inline double _normal_cdf_fast(double x) noexcept nogil:
     cdef double poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
         -0.82215223 + t * 0.17087277))))))))
-    cdef double half_tail = 0.5 * t * exp_for_float(poly - z * z)  # erfc(z) / 2 = Phi(-|x|)
+    cdef double half_tail = 0.5 * t * vec.exp_for_float(poly - z * z)  # erfc(z) / 2 = Phi(-|x|)
     return 1.0 - half_tail if x >= 0 else half_tail
 
 
@@ -111,7 +80,7 @@ cdef void _backward_block(const real* x, const real* dy, real* dx, Py_ssize_t n)
     if real is float:
         for j in range(n):
             v = x[j]
-            dx[j] = <float>(dy[j] * (_normal_cdf_fast(v) + v * INV_SQRT_2PI * exp_for_float(-0.5 * v * v)))
+            dx[j] = <float>(dy[j] * (_normal_cdf_fast(v) + v * INV_SQRT_2PI * vec.exp_for_float(-0.5 * v * v)))
     else:
         for j in range(n):
             v = x[j]
