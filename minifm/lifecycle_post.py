@@ -445,6 +445,8 @@ def _gpt_and_tokenizer(directory):
     from minifm.models import GPT, GPTConfig
     from minifm.tokenizer import BPETokenizer
 
+    from minifm.checkpoint import TRAIN_STATE_FILE
+
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     config = config.get("model", config)
@@ -452,6 +454,13 @@ def _gpt_and_tokenizer(directory):
         if config["arch"] != "gpt":
             raise ValueError(f"post-training needs a GPT, but {directory} holds a {config['arch']!r} model")
         config = config["config"]
+    elif "stage" in config and (directory / TRAIN_STATE_FILE).is_file():
+        # a training-loop stage directory (the lifecycle's sft/, reward/, dpo/ ...): config.json holds
+        # the run settings; the model's own config is in the checkpoint record
+        record = json.loads((directory / TRAIN_STATE_FILE).read_text())["_checkpoint"]
+        if record["model_class"] not in ("GPT", "RewardModel", "ValueModel"):
+            raise ValueError(f"post-training needs a GPT, but {directory} holds a {record['model_class']}")
+        config = record["model_config"]
     tokenizer_path = directory / "tokenizer.json"
     if not tokenizer_path.exists():
         tokenizer_path = directory.parent / "tokenizer.json"

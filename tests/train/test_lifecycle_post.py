@@ -52,6 +52,27 @@ def test_load_policy_reads_a_pretraining_run_directory(tiny_policy, tmp_path):
         lp._load_policy(bert_dir)
 
 
+def test_load_policy_reads_a_lifecycle_stage_directory(tiny_policy, tmp_path):
+    # the training loop writes the run settings to config.json; the model config is in the checkpoint
+    # record, and the tokenizer lives in the lifecycle run's root (the stage directory's parent)
+    from minifm.checkpoint import save_checkpoint
+    from minifm.train.reward import RewardModel
+
+    model, tokenizer = tiny_policy
+    tokenizer.save(tmp_path / "tokenizer.json")
+    save_checkpoint(tmp_path / "sft", model, config={"stage": "sft", "learning_rate": 1e-3, "train": {}})
+    loaded, _ = lp._load_policy(tmp_path / "sft")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    reward_model = RewardModel.from_policy(model)
+    reward_model.score_head.weight.data[...] = 0.5
+    save_checkpoint(tmp_path / "reward", reward_model, config={"stage": "reward", "train": {}})
+    loaded_reward = lp._load_reward_model(tmp_path / "reward")
+    np.testing.assert_array_equal(loaded_reward.score_head.weight.data, reward_model.score_head.weight.data)
+    with pytest.raises(ValueError, match="holds a RewardModel"):
+        lp._load_policy(tmp_path / "reward")
+
+
 def test_evaluate_policies_pairs_every_policy_on_the_same_prompts(tiny_policy):
     from minifm.train.reward import RewardModel
 
