@@ -34,6 +34,13 @@ def good_token_probability(policy) -> float:
     return float(probs[GOOD] / probs.sum())
 
 
+def estimator_settings(estimator: str) -> dict:
+    """PPOConfig overrides for one advantage estimator (GRPO: groups of 4 samples per prompt)."""
+    if estimator == "grpo":
+        return {"advantage_estimator": "grpo", "num_generations": 4, "batch_size": 4}
+    return {"advantage_estimator": estimator}
+
+
 def make_trainer(reward_fn=bandit_reward, dtype="float32", ptx_examples=None, **overrides):
     config = ppo.PPOConfig(**{"learning_rate": 3e-2, "batch_size": 16, "num_ppo_epochs": 2, "num_mini_batches": 2,
                               "response_length": 1, "temperature": 1.0, "kl_coef": 0.01, "seed": 0, **overrides})
@@ -113,9 +120,7 @@ def test_config_validation():
 
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])
 def test_short_run_learns_the_rewarded_token(estimator):
-    overrides = {"advantage_estimator": estimator}
-    if estimator == "grpo":
-        overrides.update(num_generations=4, batch_size=4)
+    overrides = estimator_settings(estimator)
     trainer = make_trainer(**overrides)
     before = good_token_probability(trainer.policy)
     history = trainer.train(num_iterations=12)
@@ -135,9 +140,7 @@ def test_short_run_learns_the_rewarded_token(estimator):
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])
 def test_ptx_coef_zero_leaves_the_update_bit_identical(estimator):
     """With ptx_coef = 0, handing the trainer demonstrations changes nothing: same draws, same weights."""
-    overrides = {"advantage_estimator": estimator}
-    if estimator == "grpo":
-        overrides.update(num_generations=4, batch_size=4)
+    overrides = estimator_settings(estimator)
     plain = make_trainer(**overrides)
     with_demos = make_trainer(ptx_examples=demonstrations(), ptx_coef=0.0, **overrides)
     plain_history, demos_history = plain.train(num_iterations=3), with_demos.train(num_iterations=3)
@@ -156,9 +159,7 @@ def test_ptx_coef_zero_leaves_the_update_bit_identical(estimator):
 def test_ptx_gradient_is_ppo_gradient_plus_coef_times_nll_gradient(estimator):
     """float64: grad(ppo_loss + c NLL) == grad(ppo_loss) + c grad(NLL), the NLL computed independently."""
     coef = 0.7
-    overrides = {"advantage_estimator": estimator}
-    if estimator == "grpo":
-        overrides.update(num_generations=4, batch_size=4)
+    overrides = estimator_settings(estimator)
     trainer = make_trainer(dtype="float64", ptx_examples=demonstrations(), ptx_coef=coef, **overrides)
     batch = trainer.rollout()
     targets = trainer.advantages(batch)
