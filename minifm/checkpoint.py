@@ -278,9 +278,8 @@ def save_checkpoint(directory, model, optimizer=None, train_state: dict | None =
     return directory
 
 
-def load_checkpoint(directory, model, optimizer=None) -> dict:
-    """Restore `model` (and `optimizer`) from `directory`; return the saved training state dict."""
-    directory = Path(directory)
+def _read_manifest(directory: Path) -> tuple[dict, dict]:
+    """(the user's training state, the checkpoint record) from `directory`/train_state.json."""
     manifest_path = directory / TRAIN_STATE_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no checkpoint in {directory}: {TRAIN_STATE_FILE} is missing")
@@ -289,6 +288,19 @@ def load_checkpoint(directory, model, optimizer=None) -> dict:
         record = train_state.pop("_checkpoint")
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{manifest_path}: corrupt training state ({error!r})") from error
+    return train_state, record
+
+
+def checkpoint_record(directory) -> dict:
+    """What a checkpoint says of its model without loading it: format_version, model_class,
+    model_config, rng_state and the files' SHA-256 digests."""
+    return _read_manifest(Path(directory))[1]
+
+
+def load_checkpoint(directory, model, optimizer=None) -> dict:
+    """Restore `model` (and `optimizer`) from `directory`; return the saved training state dict."""
+    directory = Path(directory)
+    train_state, record = _read_manifest(directory)
     contents = {}
     for name, digest in record["files"].items():
         data = _read(directory / name)

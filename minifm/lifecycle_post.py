@@ -108,12 +108,13 @@ def _log(log, message: str) -> None:
         log(message)
 
 
-def _sft_train_tasks(preset: dict, tokenizer, policy) -> list[dict]:
-    """tinyworld's train instructions that SFT learns from (and PPO-ptx keeps the policy close to)."""
+def _train_tasks(preset: dict, tokenizer, policy, new_tokens: int) -> list[dict]:
+    """tinyworld's train instructions whose prompt leaves room for `new_tokens`: what SFT learns from,
+    what PPO samples prompts from, and what PPO-ptx keeps the policy close to."""
     from minifm.data import tinyworld
 
     return fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer,
-                   context_length(policy), preset["max_new_tokens"])
+                   context_length(policy), new_tokens)
 
 
 # ---------------------------------------------------------------------- stages
@@ -123,7 +124,7 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
 
     preset = _stage_settings(preset, policy)
     block, new_tokens = context_length(policy), preset["max_new_tokens"]
-    train_tasks = _sft_train_tasks(preset, tokenizer, policy)
+    train_tasks = _train_tasks(preset, tokenizer, policy, new_tokens)
     eval_tasks = fitting(tinyworld.instructions("test", n=preset["n_eval"]), tokenizer, block, new_tokens)
     before = evaluate_instructions(policy, tokenizer, eval_tasks, preset["max_new_tokens"])
     _log(log, f"sft: held-out accuracy before {before['accuracy']:.3f}")
@@ -171,16 +172,15 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
 
     With ptx_coef > 0 (PPO-ptx) the SFT stage's training demonstrations enter the loss as an NLL term."""
     from minifm.checkpoint import save_checkpoint
-    from minifm.data import tinyworld
 
     config = PPOConfig(**{**preset["ppo"], **overrides})
-    tasks = fitting(tinyworld.instructions("train", n=preset["n_train_instructions"]), tokenizer,
-                    context_length(sft_policy), config.response_length)
-    prompts = [task["prompt"] for task in tasks]
+    prompts = [task["prompt"] for task in _train_tasks(preset, tokenizer, sft_policy, config.response_length)]
     policy = _trainable(sft_policy)
     value_model = ValueModel.from_reward_model(reward_model) if config.advantage_estimator == "gae" else None
-    ptx_examples = (encode_sft_examples(tokenizer, _sft_train_tasks(preset, tokenizer, sft_policy))
-                    if config.ptx_coef > 0 else None)
+    ptx_examples = None
+    if config.ptx_coef > 0:  # the SFT stage's demonstrations (the same filter as sft_stage)
+        demonstrations = _train_tasks(preset, tokenizer, sft_policy, preset["max_new_tokens"])
+        ptx_examples = encode_sft_examples(tokenizer, demonstrations)
     trainer = PPOTrainer(config, policy, reward_model, [prompt_ids(tokenizer, p) for p in prompts],
                          value_model=value_model, ref_policy=sft_policy,
                          stop_token_id=special_id(tokenizer, END_TOKEN), pad_token_id=special_id(tokenizer, PAD_TOKEN),
@@ -442,10 +442,9 @@ PEFT_MARKER_NAME = "peft.json"
 
 def _gpt_and_tokenizer(directory):
     """An untrained GPT of the configuration in `directory`/config.json, and the run's tokenizer."""
+    from minifm.checkpoint import TRAIN_STATE_FILE, checkpoint_record
     from minifm.models import GPT, GPTConfig
     from minifm.tokenizer import BPETokenizer
-
-    from minifm.checkpoint import TRAIN_STATE_FILE
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
@@ -457,7 +456,7 @@ def _gpt_and_tokenizer(directory):
     elif "stage" in config and (directory / TRAIN_STATE_FILE).is_file():
         # a training-loop stage directory (the lifecycle's sft/, reward/, dpo/ ...): config.json holds
         # the run settings; the model's own config is in the checkpoint record
-        record = json.loads((directory / TRAIN_STATE_FILE).read_text())["_checkpoint"]
+        record = checkpoint_record(directory)
         if record["model_class"] not in ("GPT", "RewardModel", "ValueModel"):
             raise ValueError(f"post-training needs a GPT, but {directory} holds a {record['model_class']}")
         config = record["model_config"]
@@ -509,7 +508,7 @@ def _save_policy(model, tokenizer, directory) -> None:
     directory = Path(directory)
     if isinstance(model, PeftModel):
         save_adapter(model, directory)
-        merged = model.peft_type in ("lora", "ia3")
+        merged = model.mergeable
         atomic_write_json(directory / PEFT_MARKER_NAME, {"method": model.peft_type, "merged": merged})
         model = model.merge_and_unload() if merged else model.unload()  # the wrapper is spent afterwards
     save_checkpoint(directory, model, config=model.config)

@@ -276,8 +276,13 @@ class PeftModel(Module):
             self.base_model.set_submodule(name, layer.base_layer)
         return self.base_model
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether merge_and_unload() can fold the method into the weights (LoRA and IA3 only)."""
+        return self.peft_type in ("lora", "ia3")
+
     def _require_mergeable(self) -> None:
-        if self.peft_type not in ("lora", "ia3"):
+        if not self.mergeable:
             raise NotImplementedError(f"{self.peft_type!r} adapters cannot be merged into the weights "
                                       f"(only LoRA and IA3 change the layers linearly)")
 

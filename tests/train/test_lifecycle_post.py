@@ -114,7 +114,7 @@ def test_ppo_stage_with_ptx_mixes_in_the_sft_demonstrations(tiny_policy, tmp_pat
     monkeypatch.setattr(ppo.PPOTrainer, "__init__", spy)
     _, history, metrics = lp.ppo_stage(model, reward_model, tokenizer, tmp_path, preset, log=None,
                                        num_iterations=1, batch_size=4, response_length=6, ptx_batch_size=4)
-    expected = encode_sft_examples(tokenizer, lp._sft_train_tasks(preset, tokenizer, model))
+    expected = encode_sft_examples(tokenizer, lp._train_tasks(preset, tokenizer, model, preset["max_new_tokens"]))
     assert len(seen["ptx_examples"]) == len(expected) > 0
     for (ids, labels), (want_ids, want_labels) in zip(seen["ptx_examples"], expected):
         np.testing.assert_array_equal(ids, want_ids)
