@@ -94,6 +94,15 @@ cdef void _backward_row(const real* dy, const real* xhat, const real* weight, re
         dx[j] = (dx[j] - a - xhat[j] * b) * inv_std
 
 
+cdef const real* _row_vector(const real[::1] vector, Py_ssize_t d, str name) except? NULL:
+    """Pointer to a (D,) weight or bias, or NULL when it is None; ValueError when its length is not D."""
+    if vector is None:
+        return NULL
+    if vector.shape[0] != d:
+        raise ValueError(f"{name} has {vector.shape[0]} entries, rows have {d}")
+    return &vector[0]
+
+
 def layer_norm_forward(const real[:, ::1] x, const real[::1] weight, const real[::1] bias, double eps,
                        real[:, ::1] out, real[:, ::1] xhat, real[::1] inv_std):
     """out = LayerNorm(x) * weight + bias row by row; also fills xhat (N, D) and inv_std (N,) for backward.
@@ -101,20 +110,14 @@ def layer_norm_forward(const real[:, ::1] x, const real[::1] weight, const real[
     weight and bias may be None (no scale / no shift); all arrays share x's dtype.
     """
     cdef Py_ssize_t rows = x.shape[0], d = x.shape[1], i
-    cdef const real* weight_ptr = NULL
-    cdef const real* bias_ptr = NULL
+    cdef const real* weight_ptr
+    cdef const real* bias_ptr
     if out.shape[0] != rows or out.shape[1] != d or xhat.shape[0] != rows or xhat.shape[1] != d:
         raise ValueError(f"out and xhat must have x's shape {(rows, d)}")
     if inv_std.shape[0] != rows:
         raise ValueError(f"inv_std has {inv_std.shape[0]} entries, x has {rows} rows")
-    if weight is not None:
-        if weight.shape[0] != d:
-            raise ValueError(f"weight has {weight.shape[0]} entries, rows have {d}")
-        weight_ptr = &weight[0]
-    if bias is not None:
-        if bias.shape[0] != d:
-            raise ValueError(f"bias has {bias.shape[0]} entries, rows have {d}")
-        bias_ptr = &bias[0]
+    weight_ptr = _row_vector(weight, d, "weight")
+    bias_ptr = _row_vector(bias, d, "bias")
     if rows == 0 or d == 0:
         return
     with nogil:
@@ -129,7 +132,7 @@ def layer_norm_backward(const real[:, ::1] grad, const real[:, ::1] xhat, const 
     dweight = sum_i grad[i] * xhat[i], dbias = sum_i grad[i] (accumulated in double).
     """
     cdef Py_ssize_t rows = grad.shape[0], d = grad.shape[1], i, j
-    cdef const real* weight_ptr = NULL
+    cdef const real* weight_ptr
     cdef bint want_weight = dweight is not None, want_bias = dbias is not None
     cdef double* weight_sums
     cdef double* bias_sums
@@ -137,10 +140,7 @@ def layer_norm_backward(const real[:, ::1] grad, const real[:, ::1] xhat, const 
         raise ValueError(f"xhat and dx must have grad's shape {(rows, d)}")
     if inv_std.shape[0] != rows:
         raise ValueError(f"inv_std has {inv_std.shape[0]} entries, grad has {rows} rows")
-    if weight is not None:
-        if weight.shape[0] != d:
-            raise ValueError(f"weight has {weight.shape[0]} entries, rows have {d}")
-        weight_ptr = &weight[0]
+    weight_ptr = _row_vector(weight, d, "weight")
     if (want_weight and dweight.shape[0] != d) or (want_bias and dbias.shape[0] != d):
         raise ValueError(f"dweight and dbias must have {d} entries")
     if d == 0:
