@@ -102,7 +102,11 @@ class TunerLayer(Module):
         for container_name in self.adapter_container_names:
             container = getattr(self, container_name)
             for name in container.keys():
-                container[name].requires_grad_(name in names)
+                entry = container[name]  # a sub-module (LoRA's A, an adapter) or a bare Parameter (token rows)
+                if isinstance(entry, Module):
+                    entry.requires_grad_(name in names)
+                else:
+                    entry.requires_grad = name in names
         self.active_adapters[:] = names
 
     def delete_adapter(self, name: str) -> None:

@@ -117,18 +117,6 @@ class TrainableTokensEmbedding(TunerLayer):
         self.trainable_tokens_delta[name] = Parameter(rows)
         self.token_indices[name] = indices
 
-    def set_adapter(self, names) -> None:
-        """Make `names` (one name or a list) the adapters that run and train; the others are frozen."""
-        names = [names] if isinstance(names, str) else list(names)
-        for name in names:
-            if name not in self.trainable_tokens_delta:
-                raise ValueError(f"unknown adapter {name!r}; this embedding has {self.adapter_names()}")
-        if self.merged:
-            self.unmerge()
-        for name in self.trainable_tokens_delta.keys():
-            self.trainable_tokens_delta[name].requires_grad = name in names
-        self.active_adapters[:] = names
-
     def delete_adapter(self, name: str) -> None:
         super().delete_adapter(name)
         del self.token_indices[name]
