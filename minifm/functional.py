@@ -10,12 +10,12 @@ import numpy as np
 
 from minifm.autograd import ops
 from minifm.autograd.grad_mode import is_grad_enabled
-from minifm.autograd.ops.attention import DenseAttention, FlashAttention
+from minifm.autograd.ops.attention import FlashAttention
 from minifm.autograd.ops.dropout import Dropout
 from minifm.autograd.ops.loss import CrossEntropy
 from minifm.autograd.ops.normalization import LayerNorm, RMSNorm
 from minifm.autograd.ops.softmax import LogSoftmax, Softmax
-from minifm.autograd.tensor import Tensor
+from minifm.autograd.tensor import Tensor, data_of
 
 # pointwise activations and structural ops, re-exported under their usual names
 relu = ops.relu
@@ -30,12 +30,11 @@ pad = ops.pad
 logsumexp = ops.logsumexp
 
 
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
 def logsigmoid(x) -> Tensor:
-    """log(sigmoid(x)) = -softplus(-x), computed without overflow (DPO and reward losses use it)."""
+    """log(sigmoid(x)) = -softplus(-x), elementwise, without overflow for large |x| (torch's F.logsigmoid).
+
+    The one log-sigmoid of minifm: the reward model's Bradley-Terry loss and DPO's loss use it.
+    """
     return -ops.softplus(-x)
 
 
@@ -65,7 +64,7 @@ def cross_entropy(logits, targets, ignore_index: int = -100, label_smoothing: fl
     torch's semantics: rows whose target is `ignore_index` contribute nothing and are not counted by
     the mean; label smoothing mixes the one-hot target with the uniform distribution.
     """
-    return CrossEntropy.apply(logits, _raw(targets), ignore_index=ignore_index,
+    return CrossEntropy.apply(logits, data_of(targets), ignore_index=ignore_index,
                               label_smoothing=label_smoothing, reduction=reduction)
 
 
@@ -97,21 +96,21 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
     is_causal uses torch's top-left alignment unless `q_offset` shifts the query positions (a KV
     cache passes q_offset = Tk - Tq). `key_padding_mask` (B, Tk), True = attend, and causal masking
     run on the flash-style kernel; a general `attn_mask` (bool "may attend", or additive float)
-    uses the dense path. Rows with no key to attend to produce zeros.
+    uses the materialised path, `_dense_attention`. Rows with no key to attend to produce zeros.
     """
-    qs, ks, vs = np.shape(_raw(q)), np.shape(_raw(k)), np.shape(_raw(v))
+    qs, ks, vs = np.shape(data_of(q)), np.shape(data_of(k)), np.shape(data_of(v))
     if len(qs) != 4 or len(ks) != 4 or ks != vs or qs[0] != ks[0] or qs[3] != ks[3]:
         raise ValueError(f"attention needs q (B, H, Tq, D) and k, v (B, Hkv, Tk, D); got q {qs}, k {ks}, v {vs}")
     if qs[1] % ks[1]:
         raise ValueError(f"query heads {qs[1]} must be a multiple of key/value heads {ks[1]}")
     if key_padding_mask is not None:
-        key_padding_mask = np.asarray(_raw(key_padding_mask), dtype=bool)
+        key_padding_mask = np.asarray(data_of(key_padding_mask), dtype=bool)
         if key_padding_mask.shape != (ks[0], ks[2]):
             raise ValueError(f"key_padding_mask must have shape {(ks[0], ks[2])}, got {key_padding_mask.shape}")
     if attn_mask is None:
         return FlashAttention.apply(q, k, v, scale=scale, causal=is_causal, q_offset=q_offset,
                                     key_mask=key_padding_mask)
-    mask = np.asarray(_raw(attn_mask))
+    mask = np.asarray(data_of(attn_mask))
     if mask.dtype != bool and mask.dtype.kind != "f":
         raise TypeError(f"attn_mask must be boolean (True = may attend) or float (additive), got dtype {mask.dtype}")
     try:
@@ -124,7 +123,37 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
     if key_padding_mask is not None:
         padding = key_padding_mask[:, None, None, :]
         mask = (mask & padding) if np.asarray(mask).dtype == bool else np.where(padding, mask, -np.inf)
-    return DenseAttention.apply(q, k, v, mask, scale=scale, causal=is_causal, q_offset=q_offset)
+    return _dense_attention(q, k, v, mask, scale, is_causal, q_offset)
+
+
+def _dense_attention(q, k, v, attn_mask: np.ndarray, scale, is_causal: bool, q_offset: int) -> Tensor:
+    """Attention under a general mask, written as the plain math over differentiable ops:
+
+        scores = q k^T * scale + additive mask, -inf where not allowed;  p = softmax(scores);  out = p v
+
+    Its gradients are those of the ops (the fused Softmax's backward among them), so nothing is
+    derived twice; gradcheck covers it in tests/autograd/test_attention_function.py. It materialises
+    the (B, H, Tq, Tk) scores, which the flash path never does.
+    """
+    batch, heads, tq, head_dim = np.shape(data_of(q))
+    kv_heads, tk = np.shape(data_of(k))[1:3]
+    groups = heads // kv_heads
+    if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
+        grouped = (batch, kv_heads, groups, tk, head_dim)
+        k = ops.reshape(ops.broadcast_to(ops.unsqueeze(k, 2), grouped), batch, heads, tk, head_dim)  # (B, H, Tk, D)
+        v = ops.reshape(ops.broadcast_to(ops.unsqueeze(v, 2), grouped), batch, heads, tk, head_dim)  # (B, H, Tk, D)
+    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
+    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
+    allowed = np.ones((tq, tk), dtype=bool)
+    if is_causal:
+        allowed = np.arange(tk)[None, :] <= np.arange(tq)[:, None] + q_offset  # (Tq, Tk)
+    if attn_mask.dtype == bool:
+        allowed = allowed & attn_mask  # broadcasts to (B, H, Tq, Tk)
+    else:
+        scores = scores + attn_mask  # additive mask, in the scores' dtype
+    scores = ops.masked_fill(scores, ~allowed, -np.inf)  # (B, H, Tq, Tk)
+    probabilities = Softmax.apply(scores, axis=-1)  # a row with nothing allowed gives zeros
+    return ops.matmul(probabilities, v)  # (B, H, Tq, D)
 
 
 __all__ = [

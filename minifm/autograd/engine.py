@@ -60,7 +60,7 @@ def _initial_grad(root, grad) -> np.ndarray:
                 "pass grad= with the output's shape"
             )
         return np.ones_like(root.data)
-    grad = np.asarray(getattr(grad, "data", grad))
+    grad = np.asarray(grad)  # Tensor.backward has unwrapped a Tensor grad already
     if grad.shape != root.shape:
         raise ValueError(f"grad has shape {grad.shape} but the output has shape {root.shape}")
     if grad.dtype.kind not in "fiub":

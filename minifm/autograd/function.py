@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.autograd.grad_mode import is_grad_enabled
+from minifm.autograd.tensor import Tensor, data_of
 
 
 class Context:
@@ -61,9 +62,7 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **options):
-        from minifm.autograd.tensor import Tensor
-
-        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        arrays = [data_of(x) for x in inputs]
         ctx = Context()
         if not is_grad_enabled():
             # nothing is recorded: skip the per-input grad flags and the parents tuple

@@ -7,10 +7,17 @@ A Tensor holds
   _grad_fn/_ctx  the Function that produced it and what that Function saved for its backward,
   _parents       the input Tensors of that Function (None for inputs that need no gradient).
 
-Operators and methods follow NumPy's names and signatures (`x.sum(axis=None, keepdims=False)`,
-`x.transpose(*axes)`, `x @ y`) and are thin wrappers that call a `Function` from
-`minifm.autograd.ops`. Simplification: `.grad` is a plain ndarray rather than a Tensor (no
-higher-order gradients); `.numpy()` returns the underlying array without copying, like torch.
+This file holds the data, the graph links, backward() and the methods that need no graph
+(comparisons, argmax, item, detach). The differentiable operators and methods (`x + y`, `x @ w`,
+`x.sum(axis=None, keepdims=False)`, `x.transpose(*axes)`, `x.softmax()`, ...) follow NumPy's names
+and signatures; each is a one-line call into `minifm.autograd.ops`, and they are attached to the
+class in minifm/autograd/tensor_methods.py, because the ops import Tensor: writing them here would
+make this file and the ops import each other. Importing anything from minifm runs that file first.
+
+`data_of(x)` is the one helper that unwraps a Tensor to its array and leaves anything else alone.
+
+Simplification: `.grad` is a plain ndarray rather than a Tensor (no higher-order gradients);
+`.numpy()` returns the underlying array without copying, like torch.
 """
 from __future__ import annotations
 
@@ -27,8 +34,7 @@ def _as_array(data, dtype=None) -> np.ndarray:
 
     float16 and long double arrays become float32; strings, objects and complex numbers are rejected.
     """
-    if isinstance(data, Tensor):
-        data = data.data
+    data = data_of(data)
     if isinstance(data, np.ndarray):
         array = data.astype(dtype, copy=False) if dtype is not None else data
     else:
@@ -135,7 +141,7 @@ class Tensor:
     # ------------------------------------------------------------------ autograd
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Compute gradients of this tensor w.r.t. every leaf that requires grad (see engine.py)."""
-        engine.backward(self, grad, retain_graph)
+        engine.backward(self, None if grad is None else data_of(grad), retain_graph)
 
     def retain_grad(self) -> None:
         """Also store `.grad` on this non-leaf tensor during backward."""
@@ -162,202 +168,39 @@ class Tensor:
     def tolist(self):
         return self.data.tolist()
 
-    def astype(self, dtype) -> "Tensor":
-        from minifm.autograd.ops.elementwise import Cast
-
-        return Cast.apply(self, dtype=np.dtype(dtype))
-
-    def float(self) -> "Tensor":
-        return self.astype(np.float32)
-
-    def double(self) -> "Tensor":
-        return self.astype(np.float64)
-
     def zero_grad(self) -> None:
         self.grad = None
 
-    # ------------------------------------------------------------------ arithmetic operators
-    def __add__(self, other):
-        return _ops().add(self, other)
-
-    def __radd__(self, other):
-        return _ops().add(other, self)
-
-    def __sub__(self, other):
-        return _ops().sub(self, other)
-
-    def __rsub__(self, other):
-        return _ops().sub(other, self)
-
-    def __mul__(self, other):
-        return _ops().mul(self, other)
-
-    def __rmul__(self, other):
-        return _ops().mul(other, self)
-
-    def __truediv__(self, other):
-        return _ops().div(self, other)
-
-    def __rtruediv__(self, other):
-        return _ops().div(other, self)
-
-    def __pow__(self, exponent):
-        return _ops().pow(self, exponent)
-
-    def __rpow__(self, base):
-        return _ops().pow(base, self)
-
-    def __matmul__(self, other):
-        return _ops().matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _ops().matmul(other, self)
-
-    def __neg__(self):
-        return _ops().neg(self)
-
-    def __pos__(self):
-        return self
-
-    def __abs__(self):
-        return _ops().abs(self)
-
-    # comparisons give boolean Tensors that carry no gradient
+    # ------------------------------------------------------------------ comparisons
+    # comparisons give boolean Tensors that carry no gradient (no graph node is needed)
     def __lt__(self, other):
-        return Tensor._from_array(self.data < _raw(other))
+        return Tensor._from_array(self.data < data_of(other))
 
     def __le__(self, other):
-        return Tensor._from_array(self.data <= _raw(other))
+        return Tensor._from_array(self.data <= data_of(other))
 
     def __gt__(self, other):
-        return Tensor._from_array(self.data > _raw(other))
+        return Tensor._from_array(self.data > data_of(other))
 
     def __ge__(self, other):
-        return Tensor._from_array(self.data >= _raw(other))
+        return Tensor._from_array(self.data >= data_of(other))
 
     def eq(self, other):
-        return Tensor._from_array(self.data == _raw(other))
+        return Tensor._from_array(self.data == data_of(other))
 
     def ne(self, other):
-        return Tensor._from_array(self.data != _raw(other))
-
-    # ------------------------------------------------------------------ elementwise math
-    def exp(self):
-        return _ops().exp(self)
-
-    def log(self):
-        return _ops().log(self)
-
-    def sqrt(self):
-        return _ops().sqrt(self)
-
-    def abs(self):
-        return _ops().abs(self)
-
-    def tanh(self):
-        return _ops().tanh(self)
-
-    def sigmoid(self):
-        return _ops().sigmoid(self)
-
-    def relu(self):
-        return _ops().relu(self)
-
-    def clip(self, min=None, max=None):  # noqa: A002  (NumPy's argument names)
-        return _ops().clip(self, min, max)
-
-    def pow(self, exponent):
-        return _ops().pow(self, exponent)
-
-    def matmul(self, other):
-        return _ops().matmul(self, other)
-
-    def softmax(self, axis: int = -1):
-        from minifm import functional
-
-        return functional.softmax(self, axis=axis)
-
-    def log_softmax(self, axis: int = -1):
-        from minifm import functional
-
-        return functional.log_softmax(self, axis=axis)
-
-    # ------------------------------------------------------------------ reductions
-    def sum(self, axis=None, keepdims=False):
-        return _ops().sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return _ops().mean(self, axis=axis, keepdims=keepdims)
-
-    def var(self, axis=None, keepdims=False, ddof=0):
-        return _ops().var(self, axis=axis, keepdims=keepdims, ddof=ddof)
-
-    def max(self, axis=None, keepdims=False):
-        return _ops().max(self, axis=axis, keepdims=keepdims)
-
-    def min(self, axis=None, keepdims=False):
-        return _ops().min(self, axis=axis, keepdims=keepdims)
-
-    def logsumexp(self, axis=None, keepdims=False):
-        return _ops().logsumexp(self, axis=axis, keepdims=keepdims)
+        return Tensor._from_array(self.data != data_of(other))
 
     def argmax(self, axis=None):
         return Tensor._from_array(np.argmax(self.data, axis=axis))
 
-    # ------------------------------------------------------------------ shape
-    def reshape(self, *shape):
-        return _ops().reshape(self, *shape)
 
-    def view(self, *shape):
-        return _ops().reshape(self, *shape)
+def data_of(x):
+    """The array inside a Tensor, or `x` itself when it is not a Tensor (an array, a number, a mask).
 
-    def flatten(self):
-        return _ops().reshape(self, -1)
-
-    def transpose(self, *axes):
-        return _ops().transpose(self, *axes)
-
-    def permute(self, *axes):
-        return _ops().transpose(self, *axes)
-
-    def swapaxes(self, axis1, axis2):
-        return _ops().swapaxes(self, axis1, axis2)
-
-    @property
-    def T(self):  # noqa: N802
-        return _ops().transpose(self)
-
-    def squeeze(self, axis=None):
-        return _ops().squeeze(self, axis)
-
-    def unsqueeze(self, axis):
-        return _ops().unsqueeze(self, axis)
-
-    def expand_dims(self, axis):
-        return _ops().unsqueeze(self, axis)
-
-    def broadcast_to(self, shape):
-        return _ops().broadcast_to(self, shape)
-
-    def split(self, indices_or_sections, axis: int = 0):
-        return _ops().split(self, indices_or_sections, axis=axis)
-
-    def masked_fill(self, mask, value):
-        return _ops().masked_fill(self, mask, value)
-
-    def __getitem__(self, index):
-        return _ops().getitem(self, index)
-
-
-def _raw(x):
+    The one helper for code that accepts both Tensors and plain arrays and needs the values only.
+    """
     return x.data if isinstance(x, Tensor) else x
-
-
-def _ops():
-    """The op namespace (imported lazily: ops import Tensor, Tensor calls ops)."""
-    from minifm.autograd import ops
-
-    return ops
 
 
 # ---------------------------------------------------------------------- constructors
@@ -394,11 +237,11 @@ def rand(*shape, rng: np.random.Generator, dtype=np.float32, requires_grad: bool
 
 
 def zeros_like(x, requires_grad: bool = False) -> Tensor:
-    return Tensor(np.zeros_like(_raw(x)), requires_grad=requires_grad)
+    return Tensor(np.zeros_like(data_of(x)), requires_grad=requires_grad)
 
 
 def ones_like(x, requires_grad: bool = False) -> Tensor:
-    return Tensor(np.ones_like(_raw(x)), requires_grad=requires_grad)
+    return Tensor(np.ones_like(data_of(x)), requires_grad=requires_grad)
 
 
 def _shape(shape) -> tuple[int, ...]:

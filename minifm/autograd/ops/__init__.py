@@ -24,11 +24,7 @@ from minifm.autograd.ops import elementwise as _e
 from minifm.autograd.ops import linalg as _l
 from minifm.autograd.ops import reduce as _r
 from minifm.autograd.ops import shape as _s
-from minifm.autograd.tensor import Tensor
-
-
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
+from minifm.autograd.tensor import Tensor, data_of
 
 
 def _float_dtype(operands):
@@ -66,7 +62,7 @@ def _harmonize(*operands):
 
 
 def _check_broadcast(name: str, *operands) -> None:
-    shapes = [np.shape(_raw(x)) for x in operands]
+    shapes = [np.shape(data_of(x)) for x in operands]
     try:
         np.broadcast_shapes(*shapes)
     except ValueError:
@@ -124,8 +120,8 @@ def clip(x, min=None, max=None):  # noqa: A002
     if min is None and max is None:
         raise ValueError("clip needs at least one of min and max")
     dtype = x.dtype if isinstance(x, Tensor) else np.asarray(x).dtype
-    low = None if min is None else np.asarray(_raw(min), dtype=dtype)
-    high = None if max is None else np.asarray(_raw(max), dtype=dtype)
+    low = None if min is None else np.asarray(data_of(min), dtype=dtype)
+    high = None if max is None else np.asarray(data_of(max), dtype=dtype)
     return _e.Clip.apply(x, low, high)
 
 
@@ -138,7 +134,7 @@ def minimum(a, b):
 
 
 def where(condition, a, b):
-    condition = np.asarray(_raw(condition))
+    condition = np.asarray(data_of(condition))
     if condition.dtype != bool:
         raise TypeError(f"where: condition must be boolean, got dtype {condition.dtype}")
     a, b = _harmonize(a, b)
@@ -215,17 +211,17 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, axis1: int, axis2: int):
-    ndim = np.ndim(_raw(x))
+    ndim = np.ndim(data_of(x))
     for axis in (axis1, axis2):
         if not -ndim <= axis < ndim:
-            raise ValueError(f"swapaxes: axis {axis} is out of range for shape {np.shape(_raw(x))}")
+            raise ValueError(f"swapaxes: axis {axis} is out of range for shape {np.shape(data_of(x))}")
     axes = list(range(ndim))
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return _s.Transpose.apply(x, axes=tuple(axes))
 
 
 def squeeze(x, axis=None):
-    shape = np.shape(_raw(x))
+    shape = np.shape(data_of(x))
     if axis is None:
         new_shape = tuple(s for s in shape if s != 1)
     else:
@@ -238,7 +234,7 @@ def squeeze(x, axis=None):
 
 
 def unsqueeze(x, axis: int):
-    shape = list(np.shape(_raw(x)))
+    shape = list(np.shape(data_of(x)))
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError(f"unsqueeze: axis {axis} is out of range for shape {tuple(shape)}")
     shape.insert(axis % (len(shape) + 1), 1)
@@ -252,8 +248,8 @@ def broadcast_to(x, shape):
 def _index_arg(index):
     """Tensors inside an index become their arrays (indices carry no gradient)."""
     if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    return _raw(index)
+        return tuple(data_of(i) for i in index)
+    return data_of(index)
 
 
 def getitem(x, index):
@@ -270,7 +266,7 @@ def stack(tensors, axis: int = 0):
 
 def split(x, indices_or_sections, axis: int = 0):
     """NumPy's split: a list of Tensors, each a slice of `x` along `axis`."""
-    size = np.shape(_raw(x))[axis]
+    size = np.shape(data_of(x))[axis]
     if isinstance(indices_or_sections, int):
         if indices_or_sections <= 0 or size % indices_or_sections:
             raise ValueError(f"cannot split an axis of size {size} into {indices_or_sections} equal sections")
@@ -280,7 +276,7 @@ def split(x, indices_or_sections, axis: int = 0):
         bounds = [0, *indices_or_sections, size]
     pieces = []
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        index = [slice(None)] * np.ndim(_raw(x))
+        index = [slice(None)] * np.ndim(data_of(x))
         index[axis] = slice(start, stop)
         pieces.append(getitem(x, tuple(index)))
     return pieces
@@ -291,7 +287,7 @@ def pad(x, pad_width, value: float = 0.0):
 
 
 def masked_fill(x, mask, value: float):
-    return _s.MaskedFill.apply(x, _raw(mask), _raw(value))
+    return _s.MaskedFill.apply(x, data_of(mask), data_of(value))
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -305,4 +301,4 @@ def linear(x, weight, bias=None):
 
 
 def embedding(ids, weight):
-    return _l.Embedding.apply(_raw(ids), weight)
+    return _l.Embedding.apply(data_of(ids), weight)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minifm.autograd.function import Function
+from minifm.autograd.function import Function, unbroadcast
 
 
 class Reshape(Function):
@@ -43,9 +43,7 @@ class Transpose(Function):
 class BroadcastTo(Function):
     @staticmethod
     def forward(ctx, x, shape):
-        from minifm.autograd.function import unbroadcast
-
-        ctx.shape, ctx.unbroadcast = x.shape, unbroadcast
+        ctx.shape = x.shape
         try:
             return np.broadcast_to(x, shape)
         except ValueError:
@@ -53,7 +51,7 @@ class BroadcastTo(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.unbroadcast(grad, ctx.shape)
+        return unbroadcast(grad, ctx.shape)
 
 
 def _is_advanced(index) -> bool:
