@@ -1,12 +1,15 @@
-"""Sampling: logits processors (transformers' warpers and order), seeded draws, greedy choice.
+"""Sampling: from a model's logits to generated text.
 
-Kept as a plain re-export list so generation and beam search can be added beside it.
+    processors.py  logits processors (transformers' warpers and order), seeded draws, greedy choice
+    generate.py    generate(): KV-cached greedy / sampling / best-of-N, stop conditions, log-probs
+    beam.py        beam search with a length penalty (generate(num_beams > 1) calls it)
+    output.py      GenerateOutput, the result both searches assemble
+    best_of_n.py   best_of_n(): N samples per prompt, the reward model keeps the best
 """
+from minifm.sampling.beam import beam_search
+from minifm.sampling.generate import generate
+from minifm.sampling.output import GenerateOutput
 from minifm.sampling.processors import greedy, process_logits, sample, sample_from_uniforms
-
-# generation (KV cache, stops, log-probs, best-of-N) and beam search
-from minifm.sampling.beam import beam_search  # noqa: E402
-from minifm.sampling.generate import GenerateOutput, generate  # noqa: E402
 
 __all__ = ["GenerateOutput", "beam_search", "generate", "greedy", "process_logits", "sample",
            "sample_from_uniforms"]

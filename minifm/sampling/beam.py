@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from minifm.kernels.softmax import log_softmax
+from minifm.sampling.output import GenerateOutput, assemble_output
 from minifm.sampling.processors import process_logits
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)  # (N, V)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 class BeamHypotheses:
@@ -78,11 +74,9 @@ class BeamHypotheses:
 def beam_search(stepper, ids: np.ndarray, mask: np.ndarray, *, num_beams: int, max_new_tokens: int,
                 length_penalty: float = 1.0, early_stopping: bool = False, num_return_sequences: int = 1,
                 stopper=None, pad_token_id: int = 0, repetition_penalty: float = 1.0,
-                output_scores: bool = False):
+                output_scores: bool = False) -> GenerateOutput:
     """Beam search over a stepper (see minifm.sampling.generate). Returns a GenerateOutput whose rows
     are the num_return_sequences best hypotheses of each prompt, best first, with sequences_scores."""
-    from minifm.sampling.generate import _assemble  # deferred: generate.py imports this module lazily
-
     batch, prompt_length = ids.shape
     beams_ids = np.repeat(ids, num_beams, axis=0)  # (B*K, T0)
     beams_mask = np.repeat(mask, num_beams, axis=0)  # (B*K, T0)
@@ -97,7 +91,7 @@ def beam_search(stepper, ids: np.ndarray, mask: np.ndarray, *, num_beams: int, m
     for step in range(max_new_tokens):
         if not np.all(np.isfinite(logits)):
             raise FloatingPointError(f"the model produced non-finite logits at beam-search step {step}")
-        token_logprobs = _log_softmax(logits)  # (B*K, V)
+        token_logprobs = log_softmax(logits.astype(np.float64))  # (B*K, V)
         processed = token_logprobs
         if repetition_penalty != 1.0:
             processed = process_logits(token_logprobs, input_ids=stepper.ids, repetition_penalty=repetition_penalty)
@@ -176,7 +170,7 @@ def beam_search(stepper, ids: np.ndarray, mask: np.ndarray, *, num_beams: int, m
         mask = stepper.prompt_mask[::num_beams]
     prompt_ids = np.repeat(ids, num_return_sequences, axis=0)  # (N, T0)
     prompt_mask = np.repeat(mask, num_return_sequences, axis=0)  # (N, T0)
-    return _assemble(prompt_ids, prompt_mask, new_tokens, num_generated, logprobs, scores, sequence_scores)
+    return assemble_output(prompt_ids, prompt_mask, new_tokens, num_generated, logprobs, scores, sequence_scores)
 
 
 __all__ = ["BeamHypotheses", "beam_search"]

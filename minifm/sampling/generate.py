@@ -34,43 +34,14 @@ Simplifications / deviations (documented):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from minifm.autograd.grad_mode import no_grad
-from minifm.autograd.tensor import Tensor
+from minifm.autograd.tensor import Tensor, data_of
+from minifm.kernels.softmax import log_softmax
+from minifm.sampling.beam import beam_search
+from minifm.sampling.output import GenerateOutput, assemble_output
 from minifm.sampling.processors import greedy, process_logits, sample
-
-
-# ---------------------------------------------------------------------------------------- output
-@dataclass
-class GenerateOutput:
-    """What generate() returns when a dict is requested (transformers' GenerateOutput, simplified).
-
-    sequences        (N, T0 + T_new) int64: the (left-padded) prompt followed by the new tokens;
-    attention_mask   (N, T0 + T_new) int64: 1 for prompt tokens and kept new tokens, 0 for padding;
-    num_generated    (N,) new tokens per row, counting the eos / stop token that ended it;
-    prompt_length    T0, the padded prompt length (new tokens start at this column);
-    logprobs         (N, T_new) float64 log p_model(token) of each new token (0 after the end); None
-                     unless return_logprobs (always present for beam search and best-of-N);
-    scores           list over steps of processed logits (N, V), or None;
-    sequences_scores (N,) beam score (sum of log-probs / length**length_penalty) or best-of-N reward;
-    """
-
-    sequences: np.ndarray
-    attention_mask: np.ndarray
-    num_generated: np.ndarray
-    prompt_length: int
-    logprobs: np.ndarray | None = None
-    scores: list | None = None
-    sequences_scores: np.ndarray | None = None
-    extras: dict = field(default_factory=dict)
-
-    def new_tokens(self, row: int) -> list[int]:
-        """The new token ids of one row, without padding (the eos / stop tokens included)."""
-        start = self.prompt_length
-        return [int(t) for t in self.sequences[row, start:start + int(self.num_generated[row])]]
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -80,10 +51,7 @@ def prepare_prompts(input_ids, attention_mask=None, pad_token_id: int = 0):
     `input_ids` is a list of token-id lists (any lengths), a single list of ints (batch of one), or
     a 2-D array / Tensor (with an optional `attention_mask` of the same shape).
     """
-    if isinstance(input_ids, Tensor):
-        input_ids = input_ids.data
-    if isinstance(attention_mask, Tensor):
-        attention_mask = attention_mask.data
+    input_ids, attention_mask = data_of(input_ids), data_of(attention_mask)
     if isinstance(input_ids, np.ndarray):
         ids = input_ids
         if ids.ndim == 1:
@@ -269,13 +237,6 @@ def _block_size(model):
     return getattr(config, "block_size", None)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (the chosen-token log-probabilities are reported from it)."""
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def _make_rng(seed):
     if isinstance(seed, np.random.Generator):
         return seed
@@ -367,7 +328,6 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
     try:
         with no_grad():
             if num_beams > 1:
-                from minifm.sampling.beam import beam_search
                 result = beam_search(make_stepper(), ids, mask, num_beams=num_beams,
                                      max_new_tokens=max_new_tokens, length_penalty=length_penalty,
                                      early_stopping=early_stopping, num_return_sequences=num_return_sequences,
@@ -424,7 +384,7 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
         chosen = np.where(finished, pad_token_id, np.asarray(chosen, dtype=np.int64))  # (N,)
         new_tokens[:, step] = chosen
         if want_logprobs:
-            row_logprobs = _log_softmax(logits)[np.arange(batch), chosen]  # (N,)
+            row_logprobs = log_softmax(logits.astype(np.float64))[np.arange(batch), chosen]  # (N,)
             logprobs[:, step] = np.where(finished, 0.0, row_logprobs)
         if scores is not None:
             scores.append(np.asarray(processed, dtype=np.float32).copy())
@@ -442,22 +402,13 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
     new_tokens, logprobs = new_tokens[:, :steps_done], logprobs[:, :steps_done]
     if max_new_tokens:
         ids, mask = stepper.prompt_ids, stepper.prompt_mask
-    return _assemble(ids, mask, new_tokens, num_generated, logprobs if want_logprobs else None, scores)
-
-
-def _assemble(ids, mask, new_tokens, num_generated, logprobs, scores, sequences_scores=None) -> GenerateOutput:
-    width = new_tokens.shape[1]
-    kept = (np.arange(width)[None, :] < num_generated[:, None]).astype(np.int64)  # (N, T_new)
-    return GenerateOutput(sequences=np.concatenate([ids, new_tokens], axis=1),
-                          attention_mask=np.concatenate([mask, kept], axis=1),
-                          num_generated=num_generated, prompt_length=ids.shape[1], logprobs=logprobs,
-                          scores=scores, sequences_scores=sequences_scores)
+    return assemble_output(ids, mask, new_tokens, num_generated, logprobs if want_logprobs else None, scores)
 
 
 def _keep_best_of(result: GenerateOutput, reward_model, batch: int, copies: int, keep: int) -> GenerateOutput:
     """Best-of-N: score all `copies` samples of each prompt with the reward model, keep the top `keep`."""
     rewards = reward_model(result.sequences, result.attention_mask)
-    rewards = np.asarray(rewards.data if isinstance(rewards, Tensor) else rewards, dtype=np.float64).reshape(-1)
+    rewards = np.asarray(data_of(rewards), dtype=np.float64).reshape(-1)
     if rewards.shape != (batch * copies,):
         raise ValueError(f"reward_model must return one reward per sequence ({batch * copies}), got shape {rewards.shape}")
     if not np.all(np.isfinite(rewards)):
