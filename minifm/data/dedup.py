@@ -34,7 +34,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from minifm.data.quality import KEEP, Rule, RuleResult
+from minifm.data.rules import KEEP, Rule, RuleResult
 
 MERSENNE_PRIME = (1 << 31) - 1
 WORD_PATTERN = re.compile(r"\w+")

@@ -1,8 +1,8 @@
 """Heuristic quality filters in the style of C4 (Raffel et al., 2020) and Gopher/MassiveText (Rae et al., 2021).
 
-Every rule is a small dataclass with a `name` and its thresholds; `rule.check(text)` returns a
-`RuleResult(keep, reason)`, and `rule.run(texts)` applies it to a list (corpus-level rules such
-as deduplication override `run`). `QualityPipeline(rules).run(docs)` applies the rules in order,
+Every rule is a small dataclass with a `name` and its thresholds, built on the `Rule` interface of
+minifm/data/rules.py: `rule.check(text)` returns a `RuleResult(keep, reason)`, and `rule.run(texts)`
+applies it to a list (the deduplication rules of dedup.py override `run`). `QualityPipeline(rules).run(docs)` applies the rules in order,
 each to the documents the earlier rules kept, and returns a `CurationResult` with the kept
 documents, every dropped document with the rule and reason, and a per-rule table.
 
@@ -23,6 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
+from minifm.data.dedup import ExactDedup, MinHashDedup
+from minifm.data.rules import KEEP, Rule, drop
+
 TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", ")", ":")
 BULLETS = ("•", "-", "*", "·", "‣", "–", "●", "▪", "◦", "→", ">")
 ELLIPSES = ("...", "…")
@@ -41,34 +44,8 @@ STOP_WORDS = frozenset((
 ))
 
 
-@dataclass(frozen=True)
-class RuleResult:
-    keep: bool
-    reason: str = ""                 # why the document was dropped ("" when kept)
-    duplicate_of: int | None = None  # for dedup rules: position (in the rule's input) of the original
-
-
-KEEP = RuleResult(True)
-
-
-def drop(reason: str) -> RuleResult:
-    return RuleResult(False, reason)
-
-
 def non_empty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-class Rule:
-    """Base class: subclasses set `name` and implement `check(text)` (or `run(texts)`)."""
-
-    name: ClassVar[str] = "rule"
-
-    def check(self, text: str) -> RuleResult:
-        raise NotImplementedError
-
-    def run(self, texts: Sequence[str]) -> list[RuleResult]:
-        return [self.check(text) for text in texts]
 
 
 # ------------------------------------------------------------------ document-level rules
@@ -367,8 +344,6 @@ class AlphanumericFraction(Rule):
 # ------------------------------------------------------------------ presets and the pipeline
 def preset_rules(preset: str = "web", dedup: bool = True) -> list[Rule]:
     """The default rule list for "web" (prose) or "code" (source files), dedup last."""
-    from minifm.data.dedup import ExactDedup, MinHashDedup
-
     if preset == "web":
         rules: list[Rule] = [
             DocumentWords(), MeanWordLength(), SymbolToWordRatio(), BulletLines(), EllipsisLines(),

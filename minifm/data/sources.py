@@ -21,6 +21,8 @@ import os
 import sysconfig
 from pathlib import Path
 
+from minifm.data import tinyworld
+
 TEXT_SUFFIXES = (".txt", ".md")
 ROLES = ("system", "user", "assistant")
 STDLIB_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3",
@@ -152,7 +154,6 @@ def load_corpus(name_or_path: str | os.PathLike = "tinyworld", max_bytes: int | 
     """"tinyworld" (tinyworld.generate_corpus; `max_bytes` -> size_bytes, kwargs passed on),
     "python-stdlib", or a path (.txt/.md file or folder; .jsonl with a "text" field)."""
     if name_or_path == "tinyworld":
-        from minifm.data import tinyworld
         return tinyworld.generate_corpus(size_bytes=max_bytes or 1_000_000, **kwargs)
     if name_or_path == "python-stdlib":
         return python_stdlib_corpus(max_bytes)
