@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from minifm.autograd.tensor import data_of
 from minifm.nn import init
 from minifm.nn.attention import RotaryEmbedding
 from minifm.nn.block import TransformerBlock
@@ -174,7 +175,7 @@ def attach_dropout_rng(model, rng: np.random.Generator) -> None:
 
 def check_ids(name: str, ids) -> np.ndarray:
     """Validate a (B, T) integer id array and return it as an ndarray."""
-    ids = np.asarray(getattr(ids, "data", ids))
+    ids = np.asarray(data_of(ids))
     if ids.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (batch, time) array, got shape {ids.shape}")
     if ids.dtype.kind not in "iu":
@@ -184,7 +185,7 @@ def check_ids(name: str, ids) -> np.ndarray:
 
 def check_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray:
     """Validate a (B, T) 0/1 or bool mask; return it as bool."""
-    mask = np.asarray(getattr(mask, "data", mask))
+    mask = np.asarray(data_of(mask))
     if mask.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
     if mask.dtype != bool:

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import minifm.functional as F
-from minifm.autograd.tensor import Tensor
+from minifm.autograd.tensor import Tensor, data_of
 from minifm.models.config import (
     TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
 from minifm.nn.attention import KVCache
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
 from minifm.nn.module import Module
+from minifm.sampling.generate import generate
 
 
 @dataclass
@@ -145,13 +146,11 @@ class GPT(Module):
     def loss(self, input_ids, targets, ignore_index: int = -100, attention_mask=None):
         """Mean next-token cross-entropy of targets (B, T) under the logits of input_ids (B, T)."""
         logits = self.forward(input_ids, attention_mask=attention_mask)  # (B, T, V)
-        targets = np.asarray(getattr(targets, "data", targets))
+        targets = np.asarray(data_of(targets))
         if targets.shape != logits.shape[:2]:
             raise ValueError(f"targets must have shape {logits.shape[:2]}, got {targets.shape}")
         return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """Sample continuations; see minifm.sampling.generate.generate for the arguments."""
-        from minifm.sampling.generate import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)

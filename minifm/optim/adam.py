@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.kernels import adam as adam_kernels
+from minifm.nn.layers import Embedding
 from minifm.optim.optimizer import Optimizer
 
 
@@ -59,8 +60,6 @@ def param_groups_for_weight_decay(model, weight_decay: float) -> list[dict]:
     No decay on: parameters with fewer than 2 dimensions (biases, norm weights) and Embedding tables
     (including a tied output head, which is the token embedding). Frozen parameters are left out.
     """
-    from minifm.nn.layers import Embedding
-
     embedding_ids = {id(module.weight) for module in model.modules() if isinstance(module, Embedding)}
     decay, no_decay = [], []
     for _, param in model.named_parameters():
