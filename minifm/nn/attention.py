@@ -3,7 +3,7 @@
 MultiHeadAttention, for x (B, T, dim):
     q = q_proj(x) -> (B, H, T, D)      k = k_proj(src), v = v_proj(src) -> (B, Hkv, S, D)
     (RoPE rotates q and k by their positions, self-attention only)
-    (a KVCache appends the new k, v to the cached ones; `prefix_kv` prepends learned ones)
+    (a KVCache appends the new k, v to the cached ones; `extra_kv` prepends extra ones)
     out = softmax(q k^T / sqrt(D) + masks) v -> (B, T, H * D) -> o_proj
 with src = x for self-attention or the encoder's states for cross-attention. H must be a multiple
 of Hkv: each group of H / Hkv query heads shares one key/value head (GQA; Hkv = 1 is MQA,
@@ -18,7 +18,14 @@ difference is what the q.k product then sees, so attention depends on relative p
 KVCache: one preallocated (B, Hkv, max_length, D) key and value buffer per layer plus `length`,
 the number of positions already stored. A forward with a cache writes its new keys/values at
 [length, length + T) of every layer and the model then advances `length` by T; `reorder` permutes
-the batch (beam search). Simplifications: no attention-probability dropout; the cache stores the
+the batch (beam search).
+
+Extra keys/values: `attention.extra_kv`, None by default, may hold a pair (keys, values) of Tensors,
+each (Hkv, P, D). They are prepended to the keys and values of every call, for every row of the
+batch, and every query may attend to them (before the causal and padding masks, which cover the
+real keys only); gradients flow into them. This is the general hook through which a caller adds
+learned keys/values to a frozen model: prefix tuning (minifm/peft/prefix_tuning.py) sets it around
+each forward call. The KV cache never stores them. Simplifications: no attention-probability dropout; the cache stores the
 self-attention keys/values only (cross-attention keys are recomputed from the encoder output).
 """
 from __future__ import annotations
@@ -179,7 +186,7 @@ class MultiHeadAttention(Module):
         self.k_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = Linear(num_heads * self.head_dim, embed_dim, bias=bias)
-        self.prefix_kv = None  # (k_prefix, v_prefix), each (Hkv, P, D): prefix tuning
+        self.extra_kv = None  # None or (keys, values), each (Hkv, P, D), prepended in every call (see above)
 
     def _split_heads(self, x, heads: int):
         batch, steps, _ = x.shape
@@ -190,7 +197,7 @@ class MultiHeadAttention(Module):
         """x (B, T, embed_dim) -> (B, T, embed_dim).
 
         key_value_states: (B, S, kv_dim) for cross-attention, None for self-attention.
-        key_padding_mask: (B, S_total) bool, True = may attend, covering cached + new keys (not the prefix).
+        key_padding_mask: (B, S_total) bool, True = may attend, covering cached + new keys (not extra_kv).
         positions: (B, T) or (T,) integer positions of the new tokens (needed with RoPE).
         cache/layer_index: a KVCache to read and extend (self-attention only).
         """
@@ -213,33 +220,34 @@ class MultiHeadAttention(Module):
             if is_cross:
                 raise ValueError("a KVCache is for self-attention; cross-attention recomputes from the encoder states")
             k, v = cache.extend(layer_index, k, v)  # (B, Hkv, past + T, D)
-        if self.prefix_kv is not None:
-            k, v, key_padding_mask = self._prepend_prefix(k, v, key_padding_mask, batch)
+        if self.extra_kv is not None:
+            k, v, key_padding_mask = self._prepend_extra_kv(k, v, key_padding_mask, batch)
         q_offset = k.shape[2] - steps if self.causal else 0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, key_padding_mask=key_padding_mask,
                                              q_offset=q_offset)  # (B, H, T, D)
         out = out.transpose(0, 2, 1, 3).reshape(batch, steps, self.num_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out)
 
-    def _prepend_prefix(self, k, v, key_padding_mask, batch):
-        prefix_k, prefix_v = self.prefix_kv
-        prefix_k = prefix_k if isinstance(prefix_k, Tensor) else Tensor(np.asarray(prefix_k, dtype=k.dtype))
-        prefix_v = prefix_v if isinstance(prefix_v, Tensor) else Tensor(np.asarray(prefix_v, dtype=v.dtype))
-        expected = (self.num_kv_heads, prefix_k.shape[1] if prefix_k.ndim == 3 else -1, self.head_dim)
-        if prefix_k.shape != expected or prefix_v.shape != expected:
+    def _prepend_extra_kv(self, k, v, key_padding_mask, batch):
+        """[extra keys ; k], [extra values ; v] and the padding mask widened by P always-attendable keys."""
+        extra_k, extra_v = self.extra_kv
+        extra_k = extra_k if isinstance(extra_k, Tensor) else Tensor(np.asarray(extra_k, dtype=k.dtype))
+        extra_v = extra_v if isinstance(extra_v, Tensor) else Tensor(np.asarray(extra_v, dtype=v.dtype))
+        expected = (self.num_kv_heads, extra_k.shape[1] if extra_k.ndim == 3 else -1, self.head_dim)
+        if extra_k.shape != expected or extra_v.shape != expected:
             raise ValueError(
-                f"prefix_kv must be two tensors of shape (num_kv_heads={self.num_kv_heads}, P, "
-                f"head_dim={self.head_dim}); got {prefix_k.shape} and {prefix_v.shape}"
+                f"extra_kv must be two tensors of shape (num_kv_heads={self.num_kv_heads}, P, "
+                f"head_dim={self.head_dim}); got {extra_k.shape} and {extra_v.shape}"
             )
-        n_prefix = prefix_k.shape[1]
-        full_shape = (batch, self.num_kv_heads, n_prefix, self.head_dim)
-        prefix_k = prefix_k.unsqueeze(0).broadcast_to(full_shape)  # (B, Hkv, P, D)
-        prefix_v = prefix_v.unsqueeze(0).broadcast_to(full_shape)
-        k = ops.concatenate([prefix_k, k], axis=2)  # (B, Hkv, P + S, D)
-        v = ops.concatenate([prefix_v, v], axis=2)
+        n_extra = extra_k.shape[1]
+        full_shape = (batch, self.num_kv_heads, n_extra, self.head_dim)
+        extra_k = extra_k.unsqueeze(0).broadcast_to(full_shape)  # (B, Hkv, P, D)
+        extra_v = extra_v.unsqueeze(0).broadcast_to(full_shape)  # (B, Hkv, P, D)
+        k = ops.concatenate([extra_k, k], axis=2)  # (B, Hkv, P + S, D)
+        v = ops.concatenate([extra_v, v], axis=2)  # (B, Hkv, P + S, D)
         if key_padding_mask is not None:
-            always = np.ones((batch, n_prefix), dtype=bool)
-            key_padding_mask = np.concatenate([always, np.asarray(key_padding_mask, dtype=bool)], axis=1)
+            always = np.ones((batch, n_extra), dtype=bool)  # (B, P)
+            key_padding_mask = np.concatenate([always, np.asarray(key_padding_mask, dtype=bool)], axis=1)  # (B, P + S)
         return k, v, key_padding_mask
 
     def extra_repr(self) -> str:

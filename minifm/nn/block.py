@@ -82,7 +82,7 @@ class TransformerBlock(Module):
     def _can_run_inference_path(self, x) -> bool:
         attn = self.attn
         return (not is_grad_enabled() and isinstance(x, Tensor) and not x.requires_grad
-                and not self.has_cross_attention and attn.rope is None and attn.prefix_kv is None
+                and not self.has_cross_attention and attn.rope is None and attn.extra_kv is None
                 and not (self.training and self.dropout.p > 0.0)
                 and type(attn) is MultiHeadAttention and type(self.mlp) is MLP
                 and type(self.norm1) in (LayerNorm, RMSNorm) and type(self.norm2) in (LayerNorm, RMSNorm)

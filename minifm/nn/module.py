@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from minifm.autograd.tensor import Tensor
+from minifm.autograd.tensor import Tensor, data_of
 
 
 class Parameter(Tensor):
@@ -28,8 +28,7 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data, requires_grad: bool = True):
-        array = data.data if isinstance(data, Tensor) else data
-        array = np.asarray(array)
+        array = np.asarray(data_of(data))
         if array.dtype.kind != "f":
             raise TypeError(f"Parameter needs floating-point data, got dtype {array.dtype}")
         if array.dtype not in (np.float32, np.float64):
@@ -49,13 +48,19 @@ class Module:
     """Base class of all layers and models (see the module docstring)."""
 
     def __init__(self):
+        # the registries themselves are stored with object.__setattr__, past our __setattr__,
+        # which needs them to exist before it can file anything
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "training", True)
+        self.training = True
 
     # ------------------------------------------------------------------ registration
+    # Assigning is registering: `self.x = value` files a Parameter under _parameters, a Module under
+    # _modules and a value for a registered buffer name under _buffers; anything else (numbers,
+    # lists, dicts, generators) is a plain attribute. Only the register_* methods and __setattr__
+    # itself write with object.__setattr__, after filing the value.
     def __setattr__(self, name: str, value) -> None:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
@@ -77,7 +82,7 @@ class Module:
                 raise TypeError(f"cannot assign {type(value).__name__} to submodule {name!r} (need a Module or None)")
             modules[name] = None
         elif name in buffers:
-            buffers[name] = None if value is None else np.asarray(getattr(value, "data", value))
+            buffers[name] = None if value is None else np.asarray(data_of(value))
             value = buffers[name]
         object.__setattr__(self, name, value)
 
@@ -94,7 +99,7 @@ class Module:
 
     def register_buffer(self, name: str, array, persistent: bool = True) -> None:
         """A non-trainable array saved in the state dict (unless persistent=False), e.g. running statistics."""
-        array = None if array is None else np.asarray(getattr(array, "data", array))
+        array = None if array is None else np.asarray(data_of(array))
         self._buffers[name] = array
         if not persistent:
             self._non_persistent.add(name)
@@ -201,7 +206,7 @@ class Module:
     # ------------------------------------------------------------------ modes and gradients
     def train(self, mode: bool = True) -> "Module":
         for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+            module.training = bool(mode)
         return self
 
     def eval(self) -> "Module":
@@ -283,7 +288,7 @@ class Module:
             if key not in state_dict:
                 continue
             value = state_dict[key]
-            value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            value = np.asarray(data_of(value))
             if value.shape != target.shape:
                 raise ValueError(
                     f"load_state_dict: shape mismatch for {key!r}: checkpoint has {value.shape}, model has {target.shape}"

@@ -6,21 +6,22 @@
     trainable_tokens.py  LoraConfig(trainable_token_indices=...): train a few embedding rows (tied head too)
     adapters.py        Houlsby bottleneck adapters after attention and/or the MLP
     prompt_tuning.py   a learned soft prompt fed through inputs_embeds
-    prefix_tuning.py   learned per-layer key/value prefixes through the attention prefix_kv hook
+    prefix_tuning.py   learned per-layer key/value prefixes through the attention's extra_kv hook
     ia3.py             learned rescaling of keys, values and the FFN activation
-    io.py              save_adapter / load_adapter / from_pretrained (adapter_model.safetensors)
-    cli.py             add_peft_arguments(parser) / apply_peft_from_args(model, args) for `minifm sft|dpo --peft`
+    io.py              save_adapter / load_adapter (adapter_model.safetensors + adapter_config.json);
+                       PeftModel.save_pretrained / PeftModel.from_pretrained call them
 """
 from minifm.peft.config import (
     AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
 )
-from minifm.peft.cli import add_peft_arguments, apply_peft_from_args
-from minifm.peft.io import from_pretrained, load_adapter, save_adapter
+from minifm.peft.io import load_adapter, save_adapter
 from minifm.peft.model import PeftModel, get_peft_model
+
+from_pretrained = PeftModel.from_pretrained  # also a plain function: minifm.peft.from_pretrained(model, dir)
 
 __all__ = [
     "AdapterConfig", "IA3Config", "LoraConfig", "PeftConfig", "PeftModel", "PrefixTuningConfig",
-    "PromptTuningConfig", "add_peft_arguments", "apply_peft_from_args", "from_pretrained", "get_peft_model",
+    "PromptTuningConfig", "from_pretrained", "get_peft_model",
     "load_adapter", "save_adapter",
 ]
 

@@ -47,7 +47,7 @@ class Bottleneck(Module):
         self.adapter_down.bias.data[...] = 0.0  # a random negative bias can leave ReLU units dead from the start
         self.adapter_up.weight.data[...] = 0.0
         self.adapter_up.bias.data[...] = 0.0
-        object.__setattr__(self, "activation", ACTIVATIONS[non_linearity])
+        self.activation = ACTIVATIONS[non_linearity]
 
     def forward(self, h):
         hidden = self.activation(self.adapter_down(h))  # (..., m)

@@ -42,7 +42,7 @@ class IA3Linear(TunerLayer):
     def __init__(self, base_layer: Linear, is_feedforward: bool):
         super().__init__(base_layer)
         self.ia3_l = AdapterDict()
-        object.__setattr__(self, "is_feedforward", bool(is_feedforward))
+        self.is_feedforward = bool(is_feedforward)
 
     def add_adapter(self, name: str, config=None, rng=None) -> None:
         if name in self.ia3_l:

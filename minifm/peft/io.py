@@ -1,12 +1,13 @@
 """Saving and loading one adapter alone: `adapter_model.safetensors` + `adapter_config.json`.
 
-These are PEFT's file names. The safetensors file holds only the adapter's parameters (LoRA A/B,
-LoRA's trainable token rows — only the k selected rows (k, d), key `<embedding>.trainable_tokens_delta`,
-never the whole table —, IA3 vectors, bottleneck adapters, the soft prompt or prefix encoder, plus any
-trainable biases or modules_to_save), keyed by their dotted name with the adapter name removed — a few KB to MB instead
-of the whole model. Loading needs the same base model: `load_adapter` adds the adapter from the
-config and copies the saved arrays in, checking names and shapes. Writes are atomic (temporary file
-+ rename), and nothing is unpickled.
+These are PEFT's file names. The safetensors file holds only the adapter's parameters, keyed by
+their dotted name with the adapter name removed: LoRA A/B, LoRA's trainable token rows (only the
+k selected rows (k, d), key `<embedding>.trainable_tokens_delta`, never the whole table), IA3
+vectors, bottleneck adapters, the soft prompt or prefix encoder, plus any trainable biases or
+modules_to_save; a few KB to MB instead of the whole model. Loading needs the same base model:
+`load_adapter` adds the adapter from the config and copies the saved arrays in, checking names and
+shapes. `PeftModel.save_pretrained` and `PeftModel.from_pretrained` (minifm/peft/model.py) are
+PEFT's names for these two. Writes are atomic (temporary file + rename), and nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -91,13 +92,3 @@ def load_adapter(peft_model, directory, adapter_name: str = "default", is_traina
         for param in peft_model.parameters():
             if id(param.data) in loaded_arrays:
                 param.requires_grad = False
-
-
-def from_pretrained(model, directory, adapter_name: str = "default", is_trainable: bool = False, tokenizer=None):
-    """PEFT's PeftModel.from_pretrained: wrap `model` with the adapter saved in `directory`."""
-    from minifm.peft.model import get_peft_model
-
-    config = load_adapter_config(directory)
-    peft_model = get_peft_model(model, config, adapter_name=adapter_name, tokenizer=tokenizer)
-    load_adapter(peft_model, directory, adapter_name=adapter_name, is_trainable=is_trainable)
-    return peft_model

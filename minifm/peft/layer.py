@@ -22,7 +22,7 @@ class AdapterDict(Module):
 
     def __init__(self):
         super().__init__()
-        object.__setattr__(self, "_adapter_names", [])
+        self._adapter_names = []
 
     def __setitem__(self, name: str, module: Module) -> None:
         if not name.isidentifier():
@@ -61,10 +61,10 @@ class TunerLayer(Module):
         super().__init__()
         self.base_layer = base_layer
         self.base_layer.requires_grad_(False)
-        object.__setattr__(self, "active_adapters", [])
-        object.__setattr__(self, "merged_adapters", [])
-        object.__setattr__(self, "disable_adapters", False)
-        object.__setattr__(self, "_merge_backup", None)
+        self.active_adapters = []
+        self.merged_adapters = []
+        self.disable_adapters = False
+        self._merge_backup = None
 
     @property
     def in_features(self) -> int:
@@ -130,8 +130,7 @@ class TunerLayer(Module):
         weight = self.base_layer.weight
         bias = self.base_layer.bias
         if self._merge_backup is None:
-            object.__setattr__(self, "_merge_backup", (
-                weight.data.copy(), None if bias is None else bias.data.copy()))
+            self._merge_backup = (weight.data.copy(), None if bias is None else bias.data.copy())
         for name in names:
             if name in self.merged_adapters:
                 continue
@@ -151,7 +150,7 @@ class TunerLayer(Module):
         self.base_layer.weight.data[...] = saved_weight
         if saved_bias is not None:
             self.base_layer.bias.data[...] = saved_bias
-        object.__setattr__(self, "_merge_backup", None)
+        self._merge_backup = None
         self.merged_adapters.clear()
 
     def base_forward(self, x):

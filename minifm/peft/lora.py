@@ -78,10 +78,10 @@ class LoraLinear(TunerLayer):
         super().__init__(base_layer)
         self.lora_A = AdapterDict()
         self.lora_B = AdapterDict()
-        object.__setattr__(self, "scaling", {})
-        object.__setattr__(self, "r", {})
-        object.__setattr__(self, "lora_dropout", {})
-        object.__setattr__(self, "rng", rng if rng is not None else np.random.default_rng(0))
+        self.scaling = {}
+        self.r = {}
+        self.lora_dropout = {}
+        self.rng = rng if rng is not None else np.random.default_rng(0)
 
     def add_adapter(self, name: str, config: LoraConfig, rng: np.random.Generator) -> None:
         if name in self.lora_A:

@@ -6,8 +6,8 @@ state is ever made for them) and then
     (minifm/peft/lora.py, ia3.py, adapters.py) — the model's own forward then runs them; LoRA's
     trainable_token_indices also wraps the token embedding (minifm/peft/trainable_tokens.py);
   * prompt tuning: keeps a soft prompt and feeds [soft prompt ; token embeddings] as `inputs_embeds`;
-  * prefix tuning: computes per-layer key/value prefixes and sets every attention module's
-    `prefix_kv` hook for the duration of each forward call.
+  * prefix tuning: computes per-layer key/value prefixes and puts them in every attention module's
+    `extra_kv` (the attention's general extra keys/values hook) for the duration of each forward call.
 
 The wrapper has the base model's interface: GPT-style `forward(input_ids, attention_mask, cache,
 inputs_embeds, return_hidden)`, `loss`, `make_cache` and `generate` (KV-cached, through
@@ -28,18 +28,21 @@ import numpy as np
 
 import minifm.functional as F
 from minifm.autograd import ops
+from minifm.autograd.tensor import data_of
 from minifm.nn import Embedding, Module
 from minifm.peft.adapters import BottleneckAdapterLayer, adapter_targets
 from minifm.peft.config import (
     AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
 )
 from minifm.peft.ia3 import IA3Linear
+from minifm.peft.io import load_adapter, load_adapter_config, save_adapter
 from minifm.peft.layer import AdapterDict, TunerLayer
 from minifm.peft.lora import LoraLinear
 from minifm.peft.prefix_tuning import PrefixEncoder
 from minifm.peft.prompt_tuning import PromptEmbedding, init_prompt_embedding
 from minifm.peft.targeting import find_linear_targets, name_matches
 from minifm.peft.trainable_tokens import TrainableTokensEmbedding, resolve_token_targets
+from minifm.sampling.generate import generate
 
 DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
 DEFAULT_IA3_TARGETS = ["k_proj", "v_proj", "fc_out", "down_proj"]
@@ -69,10 +72,10 @@ def find_token_embedding(model: Module) -> Embedding:
 
 
 def attention_modules(model: Module) -> list[tuple[str, Module]]:
-    """(name, module) of every attention module: the ones with the `prefix_kv` hook."""
-    found = [(name, module) for name, module in model.named_modules() if hasattr(module, "prefix_kv")]
+    """(name, module) of every attention module: the ones with the `extra_kv` hook (nn.MultiHeadAttention)."""
+    found = [(name, module) for name, module in model.named_modules() if hasattr(module, "extra_kv")]
     if not found:
-        raise ValueError(f"{type(model).__name__} has no attention module with a prefix_kv hook")
+        raise ValueError(f"{type(model).__name__} has no attention module with an extra_kv hook")
     return found
 
 
@@ -90,15 +93,15 @@ class PeftModel(Module):
             raise TypeError(f"peft_config must be a LoraConfig, AdapterConfig, PromptTuningConfig, "
                             f"PrefixTuningConfig or IA3Config, got {type(peft_config).__name__}")
         self.base_model = model
-        object.__setattr__(self, "peft_config", {})
-        object.__setattr__(self, "peft_type", peft_config.peft_type)
-        object.__setattr__(self, "active_adapter", adapter_name)
-        object.__setattr__(self, "kind", model_kind(model))
-        object.__setattr__(self, "tokenizer", tokenizer)
-        object.__setattr__(self, "_adapters_disabled", False)
+        self.peft_config = {}
+        self.peft_type = peft_config.peft_type
+        self.active_adapter = adapter_name
+        self.kind = model_kind(model)
+        self.tokenizer = tokenizer
+        self._adapters_disabled = False
         if rng is None:
             rng = getattr(model, "rng", None)
-        object.__setattr__(self, "rng", rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0))
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0)
         model.requires_grad_(False)
         if peft_config.peft_type in ("prompt", "prefix"):
             self.prompt_encoder = AdapterDict()
@@ -210,7 +213,7 @@ class PeftModel(Module):
         if "prompt_encoder" in self._modules:
             for name in self.prompt_encoder.keys():
                 self.prompt_encoder[name].requires_grad_(name == adapter_name)
-        object.__setattr__(self, "active_adapter", adapter_name)
+        self.active_adapter = adapter_name
 
     @property
     def active_adapters(self) -> list[str]:
@@ -235,14 +238,14 @@ class PeftModel(Module):
         """Context manager: run the plain base model inside the block (PEFT's name)."""
         layers = self.tuner_layers()
         for layer in layers:
-            object.__setattr__(layer, "disable_adapters", True)
-        object.__setattr__(self, "_adapters_disabled", True)
+            layer.disable_adapters = True
+        self._adapters_disabled = True
         try:
             yield self
         finally:
             for layer in layers:
-                object.__setattr__(layer, "disable_adapters", False)
-            object.__setattr__(self, "_adapters_disabled", False)
+                layer.disable_adapters = False
+            self._adapters_disabled = False
 
     # ------------------------------------------------------------------ merging
     def merge_adapter(self) -> None:
@@ -272,7 +275,7 @@ class PeftModel(Module):
         names = [name for name, m in self.base_model.named_modules() if isinstance(m, TunerLayer)]
         for name in names:
             layer = self.base_model.get_submodule(name)
-            object.__setattr__(layer, "_merge_backup", None)  # the merged weights are now the weights
+            layer._merge_backup = None  # the merged weights are now the weights
             self.base_model.set_submodule(name, layer.base_layer)
         return self.base_model
 
@@ -285,6 +288,21 @@ class PeftModel(Module):
         if not self.mergeable:
             raise NotImplementedError(f"{self.peft_type!r} adapters cannot be merged into the weights "
                                       f"(only LoRA and IA3 change the layers linearly)")
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory, adapter_name: str | None = None):
+        """Write one adapter (default: the active one): adapter_model.safetensors + adapter_config.json."""
+        return save_adapter(self, directory, adapter_name)
+
+    @classmethod
+    def from_pretrained(cls, model: Module, directory, adapter_name: str = "default", is_trainable: bool = False,
+                        tokenizer=None) -> "PeftModel":
+        """PEFT's PeftModel.from_pretrained: wrap `model` with the adapter saved in `directory`
+        (frozen for inference unless is_trainable=True)."""
+        config = load_adapter_config(directory)
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name, tokenizer=tokenizer)
+        load_adapter(peft_model, directory, adapter_name=adapter_name, is_trainable=is_trainable)
+        return peft_model
 
     # ------------------------------------------------------------------ parameter counts
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -339,17 +357,17 @@ class PeftModel(Module):
         pairs = self.prompt_encoder[self.active_adapter]()
         try:
             for module, pair in zip(modules, pairs):
-                module.prefix_kv = pair
+                module.extra_kv = pair
             yield
         finally:
             for module in modules:
-                module.prefix_kv = None
+                module.extra_kv = None
 
     def _extend_mask(self, attention_mask, batch: int, dtype=np.int64):
         """Prepend num_virtual_tokens ones to a (B, T) mask (None stays None)."""
         if attention_mask is None:
             return None
-        mask = np.asarray(getattr(attention_mask, "data", attention_mask))
+        mask = np.asarray(data_of(attention_mask))
         if mask.ndim != 2 or mask.shape[0] != batch:
             raise ValueError(f"attention_mask must be (batch={batch}, T), got shape {mask.shape}")
         ones = np.ones((batch, self.num_virtual_tokens), dtype=mask.dtype)
@@ -360,7 +378,7 @@ class PeftModel(Module):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
-            ids = np.asarray(getattr(input_ids, "data", input_ids))
+            ids = np.asarray(data_of(input_ids))
             if ids.ndim != 2:
                 raise ValueError(f"input_ids must be (batch, T), got shape {ids.shape}")
             inputs_embeds = find_token_embedding(self.base_model)(ids)  # (B, T, d)
@@ -415,7 +433,7 @@ class PeftModel(Module):
 
     def _with_placeholders(self, input_ids, attention_mask):
         """(placeholder ids + input_ids, ones + attention_mask), both (B, P + T)."""
-        ids = np.asarray(getattr(input_ids, "data", input_ids))
+        ids = np.asarray(data_of(input_ids))
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, T), got shape {ids.shape}")
         placeholders = np.zeros((ids.shape[0], self.num_virtual_tokens), dtype=ids.dtype)
@@ -446,7 +464,7 @@ class PeftModel(Module):
     def _peft_decode(self, decoder_input_ids, encoder_hidden, encoder_mask=None, **kwargs):
         """T5 decode; a caller's encoder mask that lacks the virtual positions is extended."""
         if self._prompt_active and encoder_mask is not None:
-            mask = np.asarray(getattr(encoder_mask, "data", encoder_mask))
+            mask = np.asarray(data_of(encoder_mask))
             if mask.shape[1] == encoder_hidden.shape[1] - self.num_virtual_tokens:
                 encoder_mask = self._extend_mask(mask, mask.shape[0])
         with self._prefixes_installed():
@@ -470,7 +488,7 @@ class PeftModel(Module):
         if self.kind == "causal":
             input_ids, targets = args[0], args[1]
             logits = self(input_ids, **kwargs)  # (B, T, V)
-            return F.cross_entropy(logits, np.asarray(getattr(targets, "data", targets)), ignore_index=ignore_index)
+            return F.cross_entropy(logits, np.asarray(data_of(targets)), ignore_index=ignore_index)
         if self.kind == "seq2seq":
             return self._seq2seq_loss(*args, ignore_index=ignore_index, **kwargs)
         with self._prefixes_installed():
@@ -478,7 +496,7 @@ class PeftModel(Module):
 
     def _seq2seq_loss(self, input_ids, labels, attention_mask=None, decoder_input_ids=None, ignore_index=-100):
         """T5.loss's contract: decoder inputs default to shift_right(labels)."""
-        labels = np.asarray(getattr(labels, "data", labels))
+        labels = np.asarray(data_of(labels))
         if decoder_input_ids is None:
             decoder_input_ids = self.base_model.shift_right(labels)
         logits = self(input_ids, decoder_input_ids, attention_mask=attention_mask)  # (B, T, V)
@@ -486,8 +504,6 @@ class PeftModel(Module):
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """KV-cached generation through this wrapper (minifm.sampling.generate)."""
-        from minifm.sampling.generate import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
 
@@ -496,7 +512,11 @@ class _SoftPromptEmbedding(Module):
 
     def __init__(self, embedding: Embedding, prompt: PromptEmbedding):
         super().__init__()
-        object.__setattr__(self, "inner", embedding)  # not registered: the swap is temporary
+        # object.__setattr__ stores plain references, bypassing Module.__setattr__'s registration of
+        # submodules: this stand-in replaces the token embedding for one forward call only, and as
+        # registered children the embedding and the soft prompt would appear in the base model's
+        # named_parameters() and state_dict() under new names during that call
+        object.__setattr__(self, "inner", embedding)
         object.__setattr__(self, "prompt", prompt)
 
     @property

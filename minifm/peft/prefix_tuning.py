@@ -2,7 +2,7 @@
 
 For each attention module l the model attends over [P_k^l ; K] and [P_v^l ; V], where the prefixes
 P_k^l, P_v^l (Hkv, num_virtual_tokens, head_dim) are learned and always attendable. They reach the
-frozen model through the attention modules' `prefix_kv` hook (a pair of Tensors, broadcast over the
+frozen model through the attention modules' `extra_kv` hook (a pair of Tensors, broadcast over the
 batch), which is set just before each forward call and cleared after it; the KV cache stores only
 real tokens, so cached generation simply sees the same prefixes at every step.
 
@@ -36,9 +36,9 @@ class PrefixEncoder(Module):
                  prefix_projection: bool, encoder_hidden_size: int | None, rng: np.random.Generator,
                  dtype=np.float32):
         super().__init__()
-        object.__setattr__(self, "kv_shapes", list(kv_shapes))  # [(Hkv, head_dim)] per attention module
-        object.__setattr__(self, "prefix_projection", bool(prefix_projection))
-        object.__setattr__(self, "num_virtual_tokens", int(num_virtual_tokens))
+        self.kv_shapes = list(kv_shapes)  # [(Hkv, head_dim)] per attention module
+        self.prefix_projection = bool(prefix_projection)
+        self.num_virtual_tokens = int(num_virtual_tokens)
         columns = sum(2 * heads * head_dim for heads, head_dim in kv_shapes)
         if prefix_projection:
             hidden = encoder_hidden_size or d_model

@@ -39,6 +39,7 @@ from minifm.autograd.tensor import Tensor
 from minifm.nn import Embedding, Module, Parameter
 import minifm.functional as F
 from minifm.peft.layer import AdapterDict, TunerLayer
+from minifm.peft.targeting import name_matches
 
 
 class RowOverride(Function):
@@ -99,7 +100,7 @@ class TrainableTokensEmbedding(TunerLayer):
             raise TypeError(f"trainable tokens wrap an Embedding, got {type(base_layer).__name__}")
         super().__init__(base_layer)
         self.trainable_tokens_delta = AdapterDict()  # adapter name -> Parameter (k, d)
-        object.__setattr__(self, "token_indices", {})  # adapter name -> list of k ids
+        self.token_indices = {}  # adapter name -> list of k ids
 
     @property
     def num_embeddings(self) -> int:
@@ -155,7 +156,7 @@ class TrainableTokensEmbedding(TunerLayer):
             backup.append((indices, weight[indices].copy()))
             weight[indices] = rows  # in place: optimizers keep pointing at the same array
             self.merged_adapters.append(name)
-        object.__setattr__(self, "_merge_backup", backup or None)
+        self._merge_backup = backup or None
 
     def unmerge(self) -> None:
         """Copy the original rows back (in reverse merge order), so W is restored bit for bit."""
@@ -164,7 +165,7 @@ class TrainableTokensEmbedding(TunerLayer):
         weight = self.base_layer.weight.data
         for indices, rows in reversed(self._merge_backup):
             weight[indices] = rows
-        object.__setattr__(self, "_merge_backup", None)
+        self._merge_backup = None
         self.merged_adapters.clear()
 
     def extra_repr(self) -> str:
@@ -180,8 +181,6 @@ def resolve_token_targets(model: Module, trainable_token_indices, input_embeddin
     exactly Embedding modules (or already wrapped ones), else ValueError naming the key.
     """
     if isinstance(trainable_token_indices, dict):
-        from minifm.peft.targeting import name_matches
-
         resolved = {}
         for key, indices in trainable_token_indices.items():
             found = [name for name, module in model.named_modules()

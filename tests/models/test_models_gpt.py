@@ -116,29 +116,29 @@ def test_kv_cached_decoding_with_left_padding_equals_full_forward_and_unpadded(v
 
 
 @pytest.mark.parametrize("variant", ["gpt2", "rope-rms-swiglu-gqa-untied"])
-def test_prefix_kv_cached_equals_full_and_torch(variant, rng):
+def test_extra_kv_cached_equals_full_and_torch(variant, rng):
     model, config = make(**VARIANTS[variant])
     kv_heads = config.kv_heads
     prefixes = {}
     for index, block in enumerate(model.blocks):
         pair = (mf.Tensor(rng.normal(size=(kv_heads, 3, config.head_dim))),
                 mf.Tensor(rng.normal(size=(kv_heads, 3, config.head_dim))))
-        block.attn.prefix_kv = pair
+        block.attn.extra_kv = pair
         prefixes[f"blocks.{index}"] = tuple(torch.tensor(p.data) for p in pair)
     ids = rng.integers(0, config.vocab_size, size=(2, 10))
     with mf.no_grad():
         full = model(ids).data
         cached = decode_token_by_token(model, ids, prompt_len=4)
-    torch_logits, _ = gpt_forward(to_torch_params(model.state_dict(), False), config, ids, prefix_kvs=prefixes)
+    torch_logits, _ = gpt_forward(to_torch_params(model.state_dict(), False), config, ids, extra_kvs=prefixes)
     np.testing.assert_allclose(cached, full, atol=1e-10)
     np.testing.assert_allclose(full, torch_logits.numpy(), atol=1e-10)
 
 
-def test_prefix_kv_receives_gradients(rng):
+def test_extra_kv_receives_gradients(rng):
     model, config = make()
     prefix_k = mf.Tensor(rng.normal(size=(config.kv_heads, 2, config.head_dim)), requires_grad=True)
     prefix_v = mf.Tensor(rng.normal(size=(config.kv_heads, 2, config.head_dim)), requires_grad=True)
-    model.blocks[0].attn.prefix_kv = (prefix_k, prefix_v)
+    model.blocks[0].attn.extra_kv = (prefix_k, prefix_v)
     ids = rng.integers(0, config.vocab_size, size=(2, 6))
     model.loss(ids, np.roll(ids, -1, 1)).backward()
     assert prefix_k.grad.shape == prefix_k.shape and np.abs(prefix_k.grad).sum() > 0

@@ -46,7 +46,7 @@ def rope(x, positions, base):
 
 
 def attention(P, prefix, x, n_head, n_kv_head, causal, positions=None, rope_base=None, key_mask=None, source=None,
-              prefix_kv=None, past_len=0):
+              extra_kv=None, past_len=0):
     batch, steps, width = x.shape
     head_dim = width // n_head
     source = x if source is None else source
@@ -60,8 +60,8 @@ def attention(P, prefix, x, n_head, n_kv_head, causal, positions=None, rope_base
         allowed = allowed & torch.tril(torch.ones(steps, k.shape[2], dtype=torch.bool))
     if key_mask is not None:
         allowed = allowed & torch.as_tensor(np.asarray(key_mask, dtype=bool))[:, None, None, :]
-    if prefix_kv is not None:
-        pk, pv = prefix_kv
+    if extra_kv is not None:
+        pk, pv = extra_kv
         n_prefix = pk.shape[1]
         k = torch.cat([pk[None].expand(batch, -1, -1, -1), k], dim=2)
         v = torch.cat([pv[None].expand(batch, -1, -1, -1), v], dim=2)
@@ -82,18 +82,18 @@ def mlp(P, prefix, x, kind):
     return linear(P, prefix + ".fc_out", TF.gelu(linear(P, prefix + ".fc_in", x)))
 
 
-def block(P, prefix, x, cfg, causal, positions, key_mask, rope_base, encoder=None, encoder_mask=None, prefix_kvs=None):
+def block(P, prefix, x, cfg, causal, positions, key_mask, rope_base, encoder=None, encoder_mask=None, extra_kvs=None):
     n_kv = cfg.n_head if cfg.n_kv_head is None else cfg.n_kv_head
-    prefix_kv = None if prefix_kvs is None else prefix_kvs.get(prefix)
+    extra_kv = None if extra_kvs is None else extra_kvs.get(prefix)
     x = x + attention(P, prefix + ".attn", norm(P, prefix + ".norm1", x, cfg.norm, cfg.norm_eps), cfg.n_head, n_kv,
-                      causal, positions, rope_base, key_mask, prefix_kv=prefix_kv)
+                      causal, positions, rope_base, key_mask, extra_kv=extra_kv)
     if encoder is not None:
         x = x + attention(P, prefix + ".cross_attn", norm(P, prefix + ".norm_cross", x, cfg.norm, cfg.norm_eps),
                           cfg.n_head, n_kv, False, key_mask=encoder_mask, source=encoder)
     return x + mlp(P, prefix + ".mlp", norm(P, prefix + ".norm2", x, cfg.norm, cfg.norm_eps), cfg.mlp)
 
 
-def gpt_forward(P, cfg, ids, attention_mask=None, inputs_embeds=None, prefix_kvs=None):
+def gpt_forward(P, cfg, ids, attention_mask=None, inputs_embeds=None, extra_kvs=None):
     """Logits (B, T, V) and final hidden states of a GPT with parameters P."""
     x = P["wte.weight"][torch.as_tensor(ids)] if inputs_embeds is None else inputs_embeds
     steps = x.shape[1]
@@ -105,7 +105,7 @@ def gpt_forward(P, cfg, ids, attention_mask=None, inputs_embeds=None, prefix_kvs
         x = x + P["wpe.weight"][torch.as_tensor(positions)]
     rope_base = cfg.rope_base if cfg.pos == "rope" else None
     for layer in range(cfg.n_layer):
-        x = block(P, f"blocks.{layer}", x, cfg, True, positions, attention_mask, rope_base, prefix_kvs=prefix_kvs)
+        x = block(P, f"blocks.{layer}", x, cfg, True, positions, attention_mask, rope_base, extra_kvs=extra_kvs)
     hidden = norm(P, "norm_f", x, cfg.norm, cfg.norm_eps)
     head = P["wte.weight"] if cfg.tie_weights else P["lm_head.weight"]
     return hidden @ head.T, hidden

@@ -6,8 +6,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from minifm.peft import (
-    AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, from_pretrained, get_peft_model,
-    load_adapter, save_adapter,
+    AdapterConfig, IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, from_pretrained,
+    get_peft_model, load_adapter, save_adapter,
 )
 from peft_testing import perturb_trainable, random_ids, tiny_gpt
 
@@ -39,6 +39,17 @@ def test_save_load_round_trip(tmp_path, rng, config):
     assert fresh.get_nb_trainable_parameters()[0] == 0  # loaded for inference
     trainable_again = from_pretrained(tiny_gpt(), tmp_path, is_trainable=True)
     assert trainable_again.get_nb_trainable_parameters()[0] == trainable
+
+
+def test_peft_names_save_pretrained_and_from_pretrained(tmp_path, rng):
+    """PEFT's method names do what save_adapter / from_pretrained do (the contract's PeftModel.from_pretrained)."""
+    peft_model = get_peft_model(tiny_gpt(), LoraConfig(r=2))
+    perturb_trainable(peft_model, rng)
+    ids = random_ids(rng, 2, 5)
+    peft_model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_gpt(), tmp_path)
+    assert isinstance(loaded, PeftModel) and loaded.get_nb_trainable_parameters()[0] == 0
+    np.testing.assert_array_equal(loaded(ids).data, peft_model(ids).data)
 
 
 def test_load_as_second_named_adapter(tmp_path, rng):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import minifm as mf
+from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args
 from minifm.nn import MultiHeadAttention
 from minifm.optim import AdamW
 from minifm.peft import (
-    AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, add_peft_arguments,
-    apply_peft_from_args, get_peft_model,
+    AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model,
 )
 from minifm.peft.adapters import Bottleneck, adapter_parameter_count
 from minifm.peft.ia3 import IA3Linear
@@ -195,11 +195,11 @@ def test_prefix_reaches_attention_as_learned_keys_and_values(rng):
     projection = rng.standard_normal((2, 5, 8))
 
     def loss():
-        attention.prefix_kv = encoder()[0]
+        attention.extra_kv = encoder()[0]
         try:
             return (attention(x) * projection).sum()
         finally:
-            attention.prefix_kv = None
+            attention.extra_kv = None
 
     check_parameter_gradients(loss, [encoder.embedding])
     # the same numbers by hand: prepend the prefix to every row's keys and values
@@ -217,16 +217,16 @@ def test_prefix_reaches_attention_as_learned_keys_and_values(rng):
     weights /= weights.sum(-1, keepdims=True)
     mixed = (weights @ v_all).transpose(0, 2, 1, 3).reshape(2, 5, 8)
     expected = attention.o_proj(mf.tensor(mixed)).data
-    attention.prefix_kv = encoder()[0]
+    attention.extra_kv = encoder()[0]
     np.testing.assert_allclose(attention(x).data, expected, rtol=1e-10, atol=1e-12)
-    attention.prefix_kv = None
+    attention.extra_kv = None
 
 
 def test_prefix_hooks_are_cleared_after_each_call(rng):
     model = tiny_gpt()
     peft_model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=2))
     peft_model(random_ids(rng, 1, 4))
-    assert all(m.prefix_kv is None for m in model.modules() if hasattr(m, "prefix_kv"))
+    assert all(m.extra_kv is None for m in model.modules() if hasattr(m, "extra_kv"))
 
 
 def test_cli_helpers_build_the_requested_method():
