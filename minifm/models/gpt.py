@@ -14,7 +14,7 @@ Initialisation: GPT-2's (minifm.models.config.init_gpt2_style): N(0, 0.02) weigh
 residual projections scaled by 1/sqrt(2 * n_layer). The generator is seeded by config.seed; a second
 generator from the same seed, `model.rng`, drives every Dropout.
 
-Extra config fields beyond the DESIGN contract (all with defaults): mlp_ratio=4.0, mlp_hidden=None
+Config fields beyond the core ones (vocab_size ... tie_weights), all with defaults: mlp_ratio=4.0, mlp_hidden=None
 (explicit FFN width), rope_base=10000.0, norm_eps=None (1e-5 LayerNorm / 1e-6 RMSNorm),
 init_std=0.02, seed=0, dtype="float32" ("float64" for exact-math tests).
 """

@@ -12,32 +12,16 @@ PEFT's names for these two. Writes are atomic (temporary file + rename), and not
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save as safetensors_bytes
 
+from minifm.checkpoint import atomic_write_bytes
 from minifm.peft.config import PeftConfig
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def save_adapter(peft_model, directory, adapter_name: str | None = None) -> Path:
@@ -52,9 +36,9 @@ def save_adapter(peft_model, directory, adapter_name: str | None = None) -> Path
     for name, array in state.items():
         if not np.all(np.isfinite(array)):
             raise FloatingPointError(f"adapter parameter {name!r} holds NaN or inf; refusing to save it")
-    _atomic_write(directory / ADAPTER_WEIGHTS_NAME, safetensors_bytes(state))
+    atomic_write_bytes(directory / ADAPTER_WEIGHTS_NAME, safetensors_bytes(state))
     config = peft_model.peft_config[adapter_name].to_dict()
-    _atomic_write(directory / ADAPTER_CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(directory / ADAPTER_CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return directory
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.autograd import Function
-from minifm.autograd.tensor import Tensor
 from minifm.nn import Embedding, Module, Parameter
 import minifm.functional as F
 from minifm.peft.layer import AdapterDict, TunerLayer

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minifm.checkpoint import atomic_write_bytes
 from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
 from minifm.tokenizer.pretokenize import PATTERN_NAMES, compiled_pattern
@@ -363,17 +363,8 @@ class BPETokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON (atomically: a temporary file renamed into place)."""
-        path = Path(path)
         text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        atomic_write_bytes(path, text.encode("utf-8"))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "tokenizer data") -> "BPETokenizer":
