@@ -14,6 +14,7 @@ label_smoothing, center_rewards_coefficient) and so do the formulas:
     clipped_value_loss                     0.5 max((v - R)^2, (clip(v, v_old +- c_v) - R)^2)
     group_relative_advantages              GRPO: (score - mean of its group) / (std of its group + eps)
     bradley_terry_loss                     -log sigmoid(r_chosen - r_rejected - margin) (+ centring)
+                                           (log sigmoid is minifm.functional.logsigmoid)
     dpo_loss                               DPO's sigmoid / hinge / ipo losses on log-prob differences
     token_logprobs / entropy_from_logits   log pi(token) from logits (fused cross-entropy), entropy
     FixedKLController / AdaptiveKLController   the KL coefficient, constant or steered to a target KL
@@ -25,21 +26,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from minifm import functional as F
 from minifm.autograd import ops
 from minifm.autograd.grad_mode import no_grad
-from minifm.autograd.tensor import Tensor
+from minifm.autograd.tensor import Tensor, data_of
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 
 # ---------------------------------------------------------------------- validation helpers
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
 def _as_float_array(x, name: str) -> np.ndarray:
-    array = np.asarray(_raw(x))
+    array = np.asarray(data_of(x))
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
     array = array.astype(np.float64) if array.dtype.kind != "f" else array
@@ -52,7 +50,7 @@ def _check_mask(mask, shape, name: str = "mask") -> np.ndarray:
     """A 0/1 float mask of `shape` (None means every entry is valid)."""
     if mask is None:
         return np.ones(shape, dtype=np.float64)
-    mask = np.asarray(_raw(mask))
+    mask = np.asarray(data_of(mask))
     if mask.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {mask.shape}")
     if mask.dtype != bool and not np.all((mask == 0) | (mask == 1)):
@@ -62,16 +60,16 @@ def _check_mask(mask, shape, name: str = "mask") -> np.ndarray:
 
 def _check_same_shape(reference_name: str, reference: np.ndarray, **others) -> None:
     for name, value in others.items():
-        if np.shape(_raw(value)) != reference.shape:
+        if np.shape(data_of(value)) != reference.shape:
             raise ValueError(
-                f"{name} must have the shape of {reference_name} {reference.shape}, got {np.shape(_raw(value))}"
+                f"{name} must have the shape of {reference_name} {reference.shape}, got {np.shape(data_of(value))}"
             )
 
 
 # ---------------------------------------------------------------------- masked statistics
 def masked_sum(values, mask, axis=None):
     """sum(values * mask) over `axis`; `values` may be an array or a Tensor (then a Tensor comes back)."""
-    weights = _check_mask(mask, np.shape(_raw(values)))
+    weights = _check_mask(mask, np.shape(data_of(values)))
     if isinstance(values, Tensor):
         return (values * weights.astype(values.dtype)).sum(axis=axis)
     return np.sum(np.asarray(values) * weights, axis=axis)
@@ -79,10 +77,10 @@ def masked_sum(values, mask, axis=None):
 
 def masked_mean(values, mask=None, axis=None):
     """sum(values * mask) / sum(mask): the mean over valid entries only (TRL's masked_mean)."""
-    weights = _check_mask(mask, np.shape(_raw(values)))
+    weights = _check_mask(mask, np.shape(data_of(values)))
     count = weights.sum(axis=axis)
     if np.any(count == 0):
-        raise ValueError(f"masked_mean: the mask selects no entries (values shape {np.shape(_raw(values))})")
+        raise ValueError(f"masked_mean: the mask selects no entries (values shape {np.shape(data_of(values))})")
     return masked_sum(values, weights, axis=axis) / (count if np.ndim(count) else float(count))
 
 
@@ -118,7 +116,7 @@ def whiten(values, mask=None, shift_mean: bool = True, eps: float = 1e-8) -> np.
 
 
 # ---------------------------------------------------------------------- KL estimators
-def kl_per_token(logprobs, ref_logprobs, estimator: str = "k1") -> np.ndarray:
+def kl_per_token(logprobs, ref_logprobs, estimator: str = "k1"):
     """Per-token estimate of KL(policy || reference) from tokens sampled from the policy.
 
     With log_ratio = ref_logprobs - logprobs = log(ref(x) / policy(x)):
@@ -126,18 +124,29 @@ def kl_per_token(logprobs, ref_logprobs, estimator: str = "k1") -> np.ndarray:
         k2 = 0.5 * log_ratio ** 2               biased, always >= 0, low variance
         k3 = (exp(log_ratio) - 1) - log_ratio   unbiased and always >= 0 (Schulman 2020)
     E_{x ~ policy}[k1] = E[k3] = KL(policy || reference) exactly.
+
+    `logprobs` may be an array (PPO's per-token KL penalty: an array comes back) or a Tensor (GRPO's
+    KL term in the loss: a Tensor comes back, differentiable with respect to logprobs); ref_logprobs
+    is an array of the same shape.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-    logprobs = _as_float_array(logprobs, "logprobs")
     ref_logprobs = _as_float_array(ref_logprobs, "ref_logprobs")
-    _check_same_shape("logprobs", logprobs, ref_logprobs=ref_logprobs)
-    log_ratio = ref_logprobs - logprobs
+    if isinstance(logprobs, Tensor):
+        _check_same_shape("logprobs", logprobs.data, ref_logprobs=ref_logprobs)
+        log_ratio = ref_logprobs.astype(logprobs.dtype) - logprobs  # (..., T) Tensor
+    else:
+        logprobs = _as_float_array(logprobs, "logprobs")
+        _check_same_shape("logprobs", logprobs, ref_logprobs=ref_logprobs)
+        log_ratio = ref_logprobs - logprobs  # (..., T)
     if estimator == "k1":
         return -log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
-    return np.expm1(log_ratio) - log_ratio
+    if isinstance(log_ratio, Tensor):
+        # the same k3 written with exp, as autograd has no expm1 (near r = 0 the value keeps exp's rounding)
+        return log_ratio.exp() - log_ratio - 1.0
+    return np.expm1(log_ratio) - log_ratio  # expm1: exact near r = 0, so k3 >= 0 holds in floating point
 
 
 # ---------------------------------------------------------------------- advantages
@@ -255,11 +264,6 @@ def clipped_value_loss(values: Tensor, old_values, returns, mask=None,
 
 
 # ---------------------------------------------------------------------- preference losses (autograd)
-def log_sigmoid(x: Tensor) -> Tensor:
-    """log sigmoid(x) = -softplus(-x), stable for large |x|."""
-    return -ops.softplus(-x)
-
-
 def bradley_terry_loss(rewards_chosen: Tensor, rewards_rejected: Tensor, margin=None,
                        center_rewards_coefficient: float | None = None) -> Tensor:
     """Reward-model loss on (batch,) scalar rewards of the chosen and rejected responses.
@@ -281,7 +285,7 @@ def bradley_terry_loss(rewards_chosen: Tensor, rewards_rejected: Tensor, margin=
         margin = _as_float_array(margin, "margin").astype(difference.dtype)
         _check_same_shape("rewards_chosen", rewards_chosen.data, margin=margin)
         difference = difference - margin
-    loss = (-log_sigmoid(difference)).mean()
+    loss = (-F.logsigmoid(difference)).mean()
     if center_rewards_coefficient:
         loss = loss + center_rewards_coefficient * ((rewards_chosen + rewards_rejected) ** 2).mean()
     return loss
@@ -319,9 +323,9 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
                       ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
     logits = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen - ref_rejected)  # (B,)
     if loss_type == "sigmoid":
-        losses = -log_sigmoid(beta * logits) * (1.0 - label_smoothing)
+        losses = -F.logsigmoid(beta * logits) * (1.0 - label_smoothing)
         if label_smoothing:
-            losses = losses - log_sigmoid(-beta * logits) * label_smoothing
+            losses = losses - F.logsigmoid(-beta * logits) * label_smoothing
     elif loss_type == "hinge":
         losses = ops.relu(1.0 - beta * logits)
     else:
@@ -338,9 +342,7 @@ def token_logprobs(logits: Tensor, token_ids) -> Tensor:
     Uses the fused cross-entropy (log pi(token) = -cross_entropy) so no (..., V) log-softmax
     tensor is kept for backward.
     """
-    from minifm import functional as F
-
-    ids = np.asarray(_raw(token_ids))
+    ids = np.asarray(data_of(token_ids))
     if ids.dtype.kind not in "iu":
         raise TypeError(f"token_ids must be integers, got dtype {ids.dtype}")
     if logits.shape[:-1] != ids.shape:
@@ -350,7 +352,7 @@ def token_logprobs(logits: Tensor, token_ids) -> Tensor:
 
 def entropy_from_logits(logits) -> np.ndarray:
     """Entropy of softmax(logits) over the last axis: logsumexp(z) - sum(softmax(z) * z)."""
-    z = np.asarray(_raw(logits), dtype=np.float64)
+    z = np.asarray(data_of(logits), dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     log_normaliser = np.log(np.exp(z).sum(axis=-1, keepdims=True))
     probs = np.exp(z - log_normaliser)
