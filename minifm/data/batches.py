@@ -19,9 +19,12 @@ Builders:
                         spans, span lengths a uniformly random composition; the encoder sees
                         kept tokens with each noise span replaced by one sentinel, the decoder
                         target is sentinel_i followed by span i, for every span (no EOS added)
-    sft_example         chat template -> (input_ids, labels), labels only on assistant tokens
-    sft_batches         right-padded (pad id / -100) batches, or packed rows of max_length
-    preference_batch    chosen and rejected sequences padded to one length, for DPO / reward models
+and for post-training (the rows come from minifm.data.conversations):
+    pad_right           rows of ids -> (ids, attention_mask), right-padded
+    collate_sft         (input_ids, labels) examples -> shifted (inputs, targets, mask) rows,
+                        one example per row or packed end to end
+    shuffled_batches    endless epochs of a list in a fresh random order: the batches(rng) that
+                        the SFT, reward-model and DPO stages hand to the shared loop
 """
 from __future__ import annotations
 
@@ -174,118 +177,66 @@ def fill_sentinels(encoder_ids, decoder_ids, sentinel_ids: Sequence[int]) -> np.
     return np.asarray(out, dtype=np.int64)
 
 
-# ------------------------------------------------------------------ supervised fine-tuning
-def default_chat_template() -> Callable:
-    from minifm.tokenizer.chat import apply_chat_template
-    return apply_chat_template
+# ------------------------------------------------------------------ post-training rows
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention_mask), each (N, length) int64: the rows left-aligned, pad_id / 0 after them.
+    `length` defaults to the longest row."""
+    if not rows:
+        raise ValueError("pad_right: no rows to pad")
+    width = max(len(row) for row in rows) if length is None else length
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)  # (N, T)
+    mask = np.zeros((len(rows), width), dtype=np.int64)  # (N, T)
+    for index, row in enumerate(rows):
+        ids[index, :len(row)], mask[index, :len(row)] = row, 1
+    return ids, mask
 
 
-def example_to_messages(example) -> list[dict]:
-    """TRL's conversational ("messages") or prompt/completion (strings or message lists) -> messages."""
-    if isinstance(example, dict) and "messages" in example:
-        return list(example["messages"])
-    if isinstance(example, dict) and "prompt" in example and "completion" in example:
-        prompt, completion = example["prompt"], example["completion"]
-        prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        completion_messages = ([{"role": "assistant", "content": completion}] if isinstance(completion, str)
-                               else list(completion))
-        return prompt_messages + completion_messages
-    raise ValueError(f"example must be a dict with 'messages' or 'prompt'/'completion', got {example!r:.100}")
+def collate_sft(examples: Sequence[tuple[np.ndarray, np.ndarray]], max_length: int, pad_id: int,
+                packing: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (inputs, targets, attention_mask), each (N, max_length), targets shifted by one, from
+    (input_ids, labels) pairs (minifm.data.conversations.sft_example).
 
-
-def sft_example(example, tokenizer, max_length: int, chat_template: Callable | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, labels), 1-D int64 of equal length <= max_length, PRE-SHIFTED:
-    labels[t] = token t+1 of the templated conversation if that token belongs to an assistant
-    turn (per the template's assistant mask), else -100. Longer conversations are truncated
-    on the right to max_length + 1 tokens before shifting."""
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"sft_example: max_length must be an int >= 1, got {max_length!r}")
-    template = chat_template or default_chat_template()
-    ids, assistant_mask = template(example_to_messages(example), tokenizer)
-    if len(ids) != len(assistant_mask):
-        raise ValueError(f"sft_example: template returned {len(ids)} ids but {len(assistant_mask)} mask entries")
-    ids = np.asarray(ids, dtype=np.int64)[: max_length + 1]
-    mask = np.asarray(assistant_mask, dtype=bool)[: max_length + 1]
-    if ids.size < 2:
-        raise ValueError(f"sft_example: the templated example has {ids.size} tokens; need at least 2")
-    return ids[:-1].copy(), np.where(mask[1:], ids[1:], IGNORE_INDEX).astype(np.int64)
-
-
-def pad_id_of(tokenizer, pad_id: int | None) -> int:
-    if pad_id is not None:
-        return int(pad_id)
-    special = getattr(tokenizer, "special_tokens", {})
-    if "<|pad|>" not in special:
-        raise ValueError("pad_id was not given and the tokenizer has no '<|pad|>' special token")
-    return int(special["<|pad|>"])
-
-
-def pad_right(sequences: Sequence[np.ndarray], value: int, length: int | None = None) -> np.ndarray:
-    length = max(s.size for s in sequences) if length is None else length
-    out = np.full((len(sequences), length), value, dtype=np.int64)   # (B, T)
-    for row, sequence in enumerate(sequences):
-        out[row, :sequence.size] = sequence
-    return out
-
-
-def sft_batches(examples: Sequence, tokenizer, max_length: int, batch_size: int, rng: np.random.Generator,
-                pad_id: int | None = None, packing: bool = False, shuffle: bool = True,
-                chat_template: Callable | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of (input_ids (B, T), labels (B, T)), pre-shifted like sft_example.
-
-    packing=False: each row is one example, right-padded with pad_id (labels -100) to the
-    longest in the batch. packing=True: the (shuffled) examples' (input_ids, labels) are
-    concatenated and cut into rows of exactly max_length (the last row padded); attention then
-    crosses example boundaries, the usual packing simplification.
+    Without packing each example is one row, right-padded (targets -100 on padding) and truncated
+    to max_length + 1 tokens. With packing examples are laid end to end and cut into rows.
     """
-    check_generator(rng, "sft_batches")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"sft_batches: batch_size must be an int >= 1, got {batch_size!r}")
-    pad = pad_id_of(tokenizer, pad_id)
-    encoded = [sft_example(e, tokenizer, max_length, chat_template) for e in examples]
-    order = rng.permutation(len(encoded)) if shuffle else np.arange(len(encoded))
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    width = max_length + 1
     if packing:
-        if not encoded:
-            return
-        stream_ids = np.concatenate([encoded[i][0] for i in order])
-        stream_labels = np.concatenate([encoded[i][1] for i in order])
-        rows = [(stream_ids[s:s + max_length], stream_labels[s:s + max_length])
-                for s in range(0, stream_ids.size, max_length)]
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            yield (pad_right([r[0] for r in chunk], pad, max_length),
-                   pad_right([r[1] for r in chunk], IGNORE_INDEX, max_length))
-        return
-    for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start:start + batch_size]]
-        yield pad_right([c[0] for c in chunk], pad), pad_right([c[1] for c in chunk], IGNORE_INDEX)
+        # row r holds stream tokens [r L, r L + L + 1): consecutive rows overlap by one token, so
+        # every token but the very first is a target exactly once
+        all_ids = np.concatenate([ids for ids, _ in examples])
+        all_labels = np.concatenate([labels for _, labels in examples])
+        n_rows = max(1, int(np.ceil((all_ids.size - 1) / max_length)))
+        stream = n_rows * max_length + 1
+        ids = np.full(stream, pad_id, dtype=np.int64)
+        labels = np.full(stream, IGNORE_INDEX, dtype=np.int64)
+        valid = np.zeros(stream, dtype=np.int64)
+        ids[:all_ids.size], labels[:all_labels.size], valid[:all_ids.size] = all_ids, all_labels, 1
+        starts = np.arange(n_rows)[:, None] * max_length + np.arange(width)[None, :]  # (N, L+1)
+        ids, labels, mask = ids[starts], labels[starts], valid[starts]
+    else:
+        ids = np.full((len(examples), width), pad_id, dtype=np.int64)  # (N, L+1)
+        labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)  # (N, L+1)
+        mask = np.zeros((len(examples), width), dtype=np.int64)  # (N, L+1)
+        for row, (example_ids, example_labels) in enumerate(examples):
+            length = min(example_ids.size, width)
+            ids[row, :length], labels[row, :length], mask[row, :length] = (example_ids[:length],
+                                                                          example_labels[:length], 1)
+    return ids[:, :-1], labels[:, 1:], mask[:, :-1]
 
 
-# ------------------------------------------------------------------ preference data
-def preference_batch(triples: Sequence[dict], tokenizer, max_length: int, pad_id: int | None = None,
-                     chat_template: Callable | None = None) -> dict[str, np.ndarray]:
-    """{"chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels",
-        "chosen_attention_mask", "rejected_attention_mask"}: all (B, T) int64 with one common T
-    (so chosen and rejected can be stacked into one forward pass). Each sequence is the prompt
-    plus one response through the chat template, pre-shifted like sft_example (labels only on
-    the response); padding is on the right (ids = pad id, labels = -100, attention mask = 0)."""
-    pad = pad_id_of(tokenizer, pad_id)
-    chosen, rejected = [], []
-    for i, triple in enumerate(triples):
-        for field in ("prompt", "chosen", "rejected"):
-            if not isinstance(triple, dict) or field not in triple:
-                raise ValueError(f"preference_batch: triples[{i}] is missing field {field!r}")
-        chosen.append(sft_example({"prompt": triple["prompt"], "completion": triple["chosen"]}, tokenizer,
-                                  max_length, chat_template))
-        rejected.append(sft_example({"prompt": triple["prompt"], "completion": triple["rejected"]}, tokenizer,
-                                    max_length, chat_template))
-    if not chosen:
-        raise ValueError("preference_batch: triples is empty")
-    length = max(s[0].size for s in chosen + rejected)
-    out = {}
-    for name, pairs in (("chosen", chosen), ("rejected", rejected)):
-        out[f"{name}_ids"] = pad_right([p[0] for p in pairs], pad, length)
-        out[f"{name}_labels"] = pad_right([p[1] for p in pairs], IGNORE_INDEX, length)
-        out[f"{name}_attention_mask"] = pad_right([np.ones(p[0].size, np.int64) for p in pairs], 0, length)
-    return out
+def shuffled_batches(items: list, batch_size: int) -> Callable[[np.random.Generator], Iterator[list]]:
+    """batches(rng) for the shared training loop: endless epochs of `items`, each in a fresh random
+    order drawn from rng, in full batches of min(batch_size, len(items)) (a short last batch is dropped)."""
+    if not items:
+        raise ValueError("no training examples")
+    size = min(batch_size, len(items))
+
+    def batches(rng):
+        while True:
+            order = rng.permutation(len(items))
+            for start in range(0, len(order) - size + 1, size):
+                yield [items[i] for i in order[start:start + size]]
+
+    return batches

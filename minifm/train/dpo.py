@@ -24,61 +24,52 @@ Simplification: sequences longer than max_length are cut on the response side.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.autograd.tensor import Tensor
+from minifm.data.batches import pad_right, shuffled_batches
+from minifm.data.conversations import PAD_TOKEN, encode_preference_pairs, special_id
 from minifm.train import rl_math
-from minifm.train.reward import pad_right
-from minifm.train.sft import PAD_TOKEN, loop_config, prompt_ids, response_ids, shuffled_batches, special_id
+from minifm.train.config import TrainConfig
+from minifm.train.loop import train
 
 
 @dataclass
-class DPOConfig:
-    """DPO hyper-parameters (TRL's DPOConfig names and defaults for beta / loss_type / label_smoothing)."""
+class DPOConfig(TrainConfig):
+    """DPO hyper-parameters: the shared TrainConfig (this stage's defaults) plus TRL DPOConfig's fields
+    (TRL's names and defaults for beta / loss_type / label_smoothing)."""
 
+    learning_rate: float = 1e-4
+    max_steps: int = 100
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    eval_steps: int = 0
+    disable_tqdm: bool = True
+    max_length: int = 64
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
     rpo_alpha: float | None = None   # TRL's RPO: + rpo_alpha * NLL of the chosen responses (per token)
     precompute_ref_log_probs: bool = True
-    learning_rate: float = 1e-4
-    max_steps: int = 100
-    per_device_train_batch_size: int = 16
-    max_length: int = 64
-    warmup_steps: int = 5
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    weight_decay: float = 0.0
 
-    def __post_init__(self):
-        if self.loss_type not in rl_math.DPO_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {rl_math.DPO_LOSS_TYPES}, got {self.loss_type!r}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.rpo_alpha is not None and not self.rpo_alpha >= 0:
-            raise ValueError(f"rpo_alpha must be None or >= 0, got {self.rpo_alpha}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def validate(self) -> None:
+        super().validate()
+        self.check_range("max_length", low=1)
+        self.check_choice("loss_type", rl_math.DPO_LOSS_TYPES)
+        self.check_range("beta", low=0, low_open=True)
+        self.check_range("label_smoothing", 0, 0.5)
+        self.check_range("rpo_alpha", low=0)
 
 
-def encode_dpo_pairs(tokenizer, pairs, max_length: int) -> list[dict]:
-    """[{"chosen": ids, "rejected": ids, "prompt_length": n}] with the prompt shared by both."""
-    out = []
-    for index, pair in enumerate(pairs):
-        missing = {"prompt", "chosen", "rejected"} - set(pair)
-        if missing:
-            raise KeyError(f"preference pair {index} lacks {sorted(missing)}")
-        prompt = prompt_ids(tokenizer, pair["prompt"])
-        if len(prompt) >= max_length:
-            raise ValueError(f"pair {index}: the prompt has {len(prompt)} tokens, max_length is {max_length}")
-        out.append({"chosen": (prompt + response_ids(tokenizer, pair["chosen"]))[:max_length],
-                    "rejected": (prompt + response_ids(tokenizer, pair["rejected"]))[:max_length],
-                    "prompt_length": len(prompt)})
-    return out
+def check_responses_kept(encoded: list[dict], max_length: int) -> None:
+    """Every pair must keep at least one response token after its prompt within max_length."""
+    for index, pair in enumerate(encoded):
+        if pair["prompt_length"] >= max_length:
+            raise ValueError(f"pair {index}: the prompt has {pair['prompt_length']} tokens, max_length is {max_length}")
 
 
 def sequence_logps(model, rows: list[list[int]], prompt_lengths: list[int], pad_id: int) -> Tensor:
@@ -148,9 +139,7 @@ def dpo_loss_fn(config: DPOConfig, pad_id: int, reference=None):
 
 def train_dpo_encoded(policy, encoded: list[dict], pad_id: int, config: DPOConfig | None = None, ref_policy=None,
                       run_dir=None):
-    """DPO on encoded pairs (see encode_dpo_pairs) with the shared loop; returns (TrainResult, last stats)."""
-    from minifm.train.loop import train
-
+    """DPO on encoded pairs (encode_preference_pairs) with the shared loop; returns (TrainResult, last stats)."""
     config = config or DPOConfig()
     if not encoded:
         raise ValueError("DPO needs at least one preference pair")
@@ -162,7 +151,7 @@ def train_dpo_encoded(policy, encoded: list[dict], pad_id: int, config: DPOConfi
     loss_fn = dpo_loss_fn(config, pad_id, reference)
     policy.eval()  # no dropout: policy and reference log-probs must be comparable
     result = train(policy, loss_fn, shuffled_batches(encoded, config.per_device_train_batch_size),
-                   loop_config(config), run_dir=run_dir, stage="dpo", run_config=config.to_dict())
+                   config, run_dir=run_dir, stage="dpo", run_config=config.to_dict())
     policy.eval()
     return result, dict(loss_fn.last_stats)
 
@@ -174,5 +163,6 @@ def train_dpo(policy, tokenizer, pairs, config: DPOConfig | None = None, ref_pol
     Returns (TrainResult of the shared loop, implicit-reward stats of the last batch).
     """
     config = config or DPOConfig()
-    encoded = encode_dpo_pairs(tokenizer, pairs, config.max_length)
+    encoded = encode_preference_pairs(tokenizer, pairs, config.max_length)
+    check_responses_kept(encoded, config.max_length)
     return train_dpo_encoded(policy, encoded, special_id(tokenizer, PAD_TOKEN), config, ref_policy, run_dir)

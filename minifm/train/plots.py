@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
-    import matplotlib
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no screen)."""
+    import matplotlib  # lazy: its ~0.5 s import is paid only by commands that plot
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -42,7 +43,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 
 def plot_loss_curve(rows: list[dict], path, title: str = "loss", eval_key: str = "val_loss") -> Path:
     """Training loss per step (raw and smoothed) and the held-out loss at each evaluation."""
-    plt = _pyplot()
+    plt = pyplot()
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r[eval_key]) for r in rows if eval_key in r]
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -60,7 +61,7 @@ def plot_loss_curve(rows: list[dict], path, title: str = "loss", eval_key: str =
 def plot_xy(series: dict[str, tuple[list, list]], path, title: str, xlabel: str, ylabel: str,
             marker: str = "o-") -> Path:
     """One line per named series {name: (xs, ys)}."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for name, (xs, ys) in series.items():
         axes.plot(xs, ys, marker, label=name)
@@ -71,7 +72,7 @@ def plot_xy(series: dict[str, tuple[list, list]], path, title: str, xlabel: str,
 
 def plot_scatter(points: dict[str, tuple[float, float]], path, title: str, xlabel: str, ylabel: str) -> Path:
     """Labelled points {label: (x, y)} (e.g. the sampling settings on a quality/diversity plane)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     for label, (x, y) in points.items():
         axes.scatter([x], [y], s=40)

@@ -21,7 +21,6 @@ seed so every evaluation scores the same targets.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -31,14 +30,24 @@ from pathlib import Path
 import numpy as np
 
 import minifm.functional as F
-from minifm.train.loop import TrainConfig, Trainer, read_metrics
+from minifm.config import ConfigBase
+from minifm.data.batches import causal_lm_batches, mask_for_mlm, pack_causal_lm, span_corruption
+from minifm.data.quality import QualityPipeline
+from minifm.data.sources import load_corpus
+from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, T5Config
+from minifm.models.sizes import param_count
+from minifm.tokenizer import BPETokenizer
+from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
+from minifm.train.config import TrainConfig
+from minifm.train.loop import Trainer, read_metrics
+from minifm.train.plots import plot_loss_curve
 
 OBJECTIVE_OF_ARCH = {"gpt": "causal", "bert": "mlm", "t5": "span"}
 
 
 @dataclass
-class PretrainConfig:
-    """What to pre-train on and which model (the optimisation settings are in loop.TrainConfig)."""
+class PretrainConfig(ConfigBase):
+    """What to pre-train on and which model (the optimisation settings are in minifm.train.config.TrainConfig)."""
 
     arch: str = "gpt"               # "gpt" (causal LM) | "bert" (masked LM) | "t5" (span corruption)
     corpus: str = "tinyworld"       # "tinyworld" | "python-stdlib" | a path (.txt/.md, folder, .jsonl with "text")
@@ -61,36 +70,28 @@ class PretrainConfig:
     mean_span_length: float = 3.0
     model_seed: int = 0
 
-    def __post_init__(self):
-        if self.arch not in OBJECTIVE_OF_ARCH:
-            raise ValueError(f"PretrainConfig.arch must be one of {sorted(OBJECTIVE_OF_ARCH)}, got {self.arch!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"PretrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("corpus_bytes", "vocab_size", "eval_batches", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PretrainConfig.{name} must be a positive int, got {value!r}")
+    def validate(self) -> None:
+        self.check_choice("arch", sorted(OBJECTIVE_OF_ARCH))
+        self.check_choice("pos", ("learned", "rope"))
+        self.check_choice("norm", ("layernorm", "rmsnorm"))
+        self.check_choice("mlp", ("gelu", "swiglu"))
+        self.check_range("val_fraction", 0, 1, low_open=True, high_open=True)
+        for name in ("corpus_bytes", "vocab_size", "eval_batches", "block_size", "n_layer", "n_head", "n_embd",
+                     "n_kv_head"):
+            self.check_range(name, low=1)
+        self.check_range("dropout", 0, 1, high_open=True)
+        for name in ("mlm_probability", "noise_density"):
+            self.check_range(name, 0, 1, low_open=True, high_open=True)
+        self.check_range("mean_span_length", low=1)
 
     @property
     def objective(self) -> str:
         return OBJECTIVE_OF_ARCH[self.arch]
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PretrainConfig":
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig keys {unknown}; valid keys: {valid}")
-        return cls(**values)
-
 
 # ---------------------------------------------------------------------------------------- model
 def build_model(config: PretrainConfig, vocab_size: int, special_tokens: dict | None = None):
     """The GPT / BERT / T5 that config.arch names, sized by the config and the tokenizer."""
-    from minifm.models import BERT, BERTConfig, GPT, GPTConfig, T5, T5Config
 
     common = dict(vocab_size=vocab_size, block_size=config.block_size, n_layer=config.n_layer,
                   n_head=config.n_head, n_embd=config.n_embd, n_kv_head=config.n_kv_head, dropout=config.dropout,
@@ -101,18 +102,6 @@ def build_model(config: PretrainConfig, vocab_size: int, special_tokens: dict | 
         return BERT(BERTConfig(pos=config.pos, **common))
     pad = (special_tokens or {}).get("<|pad|>", 0)
     return T5(T5Config(pad_token_id=pad, decoder_start_token_id=pad, **common))
-
-
-def model_from_config_dict(values: dict):
-    """Rebuild a model from a run's config.json "model" record {"arch": ..., "config": {...}}."""
-    from minifm.models import BERT, BERTConfig, GPT, GPTConfig, T5, T5Config
-
-    classes = {"gpt": (GPT, GPTConfig), "bert": (BERT, BERTConfig), "t5": (T5, T5Config)}
-    arch = values.get("arch")
-    if arch not in classes:
-        raise ValueError(f"model record must name arch in {sorted(classes)}, got {arch!r}")
-    model_class, config_class = classes[arch]
-    return model_class(config_class.from_dict(values["config"]))
 
 
 # ---------------------------------------------------------------------------------------- objectives
@@ -138,7 +127,6 @@ class CausalLMObjective:
         self.batch_size = batch_size
 
     def batches(self, rng):
-        from minifm.data.batches import causal_lm_batches
 
         return endless(lambda r: causal_lm_batches(self.train_windows, self.batch_size, r, drop_last=True), rng)
 
@@ -174,7 +162,6 @@ class MaskedLMObjective:
         self.mlm_probability = mlm_probability
 
     def _mask(self, windows, rng):
-        from minifm.data.batches import mask_for_mlm
 
         return mask_for_mlm(windows, rng, self.mask_id, self.vocab_size, self.special_ids, self.mlm_probability)
 
@@ -218,7 +205,6 @@ class SpanCorruptionObjective:
         self.mean_span_length = mean_span_length
 
     def _corrupt(self, windows, rng):
-        from minifm.data.batches import span_corruption
 
         pairs = [span_corruption(row, rng, self.sentinels, self.noise_density, self.mean_span_length)
                  for row in windows]
@@ -272,7 +258,6 @@ def make_objective(config: PretrainConfig, train_windows, val_windows, batch_siz
 
 # ---------------------------------------------------------------------------------------- data
 def load_texts(config: PretrainConfig) -> list[str]:
-    from minifm.data.sources import load_corpus
 
     if config.corpus == "tinyworld":
         return load_corpus("tinyworld", max_bytes=config.corpus_bytes)
@@ -283,15 +268,12 @@ def load_texts(config: PretrainConfig) -> list[str]:
 
 def curate_texts(texts: list[str], corpus: str):
     """Run the quality pipeline ("code" rules for python-stdlib, "web" rules otherwise)."""
-    from minifm.data.quality import QualityPipeline
 
     return QualityPipeline(preset="code" if corpus == "python-stdlib" else "web").run(texts)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE with minifm's default special tokens (eos, pad, chat roles, mask, sentinels)."""
-    from minifm.tokenizer import BPETokenizer
-    from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
 
     return BPETokenizer.train(texts, vocab_size, special_tokens=DEFAULT_SPECIAL_TOKENS)
 
@@ -309,7 +291,6 @@ def split_documents(token_lists: list[list[int]], val_fraction: float, seed: int
 
 
 def pack(token_lists, block_size: int, eos_id: int, what: str) -> np.ndarray:
-    from minifm.data.batches import pack_causal_lm
 
     total = sum(len(t) + 1 for t in token_lists)
     if total < block_size + 1:
@@ -328,7 +309,6 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     train_state.json, metrics.jsonl, loss_curve.png, pretrain_summary.json. Returns the summary
     dict (with the live "model" and "tokenizer" objects added under those keys).
     """
-    from minifm.tokenizer import BPETokenizer
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -354,9 +334,8 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     train_docs, val_docs = split_documents(token_lists, config.val_fraction, train_config.seed)
     train_windows = pack(train_docs, config.block_size, eos_id, "training")
     val_windows = pack(val_docs, config.block_size, eos_id, "held-out")
-    objective = make_objective(config, train_windows, val_windows, train_config.batch_size, tokenizer)
+    objective = make_objective(config, train_windows, val_windows, train_config.per_device_train_batch_size, tokenizer)
     model = build_model(config, tokenizer.vocab_size, tokenizer.special_tokens)
-    from minifm.models.sizes import param_count
 
     n_params = int(param_count(model.config))
     log(f"{config.arch.upper()} with {n_params:,} parameters; {train_windows.shape[0]} training windows of "
@@ -367,7 +346,6 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     trainer = Trainer(model, objective.loss, objective.batches, train_config, run_dir=run_dir,
                       eval_fn=objective.evaluate, stage="pretrain", run_config=run_config)
     result = trainer.fit(resume=resume)
-    from minifm.train.plots import plot_loss_curve
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     curve = plot_loss_curve(rows, run_dir / "loss_curve.png",
@@ -378,7 +356,7 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     summary = {
         "arch": config.arch, "objective": config.objective, "corpus": config.corpus,
         "documents": len(texts), "train_windows": int(train_windows.shape[0]),
-        "val_windows": int(min(val_windows.shape[0], train_config.batch_size * config.eval_batches)),
+        "val_windows": int(min(val_windows.shape[0], train_config.per_device_train_batch_size * config.eval_batches)),
         "params": n_params, "steps": result.step, "tokens": result.tokens,
         "train_elapsed_s": result.elapsed_s, "total_elapsed_s": time.perf_counter() - started,
         "tokens_per_s_median": float(np.median(speeds)) if speeds else None,
@@ -395,26 +373,5 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     return summary
 
 
-def load_run(run_dir):
-    """(model, tokenizer, config.json dict) from a run directory written by run_pretraining / a stage."""
-    from minifm.checkpoint import load_checkpoint
-    from minifm.tokenizer import BPETokenizer
-
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"no config.json in {run_dir}: is it a minifm run directory?")
-    record = json.loads(config_path.read_text(encoding="utf-8"))
-    if "model" not in record:
-        raise ValueError(f"{config_path} has no 'model' record (keys: {sorted(record)})")
-    model = model_from_config_dict(record["model"])
-    load_checkpoint(run_dir, model)
-    tokenizer_path = next((p for p in (run_dir / "tokenizer.json", run_dir.parent / "tokenizer.json") if p.exists()),
-                          None)
-    if tokenizer_path is None:
-        raise FileNotFoundError(f"no tokenizer.json in {run_dir} or its parent")
-    return model, BPETokenizer.load(tokenizer_path), record
-
-
 __all__ = ["CausalLMObjective", "MaskedLMObjective", "PretrainConfig", "SpanCorruptionObjective", "build_model",
-           "load_run", "make_objective", "model_from_config_dict", "run_pretraining", "split_documents"]
+           "make_objective", "run_pretraining", "split_documents"]

@@ -1,5 +1,5 @@
 """Batch builders: packing preserves tokens, MLM proportions (binomial tests), span-corruption round trip,
-SFT labels only on assistant tokens, preference batches; all seeded and reproducible."""
+post-training padding and shuffled batches; all seeded and reproducible."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -7,38 +7,6 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from minifm.data import batches as b
-
-SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|mask|>",
-            "<|cls|>", "<|sep|>"] + [f"<|extra_{i}|>" for i in range(32)]
-
-
-class ByteTokenizer:
-    """A stand-in tokenizer: one id per UTF-8 byte, special tokens after 256."""
-
-    def __init__(self):
-        self.special_tokens = {s: 256 + i for i, s in enumerate(SPECIALS)}
-        self.vocab_size = 256 + len(SPECIALS)
-
-    def encode(self, text, allowed_special="none"):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-def stand_in_chat_template(messages, tokenizer, add_generation_prompt=False):
-    """<|role|> content <|end|> per message; the mask covers assistant content and its <|end|>."""
-    ids, mask = [], []
-    for message in messages:
-        header = tokenizer.special_tokens[f"<|{message['role']}|>"]
-        body = tokenizer.encode(message["content"]) + [tokenizer.special_tokens["<|end|>"]]
-        is_assistant = message["role"] == "assistant"
-        ids += [header] + body
-        mask += [False] + [is_assistant] * len(body)
-    return ids, mask
-
-
-TOK = ByteTokenizer()
 
 
 # ------------------------------------------------------------------ causal LM
@@ -138,80 +106,31 @@ def test_span_lengths_average_mean_span_length(rng):
     assert abs(np.mean(lengths) - 1 - 3.0) < 0.1                         # 30 noise tokens / 10 spans exactly
 
 
-# ------------------------------------------------------------------ SFT and preferences
-def test_sft_labels_only_on_assistant_tokens_and_pre_shifted():
-    example = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
-                            {"role": "assistant", "content": "Hello."}]}
-    ids, mask = stand_in_chat_template(example["messages"], TOK)
-    input_ids, labels = b.sft_example(example, TOK, max_length=64, chat_template=stand_in_chat_template)
-    np.testing.assert_array_equal(input_ids, ids[:-1])
-    supervised = labels != -100
-    np.testing.assert_array_equal(supervised, np.asarray(mask[1:]))
-    np.testing.assert_array_equal(labels[supervised], np.asarray(ids[1:])[supervised])
-    assert TOK.decode(labels[supervised].tolist()) == "Hello."
-    same = b.sft_example({"prompt": "Hi?", "completion": "Hello."}, TOK, 64, stand_in_chat_template)
-    np.testing.assert_array_equal(same[1][same[1] != -100], labels[supervised])
+# ------------------------------------------------------------------ post-training rows
+@given(st.lists(st.lists(st.integers(0, 50), min_size=1, max_size=9), min_size=1, max_size=6), st.integers(0, 4))
+def test_pad_right_keeps_rows_left_aligned_with_a_matching_mask(rows, extra):
+    width = max(len(r) for r in rows) + extra
+    ids, mask = b.pad_right(rows, pad_id=99, length=width)
+    assert ids.shape == mask.shape == (len(rows), width) and ids.dtype == mask.dtype == np.int64
+    for row, (row_ids, row_mask) in zip(rows, zip(ids, mask)):
+        np.testing.assert_array_equal(row_ids[:len(row)], row)
+        assert (row_ids[len(row):] == 99).all()
+        np.testing.assert_array_equal(row_mask, np.arange(width) < len(row))
+    with pytest.raises(ValueError, match="no rows"):
+        b.pad_right([], 0)
 
 
-def test_sft_truncates_to_max_length():
-    input_ids, labels = b.sft_example({"prompt": "x" * 50, "completion": "y" * 50}, TOK, 20, stand_in_chat_template)
-    assert input_ids.size == labels.size == 20
-    assert (labels == -100).all()                                        # the answer was cut off
-
-
-@pytest.mark.parametrize("packing", [False, True])
-def test_sft_batches_pad_right_and_keep_every_supervised_token(rng, packing):
-    examples = [{"prompt": f"question {i}?" * (i % 3 + 1), "completion": f"answer {i}."} for i in range(11)]
-    pad = TOK.special_tokens["<|pad|>"]
-    singles = [b.sft_example(e, TOK, 48, stand_in_chat_template) for e in examples]
-    out = list(b.sft_batches(examples, TOK, 48, 4, rng, packing=packing, chat_template=stand_in_chat_template))
-    total_supervised = sum(int((lab != -100).sum()) for _, lab in out)
-    assert total_supervised == sum(int((s[1] != -100).sum()) for s in singles)
-    for inputs, labels in out:
-        assert inputs.shape == labels.shape and inputs.dtype == labels.dtype == np.int64
-        assert inputs.shape[0] <= 4
-        if packing:
-            assert inputs.shape[1] == 48
-        padded = inputs == pad
-        assert (labels[padded] == -100).all()
-        for row in padded:                                                # padding only on the right
-            if row.any():
-                assert row[np.argmax(row):].all()
-    if not packing:
-        rows = sorted(tuple(r[r != pad]) for inputs, _ in out for r in inputs)
-        assert rows == sorted(tuple(s[0]) for s in singles)
-
-
-def test_preference_batch_shapes_masks_and_labels():
-    triples = [{"prompt": "Where does Mara live?", "chosen": "Sure! Mara lives in Tollby.", "rejected": "No."},
-               {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Ugh. Hello, whatever you want."}]
-    batch = b.preference_batch(triples, TOK, 64, chat_template=stand_in_chat_template)
-    assert set(batch) == {"chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels",
-                          "chosen_attention_mask", "rejected_attention_mask"}
-    shapes = {v.shape for v in batch.values()}
-    assert len(shapes) == 1 and all(v.dtype == np.int64 for v in batch.values())
-    for side in ("chosen", "rejected"):
-        for row, triple in enumerate(triples):
-            labels = batch[f"{side}_labels"][row]
-            text = TOK.decode(labels[labels != -100].tolist())
-            assert text == triple[side]
-            length = int(batch[f"{side}_attention_mask"][row].sum())
-            assert (batch[f"{side}_ids"][row, length:] == TOK.special_tokens["<|pad|>"]).all()
-    with pytest.raises(ValueError, match="rejected"):
-        b.preference_batch([{"prompt": "a", "chosen": "b"}], TOK, 64, chat_template=stand_in_chat_template)
-
-
-def test_real_chat_template_labels_only_assistant_turns():
-    chat = pytest.importorskip("minifm.tokenizer.chat", reason="minifm.tokenizer.chat not available yet")
-    from minifm.data import tinyworld
-    from minifm.tokenizer import BPETokenizer
-    from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
-
-    tokenizer = BPETokenizer.train(tinyworld.clean_corpus(30_000), 400, special_tokens=DEFAULT_SPECIAL_TOKENS)
-    task = tinyworld.instructions("train", n=1)[0]
-    input_ids, labels = b.sft_example(task, tokenizer, 128)
-    ids, mask = chat.apply_chat_template([{"role": "user", "content": task["prompt"]},
-                                          {"role": "assistant", "content": task["completion"]}], tokenizer)
-    np.testing.assert_array_equal(input_ids, ids[:-1])
-    np.testing.assert_array_equal(labels != -100, np.asarray(mask[1:], bool))
-    assert task["completion"] in tokenizer.decode(labels[labels != -100].tolist())
+@given(st.integers(1, 30), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_shuffled_batches_cover_each_item_once_per_epoch(n_items, batch_size, seed):
+    items = list(range(n_items))
+    size = min(batch_size, n_items)
+    per_epoch = n_items // size
+    stream = b.shuffled_batches(items, batch_size)(np.random.default_rng(seed))
+    epoch = [next(stream) for _ in range(per_epoch)]
+    assert all(len(batch) == size for batch in epoch)
+    seen = [item for batch in epoch for item in batch]
+    assert len(set(seen)) == len(seen)                                  # no item twice within an epoch
+    again = b.shuffled_batches(items, batch_size)(np.random.default_rng(seed))
+    assert [next(again) for _ in range(per_epoch)] == epoch             # the rng alone fixes the order
+    with pytest.raises(ValueError, match="no training examples"):
+        b.shuffled_batches([], 2)

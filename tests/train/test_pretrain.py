@@ -6,17 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from minifm.train.loop import TrainConfig
+from minifm.data import tinyworld
+from minifm.runs import load_run
+from minifm.train.config import TrainConfig
 from minifm.train.pretrain import (
-    CausalLMObjective, PretrainConfig, build_model, load_run, make_objective, pack, run_pretraining,
+    CausalLMObjective, PretrainConfig, build_model, make_objective, pack, run_pretraining,
     split_documents, train_tokenizer,
 )
 
 
 @pytest.fixture(scope="module")
 def texts():
-    from minifm.data import tinyworld
-
     return tinyworld.clean_corpus(size_bytes=40_000, seed=1)
 
 
@@ -29,7 +29,8 @@ def tokenizer(texts):
 def pretrained(tmp_path_factory, texts, tokenizer):
     run_dir = tmp_path_factory.mktemp("pretrain")
     config = PretrainConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, eval_batches=2, val_fraction=0.1)
-    train_config = TrainConfig(max_steps=12, batch_size=8, lr=5e-3, warmup_steps=2, eval_every=6, progress=False)
+    train_config = TrainConfig(max_steps=12, per_device_train_batch_size=8, learning_rate=5e-3, warmup_steps=2,
+                               eval_steps=6, disable_tqdm=True)
     summary = run_pretraining(run_dir, config, train_config, tokenizer=tokenizer, texts=texts, log=lambda *a: None)
     return summary, run_dir, config, train_config
 
@@ -49,17 +50,17 @@ def test_pipeline_writes_the_run_files_and_consistent_numbers(pretrained):
 
 def test_load_run_restores_the_trained_model(pretrained):
     summary, run_dir, _, _ = pretrained
-    model, tokenizer, record = load_run(run_dir)
+    model, tokenizer = load_run(run_dir)
     ids = np.array([tokenizer.encode("Mara lives in")])
     np.testing.assert_array_equal(model(ids).data, summary["model"](ids).data)
-    assert record["model"]["arch"] == "gpt"
+    assert type(model).__name__ == "GPT"
 
 
 def test_held_out_loss_matches_an_independent_cross_entropy(pretrained, texts, tokenizer):
     summary, _, config, train_config = pretrained
     eos = tokenizer.special_tokens["<|endoftext|>"]
     _, val_docs = split_documents(tokenizer.encode_batch(texts), config.val_fraction, train_config.seed)
-    windows = pack(val_docs, config.block_size, eos, "held-out")[:train_config.batch_size * config.eval_batches]
+    windows = pack(val_docs, config.block_size, eos, "held-out")[:train_config.per_device_train_batch_size * config.eval_batches]
     logits = summary["model"](windows[:, :-1]).data.astype(np.float64)  # (n, T, V)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -112,7 +113,7 @@ def test_causal_batches_cover_every_window_once_per_epoch():
 
 
 def test_pretrain_config_rejects_unknown_keys_and_bad_arch():
-    with pytest.raises(ValueError, match=r"unknown PretrainConfig keys \['layers'\]"):
+    with pytest.raises(ValueError, match=r"PretrainConfig: unknown keys \['layers'\]"):
         PretrainConfig.from_dict({"layers": 3})
     with pytest.raises(ValueError, match="arch"):
         PretrainConfig(arch="rnn")

@@ -5,6 +5,7 @@ import pytest
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.models import GPT, GPTConfig
+from minifm.models.heads import RewardModel, last_token_index
 from minifm.train import reward as rw
 
 PAD = 0
@@ -16,13 +17,13 @@ def tiny_gpt(vocab=12, seed=0, dtype="float32"):
 
 def test_last_token_index_left_and_right_padding():
     mask = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0]])
-    np.testing.assert_array_equal(rw.last_token_index(mask), [2, 4, 0])
+    np.testing.assert_array_equal(last_token_index(mask), [2, 4, 0])
     with pytest.raises(ValueError, match="no tokens"):
-        rw.last_token_index(np.array([[0, 0]]))
+        last_token_index(np.array([[0, 0]]))
 
 
 def test_reward_is_head_of_last_real_token_and_ignores_padding(rng):
-    model = rw.RewardModel(tiny_gpt(dtype="float64"))
+    model = RewardModel(tiny_gpt(dtype="float64"))
     model.score_head.weight.data[...] = rng.normal(size=model.score_head.weight.shape)
     ids = np.array([[3, 4, 5, PAD, PAD], [6, 7, 8, 9, 10]])
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
@@ -42,7 +43,7 @@ def test_reward_is_head_of_last_real_token_and_ignores_padding(rng):
 def test_reward_gradient_matches_finite_differences(rng):
     """d sum(v * rewards) / d parameter by backward() vs central differences (float64), through the
     head, the last-token gather and the whole backbone."""
-    model = rw.RewardModel(tiny_gpt(dtype="float64"))
+    model = RewardModel(tiny_gpt(dtype="float64"))
     model.score_head.weight.data[...] = rng.normal(size=model.score_head.weight.shape)
     ids = np.array([[3, 4, 5, PAD], [6, 7, 8, 9]])
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
@@ -69,8 +70,8 @@ def test_training_learns_a_toy_preference():
     pairs = []
     for _ in range(32):
         prefix = list(rng.integers(1, 10, size=3))
-        pairs.append((prefix + [7], prefix + [3], 0.0))
-    model = rw.RewardModel(tiny_gpt(seed=2))
+        pairs.append({"chosen": prefix + [7], "rejected": prefix + [3], "prompt_length": 3, "margin": 0.0})
+    model = RewardModel(tiny_gpt(seed=2))
     config = rw.RewardConfig(learning_rate=1e-2, max_steps=40, per_device_train_batch_size=16, warmup_steps=2,
                              center_rewards_coefficient=0.01)
     rw.train_reward_model_encoded(model, pairs, PAD, config)

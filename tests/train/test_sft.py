@@ -1,10 +1,12 @@
-"""Tests of minifm.train.sft: labels only on completion tokens, collation with and without packing,
+"""Tests of SFT (minifm.train.sft, minifm.data.conversations.sft_example, minifm.data.batches.collate_sft): labels only on completion tokens, collation with and without packing,
 the loss against a NumPy cross-entropy over completion positions, and a short run that learns."""
 import numpy as np
 import pytest
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.models import GPT, GPTConfig
+from minifm.data.batches import collate_sft
+from minifm.data.conversations import sft_example
 from minifm.train import sft
 
 PAD = 0
@@ -15,26 +17,26 @@ def tiny_gpt(vocab=16, seed=0, dtype="float32"):
 
 
 def test_sft_example_masks_the_prompt():
-    ids, labels = sft.sft_example([5, 6, 7], [8, 9])
+    ids, labels = sft_example([5, 6, 7], [8, 9])
     np.testing.assert_array_equal(ids, [5, 6, 7, 8, 9])
     np.testing.assert_array_equal(labels, [-100, -100, -100, 8, 9])
     with pytest.raises(ValueError, match="non-empty completion"):
-        sft.sft_example([1, 2], [])
+        sft_example([1, 2], [])
 
 
 def test_collate_shifts_targets_and_pads():
-    examples = [sft.sft_example([3, 4], [5, 6]), sft.sft_example([7], [8, 9, 10])]
-    inputs, targets, mask = sft.collate(examples, max_length=5, pad_id=PAD)
+    examples = [sft_example([3, 4], [5, 6]), sft_example([7], [8, 9, 10])]
+    inputs, targets, mask = collate_sft(examples, max_length=5, pad_id=PAD)
     np.testing.assert_array_equal(inputs, [[3, 4, 5, 6, 0], [7, 8, 9, 10, 0]])
     np.testing.assert_array_equal(targets, [[-100, 5, 6, -100, -100], [8, 9, 10, -100, -100]])
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
 
 
 def test_packing_keeps_every_completion_token(rng):
-    examples = [sft.sft_example(rng.integers(1, 9, size=rng.integers(1, 5)), rng.integers(1, 9, size=rng.integers(1, 4)))
+    examples = [sft_example(rng.integers(1, 9, size=rng.integers(1, 5)), rng.integers(1, 9, size=rng.integers(1, 4)))
                 for _ in range(7)]
-    _, packed_targets, _ = sft.collate(examples, max_length=6, pad_id=PAD, packing=True)
-    _, padded_targets, _ = sft.collate(examples, max_length=12, pad_id=PAD, packing=False)
+    _, packed_targets, _ = collate_sft(examples, max_length=6, pad_id=PAD, packing=True)
+    _, padded_targets, _ = collate_sft(examples, max_length=12, pad_id=PAD, packing=False)
     all_labels = np.concatenate([labels for _, labels in examples])
     # every completion label appears as a target except, when packing, the very first token
     assert np.sum(packed_targets != -100) == np.sum(all_labels[1:] != -100)
@@ -43,8 +45,8 @@ def test_packing_keeps_every_completion_token(rng):
 
 def test_sft_loss_is_cross_entropy_on_completion_positions_only(rng):
     model = tiny_gpt(dtype="float64")
-    examples = [sft.sft_example([1, 2, 3], [4, 5]), sft.sft_example([6, 7], [8, 9, 10])]
-    inputs, targets, mask = sft.collate(examples, max_length=6, pad_id=PAD)
+    examples = [sft_example([1, 2, 3], [4, 5]), sft_example([6, 7], [8, 9, 10])]
+    inputs, targets, mask = collate_sft(examples, max_length=6, pad_id=PAD)
     loss = sft.sft_loss(model, inputs, targets, mask)
     with no_grad():
         logits = model(inputs, attention_mask=mask).data
@@ -63,12 +65,12 @@ def test_sft_loss_is_cross_entropy_on_completion_positions_only(rng):
 def test_short_sft_run_learns_the_completions():
     model = tiny_gpt(vocab=12, seed=1)
     # "prompt" a -> "completion" a + 5 (a in 1..4), so answers depend on the prompt
-    examples = [sft.sft_example([11, a], [a + 5, 10]) for a in range(1, 5)] * 4
+    examples = [sft_example([11, a], [a + 5, 10]) for a in range(1, 5)] * 4
     config = sft.SFTConfig(learning_rate=1e-2, max_steps=60, per_device_train_batch_size=8, max_length=6,
                            warmup_steps=5)
-    before = sft.sft_loss(model, *sft.collate(examples, 6, PAD)).item()
+    before = sft.sft_loss(model, *collate_sft(examples, 6, PAD)).item()
     result = sft.train_sft_encoded(model, examples, PAD, config)
-    after = sft.sft_loss(model, *sft.collate(examples, 6, PAD)).item()
+    after = sft.sft_loss(model, *collate_sft(examples, 6, PAD)).item()
     assert result.step == 60
     assert after < 0.1 * before
     with no_grad():
