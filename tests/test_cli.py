@@ -1,13 +1,26 @@
-"""The `minifm` command: help on every subcommand, config files, errors, and the lifecycle end to end."""
+"""The `minifm` command: help on every subcommand, --config files on every subcommand (typed, flags win,
+unknown keys listed), one-line errors, and the lifecycle end to end followed by `generate`."""
 import json
 
 import pytest
 
 from minifm import cli
-from minifm.lifecycle import distinct_n, stage_presets
+from minifm.checkpoint import save_checkpoint
+from minifm.lifecycle.presets import settings_for
+from minifm.models import BERT, BERTConfig, GPT, GPTConfig, RewardModel
+from minifm.data import tinyworld
+from minifm.tokenizer import BPETokenizer
+from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
+from minifm.train.config import TrainConfig
+from minifm.train.pretrain import PretrainConfig
 
-SUBCOMMANDS = sorted(cli.BUILTIN_COMMANDS) + ["sft", "reward", "ppo", "dpo"]
+SUBCOMMANDS = [command.name for command in cli.COMMANDS]
 MY_STAGES = "curate,tokenizer,pretrain,sampling"
+
+
+def test_every_lifecycle_step_has_a_subcommand():
+    assert set(SUBCOMMANDS) == {"lifecycle", "curate", "tokenize", "pretrain", "generate", "sft", "reward", "ppo",
+                                "dpo", "info"}
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS + [None])
@@ -20,32 +33,79 @@ def test_help_of_every_subcommand(command, capsys):
     assert "usage: minifm" in text
     if command is None:
         assert all(name in text for name in SUBCOMMANDS)
+    else:
+        assert "--config FILE" in text
 
 
-def test_unknown_config_keys_are_rejected_with_the_valid_list(tmp_path, capsys):
+def required_arguments(command: str, tmp_path) -> list[str]:
+    """The flags a subcommand cannot run without, pointing at paths under tmp_path (none of them written)."""
+    out = ["--out", str(tmp_path / "out")]
+    model = ["--model", str(tmp_path)]
+    return {"generate": ["--run", str(tmp_path)], "sft": model + out, "reward": model + out, "dpo": model + out,
+            "ppo": model + out + ["--reward-model", str(tmp_path)], "pretrain": out, "tokenize": out,
+            "lifecycle": out}.get(command, [])
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_rejects_an_unknown_config_key_before_any_work(command, tmp_path, capsys):
+    path = tmp_path / "settings.toml"
+    path.write_text("[no_such_stage]\nx = 1\n" if command == "lifecycle" else "no_such_setting = 3\n")
+    assert cli.main([command, "--config", str(path)] + required_arguments(command, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no_such" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_config_keys_are_listed_with_the_valid_ones(tmp_path, capsys):
     path = tmp_path / "settings.toml"
     path.write_text('max_stepz = 3\nn-layer = 2\n')
-    code = cli.main(["pretrain", "--config", str(path), "--out", str(tmp_path)])
-    assert code == 2
+    assert cli.main(["pretrain", "--config", str(path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown configuration keys ['max_stepz']" in err and "'max_steps'" in err and "'n_layer'" in err
-    with pytest.raises(ValueError, match=r"unknown keys \['stepz'\] for stage 'pretrain'.*max_steps"):
-        stage_presets("tiny", {"pretrain": {"stepz": 1}})
+    assert "unknown keys ['max_stepz']" in err and "'max_steps'" in err and "'n_layer'" in err
+    with pytest.raises(ValueError, match=r"unknown setting 'stepz' for stage 'pretrain'.*max_steps"):
+        settings_for("tiny", {"pretrain": {"stepz": 1}})
     with pytest.raises(ValueError, match="unknown lifecycle stage 'pretraining'"):
-        stage_presets("tiny", {"pretraining": {}})
+        settings_for("tiny", {"pretraining": {}})
+
+
+@pytest.mark.parametrize("line, message", [
+    ('max_steps = "two"', "TrainConfig.max_steps must be an integer, got 'two'"),
+    ("max_steps = 2.5", "TrainConfig.max_steps must be an integer, got 2.5"),
+    ('curate = "no"', "PretrainConfig.curate must be true or false, got 'no'"),
+    ("learning_rate = -1.0", "TrainConfig.learning_rate must be in [0, inf], got -1.0"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_one_line_errors(line, message, tmp_path, capsys):
+    path = tmp_path / "settings.toml"
+    path.write_text(line + "\n")
+    assert cli.main(["pretrain", "--config", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_file_values_and_flag_precedence(tmp_path):
-    from minifm.train.loop import TrainConfig
-    from minifm.train.pretrain import PretrainConfig
-
     path = tmp_path / "settings.json"
-    path.write_text(json.dumps({"max_steps": 7, "lr": 0.01, "n-layer": 3, "curate": False}))
-    parser = cli.build_parser()
-    args = parser.parse_args(["pretrain", "--config", str(path), "--lr", "0.5"])
-    config, train_config = cli.build_dataclasses(args, [PretrainConfig, TrainConfig], cli.read_config_file(path))
-    assert (train_config.max_steps, train_config.lr, config.n_layer, config.curate) == (7, 0.5, 3, False)
-    assert train_config.batch_size == TrainConfig().batch_size
+    path.write_text(json.dumps({"max_steps": 7, "learning_rate": 0.01, "n-layer": 3, "curate": False}))
+    args = cli.build_parser().parse_args(["pretrain", "--config", str(path), "--learning-rate", "0.5"])
+    values = cli.common.config_values(args, cli.common.field_names(PretrainConfig, TrainConfig))
+    config = cli.common.settings_from(args, PretrainConfig, file_values=values)
+    train_config = cli.common.settings_from(args, TrainConfig, file_values=values)
+    assert (train_config.max_steps, train_config.learning_rate, config.n_layer, config.curate) == (7, 0.5, 3, False)
+    assert train_config.per_device_train_batch_size == TrainConfig().per_device_train_batch_size
+
+
+def test_tokenize_reads_its_config_file(tmp_path, capsys):
+    path = tmp_path / "settings.toml"
+    path.write_text("vocab_size = 300\ncorpus_bytes = 20000\n")
+    assert cli.main(["tokenize", "--config", str(path), "--out", str(tmp_path), "--run-name", "tok"]) == 0
+    assert "trained 300 ids" in capsys.readouterr().out
+
+
+def test_argparse_prefixes_are_not_accepted(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["curate", "--out", str(tmp_path)])  # --out is not curate's --output
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
 
 
 def test_info_prints_version_backend_and_demo(capsys):
@@ -54,10 +114,18 @@ def test_info_prints_version_backend_and_demo(capsys):
     assert "minifm" in out and "backend" in out and "gradient norm" in out
 
 
-def test_distinct_n_counts_unique_ngrams():
-    assert distinct_n([[1, 2, 1, 2]], 1) == 0.5
-    assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
-    assert distinct_n([[1], []], 2) == 0.0
+@pytest.mark.parametrize("kind", ["bert", "reward"])
+def test_generate_refuses_models_that_do_not_continue_text(kind, tmp_path, capsys):
+    if kind == "bert":
+        model = BERT(BERTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    else:
+        model = RewardModel(GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)))
+    save_checkpoint(tmp_path, model)
+    BPETokenizer.train(tinyworld.clean_corpus(5_000), 300, special_tokens=DEFAULT_SPECIAL_TOKENS).save(
+        tmp_path / "tokenizer.json")
+    assert cli.main(["generate", "--run", str(tmp_path), "--prompt", "Mara"]) == 2
+    err = capsys.readouterr().err
+    assert ("encoder-only" in err) if kind == "bert" else ("does not generate" in err)
 
 
 @pytest.mark.slow

@@ -206,7 +206,7 @@ def test_second_adapter_with_other_rows_and_set_adapter(rng):
 def test_command_line_flag(capsys):
     import argparse
 
-    from minifm.peft import add_peft_arguments, apply_peft_from_args
+    from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args
 
     parser = add_peft_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--peft", "lora", "--lora-r", "2", "--trainable-token-indices", "3,5"])

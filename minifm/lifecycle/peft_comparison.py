@@ -1,4 +1,4 @@
-"""The lifecycle's PEFT stage: quality against trainable parameters on the tinyworld instructions.
+"""The lifecycle's PEFT stage (the PEFT methods compared): quality against trainable parameters on the tinyworld instructions.
 
 Starting from the same pre-trained GPT each time, it fine-tunes on tinyworld's instruction
 examples (the chat format, loss on the answer only: minifm.train.sft) with
@@ -12,8 +12,8 @@ grades them with tinyworld's grader. For each run it records
 and writes `peft/peft_results.json`, `peft/peft_table.md` and the plot `peft/peft_tradeoff.png`
 (accuracy vs trainable parameters, log scale; accuracy vs wall time; optimizer memory).
 
-Entry point for minifm/lifecycle.py:
-    run_peft_stage(model, tokenizer, out_dir, preset="default", seed=0, log=print, **overrides) -> dict
+Entry point for minifm/lifecycle/__init__.py:
+    run_peft_comparison(model, tokenizer, out_dir, settings, seed=0, log=print) -> dict
 
 The base model passed in is never modified: every run trains a fresh copy built from its config
 and state dict. The training answers are the bare reference answers by default (`plain_answers`;
@@ -25,16 +25,25 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minifm.checkpoint import atomic_write_bytes
+from minifm.config import ConfigBase
+from minifm.data import tinyworld
+from minifm.data.batches import IGNORE_INDEX, collate_sft, shuffled_batches
+from minifm.data.conversations import PAD_TOKEN, encode_sft_examples, special_id
+from minifm.lifecycle.evaluation import evaluate_instructions
+from minifm.lifecycle.report import peft_table, plot_peft_tradeoff
 from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from minifm.train.loop import make_optimizer, train
+from minifm.train.sft import SFTConfig, sft_loss
 
 
 @dataclass
-class PeftStageConfig:
+class PeftStageConfig(ConfigBase):
     """How much work each of the eight runs does."""
 
     max_steps: int = 120
@@ -58,12 +67,6 @@ class PeftStageConfig:
     lr_prefix: float = 1e-2
     lr_ia3: float = 3e-2
     plain_answers: bool = True       # train on the bare reference answers (style_mix={"plain": 1.0})
-
-
-PRESETS = {
-    "tiny": PeftStageConfig(max_steps=6, batch_size=8, n_train=64, n_test=12, max_new_tokens=8, warmup_steps=1),
-    "default": PeftStageConfig(),
-}
 
 
 def method_specs(config: PeftStageConfig, token_ids=()) -> list[tuple[str, object, float]]:
@@ -129,40 +132,30 @@ def optimizer_state_bytes(optimizer) -> int:
 
 def train_one(model, encoded, pad_id: int, config: PeftStageConfig, learning_rate: float, seed: int):
     """Fine-tune `model` (full or PEFT-wrapped) in place with the shared loop; returns (result, optimizer)."""
-    from minifm.train.loop import make_optimizer, train
-    from minifm.train.sft import IGNORE_INDEX, SFTConfig, collate, loop_config, sft_loss, shuffled_batches
-
     sft_config = SFTConfig(learning_rate=learning_rate, max_steps=config.max_steps,
                            per_device_train_batch_size=config.batch_size, max_length=config.max_length,
                            warmup_steps=config.warmup_steps, weight_decay=0.0, seed=seed)
-    train_config = loop_config(sft_config)
-    optimizer = make_optimizer(model, train_config)
+    optimizer = make_optimizer(model, sft_config)
 
     def loss_fn(model, batch):
-        inputs, targets, mask = collate(batch, config.max_length, pad_id)
+        inputs, targets, mask = collate_sft(batch, config.max_length, pad_id)
         return sft_loss(model, inputs, targets, mask), int(np.sum(targets != IGNORE_INDEX))
 
     model.train()
-    result = train(model, loss_fn, shuffled_batches(encoded, config.batch_size), train_config, optimizer=optimizer,
+    result = train(model, loss_fn, shuffled_batches(encoded, config.batch_size), sft_config, optimizer=optimizer,
                    stage="peft", run_config=sft_config.to_dict())
     model.eval()
     return result, optimizer
 
 
-def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int = 0, log=print,
-                   **overrides) -> dict:
+def run_peft_comparison(model, tokenizer, out_dir, settings: dict, seed: int = 0, log=print) -> dict:
     """Run the eight fine-tuning runs and write the table, plot and JSON (see the module docstring).
 
-    `overrides` replace fields of the preset's PeftStageConfig (e.g. max_steps=20). Returns
+    `settings` are fields of PeftStageConfig (a preset's "peft" table; missing fields keep their defaults). Returns
     {"config", "rows", "lora_r16_vs_full", "files"}, where each row has method, trainable_params,
     trainable_fraction, accuracy, mean_ground_truth_reward, train_loss, wall_time_s, optimizer_bytes.
     """
-    from minifm.data import tinyworld
-    from minifm.train.sft import PAD_TOKEN, encode_sft_examples, evaluate_instructions, special_id
-
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    config = replace(PRESETS[preset], **overrides)
+    config = PeftStageConfig.from_dict(settings)
     out_dir = Path(out_dir) / "peft"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -207,15 +200,11 @@ def run_peft_stage(model, tokenizer, out_dir, preset: str = "default", seed: int
 
     verdict = lora_verdict(rows)
     log(f"[peft] {verdict['summary']}")
-    table = results_table(rows)
+    table = peft_table(rows)
     files = {"json": str(out_dir / "peft_results.json"), "table": str(out_dir / "peft_table.md")}
-    from minifm.checkpoint import atomic_write_bytes
-
-    report = {"config": {**asdict(config), "preset": preset, "seed": seed, "base_params": base_total},
+    report = {"config": {**asdict(config), "seed": seed, "base_params": base_total},
               "rows": rows, "lora_r16_vs_full": verdict, "files": files}
-    plot_path = plot_tradeoff(rows, out_dir / "peft_tradeoff.png")
-    if plot_path is not None:
-        files["plot"] = str(plot_path)
+    files["plot"] = str(plot_peft_tradeoff(rows, out_dir / "peft_tradeoff.png"))
     atomic_write_bytes(out_dir / "peft_table.md", (table + "\n\n" + verdict["summary"] + "\n").encode())
     atomic_write_bytes(out_dir / "peft_results.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
     report["table_markdown"] = table
@@ -237,59 +226,4 @@ def lora_verdict(rows: list[dict]) -> dict:
     return {"accuracy_ratio": accuracy_ratio, "param_ratio": param_ratio, "met": met, "summary": summary}
 
 
-def results_table(rows: list[dict]) -> str:
-    lines = ["| method | setting | trainable params | % of model | held-out accuracy | GT reward | train loss | "
-             "wall time (s) | optimizer memory |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(
-            f"| {row['method']} | {row.get('setting', row['method'])} | {row['trainable_params']:,d} | {100 * row['trainable_fraction']:.3f}% | "
-            f"{row['accuracy']:.3f} | {row['mean_ground_truth_reward']:.3f} | {row['train_loss']:.3f} | "
-            f"{row['wall_time_s']:.1f} | {_human_bytes(row['optimizer_bytes'])} |")
-    return "\n".join(lines)
-
-
-def _human_bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} B"
-
-
-def plot_tradeoff(rows: list[dict], path: Path) -> Path | None:
-    """Three panels: accuracy vs trainable parameters (log x), accuracy vs wall time, optimizer memory."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is a dependency, but a plot is never worth failing the stage
-        return None
-    names = [row["method"] for row in rows]
-    params = np.array([row["trainable_params"] for row in rows], dtype=float)
-    accuracy = np.array([row["accuracy"] for row in rows])
-    wall = np.array([row["wall_time_s"] for row in rows])
-    memory = np.array([row["optimizer_bytes"] for row in rows], dtype=float) / 1024
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    axes[0].scatter(params, accuracy)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("trainable parameters (log)")
-    axes[1].scatter(wall, accuracy)
-    axes[1].set_xlabel("training wall time (s)")
-    for axis, xs in ((axes[0], params), (axes[1], wall)):
-        axis.set_ylabel("held-out accuracy")
-        axis.set_ylim(-0.02, 1.02)
-        axis.grid(alpha=0.3)
-        for x, y, name in zip(xs, accuracy, names):
-            axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes[2].barh(names, memory)
-    axes[2].set_xscale("log")
-    axes[2].set_xlabel("optimizer state (KiB, log)")
-    axes[0].set_title("quality vs trainable parameters")
-    axes[1].set_title("quality vs wall time")
-    axes[2].set_title("AdamW state memory")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+__all__ = ["PeftStageConfig", "lora_verdict", "method_specs", "run_peft_comparison"]

@@ -4,16 +4,16 @@ import json
 import numpy as np
 import pytest
 
-from minifm.lifecycle_peft import PRESETS, lora_verdict, method_specs, run_peft_stage
+from minifm.data import tinyworld
+from minifm.lifecycle.peft_comparison import PeftStageConfig, lora_verdict, method_specs, run_peft_comparison
+from minifm.lifecycle.presets import PRESETS
 from minifm.models import GPT, GPTConfig
+from minifm.tokenizer import BPETokenizer
+from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from minifm.data import tinyworld
-    from minifm.tokenizer import BPETokenizer
-    from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
-
     texts = [e["prompt"] + " " + e["completion"] for e in tinyworld.instructions("train", seed=0, n=200)]
     return BPETokenizer.train(texts, vocab_size=300, special_tokens=DEFAULT_SPECIAL_TOKENS)
 
@@ -22,15 +22,15 @@ def test_stage_runs_every_method_and_accounts_honestly(tmp_path, tokenizer):
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16, seed=0))
     before = {name: p.data.copy() for name, p in model.named_parameters()}
     messages = []
-    report = run_peft_stage(model, tokenizer, tmp_path, preset="tiny", log=messages.append, max_steps=2, n_train=16,
-                            n_test=3, max_new_tokens=3)
+    settings = {**PRESETS["tiny"]["peft"], "max_steps": 2, "n_train": 16, "n_test": 3, "max_new_tokens": 3}
+    report = run_peft_comparison(model, tokenizer, tmp_path, settings, log=messages.append)
     rows = {row["method"]: row for row in report["rows"]}
-    assert list(rows) == [name for name, _, _ in method_specs(PRESETS["tiny"])]
+    assert list(rows) == [name for name, _, _ in method_specs(PeftStageConfig(**settings))]
     total = sum(p.size for p in model.parameters())
     assert rows["full"]["trainable_params"] == total
     assert rows["lora_r1"]["trainable_params"] < rows["lora_r4"]["trainable_params"] < rows["lora_r16"]["trainable_params"]
     # LoRA's count is r (in + out) per target plus one d-wide row per chat special token (trainable_token_indices)
-    token_rows = len(PRESETS["tiny"].lora_trainable_tokens) * model.config.n_embd
+    token_rows = len(PeftStageConfig().lora_trainable_tokens) * model.config.n_embd
     assert token_rows > 0 and "5 special-token rows" in rows["lora_r16"]["setting"]
     assert rows["lora_r4"]["trainable_params"] - token_rows == 4 * (rows["lora_r1"]["trainable_params"] - token_rows)
     for row in rows.values():

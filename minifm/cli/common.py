@@ -1,0 +1,118 @@
+"""What every `minifm` subcommand shares: how it is declared, its --config file, its dataclass flags.
+
+A subcommand is a `Command(name, summary, add_arguments, run)`: `add_arguments(parser)` declares
+its flags, `run(args) -> exit code` does the work. Every subcommand takes `--config FILE` (added
+by minifm/cli/__init__.py); `settings_from(args, cls, base)` builds a settings dataclass from
+
+    the class's defaults  <  `base` (e.g. a preset's values)  <  the --config file  <  the flags
+
+so flags win. Flags are generated from the dataclass fields (`add_dataclass_arguments`: one
+`--field-name` per field, booleans as --x / --no-x); a file key that belongs to none of the
+command's dataclasses is an error listing the valid keys. Files are TOML or JSON, a flat table of
+the same names (dashes or underscores).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def read_config_file(path) -> dict:
+    """The table in a .toml or .json file, keys with dashes turned into underscores (nested tables kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: {path} does not exist or is not a file")
+    try:
+        if path.suffix.lower() == ".toml":
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle)
+        elif path.suffix.lower() == ".json":
+            values = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise ValueError(f"--config must be a .toml or .json file, got {path.name}")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config {path}: cannot parse it: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a table/object at the top level")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def config_values(args, allowed: list[str]) -> dict:
+    """The --config file's values (an empty dict without --config); keys outside `allowed` are an error."""
+    if getattr(args, "config", None) is None:
+        return {}
+    values = read_config_file(args.config)
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"--config {args.config}: unknown keys {unknown}; valid keys: {sorted(allowed)}")
+    return values
+
+
+def _field_type(cls, field):
+    annotation = typing.get_type_hints(cls)[field.name]
+    members = [member for member in typing.get_args(annotation) if member is not type(None)]
+    return members[0] if members else annotation
+
+
+def add_dataclass_arguments(parser, cls, title: str | None = None, skip=()) -> None:
+    """One `--field-name` flag per dataclass field (default None: "not given", so files and defaults apply)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(cls, field)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if kind is bool:
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {default})")
+        elif kind in (int, float, str):
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
+                               help=f"(default {default})")
+
+
+def flag_values(args, cls) -> dict:
+    """The fields of `cls` given as flags on the command line."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+            if getattr(args, field.name, None) is not None}
+
+
+def settings_from(args, cls, base: dict | None = None, file_values: dict | None = None):
+    """cls(...) from its defaults < base < the --config file's values for its fields < flags."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    values = dict(base or {})
+    values.update({key: value for key, value in (file_values or {}).items() if key in names})
+    values.update(flag_values(args, cls))
+    return cls(**values)
+
+
+def field_names(*classes) -> list[str]:
+    return [field.name for cls in classes for field in dataclasses.fields(cls)]
+
+
+def add_run_arguments(parser, default_name: str) -> None:
+    """--run-name and --out, shared by the commands that write a run directory under runs/."""
+    parser.add_argument("--run-name", default=default_name, help=f"run directory name (default {default_name})")
+    parser.add_argument("--out", default="runs", help="parent directory of runs (default runs)")
+
+
+def run_directory(args) -> Path:
+    return Path(args.out) / args.run_name
+
+
+__all__ = ["Command", "add_dataclass_arguments", "add_run_arguments", "config_values", "field_names",
+           "flag_values", "read_config_file", "run_directory", "settings_from"]

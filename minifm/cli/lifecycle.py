@@ -1,0 +1,30 @@
+"""`minifm lifecycle`: every stage on tinyworld, report.md + report.json (minifm/lifecycle/).
+
+    minifm lifecycle [--preset tiny|default] [--run-name NAME] [--out runs] [--stages curate,tokenizer,...]
+
+Its --config file is nested like the presets ({stage: {setting: value}}, minifm/lifecycle/presets.py).
+"""
+from __future__ import annotations
+
+from minifm.cli.common import Command, add_run_arguments, read_config_file
+from minifm.lifecycle import PRESETS, STAGES, run_lifecycle
+
+
+def add_lifecycle_arguments(parser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="tiny: a smoke run of well under two minutes; default: the full run (about five "
+                             "minutes on 2 cores)")
+    add_run_arguments(parser, "lifecycle")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated subset of stages to run, in order: " + ",".join(s.name for s in STAGES))
+
+
+def run_lifecycle_command(args) -> int:
+    overrides = read_config_file(args.config) if args.config else None
+    stages = None if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
+    run_lifecycle(preset=args.preset, run_name=args.run_name, out=args.out, stages=stages, overrides=overrides)
+    return 0
+
+
+COMMANDS = [Command("lifecycle", "run the whole lifecycle on tinyworld and write a report", add_lifecycle_arguments,
+                    run_lifecycle_command)]

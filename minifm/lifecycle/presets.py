@@ -1,0 +1,95 @@
+"""The lifecycle's presets, every stage's settings in one table of one shape.
+
+    PRESETS[preset name][stage name] -> {setting: value}
+
+"tiny" is CI's smoke test (well under two minutes on 2 cores); "default" is the full run (about
+five minutes on 2 cores; measured figures in docs/). A stage's settings are the fields of the
+configs it builds (minifm.train.config.TrainConfig and its subclasses, PretrainConfig,
+PeftStageConfig) plus a few of the stage's own (how many prompts, samples, pairs). The
+post_training stage nests one table per trainer (sft, reward, ppo, dpo).
+
+A `--config FILE` for `minifm lifecycle` has the same shape ({stage: {setting: value}}) and
+overrides single settings; `settings_for` checks every key against this table.
+"""
+from __future__ import annotations
+
+import copy
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "curate": {"corpus_bytes": 120_000, "seed": 0},
+        "tokenizer": {"vocab_size": 384},
+        "pretrain": {"block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 64, "eval_batches": 4,
+                     "max_steps": 60, "per_device_train_batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 10,
+                     "eval_steps": 30, "seed": 0},
+        "sampling": {"n_prompts": 3, "samples_per_prompt": 2, "max_new_tokens": 24, "seed": 0},
+        "post_training": {
+            "n_train_instructions": 256, "n_eval": 24, "n_train_pairs": 256, "n_eval_pairs": 32,
+            "sft": {"max_steps": 30, "per_device_train_batch_size": 16, "learning_rate": 2e-3},
+            "reward": {"max_steps": 20, "per_device_train_batch_size": 16, "learning_rate": 1e-3},
+            "ppo": {"max_steps": 3, "per_device_train_batch_size": 16, "response_length": 16, "num_ppo_epochs": 2,
+                    "learning_rate": 3e-5, "kl_coef": 0.3, "ptx_coef": 0.1},
+            "dpo": {"max_steps": 10, "per_device_train_batch_size": 16, "learning_rate": 1e-4},
+            "best_of_n": 4, "max_new_tokens": 16, "eval_samples": 1,
+        },
+        "peft": {"max_steps": 6, "batch_size": 8, "n_train": 64, "n_test": 12, "max_new_tokens": 8,
+                 "warmup_steps": 1},
+    },
+    "default": {
+        "curate": {"corpus_bytes": 600_000, "seed": 0},
+        "tokenizer": {"vocab_size": 1024},
+        "pretrain": {"block_size": 96, "n_layer": 4, "n_head": 4, "n_embd": 128, "eval_batches": 8,
+                     "max_steps": 450, "per_device_train_batch_size": 16, "learning_rate": 2e-3, "warmup_steps": 40,
+                     "eval_steps": 75, "seed": 0},
+        "sampling": {"n_prompts": 6, "samples_per_prompt": 4, "max_new_tokens": 48, "seed": 0},
+        "post_training": {  # measured figures in docs/post-training.md
+            "n_train_instructions": None, "n_eval": None, "n_train_pairs": 2500, "n_eval_pairs": 200,
+            "sft": {"max_steps": 150, "per_device_train_batch_size": 32, "learning_rate": 1e-3},
+            "reward": {"max_steps": 160, "per_device_train_batch_size": 16, "learning_rate": 3e-4, "max_length": 64},
+            "ppo": {"max_steps": 30, "per_device_train_batch_size": 32, "response_length": 24, "num_ppo_epochs": 2,
+                    "num_mini_batches": 2, "learning_rate": 6e-5, "kl_coef": 0.3, "temperature": 0.7,
+                    "ptx_coef": 1.0},  # PPO-ptx: without it PPO learns style but loses accuracy
+            "dpo": {"max_steps": 60, "per_device_train_batch_size": 16, "learning_rate": 3e-5, "beta": 0.25,
+                    "rpo_alpha": 1.0, "max_length": 64},
+            "best_of_n": 8, "max_new_tokens": 24, "eval_samples": 4,
+        },
+        "peft": {},  # PeftStageConfig's defaults (minifm/lifecycle/peft_comparison.py)
+    },
+}
+
+# settings a --config file may give a stage although the preset leaves them at their defaults
+OPTIONAL_KEYS = {
+    "peft": ("max_steps", "batch_size", "max_length", "n_train", "n_test", "max_new_tokens", "warmup_steps",
+             "lora_targets", "lora_alpha_per_rank", "lora_trainable_tokens", "num_virtual_tokens",
+             "reduction_factor", "lr_full", "lr_lora", "lr_adapter", "lr_prompt", "lr_prefix", "lr_ia3",
+             "plain_answers"),
+}
+
+
+def _apply(settings: dict, overrides: dict, where: str, optional=()) -> None:
+    """Replace settings[key] by overrides[key] (recursing into nested tables); unknown keys are errors."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where} must be a table of settings, got {overrides!r}")
+    valid = sorted(set(settings) | set(optional))
+    for key, value in overrides.items():
+        if key not in valid:
+            raise ValueError(f"unknown setting {key!r} for {where}; valid: {valid}")
+        if isinstance(settings.get(key), dict):
+            _apply(settings[key], value, f"{where}.{key}")
+        else:
+            settings[key] = value
+
+
+def settings_for(preset: str, overrides: dict | None = None) -> dict[str, dict]:
+    """A deep copy of PRESETS[preset] with `overrides` ({stage: {setting: value}}) checked and applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    settings = copy.deepcopy(PRESETS[preset])
+    for stage, values in (overrides or {}).items():
+        if stage not in settings:
+            raise ValueError(f"unknown lifecycle stage {stage!r} in the configuration; stages: {list(settings)}")
+        _apply(settings[stage], values, f"stage {stage!r}", OPTIONAL_KEYS.get(stage, ()))
+    return settings
+
+
+__all__ = ["PRESETS", "settings_for"]

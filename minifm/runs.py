@@ -1,0 +1,95 @@
+"""Run directories: what a trained model leaves on disk, and how every command finds it again.
+
+A run directory is a checkpoint (minifm.checkpoint: model.safetensors, train_state.json with the
+checkpoint record, config.json, maybe optimizer.safetensors) plus the tokenizer it was trained
+with. Every writer in minifm (pre-training, the post-training stages, the lifecycle, the CLI)
+produces one, and every reader uses the rules here:
+
+  the model      is rebuilt from the checkpoint record (model_class + model_config in
+                 train_state.json), whichever stage wrote it: GPT, BERT, T5, or a RewardModel /
+                 ValueModel on a GPT backbone; then its weights are loaded and checked
+  the tokenizer  is `tokenizer.json` in the run directory, else in its parent (a lifecycle stage
+                 directory such as runs/lifecycle/sft shares runs/lifecycle/tokenizer.json)
+  an adapter     that could not be merged (prompt, prefix or bottleneck adapters) is recorded in
+                 peft.json ({"method", "merged"}) beside its adapter files and put back on the
+                 base model, frozen, when the run is loaded
+
+`save_run(model, tokenizer, directory)` writes a finished model so that `load_run(directory)`
+gives it back; a PEFT-wrapped model also writes its adapter alone (adapter_config.json +
+adapter_model.safetensors, the small file to share); LoRA and IA3 are merged first.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from minifm.checkpoint import atomic_write_json, checkpoint_record, load_checkpoint, save_checkpoint
+from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, RewardModel, T5Config, ValueModel
+from minifm.peft import PeftModel, from_pretrained, save_adapter
+from minifm.tokenizer import BPETokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+PEFT_MARKER_FILE = "peft.json"
+BACKBONES = {"GPT": (GPT, GPTConfig), "BERT": (BERT, BERTConfig), "T5": (T5, T5Config)}
+HEADS = {"RewardModel": RewardModel, "ValueModel": ValueModel}  # scalar heads on a GPT backbone
+
+
+def model_from_record(record: dict, where: str = "checkpoint"):
+    """An untrained model of the class and config a checkpoint record names (see the module docstring)."""
+    class_name, config = record.get("model_class"), record.get("model_config")
+    if config is None:
+        raise ValueError(f"{where}: the checkpoint record has no model_config")
+    if class_name in BACKBONES:
+        model_class, config_class = BACKBONES[class_name]
+        return model_class(config_class.from_dict(config))
+    if class_name in HEADS:
+        return HEADS[class_name](GPT(GPTConfig.from_dict(config)))
+    raise ValueError(f"{where} holds a {class_name!r}; minifm can load {sorted(BACKBONES) + sorted(HEADS)}")
+
+
+def find_tokenizer(directory) -> Path:
+    """`directory`/tokenizer.json, else the parent's (a lifecycle stage directory), else FileNotFoundError."""
+    directory = Path(directory)
+    for candidate in (directory / TOKENIZER_FILE, directory.parent / TOKENIZER_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory} or in its parent {directory.parent}")
+
+
+def load_model(directory):
+    """The model saved in `directory`, weights checked and loaded (a non-merged adapter put back on)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    model = model_from_record(checkpoint_record(directory), str(directory))
+    load_checkpoint(directory, model)
+    marker = directory / PEFT_MARKER_FILE
+    if marker.is_file() and not json.loads(marker.read_text(encoding="utf-8"))["merged"]:
+        model = from_pretrained(model, directory, tokenizer=BPETokenizer.load(find_tokenizer(directory)))
+    return model
+
+
+def load_run(directory):
+    """(model, tokenizer) of a run directory."""
+    model = load_model(directory)
+    return model, BPETokenizer.load(find_tokenizer(directory))
+
+
+def save_run(model, tokenizer, directory) -> Path:
+    """Write a finished model and its tokenizer so that `load_run(directory)` gives them back.
+
+    A PeftModel also writes its adapter alone. LoRA and IA3 are then merged, so model.safetensors is
+    the fine-tuned model that later stages load like any other; the other methods cannot be merged,
+    so model.safetensors is their base model and peft.json says to put the adapter back on."""
+    directory = Path(directory)
+    if isinstance(model, PeftModel):
+        save_adapter(model, directory)
+        merged = model.mergeable
+        atomic_write_json(directory / PEFT_MARKER_FILE, {"method": model.peft_type, "merged": merged})
+        model = model.merge_and_unload() if merged else model.unload()  # the wrapper is spent afterwards
+    save_checkpoint(directory, model)
+    tokenizer.save(directory / TOKENIZER_FILE)
+    return directory
+
+
+__all__ = ["find_tokenizer", "load_model", "load_run", "model_from_record", "save_run"]
