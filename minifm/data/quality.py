@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 from minifm.data.dedup import ExactDedup, MinHashDedup
-from minifm.data.rules import KEEP, Rule, drop
+from minifm.data.rules import KEEP, Rule, RuleResult, drop
 
 TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", ")", ":")
 BULLETS = ("•", "-", "*", "·", "‣", "–", "●", "▪", "◦", "→", ">")
@@ -48,7 +48,24 @@ def non_empty_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def fraction_rule(items: list[str], unit: str, has_property, describe: str, at_most: float | None = None,
+                  at_least: float | None = None) -> RuleResult:
+    """The shared judgement of the line and word rules: keep when the fraction of `items` (a document's
+    lines or words) that have the property is at most `at_most` / at least `at_least`; drop a
+    document without any. `describe` completes the reason "<fraction> of <unit>s <describe> > <limit>"."""
+    if not items:
+        return drop(f"no {unit}s")
+    fraction = sum(bool(has_property(item)) for item in items) / len(items)
+    if at_most is not None and fraction > at_most:
+        return drop(f"{fraction:.0%} of {unit}s {describe} > {at_most:.0%}")
+    if at_least is not None and fraction < at_least:
+        return drop(f"{fraction:.0%} of {unit}s {describe} < {at_least:.0%}")
+    return KEEP
+
+
 # ------------------------------------------------------------------ document-level rules
+# Every rule below has the same form on purpose (a dataclass: name, thresholds as fields, check):
+# one rule reads alone, and its thresholds are what QualityPipeline's table and a config can set.
 @dataclass
 class DocumentWords(Rule):
     """Gopher: keep documents with min_words <= words <= max_words."""
@@ -107,13 +124,8 @@ class BulletLines(Rule):
     max_fraction: float = 0.9
 
     def check(self, text):
-        lines = non_empty_lines(text)
-        if not lines:
-            return drop("no lines")
-        fraction = sum(line.startswith(BULLETS) for line in lines) / len(lines)
-        if fraction > self.max_fraction:
-            return drop(f"{fraction:.0%} of lines start with a bullet > {self.max_fraction:.0%}")
-        return KEEP
+        return fraction_rule(non_empty_lines(text), "line", lambda line: line.startswith(BULLETS),
+                             "start with a bullet", at_most=self.max_fraction)
 
 
 @dataclass
@@ -123,13 +135,8 @@ class EllipsisLines(Rule):
     max_fraction: float = 0.3
 
     def check(self, text):
-        lines = non_empty_lines(text)
-        if not lines:
-            return drop("no lines")
-        fraction = sum(line.endswith(ELLIPSES) for line in lines) / len(lines)
-        if fraction > self.max_fraction:
-            return drop(f"{fraction:.0%} of lines end with an ellipsis > {self.max_fraction:.0%}")
-        return KEEP
+        return fraction_rule(non_empty_lines(text), "line", lambda line: line.endswith(ELLIPSES),
+                             "end with an ellipsis", at_most=self.max_fraction)
 
 
 @dataclass
@@ -139,13 +146,8 @@ class AlphabeticWords(Rule):
     min_fraction: float = 0.8
 
     def check(self, text):
-        words = text.split()
-        if not words:
-            return drop("no words")
-        fraction = sum(any(c.isalpha() for c in w) for w in words) / len(words)
-        if fraction < self.min_fraction:
-            return drop(f"{fraction:.0%} of words contain a letter < {self.min_fraction:.0%}")
-        return KEEP
+        return fraction_rule(text.split(), "word", lambda word: any(c.isalpha() for c in word),
+                             "contain a letter", at_least=self.min_fraction)
 
 
 @dataclass
@@ -169,13 +171,9 @@ class TerminalPunctuation(Rule):
     min_fraction: float = 0.7
 
     def check(self, text):
-        lines = non_empty_lines(text)
-        if not lines:
-            return drop("no lines")
-        fraction = sum(line.endswith(TERMINAL_PUNCTUATION) and not line.endswith(ELLIPSES) for line in lines) / len(lines)
-        if fraction < self.min_fraction:
-            return drop(f"{fraction:.0%} of lines end in terminal punctuation < {self.min_fraction:.0%}")
-        return KEEP
+        return fraction_rule(non_empty_lines(text), "line",
+                             lambda line: line.endswith(TERMINAL_PUNCTUATION) and not line.endswith(ELLIPSES),
+                             "end in terminal punctuation", at_least=self.min_fraction)
 
 
 @dataclass
@@ -186,13 +184,8 @@ class MinWordsPerLine(Rule):
     max_short_fraction: float = 0.3
 
     def check(self, text):
-        lines = non_empty_lines(text)
-        if not lines:
-            return drop("no lines")
-        fraction = sum(len(line.split()) < self.min_words for line in lines) / len(lines)
-        if fraction > self.max_short_fraction:
-            return drop(f"{fraction:.0%} of lines have < {self.min_words} words > {self.max_short_fraction:.0%}")
-        return KEEP
+        return fraction_rule(non_empty_lines(text), "line", lambda line: len(line.split()) < self.min_words,
+                             f"have < {self.min_words} words", at_most=self.max_short_fraction)
 
 
 @dataclass

@@ -4,6 +4,10 @@ Every function takes `language` in ("en", "es", "de") and returns one sentence e
 stop. Fact templates come in variants; variant 0 is the canonical sentence that instruction
 answers and translation tasks use. `subject` may be a pronoun (the caller decides); templates
 that do not start with the subject always use the name.
+
+The functions share one form on purpose (`if language == "en": ...; if language == "es": ...;
+German last`): each statement is read in its three languages in one place, and languages differ
+in word order and agreement too much for one template with slots.
 """
 from __future__ import annotations
 
