@@ -30,8 +30,8 @@ def lm_loss(model, batch):
 
 
 def config(**overrides):
-    values = dict(max_steps=8, batch_size=4, lr=3e-3, warmup_steps=2, grad_accum=2, eval_every=3, save_every=0,
-                  seed=5, progress=False)
+    values = dict(max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3, warmup_steps=2,
+                  gradient_accumulation_steps=2, eval_steps=3, save_steps=0, seed=5, disable_tqdm=True)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -108,11 +108,11 @@ def test_ctrl_c_inside_a_step_saves_and_resume_is_bit_for_bit(uninterrupted, tmp
 def test_a_crash_resumes_from_the_last_periodic_checkpoint(uninterrupted, tmp_path):
     expected, final_weights, _ = uninterrupted
     with pytest.raises(RuntimeError, match="disk on fire"):
-        train(make_model(), FailAt(12, RuntimeError("disk on fire")), random_batches, config(save_every=3),
+        train(make_model(), FailAt(12, RuntimeError("disk on fire")), random_batches, config(save_steps=3),
               run_dir=tmp_path, stage="pretrain")
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 3
     model = make_model()
-    resumed = train(model, lm_loss, random_batches, config(save_every=3), run_dir=tmp_path, stage="pretrain",
+    resumed = train(model, lm_loss, random_batches, config(save_steps=3), run_dir=tmp_path, stage="pretrain",
                     resume=True)
     assert resumed.losses() == expected.losses()[3:]
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
@@ -131,13 +131,13 @@ def test_a_real_sigint_finishes_the_step_then_saves(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"step 5.*last good checkpoint \(step 4\)"):
-        train(make_model(), FailAt(11, "nan"), random_batches, config(save_every=2), run_dir=tmp_path / "nan",
+    with pytest.raises(NonFiniteLossError, match=r"at step 6 .*last good checkpoint \(step 4\)"):
+        train(make_model(), FailAt(11, "nan"), random_batches, config(save_steps=2), run_dir=tmp_path / "nan",
               stage="pretrain")
     assert json.loads((tmp_path / "nan" / "train_state.json").read_text())["step"] == 4
     # the same run stopped by Ctrl-C during step 5 saves the weights after 4 good steps: they must match
     with pytest.raises(TrainingInterrupted):
-        train(make_model(), FailAt(9, KeyboardInterrupt()), random_batches, config(save_every=2),
+        train(make_model(), FailAt(9, KeyboardInterrupt()), random_batches, config(save_steps=2),
               run_dir=tmp_path / "ctrl_c", stage="pretrain")
     from minifm.checkpoint import load_safetensors
 
@@ -172,8 +172,9 @@ def test_gradient_accumulation_equals_the_big_batch_gradient():
                 for rows in pieces:
                     yield big[rows, :-1], targets[rows]
 
-        cfg = TrainConfig(max_steps=1, grad_accum=len(pieces), clip=0.0, schedule="constant", lr=0.5,
-                          warmup_steps=0, eval_every=0, progress=False)
+        cfg = TrainConfig(max_steps=1, gradient_accumulation_steps=len(pieces), max_grad_norm=0.0,
+                          lr_scheduler_type="constant", learning_rate=0.5, warmup_steps=0, eval_steps=0,
+                          disable_tqdm=True)
         train(model, masked_loss, batches, cfg, optimizer=optimizer)
         return weights(model)
 
@@ -187,15 +188,15 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(uninterrupted, 
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(make_model(), lm_loss, random_batches, config(), run_dir=tmp_path, stage="pretrain", resume=True)
     _, _, run_dir = uninterrupted
-    with pytest.raises(ValueError, match="lr"):
-        Trainer(make_model(), lm_loss, random_batches, config(lr=1.0), run_dir=run_dir, stage="pretrain")._load()
+    with pytest.raises(ValueError, match="learning_rate"):
+        Trainer(make_model(), lm_loss, random_batches, config(learning_rate=1.0), run_dir=run_dir, stage="pretrain")._load()
     with pytest.raises(ValueError, match="stage"):
         Trainer(make_model(), lm_loss, random_batches, config(), run_dir=run_dir, stage="sft")._load()
 
 
 def test_train_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['learning_rate'\].*valid keys"):
-        TrainConfig.from_dict({"learning_rate": 1e-3})
-    with pytest.raises(ValueError, match="grad_accum"):
-        TrainConfig(grad_accum=0)
-    assert TrainConfig.from_dict(TrainConfig(lr=0.5).to_dict()) == TrainConfig(lr=0.5)
+    with pytest.raises(ValueError, match=r"unknown keys \['lr'\].*valid keys"):
+        TrainConfig.from_dict({"lr": 1e-3})
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        TrainConfig(gradient_accumulation_steps=0)
+    assert TrainConfig.from_dict(TrainConfig(learning_rate=0.5).to_dict()) == TrainConfig(learning_rate=0.5)
