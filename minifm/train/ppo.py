@@ -1,8 +1,8 @@
 """PPO with a KL leash (RLHF as in InstructGPT), following TRL's PPOTrainer names and semantics,
 plus GRPO's group-relative advantages as an option.
 
-One iteration (`PPOTrainer.step`):
-  1. rollouts: `batch_size` prompts are continued by the policy with the sampler and KV cache
+One iteration (`PPOTrainer.run_step`, one step of the shared loop):
+  1. rollouts: `per_device_train_batch_size` prompts are continued by the policy with the sampler and KV cache
      (minifm.sampling.generate, do_sample=True, `temperature`, no top-k/top-p) for at most
      `response_length` tokens, stopping at `stop_token_id` (the chat's <|end|>);
   2. with no graph: log-probs of the sampled tokens under the policy and under the frozen
@@ -17,8 +17,9 @@ One iteration (`PPOTrainer.step`):
   5. `num_ppo_epochs` passes over the batch in `num_mini_batches` shuffled mini-batches:
         loss = clipped_policy_loss(cliprange) + vf_coef * clipped_value_loss(cliprange_value)
                [+ ptx_coef * NLL(demonstration mini-batch)]          (PPO-ptx, below)
-     one AdamW over policy and value parameters, gradient norm clipped to `max_grad_norm`
-     (the norm of the combined gradient);
+     one AdamW over policy and value parameters (minifm.train.loop.make_optimizer; PPO's defaults:
+     constant `learning_rate`, no weight decay, betas (0.9, 0.999)), gradient norm clipped to
+     `max_grad_norm` (the norm of the combined gradient);
   6. the adaptive KL controller (optional, `adaptive_kl`, `target_kl`, `kl_horizon`) updates kl_coef.
 Logged per iteration: mean learned reward (score), mean ground-truth reward (when a ground-truth
 function is given), KL (per sequence, summed over tokens), entropy (mean per token), clip fraction,
@@ -37,7 +38,8 @@ reward. gamma = 0 is plain PPO. As a loss to minimise, every PPO mini-batch upda
 on the next mini-batch of `ptx_batch_size` demonstrations. InstructGPT took D = GPT-3's pre-training
 data and reported gamma = 27.8 (its loss scales differ from minifm's, so the number does not carry
 over). minifm uses the SFT demonstrations instead ({"prompt", "completion"} chats, completion-only
-labels, minifm.train.sft's encode/collate/loss), the usual small-scale variant: the failure PPO-ptx
+labels: minifm.data.conversations, minifm.data.batches.collate_sft, minifm.train.sft.sft_loss), the
+usual small-scale variant: the failure PPO-ptx
 fixes here is not forgetting pre-training text but the policy drifting off correct answers while it
 learns the reward model's style preference, and the demonstrations are exactly the correct answers
 (the reward model, which judges facts poorly, cannot hold them in place). It plays the role of
@@ -50,62 +52,72 @@ there is no value model; the KL to the reference enters the loss, not the reward
 (TRL's GRPO calls kl_coef `beta`). Simplification: losses are averaged over all valid tokens of
 the batch (token-level, as DAPO), not per sequence first.
 
+Through the shared loop (minifm.train.loop): `PPOTrainer` is a step kind, one PPO iteration per
+step, so `PPOTrainer.train(run_dir, resume, log)` gets what every stage gets: a checkpoint every
+`save_steps` iterations and at the end, bit-exact resume, Ctrl-C saving the last completed
+iteration (`TrainingInterrupted`), a NaN/inf loss stopping the run without saving
+(`NonFiniteLossError`), metrics.jsonl (one row per iteration) and a tqdm bar. A checkpoint holds
+    model.safetensors        the policy alone (it loads into a plain GPT, like an SFT output)
+    value_model.safetensors  the critic (GAE only; GRPO has none)
+    optimizer.safetensors    the AdamW moments over both
+    train_state.json         the iteration, and PPOTrainer.state_dict(): the rollout RNG state, the
+                             number of PPO-ptx mini-batches drawn (on resume the demonstration stream is
+                             rebuilt from the seed and advanced past them), the KL controller's value,
+                             every iteration's record, and a digest of the prompts and demonstrations
+                             (a resume with other data is refused, as is one with other trajectory settings)
+The reference policy is copied (when not given) when the trainer is built, before a resume loads
+the checkpoint, so it stays the policy PPO started from.
+
 Simplifications: no dropout during PPO (models run in eval mode, as TRL recommends), one model
 per role (policy, reference, value, reward), no reward/critic warm-up phase.
 """
 from __future__ import annotations
 
 import copy
-import time
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.autograd.tensor import Tensor
-from minifm.nn.module import Module
-from minifm.train import rl_math, sft
+from minifm.config import ConfigError
+from minifm.data.batches import collate_sft, shuffled_batches
+from minifm.optim import clip_grad_norm
+from minifm.sampling.generate import generate
+from minifm.train import rl_math
+from minifm.train.config import TrainConfig
+from minifm.train.loop import NonFiniteLossError, TrainingLoop, global_grad_norm, make_optimizer, rng_state
+from minifm.train.sft import sft_loss
 
 ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 
 
-class ValueModel(Module):
-    """A GPT backbone plus `value_head` (Linear(n_embd, 1), zero-initialised) at every position: (B, T) values."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        from minifm.nn import Linear
-
-        self.backbone = backbone
-        self.value_head = Linear(backbone.config.n_embd, 1).to(next(backbone.parameters()).dtype)
-        self.value_head.weight.data[...] = 0.0  # deterministic start: every value estimate is 0
-        if self.value_head.bias is not None:
-            self.value_head.bias.data[...] = 0.0
-
-    @classmethod
-    def from_reward_model(cls, reward_model) -> "ValueModel":
-        """Start from the reward model's backbone and head (TRL initialises the critic this way)."""
-        model = cls(copy.deepcopy(reward_model.backbone))
-        model.value_head.load_state_dict(reward_model.score_head.state_dict())
-        return model
-
-    @property
-    def config(self):
-        return self.backbone.config
-
-    def forward(self, input_ids, attention_mask=None) -> Tensor:
-        _, hidden = self.backbone(input_ids, attention_mask=attention_mask, return_hidden=True)  # (B, T, d)
-        batch, steps = hidden.shape[0], hidden.shape[1]
-        return self.value_head(hidden).reshape(batch, steps)  # (B, T)
-
-
 @dataclass
-class PPOConfig:
-    """PPO / GRPO hyper-parameters; names and meanings follow TRL's PPOConfig (and GRPOConfig)."""
+class PPOConfig(TrainConfig):
+    """PPO / GRPO hyper-parameters: the shared loop's knobs (TrainConfig) with PPO's defaults, then
+    PPO's own with the names and meanings of TRL's PPOConfig (and GRPOConfig).
 
+    One PPO iteration is one step of the loop: `max_steps` iterations of `per_device_train_batch_size`
+    prompts. Deviation from TRL: TRL samples per_device_train_batch_size * gradient_accumulation_steps
+    * num_mini_batches prompts per iteration (and GRPO counts completions, not prompts); minifm samples
+    per_device_train_batch_size prompts (GRPO: each num_generations times) and splits the rollouts into
+    num_mini_batches, so gradient_accumulation_steps must stay 1. The two agree when num_mini_batches = 1.
+    """
+
+    # the shared knobs, redeclared with PPO's defaults (constant lr, no warm-up, no decay, AdamW's betas)
     learning_rate: float = 1e-4
-    num_iterations: int = 30
-    batch_size: int = 32             # prompts per iteration (GRPO: each sampled num_generations times)
+    max_steps: int = 30                     # PPO iterations
+    per_device_train_batch_size: int = 32   # prompts per iteration (GRPO: each sampled num_generations times)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999
+    eval_steps: int = 0
+    disable_tqdm: bool = True
+    # PPO's own
     num_mini_batches: int = 1
     num_ppo_epochs: int = 4
     response_length: int = 24
@@ -124,33 +136,33 @@ class PPOConfig:
     kl_horizon: float = 10000.0
     advantage_estimator: str = "gae"
     num_generations: int = 4
-    max_grad_norm: float = 1.0
     ptx_coef: float = 0.0            # PPO-ptx: weight of the demonstrations' NLL in the loss (InstructGPT's gamma)
     ptx_batch_size: int = 16         # demonstrations per PPO mini-batch update (PPO-ptx)
-    seed: int = 0
 
-    def __post_init__(self):
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
-        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
-        for name in ("num_iterations", "batch_size", "num_mini_batches", "num_ppo_epochs", "response_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        rows = self.batch_size * (self.num_generations if self.advantage_estimator == "grpo" else 1)
+    def validate(self) -> None:
+        super().validate()
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError("PPOConfig.gradient_accumulation_steps must be 1 (PPO splits each iteration's "
+                              f"rollouts into num_mini_batches instead), got {self.gradient_accumulation_steps}",
+                              "gradient_accumulation_steps")
+        self.check_choice("kl_estimator", ("k1", "k3"))
+        self.check_choice("advantage_estimator", ADVANTAGE_ESTIMATORS)
+        for name in ("num_mini_batches", "num_ppo_epochs", "response_length", "ptx_batch_size"):
+            self.check_range(name, low=1)
+        for name in ("temperature", "cliprange", "cliprange_value", "target_kl", "kl_horizon"):
+            self.check_range(name, low=0, low_open=True)
+        for name in ("kl_coef", "vf_coef", "ptx_coef"):
+            self.check_range(name, low=0)
+        self.check_range("gamma", 0, 1)
+        self.check_range("lam", 0, 1)
+        if self.adaptive_kl:
+            self.check_range("kl_coef", low=0, low_open=True)
+        if self.advantage_estimator == "grpo":
+            self.check_range("num_generations", low=2)
+        rows = self.per_device_train_batch_size * (self.num_generations if self.advantage_estimator == "grpo" else 1)
         if rows < self.num_mini_batches:
-            raise ValueError(f"num_mini_batches={self.num_mini_batches} exceeds the {rows} rollouts per iteration")
-        if self.advantage_estimator == "grpo" and self.num_generations < 2:
-            raise ValueError(f"GRPO needs num_generations >= 2, got {self.num_generations}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not self.ptx_coef >= 0:
-            raise ValueError(f"ptx_coef must be >= 0, got {self.ptx_coef}")
-        if self.ptx_batch_size < 1:
-            raise ValueError(f"ptx_batch_size must be >= 1, got {self.ptx_batch_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError(f"PPOConfig.num_mini_batches={self.num_mini_batches} exceeds the {rows} rollouts per "
+                              "iteration", "num_mini_batches")
 
 
 def response_logprobs(model, sequences: np.ndarray, attention_mask: np.ndarray, prompt_length: int,
@@ -174,13 +186,16 @@ class PPOTrainer:
     stop_token_id     the token that ends a response (<|end|>); pad_token_id fills after it.
     ptx_examples      demonstrations for PPO-ptx (needed when config.ptx_coef > 0): (input_ids, labels)
                       pairs of 1-D int arrays, labels -100 outside the completion, as
-                      minifm.train.sft.encode_sft_examples returns them.
+                      minifm.data.conversations.encode_sft_examples returns them.
+
+    `train(run_dir=None, resume=False, log=None)` runs config.max_steps iterations through the shared
+    loop and returns every iteration's record (`history`). As the loop's step kind it has `model` (the
+    policy), `optimizer`, `extra_models` (the value model), `run_step(step)` (one iteration),
+    `state_dict()` / `load_state_dict()`, `updating` and `progress(row)`.
     """
 
     def __init__(self, config: PPOConfig, policy, reward_fn, prompts, *, value_model=None, ref_policy=None,
                  stop_token_id: int, pad_token_id: int, ground_truth_fn=None, ptx_examples=None):
-        from minifm.optim import AdamW
-
         self.config = config
         self.policy = policy
         self.ref_policy = ref_policy if ref_policy is not None else copy.deepcopy(policy)
@@ -199,36 +214,89 @@ class PPOTrainer:
         if self.use_value and value_model is None:
             raise ValueError("advantage_estimator='gae' needs value_model= (a ValueModel)")
         self.value_model = value_model if self.use_value else None
+        self.extra_models = {"value_model": self.value_model} if self.use_value else {}
         self.stop_token_id, self.pad_token_id = int(stop_token_id), int(pad_token_id)
         params = [p for p in policy.parameters() if p.requires_grad]
         if self.value_model is not None:
             params += [p for p in self.value_model.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        self.optimizer = make_optimizer(policy, config, *self.extra_models.values())
         self.kl_controller = (rl_math.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else rl_math.FixedKLController(config.kl_coef))
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = np.random.default_rng(config.seed)  # rollouts and mini-batch orders
         self.ptx_examples = list(ptx_examples) if ptx_examples is not None else []
-        self.ptx_batches = None  # endless shuffled mini-batches of demonstrations (PPO-ptx only)
-        if config.ptx_coef > 0:
-            if not self.ptx_examples:
-                raise ValueError(f"ptx_coef={config.ptx_coef} needs ptx_examples= (SFT-encoded demonstrations)")
-            # a random stream of its own, so that PPO-ptx leaves the rollout and mini-batch draws unchanged
-            ptx_rng = np.random.default_rng([config.seed, 1])
-            self.ptx_batches = sft.shuffled_batches(self.ptx_examples, config.ptx_batch_size)(ptx_rng)
+        if config.ptx_coef > 0 and not self.ptx_examples:
+            raise ValueError(f"ptx_coef={config.ptx_coef} needs ptx_examples= (SFT-encoded demonstrations)")
+        self.ptx_draws = 0  # PPO-ptx mini-batches taken from the stream so far
+        self.ptx_batches = self._ptx_stream() if config.ptx_coef > 0 else None
         self.ptx_max_length = block_size  # demonstrations longer than the context are truncated
-        self.iteration = 0
+        self.data_digest = self._digest_data()
         self.history: list[dict] = []
+        self.updating = False
+
+    @property
+    def model(self):
+        """The module the loop saves as model.safetensors: the policy."""
+        return self.policy
+
+    @property
+    def stage(self) -> str:
+        return "ppo" if self.config.advantage_estimator == "gae" else "grpo"
+
+    def _ptx_stream(self):
+        """The endless shuffled stream of PPO-ptx demonstration mini-batches, advanced past `ptx_draws`.
+        Its random stream is its own, so that PPO-ptx leaves the rollout and mini-batch draws unchanged."""
+        ptx_rng = np.random.default_rng([self.config.seed, 1])
+        stream = shuffled_batches(self.ptx_examples, self.config.ptx_batch_size)(ptx_rng)
+        for _ in range(self.ptx_draws):
+            next(stream)
+        return stream
+
+    def _digest_data(self) -> str:
+        """SHA-256 of everything besides the config and the models that shapes the run: prompts,
+        demonstrations, stop and pad ids."""
+        data = {"prompts": self.prompts, "stop": self.stop_token_id, "pad": self.pad_token_id,
+                "ptx": [[np.asarray(ids).tolist(), np.asarray(labels).tolist()] for ids, labels in self.ptx_examples]}
+        return hashlib.sha256(json.dumps(data).encode("utf-8")).hexdigest()
+
+    # ------------------------------------------------------------------ the loop's step kind
+    def state_dict(self) -> dict:
+        return {"rollout_rng_state": rng_state(self.rng), "ptx_draws": self.ptx_draws,
+                "kl_coef": self.kl_controller.value, "history": self.history, "data_sha256": self.data_digest}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["data_sha256"] != self.data_digest:
+            raise ValueError("resume: the prompts, PPO-ptx demonstrations or stop/pad ids differ from the "
+                             "checkpoint's and would change the run")
+        self.rng.bit_generator.state = state["rollout_rng_state"]
+        self.kl_controller.value = float(state["kl_coef"])
+        self.history = list(state["history"])
+        self.ptx_draws = int(state["ptx_draws"])
+        if self.ptx_batches is not None:
+            self.ptx_batches = self._ptx_stream()
+
+    def progress(self, row: dict) -> dict:
+        return {"reward": f"{row['reward_mean']:+.3f}", "kl": f"{row['kl']:.3f}"}
+
+    def train(self, run_dir=None, resume: bool = False, log=None) -> list[dict]:
+        """Run config.max_steps iterations through the shared loop (checkpoints in run_dir when given;
+        resume=True continues the run saved there); `log(record)` is called after every iteration.
+        Returns the record of every iteration, those before a resume included."""
+        def keep(record):
+            self.history.append(record)
+            if log is not None:
+                log(record)
+
+        TrainingLoop(self, self.config, run_dir=run_dir, stage=self.stage, log=keep).fit(resume=resume)
+        return self.history
 
     # ------------------------------------------------------------------ rollouts
     def rollout(self) -> dict:
         """Sample responses and compute everything PPO needs about them (no graph)."""
-        from minifm.sampling.generate import generate
-
         config = self.config
         copies = config.num_generations if config.advantage_estimator == "grpo" else 1
-        replace = len(self.prompts) < config.batch_size
-        chosen = self.rng.choice(len(self.prompts), size=config.batch_size, replace=replace)
+        n_prompts = config.per_device_train_batch_size
+        chosen = self.rng.choice(len(self.prompts), size=n_prompts, replace=len(self.prompts) < n_prompts)
         prompt_indices = np.repeat(chosen, copies)  # (N,)
         self.policy.eval()
         out = generate(self.policy, [self.prompts[i] for i in prompt_indices], config.response_length,
@@ -284,12 +352,13 @@ class PPOTrainer:
         `ptx_batch_size` demonstrations of the shuffled stream."""
         if examples is None:
             examples = next(self.ptx_batches)
+            self.ptx_draws += 1
         longest = max(ids.size for ids, _ in examples)
         max_length = max(1, longest - 1)  # rows as wide as the longest demonstration, not the whole context
         if self.ptx_max_length is not None:
             max_length = min(max_length, self.ptx_max_length)
-        inputs, targets, mask = sft.collate(examples, max_length, self.pad_token_id)  # (b, L) each
-        return sft.sft_loss(self.policy, inputs, targets, mask)
+        inputs, targets, mask = collate_sft(examples, max_length, self.pad_token_id)  # (b, L) each
+        return sft_loss(self.policy, inputs, targets, mask)
 
     def minibatch_loss(self, batch: dict, targets: dict, rows: np.ndarray) -> tuple[Tensor, dict]:
         config = self.config
@@ -307,8 +376,7 @@ class PPOTrainer:
             loss = loss + config.vf_coef * value_loss
             stats.update(value_stats, value_loss=float(value_loss.item()))
         else:  # GRPO: KL to the reference in the loss, k3 estimator
-            log_ratio = batch["ref_logprobs"][rows].astype(new_logprobs.dtype) - new_logprobs  # (n, Tr)
-            k3 = log_ratio.exp() - log_ratio - 1.0  # (n, Tr)
+            k3 = rl_math.kl_per_token(new_logprobs, batch["ref_logprobs"][rows], "k3")  # (n, Tr) Tensor
             kl_term = rl_math.masked_mean(k3, mask)
             loss = loss + config.kl_coef * kl_term
             stats["kl_loss"] = float(kl_term.item())
@@ -318,12 +386,10 @@ class PPOTrainer:
             stats["ptx_loss"] = float(ptx_term.item())
         return loss, stats
 
-    def step(self) -> dict:
-        """One PPO iteration: rollouts, advantages, num_ppo_epochs of clipped updates. Returns the log record."""
-        from minifm.optim import clip_grad_norm
-
+    def run_step(self, step: int) -> dict:
+        """PPO iteration number `step` (0-based): rollouts, advantages, num_ppo_epochs of clipped
+        updates. Returns the iteration's record (the loop adds "stage" and "elapsed_s")."""
         config = self.config
-        started = time.perf_counter()
         batch = self.rollout()
         targets = self.advantages(batch)
         n_rows = batch["sequences"].shape[0]
@@ -339,9 +405,15 @@ class PPOTrainer:
                     continue
                 loss, stats = self.minibatch_loss(batch, targets, rows)
                 if not np.isfinite(loss.item()):
-                    raise FloatingPointError(f"PPO loss became {loss.item()} at iteration {self.iteration}")
+                    raise NonFiniteLossError(f"the PPO loss is {loss.item()}")
                 loss.backward()
-                clip_grad_norm(self.params, config.max_grad_norm)
+                if config.max_grad_norm > 0:
+                    grad_norm = clip_grad_norm(self.params, config.max_grad_norm, error_if_nonfinite=False)
+                else:
+                    grad_norm = global_grad_norm(self.params)
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteLossError(f"the gradient norm is {grad_norm}")
+                self.updating = True  # from the first update on, the weights are past the last step's
                 self.optimizer.step()
                 self.optimizer.zero_grad()
                 collected.append(stats)
@@ -350,10 +422,9 @@ class PPOTrainer:
         sequence_kl = float(np.mean(targets["kl"].sum(axis=1)))
         kl_coef_used = self.kl_controller.value
         self.kl_controller.update(sequence_kl, n_rows)
-        self.iteration += 1
-        record = {
-            "stage": "ppo" if config.advantage_estimator == "gae" else "grpo",
-            "iteration": self.iteration,
+        self.updating = False
+        return {
+            "iteration": step + 1,
             "reward_mean": float(np.mean(batch["scores"])),
             "ground_truth_reward_mean": (float(np.mean(batch["ground_truth"]))
                                          if batch["ground_truth"] is not None else None),
@@ -368,14 +439,4 @@ class PPOTrainer:
             "approxkl_per_epoch": [s["approxkl"] for s in epoch_stats],
             "response_length": float(mask.sum(axis=1).mean()),
             "ended_fraction": float(np.mean(batch["ended"])),
-            "elapsed_s": time.perf_counter() - started,
         }
-        self.history.append(record)
-        return record
-
-    def train(self, num_iterations: int | None = None, log=None) -> list[dict]:
-        for _ in range(num_iterations or self.config.num_iterations):
-            record = self.step()
-            if log:
-                log(record)
-        return self.history

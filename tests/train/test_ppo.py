@@ -11,9 +11,10 @@ import pytest
 
 from minifm import functional as F
 from minifm.autograd.grad_mode import no_grad
-from minifm.models import GPT, GPTConfig
+from minifm.data.batches import IGNORE_INDEX
+from minifm.data.conversations import sft_example
+from minifm.models import GPT, GPTConfig, ValueModel
 from minifm.train import ppo, rl_math
-from minifm.train.sft import IGNORE_INDEX, sft_example
 
 VOCAB, PROMPT, STOP, PAD, GOOD = 8, 1, 7, 0, 5
 
@@ -37,14 +38,15 @@ def good_token_probability(policy) -> float:
 def estimator_settings(estimator: str) -> dict:
     """PPOConfig overrides for one advantage estimator (GRPO: groups of 4 samples per prompt)."""
     if estimator == "grpo":
-        return {"advantage_estimator": "grpo", "num_generations": 4, "batch_size": 4}
+        return {"advantage_estimator": "grpo", "num_generations": 4, "per_device_train_batch_size": 4}
     return {"advantage_estimator": estimator}
 
 
 def make_trainer(reward_fn=bandit_reward, dtype="float32", ptx_examples=None, **overrides):
-    config = ppo.PPOConfig(**{"learning_rate": 3e-2, "batch_size": 16, "num_ppo_epochs": 2, "num_mini_batches": 2,
-                              "response_length": 1, "temperature": 1.0, "kl_coef": 0.01, "seed": 0, **overrides})
-    value = ppo.ValueModel(tiny_gpt(seed=1, dtype=dtype)) if config.advantage_estimator == "gae" else None
+    config = ppo.PPOConfig(**{"learning_rate": 3e-2, "per_device_train_batch_size": 16, "num_ppo_epochs": 2,
+                              "num_mini_batches": 2, "response_length": 1, "temperature": 1.0, "kl_coef": 0.01,
+                              "seed": 0, **overrides})
+    value = ValueModel(tiny_gpt(seed=1, dtype=dtype)) if config.advantage_estimator == "gae" else None
     return ppo.PPOTrainer(config, tiny_gpt(dtype=dtype), reward_fn, [[PROMPT]], value_model=value, stop_token_id=STOP,
                           pad_token_id=PAD, ptx_examples=ptx_examples)
 
@@ -57,7 +59,7 @@ def demonstrations():
 
 def reference_nll(policy, examples) -> "Tensor":
     """Mean -log p over every completion token of every example, one unpadded example at a time
-    (an independent route to the number sft.collate + sft.sft_loss compute on a padded batch)."""
+    (an independent route to the number collate_sft + sft.sft_loss compute on a padded batch)."""
     total, count = None, 0
     for ids, labels in examples:
         log_probs = F.log_softmax(policy(ids[None, :-1]), axis=-1)  # (1, T-1, V)
@@ -92,7 +94,7 @@ def test_rewards_hold_kl_penalty_per_token_and_score_at_the_last_token(rng):
 
 
 def test_grpo_advantages_are_group_relative_scores():
-    trainer = make_trainer(advantage_estimator="grpo", num_generations=2, batch_size=2)
+    trainer = make_trainer(advantage_estimator="grpo", num_generations=2, per_device_train_batch_size=2)
     mask = np.array([[1, 1], [1, 0], [1, 1], [1, 1]], dtype=float)
     batch = {"response_mask": mask, "logprobs": np.zeros((4, 2)), "ref_logprobs": np.zeros((4, 2)),
              "values": np.zeros((4, 2)), "scores": np.array([1.0, 0.0, 2.0, 2.0])}
@@ -114,6 +116,12 @@ def test_config_validation():
         make_trainer(response_length=24)
     with pytest.raises(ValueError, match="ptx_coef"):
         ppo.PPOConfig(ptx_coef=-0.1)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps must be 1"):
+        ppo.PPOConfig(gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"num_mini_batches=5 exceeds the 4 rollouts"):
+        ppo.PPOConfig(per_device_train_batch_size=4, num_mini_batches=5)
+    with pytest.raises(ValueError, match="max_steps must be an integer"):
+        ppo.PPOConfig(max_steps=2.5)
     with pytest.raises(ValueError, match="ptx_examples"):
         make_trainer(ptx_coef=0.5)
 
@@ -121,9 +129,9 @@ def test_config_validation():
 @pytest.mark.parametrize("estimator", ["gae", "grpo"])
 def test_short_run_learns_the_rewarded_token(estimator):
     overrides = estimator_settings(estimator)
-    trainer = make_trainer(**overrides)
+    trainer = make_trainer(max_steps=12, **overrides)
     before = good_token_probability(trainer.policy)
-    history = trainer.train(num_iterations=12)
+    history = trainer.train()
     after = good_token_probability(trainer.policy)
     assert before < 0.25
     assert after > 0.8, (before, after, [round(h["reward_mean"], 2) for h in history])
@@ -131,8 +139,8 @@ def test_short_run_learns_the_rewarded_token(estimator):
     assert history[-1]["kl"] > 0  # the policy moved away from the frozen reference
     assert good_token_probability(trainer.ref_policy) == pytest.approx(before)
     # the same seed gives the same run
-    again = make_trainer(**overrides)
-    again.train(num_iterations=12)
+    again = make_trainer(max_steps=12, **overrides)
+    again.train()
     assert good_token_probability(again.policy) == pytest.approx(after, rel=1e-6)
 
 
@@ -141,16 +149,16 @@ def test_short_run_learns_the_rewarded_token(estimator):
 def test_ptx_coef_zero_leaves_the_update_bit_identical(estimator):
     """With ptx_coef = 0, handing the trainer demonstrations changes nothing: same draws, same weights."""
     overrides = estimator_settings(estimator)
-    plain = make_trainer(**overrides)
-    with_demos = make_trainer(ptx_examples=demonstrations(), ptx_coef=0.0, **overrides)
-    plain_history, demos_history = plain.train(num_iterations=3), with_demos.train(num_iterations=3)
+    plain = make_trainer(max_steps=3, **overrides)
+    with_demos = make_trainer(max_steps=3, ptx_examples=demonstrations(), ptx_coef=0.0, **overrides)
+    plain_history, demos_history = plain.train(), with_demos.train()
     for (name, a), (_, b) in zip(plain.policy.state_dict().items(), with_demos.policy.state_dict().items()):
         assert np.array_equal(a, b), name
     assert [h["policy_loss"] for h in plain_history] == [h["policy_loss"] for h in demos_history]
     assert all(h["ptx_loss"] is None for h in demos_history)
     # a positive coefficient does change the weights, so the comparison above can fail
-    mixed = make_trainer(ptx_examples=demonstrations(), ptx_coef=1.0, **overrides)
-    mixed.train(num_iterations=3)
+    mixed = make_trainer(max_steps=3, ptx_examples=demonstrations(), ptx_coef=1.0, **overrides)
+    mixed.train()
     assert any(not np.array_equal(a, b) for a, b in zip(plain.policy.state_dict().values(),
                                                        mixed.policy.state_dict().values()))
 
@@ -204,15 +212,15 @@ def test_ptx_term_alone_lowers_the_demonstrations_nll():
         with no_grad():
             return float(trainer.ptx_loss(examples).item())
 
-    plain = make_trainer(reward_fn=zero_reward, kl_coef=0.0, learning_rate=1e-2)
+    plain = make_trainer(reward_fn=zero_reward, kl_coef=0.0, learning_rate=1e-2, max_steps=3)
     before = demo_nll(plain)
-    plain.train(num_iterations=3)
+    plain.train()
     assert demo_nll(plain) == pytest.approx(before, rel=1e-6)  # no advantage, no move
 
     mixed = make_trainer(reward_fn=zero_reward, kl_coef=0.0, learning_rate=1e-2, ptx_examples=examples,
-                         ptx_coef=1.0, ptx_batch_size=2)
+                         ptx_coef=1.0, ptx_batch_size=2, max_steps=3)
     assert demo_nll(mixed) == pytest.approx(before, rel=1e-6)  # the same start
-    history = mixed.train(num_iterations=3)
+    history = mixed.train()
     after = demo_nll(mixed)
     assert after < 0.8 * before, (before, after, [h["ptx_loss"] for h in history])
     assert all(h["ptx_loss"] is not None and np.isfinite(h["ptx_loss"]) for h in history)
