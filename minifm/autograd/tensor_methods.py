@@ -7,7 +7,8 @@ class body calling them would make tensor.py and the ops import each other (an i
 `minifm/autograd/__init__.py` imports this module, and Python runs a package's `__init__` before
 any of its modules, so every Tensor has these methods before user code can make one.
 
-Where an op's signature already matches the method's (`ops.sum(x, axis=None, keepdims=False)` for
+The look-alike lines below are deliberate: one line per method. Where an op's signature already
+matches the method's (`ops.sum(x, axis=None, keepdims=False)` for
 `x.sum(axis=None, keepdims=False)`), the op itself is the method; reflected operators (`2 - x`)
 swap the operands.
 """

@@ -58,6 +58,8 @@ class BERT(Module):
         if isinstance(config, dict):
             config = BERTConfig.from_dict(config)
         self.config = config
+        # embeddings -> blocks -> final norm as in GPT (models/gpt.py), spelled out on purpose so that
+        # each model file reads alone; the shared pieces are the helpers of models/config.py
         d = config.n_embd
         self.wte = Embedding(config.vocab_size, d)
         if config.pos == "learned":

@@ -35,6 +35,8 @@ from minifm.nn.module import Module
 from minifm.sampling.generate import generate
 
 
+# BERTConfig and T5Config repeat most of these fields on purpose: each config shows all its fields and
+# defaults in one place; their checks and derived sizes are shared (TransformerConfigBase, models/config.py)
 @dataclass
 class GPTConfig(TransformerConfigBase):
     vocab_size: int

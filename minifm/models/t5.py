@@ -75,6 +75,8 @@ class T5(Module):
         if isinstance(config, dict):
             config = T5Config.from_dict(config)
         self.config = config
+        # embeddings -> blocks -> final norm as in GPT (models/gpt.py), spelled out on purpose so that
+        # each model file reads alone; the shared pieces are the helpers of models/config.py
         d = config.n_embd
         rope = rotary_embedding(config)  # one table for encoder and decoder self-attention (None if learned)
         self.shared = Embedding(config.vocab_size, d)

@@ -1,6 +1,7 @@
 """The differentiable operations as plain functions over Tensors (and arrays / Python scalars).
 
-Each function here is a one-line call into a `Function` class in a sibling module:
+Each function here is a one-line call into a `Function` class in a sibling module (the many
+look-alike one-liners are the point: one public name per operation, each found in one place):
   elementwise.py  arithmetic, pow, exp/log/sqrt/abs, clip, maximum/minimum, activations, where
   reduce.py       sum, mean, var, max, min, logsumexp
   shape.py        reshape, transpose, broadcast_to, getitem, concatenate, stack, pad, masked_fill

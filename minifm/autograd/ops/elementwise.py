@@ -1,6 +1,8 @@
 """Elementwise Functions: arithmetic with NumPy broadcasting, and the pointwise nonlinearities.
 
-Each binary op's backward undoes broadcasting with `unbroadcast`. Conventions where the derivative
+Each binary op's backward undoes broadcasting with `unbroadcast`. The Functions share one form on
+purpose (forward saves what the derivative needs, backward returns each input's share): each
+states its own derivative in full, next to its forward. Conventions where the derivative
 is not defined follow PyTorch: relu'(0) = 0, abs'(0) = 0, clip passes gradient on the closed
 interval [min, max], maximum/minimum split the gradient equally on ties.
 """
@@ -191,6 +193,16 @@ class Clip(Function):
         return grad * ctx.inside, None, None
 
 
+def _selection_backward(ctx, grad, a_selected: np.ndarray):
+    """maximum / minimum: the gradient goes to the operand that was selected, half to each on ties."""
+    a, b = ctx.a, ctx.b
+    share_a = (a_selected + 0.5 * (a == b)).astype(grad.dtype)
+    return (
+        unbroadcast(grad * share_a, _shape_of(a)) if ctx.needs_input_grad[0] else None,
+        unbroadcast(grad * (1 - share_a), _shape_of(b)) if ctx.needs_input_grad[1] else None,
+    )
+
+
 class Maximum(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -199,12 +211,7 @@ class Maximum(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        a, b = ctx.a, ctx.b
-        share_a = ((a > b) + 0.5 * (a == b)).astype(grad.dtype)
-        return (
-            unbroadcast(grad * share_a, _shape_of(a)) if ctx.needs_input_grad[0] else None,
-            unbroadcast(grad * (1 - share_a), _shape_of(b)) if ctx.needs_input_grad[1] else None,
-        )
+        return _selection_backward(ctx, grad, ctx.a > ctx.b)
 
 
 class Minimum(Function):
@@ -215,12 +222,7 @@ class Minimum(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        a, b = ctx.a, ctx.b
-        share_a = ((a < b) + 0.5 * (a == b)).astype(grad.dtype)
-        return (
-            unbroadcast(grad * share_a, _shape_of(a)) if ctx.needs_input_grad[0] else None,
-            unbroadcast(grad * (1 - share_a), _shape_of(b)) if ctx.needs_input_grad[1] else None,
-        )
+        return _selection_backward(ctx, grad, ctx.a < ctx.b)
 
 
 class Tanh(Function):
