@@ -8,23 +8,24 @@ The tensor engine and the common ops are available here directly (`mf.tensor`, `
 `mf.matmul`, ...); the subpackages (`mf.nn`, `mf.optim`, `mf.models`, `mf.functional`, ...) are
 imported on first attribute access, so `import minifm` stays cheap.
 """
-__version__ = "0.1.0"
-
 import importlib
 
-from minifm import autograd, kernels  # noqa: E402
-from minifm.autograd import (  # noqa: E402
+from minifm import autograd, kernels
+from minifm.autograd import (
     Tensor, enable_grad, full, is_grad_enabled, no_grad, ones, ones_like, rand, randn, tensor, zeros,
     zeros_like,
 )
-from minifm.autograd.ops import (  # noqa: E402
+from minifm.autograd.ops import (
     abs, broadcast_to, clip, concatenate, exp, log, logsumexp, masked_fill, matmul, maximum, mean, minimum,
     pad, relu, reshape, sigmoid, split, sqrt, squeeze, stack, sum, swapaxes, tanh, transpose, unsqueeze,
     where,
 )
 
+__version__ = "0.1.0"
+
 _SUBPACKAGES = (
-    "checkpoint", "cli", "data", "functional", "models", "nn", "optim", "peft", "sampling", "tokenizer", "train",
+    "checkpoint", "cli", "config", "data", "functional", "lifecycle", "models", "nn", "optim", "peft", "runs",
+    "sampling", "tokenizer", "train",
 )
 
 
