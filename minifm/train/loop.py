@@ -74,7 +74,8 @@ from tqdm import tqdm
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.checkpoint import (
-    CheckpointError, atomic_write_bytes, load_checkpoint, load_safetensors, save_checkpoint, save_safetensors,
+    TRAIN_STATE_FILE, CheckpointError, atomic_write_bytes, load_checkpoint, load_safetensors, save_checkpoint,
+    save_safetensors,
 )
 from minifm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, schedules
 from minifm.train.config import TrainConfig
@@ -335,9 +336,15 @@ class TrainingLoop:
         self._last_saved_step = snapshot["step"]
 
     def _load(self) -> dict:
-        if self.run_dir is None or not (self.run_dir / "train_state.json").exists():
-            raise FileNotFoundError(f"resume: no checkpoint (train_state.json) in {self.run_dir}")
-        state = load_checkpoint(self.run_dir, self.model, optimizer=self.optimizer)
+        """Check that the checkpoint in run_dir continues this run (same stage, same settings), then
+        load it into the model, optimizer, extra models and step kind; return the saved state."""
+        state_path = None if self.run_dir is None else self.run_dir / TRAIN_STATE_FILE
+        if state_path is None or not state_path.exists():
+            raise FileNotFoundError(f"resume: no checkpoint ({TRAIN_STATE_FILE}) in {self.run_dir}")
+        try:  # read before anything is loaded: refusing another stage or other settings changes nothing
+            state = json.loads(state_path.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{state_path}: corrupt training state ({error})") from error
         if state.get("stage") != self.stage:
             raise ValueError(f"resume: the checkpoint in {self.run_dir} is from stage {state.get('stage')!r}, "
                              f"not {self.stage!r}")
@@ -347,6 +354,7 @@ class TrainingLoop:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"resume: these settings differ from the checkpoint's and would change the run: {details}")
+        state = load_checkpoint(self.run_dir, self.model, optimizer=self.optimizer)
         _load_extra_models(self.run_dir, self.steps.extra_models, state.get("extra_model_sha256", {}))
         self.steps.load_state_dict(state["step_state"])
         return state
