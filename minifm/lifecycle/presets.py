@@ -9,11 +9,22 @@ PeftStageConfig) plus a few of the stage's own (how many prompts, samples, pairs
 post_training stage nests one table per trainer (sft, reward, ppo, dpo).
 
 A `--config FILE` for `minifm lifecycle` has the same shape ({stage: {setting: value}}) and
-overrides single settings; `settings_for` checks every key against this table.
+overrides single settings; `settings_for` checks every key against this table and every value's
+type and range by building the stage's configs (`check_settings`) before any stage runs.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+
+from minifm.config import ConfigBase, ConfigError
+from minifm.lifecycle.peft_comparison import PeftStageConfig
+from minifm.train.config import TrainConfig
+from minifm.train.dpo import DPOConfig
+from minifm.train.ppo import PPOConfig
+from minifm.train.pretrain import PretrainConfig
+from minifm.train.reward import RewardConfig
+from minifm.train.sft import SFTConfig
 
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
@@ -66,6 +77,88 @@ OPTIONAL_KEYS = {
 }
 
 
+@dataclass
+class CurateSettings(ConfigBase):
+    corpus_bytes: int = 600_000   # size of the generated tinyworld corpus
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.check_range("corpus_bytes", low=1)
+
+
+@dataclass
+class TokenizerSettings(ConfigBase):
+    vocab_size: int = 1024
+
+    def validate(self) -> None:
+        self.check_range("vocab_size", low=300)
+
+
+@dataclass
+class SamplingSettings(ConfigBase):
+    n_prompts: int = 6            # prompts: the opening words of unseen tinyworld documents
+    samples_per_prompt: int = 4   # samples per prompt for the sampled settings (greedy: one)
+    max_new_tokens: int = 48
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("n_prompts", "samples_per_prompt", "max_new_tokens"):
+            self.check_range(name, low=1)
+
+
+@dataclass
+class PostTrainingSettings(ConfigBase):
+    """The post_training stage's own settings (its trainers' tables are SFTConfig, RewardConfig, ...)."""
+
+    n_train_instructions: int | None = None   # tinyworld train instructions (None: all)
+    n_eval: int | None = None                 # held-out prompts (None: all)
+    n_train_pairs: int = 2500                 # preference pairs for the reward model and DPO
+    n_eval_pairs: int = 200
+    best_of_n: int = 8                        # N of the best-of-N policy
+    max_new_tokens: int = 24                  # answer length when evaluating
+    eval_samples: int = 4                     # sampled answers per held-out prompt
+
+    def validate(self) -> None:
+        for name in ("n_train_instructions", "n_eval", "n_train_pairs", "n_eval_pairs", "max_new_tokens",
+                     "eval_samples"):
+            self.check_range(name, low=1)
+        self.check_range("best_of_n", low=2)
+
+
+TRAINER_CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}
+
+
+def stage_configs(stage: str, values: dict) -> list[ConfigBase]:
+    """The typed configs that a stage's settings stand for (building them checks every type and range)."""
+    if stage == "curate":
+        return [CurateSettings(**values)]
+    if stage == "tokenizer":
+        return [TokenizerSettings(**values)]
+    if stage == "sampling":
+        return [SamplingSettings(**values)]
+    if stage == "peft":
+        return [PeftStageConfig(**values)]
+    if stage == "pretrain":
+        model_keys = PretrainConfig.field_names()
+        return [PretrainConfig(**{key: value for key, value in values.items() if key in model_keys}),
+                TrainConfig(**{key: value for key, value in values.items() if key not in model_keys})]
+    if stage == "post_training":
+        own = {key: value for key, value in values.items() if key not in TRAINER_CONFIGS}
+        return [PostTrainingSettings(**own)] + [config_class(**values[name])
+                                                for name, config_class in TRAINER_CONFIGS.items()]
+    raise ValueError(f"unknown lifecycle stage {stage!r}")
+
+
+def check_settings(settings: dict[str, dict]) -> None:
+    """Build every stage's configs, so a wrong type or range stops the run before any stage starts
+    (a ConfigError naming the stage, the config class and the field)."""
+    for stage, values in settings.items():
+        try:
+            stage_configs(stage, values)
+        except ConfigError as error:
+            raise ConfigError(f"stage {stage!r}: {error}", error.field) from None
+
+
 def _apply(settings: dict, overrides: dict, where: str, optional=()) -> None:
     """Replace settings[key] by overrides[key] (recursing into nested tables); unknown keys are errors."""
     if not isinstance(overrides, dict):
@@ -89,7 +182,8 @@ def settings_for(preset: str, overrides: dict | None = None) -> dict[str, dict]:
         if stage not in settings:
             raise ValueError(f"unknown lifecycle stage {stage!r} in the configuration; stages: {list(settings)}")
         _apply(settings[stage], values, f"stage {stage!r}", OPTIONAL_KEYS.get(stage, ()))
+    check_settings(settings)
     return settings
 
 
-__all__ = ["PRESETS", "settings_for"]
+__all__ = ["PRESETS", "check_settings", "settings_for", "stage_configs"]

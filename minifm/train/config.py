@@ -9,9 +9,11 @@ RewardConfig, DPOConfig and PPOConfig extend): `learning_rate`, `max_steps`,
 `save_steps`, `seed`, `disable_tqdm`. Two knobs are minifm's own: `min_lr` (the floor the cosine
 and linear schedules decay to) and `accumulate` (how micro-batches are weighted).
 
-Each stage's config inherits this one and adds its own fields (SFTConfig: max_length, packing;
-RewardConfig: center_rewards_coefficient; DPOConfig: beta, loss_type, ...); a stage that wants
-other defaults redeclares the field with the new default. Pre-training uses TrainConfig itself.
+Pre-training uses TrainConfig itself. The post-training stages' configs inherit
+`PostTrainingConfig` (TrainConfig with their common defaults: a constant learning rate, no weight
+decay, no periodic evaluation, no progress bar, and `max_length`) and add their own fields
+(SFTConfig: packing; RewardConfig: center_rewards_coefficient; DPOConfig: beta, loss_type, ...); a
+stage that wants another default redeclares the field with it.
 
 Deviation from transformers: "constant" means a constant rate with no warm-up (transformers'
 "constant"); there is no "constant_with_warmup".
@@ -64,4 +66,19 @@ class TrainConfig(ConfigBase):
         self.check_choice("accumulate", ("tokens", "mean"))
 
 
-__all__ = ["SCHEDULES", "TrainConfig"]
+@dataclass
+class PostTrainingConfig(TrainConfig):
+    """TrainConfig with the defaults the post-training stages share, plus TRL's max_length."""
+
+    lr_scheduler_type: str = "constant"
+    weight_decay: float = 0.0
+    eval_steps: int = 0
+    disable_tqdm: bool = True
+    max_length: int = 64                   # tokens per sequence (longer ones are cut on the response side)
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_range("max_length", low=1)
+
+
+__all__ = ["SCHEDULES", "PostTrainingConfig", "TrainConfig"]

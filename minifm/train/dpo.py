@@ -33,23 +33,18 @@ from minifm.autograd.tensor import Tensor
 from minifm.data.batches import pad_right, shuffled_batches
 from minifm.data.conversations import PAD_TOKEN, encode_preference_pairs, special_id
 from minifm.train import rl_math
-from minifm.train.config import TrainConfig
+from minifm.train.config import PostTrainingConfig
 from minifm.train.loop import train
 
 
 @dataclass
-class DPOConfig(TrainConfig):
-    """DPO hyper-parameters: the shared TrainConfig (this stage's defaults) plus TRL DPOConfig's fields
+class DPOConfig(PostTrainingConfig):
+    """DPO hyper-parameters: PostTrainingConfig with this stage's defaults, plus TRL DPOConfig's fields
     (TRL's names and defaults for beta / loss_type / label_smoothing)."""
 
     learning_rate: float = 1e-4
     max_steps: int = 100
-    lr_scheduler_type: str = "constant"
     warmup_steps: int = 5
-    weight_decay: float = 0.0
-    eval_steps: int = 0
-    disable_tqdm: bool = True
-    max_length: int = 64
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -58,7 +53,6 @@ class DPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("max_length", low=1)
         self.check_choice("loss_type", rl_math.DPO_LOSS_TYPES)
         self.check_range("beta", low=0, low_open=True)
         self.check_range("label_smoothing", 0, 0.5)

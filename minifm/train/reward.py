@@ -20,29 +20,23 @@ from scipy import stats
 
 from minifm.data.batches import pad_right, shuffled_batches
 from minifm.data.conversations import PAD_TOKEN, encode_preference_pairs, prompt_and_response_ids, special_id
-from minifm.train.config import TrainConfig
+from minifm.train.config import PostTrainingConfig
 from minifm.train.loop import train
 from minifm.train.rl_math import bradley_terry_loss
 
 
 @dataclass
-class RewardConfig(TrainConfig):
-    """Reward-model hyper-parameters: the shared TrainConfig (this stage's defaults) plus TRL RewardConfig's fields."""
+class RewardConfig(PostTrainingConfig):
+    """Reward-model hyper-parameters: PostTrainingConfig with this stage's defaults, plus TRL RewardConfig's fields."""
 
     learning_rate: float = 3e-4
     max_steps: int = 150
-    lr_scheduler_type: str = "constant"
     warmup_steps: int = 10
-    weight_decay: float = 0.0
-    eval_steps: int = 0
-    disable_tqdm: bool = True
-    max_length: int = 64
     center_rewards_coefficient: float | None = 0.01
     use_margin: bool = False
 
     def validate(self) -> None:
         super().validate()
-        self.check_range("max_length", low=1)
         self.check_range("center_rewards_coefficient", low=0)
 
 

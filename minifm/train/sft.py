@@ -23,7 +23,7 @@ import numpy as np
 from minifm import functional as F
 from minifm.data.batches import IGNORE_INDEX, collate_sft, shuffled_batches
 from minifm.data.conversations import PAD_TOKEN, encode_sft_examples, special_id
-from minifm.train.config import TrainConfig
+from minifm.train.config import PostTrainingConfig
 from minifm.train.loop import train
 
 
@@ -36,22 +36,14 @@ def sft_loss(model, inputs: np.ndarray, targets: np.ndarray, attention_mask: np.
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    """SFT hyper-parameters: the shared TrainConfig (SFT's defaults) plus TRL SFTConfig's max_length, packing."""
+class SFTConfig(PostTrainingConfig):
+    """SFT hyper-parameters: PostTrainingConfig with SFT's defaults, plus TRL SFTConfig's packing."""
 
     learning_rate: float = 1e-3
     max_steps: int = 200
-    lr_scheduler_type: str = "constant"
     warmup_steps: int = 10
-    weight_decay: float = 0.0
-    eval_steps: int = 0
-    disable_tqdm: bool = True
     max_length: int = 48
     packing: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        self.check_range("max_length", low=1)
 
 
 def train_sft_encoded(model, encoded, pad_id: int, config: SFTConfig | None = None, run_dir=None):
