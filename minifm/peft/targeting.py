@@ -63,8 +63,3 @@ def _is_peft_inner(name: str) -> bool:
     """Names inside a PEFT wrapper (lora_A, lora_B, adapter down/up projections) are never targets."""
     parts = name.split(".")
     return any(part in ("lora_A", "lora_B", "adapters", "ia3_l") for part in parts)
-
-
-def replace_module(model: Module, name: str, new_module: Module) -> None:
-    """Put `new_module` at dotted `name` inside `model`."""
-    model.set_submodule(name, new_module)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 from autograd_testing import GRAD_EXAMPLES, check_forward_and_grad, leaf
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.special import logsumexp as scipy_logsumexp

@@ -12,8 +12,9 @@ from minifm.peft import (
     AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model,
 )
 from minifm.peft.adapters import Bottleneck, adapter_parameter_count
-from minifm.peft.ia3 import IA3Linear
+from minifm.peft.ia3 import IA3Linear, ia3_parameter_count
 from minifm.peft.prefix_tuning import PrefixEncoder, prefix_parameter_count
+from minifm.peft.prompt_tuning import prompt_tuning_parameter_count
 from peft_testing import check_parameter_gradients, perturb_trainable, random_ids, tiny_gpt
 
 ALL_METHODS = {
@@ -43,8 +44,9 @@ def test_parameter_counts_equal_closed_forms():
     for method, make in ALL_METHODS.items():
         counts[method] = get_peft_model(tiny_gpt(**options), make()).get_nb_trainable_parameters()[0]
     assert counts["adapter"] == n_layer * 2 * adapter_parameter_count(d, 4) == n_layer * 2 * (2 * d * 4 + 4 + d)
-    assert counts["ia3"] == n_layer * (kv_dim + kv_dim + hidden)  # k, v outputs and down_proj's input
-    assert counts["prompt"] == 3 * d
+    ia3_per_layer = 2 * ia3_parameter_count(d, kv_dim, False) + ia3_parameter_count(hidden, d, True)
+    assert counts["ia3"] == n_layer * ia3_per_layer == n_layer * (kv_dim + kv_dim + hidden)  # k, v out; down_proj in
+    assert counts["prompt"] == prompt_tuning_parameter_count(3, d) == 3 * d
     shapes = [(kv_heads, head_dim)] * n_layer
     assert counts["prefix"] == prefix_parameter_count(2, shapes, d, False) == 2 * n_layer * 2 * kv_dim
     columns = n_layer * 2 * kv_dim
