@@ -20,7 +20,7 @@ The loop (`TrainingLoop.fit`):
 
     for step in range(start, max_steps):
         lr = schedule(step + 1), written into every optimizer group
-        row = step_kind.run_step(step)          -> metrics.jsonl, the `log` callback, the tqdm bar
+        row = {"stage", **step_kind.run_step(step), "elapsed_s"}   -> metrics.jsonl, `log(row)`, tqdm bar
         every eval_steps: eval_fn(model) under no_grad in eval mode (optional)
         every save_steps: checkpoint;  after a Ctrl-C: checkpoint and stop
     last evaluation; checkpoint

@@ -2,9 +2,9 @@
 plus GRPO's group-relative advantages as an option.
 
 One iteration (`PPOTrainer.run_step`, one step of the shared loop):
-  1. rollouts: `per_device_train_batch_size` prompts are continued by the policy with the sampler and KV cache
-     (minifm.sampling.generate, do_sample=True, `temperature`, no top-k/top-p) for at most
-     `response_length` tokens, stopping at `stop_token_id` (the chat's <|end|>);
+  1. rollouts: `per_device_train_batch_size` prompts are continued by the policy with the sampler
+     and KV cache (minifm.sampling.generate, do_sample=True, `temperature`, no top-k/top-p) for at
+     most `response_length` tokens, stopping at `stop_token_id` (the chat's <|end|>);
   2. with no graph: log-probs of the sampled tokens under the policy and under the frozen
      reference policy (both at `temperature`, as TRL), the value model's estimates, and the
      reward model's score of each whole sequence (minus `missing_eos_penalty` when a response
@@ -39,10 +39,10 @@ on the next mini-batch of `ptx_batch_size` demonstrations. InstructGPT took D = 
 data and reported gamma = 27.8 (its loss scales differ from minifm's, so the number does not carry
 over). minifm uses the SFT demonstrations instead ({"prompt", "completion"} chats, completion-only
 labels: minifm.data.conversations, minifm.data.batches.collate_sft, minifm.train.sft.sft_loss), the
-usual small-scale variant: the failure PPO-ptx
-fixes here is not forgetting pre-training text but the policy drifting off correct answers while it
-learns the reward model's style preference, and the demonstrations are exactly the correct answers
-(the reward model, which judges facts poorly, cannot hold them in place). It plays the role of
+usual small-scale variant: the failure PPO-ptx fixes here is not forgetting pre-training text but
+the policy drifting off correct answers while it learns the reward model's style preference, and
+the demonstrations are exactly the correct answers (the reward model, which judges facts poorly,
+cannot hold them in place). It plays the role of
 DPO's RPO term (minifm.train.dpo, `rpo_alpha`).
 
 GRPO (`advantage_estimator="grpo"`): each prompt is sampled `num_generations` times; the advantage
@@ -364,15 +364,16 @@ class PPOTrainer:
         config = self.config
         sequences, attention_mask = batch["sequences"][rows], batch["attention_mask"][rows]
         start, mask = batch["prompt_length"], batch["response_mask"][rows]
-        new_logprobs, _ = response_logprobs(self.policy, sequences, attention_mask, start, config.temperature)  # (n, Tr)
+        new_logprobs, _ = response_logprobs(self.policy, sequences, attention_mask, start,
+                                            config.temperature)  # (n, Tr)
         policy_loss, stats = rl_math.clipped_policy_loss(new_logprobs, batch["logprobs"][rows],
                                                          targets["advantages"][rows], mask, config.cliprange)
         stats["policy_loss"] = float(policy_loss.item())
         loss = policy_loss
         if self.use_value:
             values = self.value_model(sequences, attention_mask)[:, start - 1:-1]  # (n, Tr)
-            value_loss, value_stats = rl_math.clipped_value_loss(values, batch["values"][rows], targets["returns"][rows],
-                                                                 mask, config.cliprange_value)
+            value_loss, value_stats = rl_math.clipped_value_loss(values, batch["values"][rows],
+                                                                 targets["returns"][rows], mask, config.cliprange_value)
             loss = loss + config.vf_coef * value_loss
             stats.update(value_stats, value_loss=float(value_loss.item()))
         else:  # GRPO: KL to the reference in the loss, k3 estimator

@@ -189,7 +189,8 @@ def test_resume_refuses_changed_settings_and_missing_checkpoints(uninterrupted, 
         train(make_model(), lm_loss, random_batches, config(), run_dir=tmp_path, stage="pretrain", resume=True)
     _, _, run_dir = uninterrupted
     with pytest.raises(ValueError, match="learning_rate"):
-        Trainer(make_model(), lm_loss, random_batches, config(learning_rate=1.0), run_dir=run_dir, stage="pretrain")._load()
+        Trainer(make_model(), lm_loss, random_batches, config(learning_rate=1.0), run_dir=run_dir,
+                stage="pretrain")._load()
     with pytest.raises(ValueError, match="stage"):
         Trainer(make_model(), lm_loss, random_batches, config(), run_dir=run_dir, stage="sft")._load()
 
