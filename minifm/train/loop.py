@@ -35,9 +35,11 @@ Safety:
   * resume (`resume=True`) loads all of it and continues bit-for-bit; it refuses a checkpoint of
     another stage, or one whose config differs in a setting that changes the run (every field but
     TrainConfig.RESUME_FREE), and drops metrics rows written after the checkpoint;
-  * Ctrl-C finishes the current step, saves a checkpoint and raises `TrainingInterrupted` (a second
-    Ctrl-C stops at once); a KeyboardInterrupt raised inside a step discards that part-done step and
-    saves the last completed one, unless the weights were already being changed (then nothing is saved);
+  * Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and raises
+    `TrainingInterrupted` (the signal again stops at once); a KeyboardInterrupt raised inside a step
+    discards that part-done step and saves the last completed one, unless the weights were already
+    being changed (then nothing is saved). Output that fails (stdout or stderr a closed pipe) never
+    stops a run: the bar and messages are then dropped, and a BrokenPipeError of `log` is ignored;
   * a NaN/inf loss (the step kind raises NonFiniteLossError before updating) or any non-finite
     number in a step's row stops the run with `NonFiniteLossError` *without* saving, so the last
     good checkpoint on disk stays the one to resume from.
@@ -64,6 +66,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -158,6 +161,33 @@ def read_metrics(path) -> list[dict]:
 def rng_state(rng) -> dict | None:
     """A JSON-able copy of a numpy Generator's state (None for no generator)."""
     return None if rng is None else copy.deepcopy(rng.bit_generator.state)
+
+
+class OutputThatNeverFails:
+    """A text stream that passes writes on to `stream` until one fails (a closed pipe, a full disk),
+    then drops them: the progress bar and the loop's messages going nowhere never stop a run."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... as the stream has them
+        return getattr(self.stream, name)
 
 
 def _non_finite_entries(row: dict) -> list[str]:
@@ -414,14 +444,25 @@ class TrainingLoop:
         metrics = self.evaluate()
         self._write_row({"stage": self.stage, "step": step, **metrics})
         bar.write(f"[{self.stage}] step {step}: " + ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), file=self._output)
         return metrics
 
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
+        """SIGINT (Ctrl-C) or SIGTERM: finish the step, save, stop; the same signal again stops at once."""
         if self._interrupt_requested:
-            raise KeyboardInterrupt  # second Ctrl-C: stop at once
+            raise KeyboardInterrupt
         self._interrupt_requested = True
-        tqdm.write("Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        tqdm.write(f"{name}: finishing this step and saving a checkpoint ({name} again to stop at once)",
+                   file=self._output)
+
+    def _call_log(self, row: dict) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log(row)
+        except BrokenPipeError:  # the caller prints to a closed pipe: training goes on, and is saved
+            pass
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainResult:
@@ -431,18 +472,20 @@ class TrainingLoop:
         step, elapsed_before, self._metrics_rows = 0, 0.0, 0
         if resume:
             state = self._load()
-            step, elapsed_before, self._metrics_rows = int(state["step"]), float(state["elapsed_s"]), int(
-                state["metrics_rows"])
+            step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            self._metrics_rows = int(state["metrics_rows"])
             self._last_saved_step = step
         self._metrics_handle = self._open_metrics(resume, self._metrics_rows)
         snapshot = self._snapshot(step, elapsed_before)
         final_eval: dict = {}
-        previous_handler = None
-        if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._output = OutputThatNeverFails(sys.stderr)
         self._interrupt_requested = False
+        previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous_handlers[signum] = signal.signal(signum, self._on_signal)
         bar = tqdm(total=config.max_steps, initial=step, desc=self.stage, unit="step", disable=config.disable_tqdm,
-                   dynamic_ncols=True, leave=True)
+                   dynamic_ncols=True, leave=True, file=self._output)
         started = time.perf_counter()
         last_eval_step = None
         try:
@@ -465,8 +508,7 @@ class TrainingLoop:
                 if bad:
                     raise NonFiniteLossError(self._nonfinite_message(", ".join(bad), step))
                 self._write_row(row)
-                if self.log is not None:
-                    self.log(row)
+                self._call_log(row)
                 bar.set_postfix(self.steps.progress(row))
                 bar.update(1)
                 if self.eval_fn is not None and config.eval_steps and step % config.eval_steps == 0:
@@ -483,8 +525,8 @@ class TrainingLoop:
             self.save(snapshot)
         finally:
             bar.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             if self._metrics_handle is not None:
                 self._metrics_handle.close()
         return TrainResult(step=step, tokens=int(snapshot["step_state"].get("tokens", 0)),

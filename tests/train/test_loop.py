@@ -8,7 +8,9 @@ import pytest
 
 import minifm.functional as F
 from minifm.models import GPT, GPTConfig
-from minifm.train.loop import NonFiniteLossError, TrainConfig, Trainer, TrainingInterrupted, read_metrics, train
+from minifm.train.loop import (
+    NonFiniteLossError, SupervisedStep, TrainConfig, Trainer, TrainingInterrupted, TrainingLoop, read_metrics, train,
+)
 
 VOCAB, BLOCK = 17, 8
 
@@ -54,8 +56,8 @@ class FailAt:
             if self.error == "nan":
                 loss, n = lm_loss(model, batch)
                 return loss * float("nan"), n
-            if self.error == "sigint":
-                os.kill(os.getpid(), signal.SIGINT)
+            if self.error in ("sigint", "sigterm"):
+                os.kill(os.getpid(), signal.SIGINT if self.error == "sigint" else signal.SIGTERM)
             else:
                 raise self.error
         return lm_loss(model, batch)
@@ -128,6 +130,43 @@ def test_a_real_sigint_finishes_the_step_then_saves(tmp_path):
     assert caught.value.step == 3  # the signal arrived during step 3, which completed first
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_finishes_the_step_then_saves(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(make_model(), FailAt(5, "sigterm"), random_batches, config(), run_dir=tmp_path, stage="pretrain")
+    assert caught.value.step == 3
+    assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+class ClosedPipe:
+    """A stream like stdout/stderr piped into a reader that has gone away."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_to_a_closed_pipe_never_stops_a_run(tmp_path, monkeypatch):
+    """The bar, the Ctrl-C message and a printing log callback all fail: the run still finishes its
+    step after Ctrl-C and saves it."""
+    monkeypatch.setattr("sys.stderr", ClosedPipe())
+
+    def print_to_closed_pipe(row):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    step_kind = SupervisedStep(make_model(), FailAt(5, "sigint"), random_batches, config(disable_tqdm=False))
+    loop = TrainingLoop(step_kind, config(disable_tqdm=False), run_dir=tmp_path, stage="pretrain",
+                        log=print_to_closed_pipe)
+    with pytest.raises(TrainingInterrupted) as caught:
+        loop.fit()
+    assert caught.value.step == 3
+    assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 3
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
