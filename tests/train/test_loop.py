@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import minifm.functional as F
+from minifm.checkpoint import load_safetensors
 from minifm.models import GPT, GPTConfig
+from minifm.optim import SGD
 from minifm.train.loop import (
     NonFiniteLossError, SupervisedStep, TrainConfig, Trainer, TrainingInterrupted, TrainingLoop, read_metrics, train,
 )
@@ -178,8 +180,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(make_model(), FailAt(9, KeyboardInterrupt()), random_batches, config(save_steps=2),
               run_dir=tmp_path / "ctrl_c", stage="pretrain")
-    from minifm.checkpoint import load_safetensors
-
     kept = load_safetensors(tmp_path / "nan" / "model.safetensors")
     good = load_safetensors(tmp_path / "ctrl_c" / "model.safetensors")
     assert kept.keys() == good.keys()
@@ -188,8 +188,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_gradient_accumulation_equals_the_big_batch_gradient():
-    from minifm.optim import SGD
-
     rng = np.random.default_rng(0)
     big = rng.integers(0, VOCAB, size=(6, BLOCK + 1))
     targets = big[:, 1:].copy()
