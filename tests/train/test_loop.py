@@ -1,4 +1,5 @@
-"""The shared training loop: exact resume, NaN stop, Ctrl-C checkpoint, gradient accumulation."""
+"""The shared training loop: exact resume, NaN stop, Ctrl-C and SIGTERM checkpoints, a closed pipe for
+output, gradient accumulation."""
 import json
 import os
 import signal
