@@ -1,5 +1,9 @@
 """Build script: compiles every csrc/<name>.pyx into the extension minifm.kernels._<name>.
 
+Templates first: every csrc/<file>.tp (Tempita, shipped with Cython) is expanded into csrc/<file>
+(today only _common.pxd.tp -> _common.pxd, the float and double vector primitives written once).
+The expanded files are build products, ignored by git (csrc/.gitignore); edit the .tp.
+
 Environment switches:
   MINIFM_NO_CYTHON=1      build no extension; minifm then runs on its NumPy reference path.
   MINIFM_DEBUG_BUILD=1    turn Cython's bounds and wraparound checks back on (slow, for debugging).
@@ -15,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from setuptools import setup
+import numpy
+from setuptools import Extension, setup
 
 HERE = Path(__file__).parent.resolve()
 
@@ -40,13 +45,30 @@ def _compiler_accepts(flags: list[str], source: str) -> bool:
 PER_KERNEL_COMPILE_ARGS = {"adam": ["-fno-math-errno"]}
 
 
+def expand_templates(source_dir: Path) -> list[Path]:
+    """Expand every Tempita template source_dir/<file>.tp into source_dir/<file>; return the outputs.
+
+    A file is rewritten only when its text changes, so an unchanged template triggers no rebuild.
+    """
+    from Cython import Tempita  # optional: a MINIFM_NO_CYTHON=1 build needs no Cython
+
+    outputs = []
+    for template in sorted(source_dir.glob("*.tp")):
+        output = template.with_suffix("")
+        text = Tempita.Template(template.read_text(), name=str(template)).substitute()
+        if not output.exists() or output.read_text() != text:
+            output.write_text(text)
+        outputs.append(output)
+    return outputs
+
+
 def _extensions():
     if os.environ.get("MINIFM_NO_CYTHON") == "1":
         print("minifm: MINIFM_NO_CYTHON=1, building the pure NumPy package", file=sys.stderr)
         return []
-    import numpy
-    from Cython.Build import cythonize
-    from setuptools import Extension
+    from Cython.Build import cythonize  # optional: a MINIFM_NO_CYTHON=1 build needs no Cython
+
+    expand_templates(HERE / "csrc")
 
     debug = os.environ.get("MINIFM_DEBUG_BUILD") == "1"
     compile_args = ["-O3"] if not debug else ["-O0", "-g"]

@@ -1,5 +1,7 @@
 # cython: language_level=3
-"""Vector primitives shared by the Cython kernels (softmax, cross_entropy, attention, sampling).
+# _common.pxd is generated from _common.pxd.tp by setup.py (Tempita, as scikit-learn does): edit the .tp.
+"""Vector primitives shared by the Cython kernels (softmax, cross_entropy, attention, sampling,
+normalization, activations).
 
 Why a few lines of C: without -ffast-math, GCC will not vectorise a loop that calls libm's exp or
 that reduces (sum, max) across iterations, because that would change the rounding order. The
@@ -13,9 +15,13 @@ exponent bits. Simplification: results below the smallest normal number are flus
 (exp(x) = 0 for x < -87 in float32, x < -708 in float64), +inf above the overflow point, NaN
 stays NaN.
 
-Each primitive has an `_f` (float32) and a `_d` (float64) version, written out twice; the kernels
-choose with `if real is float`. Sums accumulate in double. The max reductions skip NaN entries, but
-the exp pass that follows turns a NaN input into NaN outputs, so a NaN row never comes out finite.
+One source, two element types: each primitive is written once in _common.pxd.tp, and setup.py
+expands it for float (C names ending `_f`, exp = minifm_expf) and double (`_d`, exp = minifm_exp).
+C has no generics and Cython cannot emit `#pragma omp simd`, hence the template for the C part.
+The kernels call the Cython functions at the end of this file, which take the fused type `real`
+(float or double) and pick the `_f` or `_d` C function at compile time, so a kernel is written
+once for both types too. Sums accumulate in double. The max reductions skip NaN entries, but the
+exp pass that follows turns a NaN input into NaN outputs, so a NaN row never comes out finite.
 """
 
 cdef extern from *:
@@ -105,7 +111,7 @@ cdef extern from *:
         return minifm_exp_of_degree(x, 9);
     }
 
-    /* ---- float32 primitives ---- */
+    /* ---- float primitives ---- */
     static inline float minifm_max_f(const float* x, Py_ssize_t n) {
         float m = -INFINITY;
         #pragma omp simd reduction(max:m)
@@ -168,8 +174,7 @@ cdef extern from *:
         #pragma omp simd
         for (Py_ssize_t j = 0; j < n; j++) dx[j] = dy[j] - minifm_expf(y[j]) * c;
     }
-
-    /* ---- float64 primitives ---- */
+    /* ---- double primitives ---- */
     static inline double minifm_max_d(const double* x, Py_ssize_t n) {
         double m = -INFINITY;
         #pragma omp simd reduction(max:m)
@@ -239,23 +244,124 @@ cdef extern from *:
     double fast_exp "minifm_exp"(double x) noexcept nogil
     double exp_for_float "minifm_exp_for_float"(double x) noexcept nogil
 
+
     float max_f "minifm_max_f"(const float* x, Py_ssize_t n) noexcept nogil
-    double max_d "minifm_max_d"(const double* x, Py_ssize_t n) noexcept nogil
-    double exp_store_sum_f "minifm_exp_store_sum_f"(const float* x, float* y, Py_ssize_t n, float scale, float shift) noexcept nogil
-    double exp_store_sum_d "minifm_exp_store_sum_d"(const double* x, double* y, Py_ssize_t n, double scale, double shift) noexcept nogil
+    double exp_store_sum_f "minifm_exp_store_sum_f"(
+        const float* x, float* y, Py_ssize_t n, float scale, float shift) noexcept nogil
     double exp_sum_f "minifm_exp_sum_f"(const float* x, Py_ssize_t n, float shift) noexcept nogil
-    double exp_sum_d "minifm_exp_sum_d"(const double* x, Py_ssize_t n, double shift) noexcept nogil
-    void exp_affine_f "minifm_exp_affine_f"(const float* x, float* y, Py_ssize_t n, float shift, float factor, float offset) noexcept nogil
-    void exp_affine_d "minifm_exp_affine_d"(const double* x, double* y, Py_ssize_t n, double shift, double factor, double offset) noexcept nogil
+    void exp_affine_f "minifm_exp_affine_f"(
+        const float* x, float* y, Py_ssize_t n, float shift, float factor, float offset) noexcept nogil
     double sum_f "minifm_sum_f"(const float* x, Py_ssize_t n) noexcept nogil
-    double sum_d "minifm_sum_d"(const double* x, Py_ssize_t n) noexcept nogil
     double dot_f "minifm_dot_f"(const float* a, const float* b, Py_ssize_t n) noexcept nogil
-    double dot_d "minifm_dot_d"(const double* a, const double* b, Py_ssize_t n) noexcept nogil
     void scale_f "minifm_scale_f"(float* y, Py_ssize_t n, float factor) noexcept nogil
+    void shift_f "minifm_shift_f"(
+        const float* x, float* y, Py_ssize_t n, float shift) noexcept nogil
+    void mul_sub_f "minifm_mul_sub_f"(
+        const float* y, const float* dy, float* dx, Py_ssize_t n, float c) noexcept nogil
+    void sub_exp_mul_f "minifm_sub_exp_mul_f"(
+        const float* y, const float* dy, float* dx, Py_ssize_t n, float c) noexcept nogil
+
+    double max_d "minifm_max_d"(const double* x, Py_ssize_t n) noexcept nogil
+    double exp_store_sum_d "minifm_exp_store_sum_d"(
+        const double* x, double* y, Py_ssize_t n, double scale, double shift) noexcept nogil
+    double exp_sum_d "minifm_exp_sum_d"(const double* x, Py_ssize_t n, double shift) noexcept nogil
+    void exp_affine_d "minifm_exp_affine_d"(
+        const double* x, double* y, Py_ssize_t n, double shift, double factor, double offset) noexcept nogil
+    double sum_d "minifm_sum_d"(const double* x, Py_ssize_t n) noexcept nogil
+    double dot_d "minifm_dot_d"(const double* a, const double* b, Py_ssize_t n) noexcept nogil
     void scale_d "minifm_scale_d"(double* y, Py_ssize_t n, double factor) noexcept nogil
-    void shift_f "minifm_shift_f"(const float* x, float* y, Py_ssize_t n, float shift) noexcept nogil
-    void shift_d "minifm_shift_d"(const double* x, double* y, Py_ssize_t n, double shift) noexcept nogil
-    void mul_sub_f "minifm_mul_sub_f"(const float* y, const float* dy, float* dx, Py_ssize_t n, float c) noexcept nogil
-    void mul_sub_d "minifm_mul_sub_d"(const double* y, const double* dy, double* dx, Py_ssize_t n, double c) noexcept nogil
-    void sub_exp_mul_f "minifm_sub_exp_mul_f"(const float* y, const float* dy, float* dx, Py_ssize_t n, float c) noexcept nogil
-    void sub_exp_mul_d "minifm_sub_exp_mul_d"(const double* y, const double* dy, double* dx, Py_ssize_t n, double c) noexcept nogil
+    void shift_d "minifm_shift_d"(
+        const double* x, double* y, Py_ssize_t n, double shift) noexcept nogil
+    void mul_sub_d "minifm_mul_sub_d"(
+        const double* y, const double* dy, double* dx, Py_ssize_t n, double c) noexcept nogil
+    void sub_exp_mul_d "minifm_sub_exp_mul_d"(
+        const double* y, const double* dy, double* dx, Py_ssize_t n, double c) noexcept nogil
+
+
+# The element type of every kernel: each `def` taking `real[...]` memoryviews is compiled twice.
+ctypedef fused real:
+    float
+    double
+
+
+# Fused entry points: `if real is float` is decided at compile time, so each one inlines to a
+# single C call. Conversions of the scalar arguments to `real` happen at the call site.
+
+cdef inline real row_max(const real* x, Py_ssize_t n) noexcept nogil:
+    """max_j x[j] (NaN entries skipped; -inf for n = 0)."""
+    if real is float:
+        return max_f(x, n)
+    else:
+        return max_d(x, n)
+
+
+cdef inline double exp_store_sum(const real* x, real* y, Py_ssize_t n, real scale, real shift) noexcept nogil:
+    """y[j] = exp(scale * x[j] - shift); returns sum_j y[j] (in double). x and y may be the same row."""
+    if real is float:
+        return exp_store_sum_f(x, y, n, scale, shift)
+    else:
+        return exp_store_sum_d(x, y, n, scale, shift)
+
+
+cdef inline double exp_sum(const real* x, Py_ssize_t n, real shift) noexcept nogil:
+    """sum_j exp(x[j] - shift), nothing stored."""
+    if real is float:
+        return exp_sum_f(x, n, shift)
+    else:
+        return exp_sum_d(x, n, shift)
+
+
+cdef inline void exp_affine(const real* x, real* y, Py_ssize_t n, real shift, real factor, real offset) noexcept nogil:
+    """y[j] = exp(x[j] - shift) * factor + offset."""
+    if real is float:
+        exp_affine_f(x, y, n, shift, factor, offset)
+    else:
+        exp_affine_d(x, y, n, shift, factor, offset)
+
+
+cdef inline double row_sum(const real* x, Py_ssize_t n) noexcept nogil:
+    """sum_j x[j] (in double)."""
+    if real is float:
+        return sum_f(x, n)
+    else:
+        return sum_d(x, n)
+
+
+cdef inline double dot(const real* a, const real* b, Py_ssize_t n) noexcept nogil:
+    """sum_j a[j] * b[j] (products and sum in double)."""
+    if real is float:
+        return dot_f(a, b, n)
+    else:
+        return dot_d(a, b, n)
+
+
+cdef inline void scale(real* y, Py_ssize_t n, real factor) noexcept nogil:
+    """y[j] *= factor."""
+    if real is float:
+        scale_f(y, n, factor)
+    else:
+        scale_d(y, n, factor)
+
+
+cdef inline void shift(const real* x, real* y, Py_ssize_t n, real amount) noexcept nogil:
+    """y[j] = x[j] - amount."""
+    if real is float:
+        shift_f(x, y, n, amount)
+    else:
+        shift_d(x, y, n, amount)
+
+
+cdef inline void mul_sub(const real* y, const real* dy, real* dx, Py_ssize_t n, real c) noexcept nogil:
+    """dx[j] = y[j] * (dy[j] - c)   (softmax backward)."""
+    if real is float:
+        mul_sub_f(y, dy, dx, n, c)
+    else:
+        mul_sub_d(y, dy, dx, n, c)
+
+
+cdef inline void sub_exp_mul(const real* y, const real* dy, real* dx, Py_ssize_t n, real c) noexcept nogil:
+    """dx[j] = dy[j] - exp(y[j]) * c   (log-softmax backward)."""
+    if real is float:
+        sub_exp_mul_f(y, dy, dx, n, c)
+    else:
+        sub_exp_mul_d(y, dy, dx, n, c)

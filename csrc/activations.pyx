@@ -29,10 +29,7 @@ from cython.parallel cimport prange
 from libc.math cimport erfc, exp, sqrt
 
 cimport _common as vec
-
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 cdef enum:
     BLOCK = 8192    # elements per parallel work item

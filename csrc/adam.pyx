@@ -18,9 +18,7 @@ at most one rounding per operation).
 """
 from libc.math cimport sqrt
 
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 
 def adam_update(real[::1] weight, const real[::1] grad, real[::1] exp_avg, real[::1] exp_avg_sq,

@@ -5,8 +5,9 @@ attention_backward_reference): flash-style scaled dot-product attention.
 Layout: q (B, H, Tq, D), k and v (B, Hkv, Tk, D); query head h reads kv head h // (H // Hkv).
 Every array needs only its last axis contiguous: consecutive rows (T) of a head are `row stride`
 elements apart and consecutive heads `head stride` apart, so the usual transposed views of
-(B, T, H, D) projections are read and written in place (row stride H * D), with no copies. Nothing of size Tq x Tk is ever allocated: each thread owns a few tiles of
-BLOCK_Q x BLOCK_K scores and walks the key axis block by block.
+(B, T, H, D) projections are read and written in place (row stride H * D), with no copies. Nothing
+of size Tq x Tk is ever allocated: each thread owns a few tiles of BLOCK_Q x BLOCK_K scores and
+walks the key axis block by block.
 
 Forward, per (batch, head) pair (prange) and per block of BLOCK_Q query rows:
     running max m = -inf, running sum l = 0, accumulator acc = 0            (BLOCK_Q, D)
@@ -29,13 +30,11 @@ from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cimport _common as vec
-
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 # Serial cost per (score, head-dimension) pair in nanoseconds, for the threading decision: measured
-# ~0.18 ns forward and ~0.3 ns backward on the team's machine (BLAS tiles + the exp pass).
+# ~0.18 ns forward and ~0.3 ns backward on a 2-core machine (BLAS tiles + the exp pass; see
+# docs/performance.md).
 cdef double NS_PER_SCORE_DIM = 0.2
 
 cdef enum:
@@ -50,7 +49,8 @@ cdef inline void _gemm(char trans_a, char trans_b, int m, int n, int k, real alp
 
     BLAS is column-major; a row-major matrix is the transpose of the same memory read column-major,
     so the row-major product C = op(A) op(B) is the column-major product C^T = op(B)^T op(A)^T:
-    swap the operands (and m with n) and keep each one's transpose flag.
+    swap the operands (and m with n) and keep each one's transpose flag. lda, ldb and ldc are BLAS's
+    "leading dimensions": here the row strides of the row-major A, B and C, in elements.
     """
     if real is float:
         sgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
@@ -86,7 +86,8 @@ cdef inline void _mask_row(real* s_row, Py_ssize_t allowed, Py_ssize_t width,
 
 
 cdef void _forward_head(const real* q, const real* k, const real* v, real* out, real* lse,
-                        Py_ssize_t ldq, Py_ssize_t ldk, Py_ssize_t ldv, Py_ssize_t ldo,
+                        Py_ssize_t q_row_stride, Py_ssize_t k_row_stride, Py_ssize_t v_row_stride,
+                        Py_ssize_t out_row_stride,
                         Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale, bint causal,
                         Py_ssize_t q_offset, const uint8_t* key_mask,
                         real* scores, real* acc, double* run_max, double* run_sum) noexcept nogil:
@@ -107,43 +108,34 @@ cdef void _forward_head(const real* q, const real* k, const real* v, real* out, 
         for key_block in range((key_end + BLOCK_K - 1) // BLOCK_K):
             j0 = key_block * BLOCK_K
             width = min(<Py_ssize_t>BLOCK_K, key_end - j0)
-            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * ldq, <int>ldq,
-                  k + j0 * ldk, <int>ldk, 0.0, scores, BLOCK_K)
+            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * q_row_stride, <int>q_row_stride,
+                  k + j0 * k_row_stride, <int>k_row_stride, 0.0, scores, BLOCK_K)
             for r in range(rows):
                 s_row = scores + r * BLOCK_K
                 allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
                 _mask_row(s_row, allowed, width, key_mask + j0 if key_mask != NULL else NULL)
-                if real is float:
-                    tile_max = vec.max_f(s_row, allowed)
-                else:
-                    tile_max = vec.max_d(s_row, allowed)
+                tile_max = vec.row_max(s_row, allowed)
                 new_max = tile_max if tile_max > run_max[r] else run_max[r]
                 if new_max == -INFINITY:
                     for c in range(width):
                         s_row[c] = 0
                     continue
-                if real is float:
-                    total = vec.exp_store_sum_f(s_row, s_row, width, 1.0, <float>new_max)
-                    alpha = vec.fast_exp(run_max[r] - new_max)
-                    if alpha != 1.0:
-                        vec.scale_f(acc + r * d, d, <float>alpha)
-                else:
-                    total = vec.exp_store_sum_d(s_row, s_row, width, 1.0, new_max)
-                    alpha = vec.fast_exp(run_max[r] - new_max)
-                    if alpha != 1.0:
-                        vec.scale_d(acc + r * d, d, alpha)
+                total = vec.exp_store_sum(s_row, s_row, width, 1, <real>new_max)
+                alpha = vec.fast_exp(run_max[r] - new_max)
+                if alpha != 1.0:
+                    vec.scale(acc + r * d, d, <real>alpha)
                 run_sum[r] = run_sum[r] * alpha + total
                 run_max[r] = new_max
             _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, BLOCK_K,
-                  v + j0 * ldv, <int>ldv, 1.0, acc, <int>d)
+                  v + j0 * v_row_stride, <int>v_row_stride, 1.0, acc, <int>d)
         for r in range(rows):
             if run_sum[r] > 0:
                 for c in range(d):
-                    out[(i0 + r) * ldo + c] = <real>(acc[r * d + c] / run_sum[r])
+                    out[(i0 + r) * out_row_stride + c] = <real>(acc[r * d + c] / run_sum[r])
                 lse[i0 + r] = <real>(run_max[r] + log(run_sum[r]))
             else:
                 for c in range(d):
-                    out[(i0 + r) * ldo + c] = 0
+                    out[(i0 + r) * out_row_stride + c] = 0
                 lse[i0 + r] = -INFINITY
 
 
@@ -155,8 +147,9 @@ cdef struct Layout:
 
 cdef void _backward_group(const real* q, const real* k, const real* v, const real* out, const real* lse,
                           const real* dout, real* dq, real* dk, real* dv,
-                          Layout lq, Layout lk, Layout lv, Layout lo, Layout ldo, Layout ldq, Layout ldk,
-                          Layout ldv, Py_ssize_t group, Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale,
+                          Layout q_layout, Layout k_layout, Layout v_layout, Layout out_layout,
+                          Layout dout_layout, Layout dq_layout, Layout dk_layout, Layout dv_layout,
+                          Py_ssize_t group, Py_ssize_t tq, Py_ssize_t tk, Py_ssize_t d, real scale,
                           bint causal, Py_ssize_t q_offset, const uint8_t* key_mask,
                           real* probs, real* dprobs, double* delta) noexcept nogil:
     """Gradients for one kv head and the `group` query heads that read it.
@@ -172,28 +165,26 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
     cdef real* dp_row
     cdef double row_lse
     for gh in range(group):
-        oh = out + gh * lo.head
-        doh = dout + gh * ldo.head
+        oh = out + gh * out_layout.head
+        doh = dout + gh * dout_layout.head
         for r in range(tq):
-            if real is float:
-                delta[gh * tq + r] = vec.dot_f(doh + r * ldo.row, oh + r * lo.row, d)
-            else:
-                delta[gh * tq + r] = vec.dot_d(doh + r * ldo.row, oh + r * lo.row, d)
+            delta[gh * tq + r] = vec.dot(doh + r * dout_layout.row, oh + r * out_layout.row, d)
     for key_block in range((tk + BLOCK_K - 1) // BLOCK_K):
         j0 = key_block * BLOCK_K
         width = min(<Py_ssize_t>BLOCK_K, tk - j0)
         for gh in range(group):
-            qh = q + gh * lq.head
-            doh = dout + gh * ldo.head
+            qh = q + gh * q_layout.head
+            doh = dout + gh * dout_layout.head
             lseh = lse + gh * tq
-            dqh = dq + gh * ldq.head
+            dqh = dq + gh * dq_layout.head
             for query_block in range((tq + BLOCK_Q - 1) // BLOCK_Q):
                 i0 = query_block * BLOCK_Q
                 rows = min(<Py_ssize_t>BLOCK_Q, tq - i0)
                 if causal and i0 + rows - 1 + q_offset < j0:
                     continue  # every query of this block is before every key of this block
-                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, qh + i0 * lq.row, <int>lq.row,
-                      k + j0 * lk.row, <int>lk.row, 0.0, probs, BLOCK_K)
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale,
+                      qh + i0 * q_layout.row, <int>q_layout.row,
+                      k + j0 * k_layout.row, <int>k_layout.row, 0.0, probs, BLOCK_K)
                 for r in range(rows):
                     p_row = probs + r * BLOCK_K
                     row_lse = lseh[i0 + r]
@@ -203,30 +194,27 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                         continue
                     allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
                     _mask_row(p_row, allowed, width, key_mask + j0 if key_mask != NULL else NULL)
-                    if real is float:
-                        vec.exp_affine_f(p_row, p_row, width, <float>row_lse, 1.0, 0.0)
-                    else:
-                        vec.exp_affine_d(p_row, p_row, width, row_lse, 1.0, 0.0)
+                    vec.exp_affine(p_row, p_row, width, <real>row_lse, 1, 0)
                 # dV_j += P^T dO_i
                 _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, probs, BLOCK_K,
-                      doh + i0 * ldo.row, <int>ldo.row, 1.0, dv + j0 * ldv.row, <int>ldv.row)
+                      doh + i0 * dout_layout.row, <int>dout_layout.row,
+                      1.0, dv + j0 * dv_layout.row, <int>dv_layout.row)
                 # dP = dO_i V_j^T
-                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, 1.0, doh + i0 * ldo.row, <int>ldo.row,
-                      v + j0 * lv.row, <int>lv.row, 0.0, dprobs, BLOCK_K)
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, 1.0,
+                      doh + i0 * dout_layout.row, <int>dout_layout.row,
+                      v + j0 * v_layout.row, <int>v_layout.row, 0.0, dprobs, BLOCK_K)
                 for r in range(rows):
                     p_row = probs + r * BLOCK_K
                     dp_row = dprobs + r * BLOCK_K
-                    if real is float:
-                        vec.mul_sub_f(p_row, dp_row, dp_row, width, <float>delta[gh * tq + i0 + r])
-                        vec.scale_f(dp_row, width, scale)
-                    else:
-                        vec.mul_sub_d(p_row, dp_row, dp_row, width, delta[gh * tq + i0 + r])
-                        vec.scale_d(dp_row, width, scale)
+                    vec.mul_sub(p_row, dp_row, dp_row, width, <real>delta[gh * tq + i0 + r])
+                    vec.scale(dp_row, width, scale)
                 # dQ_i += dS K_j ;  dK_j += dS^T Q_i
                 _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, dprobs, BLOCK_K,
-                      k + j0 * lk.row, <int>lk.row, 1.0, dqh + i0 * ldq.row, <int>ldq.row)
+                      k + j0 * k_layout.row, <int>k_layout.row,
+                      1.0, dqh + i0 * dq_layout.row, <int>dq_layout.row)
                 _gemm(c'T', c'N', <int>width, <int>d, <int>rows, 1.0, dprobs, BLOCK_K,
-                      qh + i0 * lq.row, <int>lq.row, 1.0, dk + j0 * ldk.row, <int>ldk.row)
+                      qh + i0 * q_layout.row, <int>q_layout.row,
+                      1.0, dk + j0 * dk_layout.row, <int>dk_layout.row)
 
 
 cdef Layout _layout(Py_ssize_t* strides, Py_ssize_t* shape, Py_ssize_t itemsize, str name) except *:
@@ -261,13 +249,13 @@ def attention_forward(const real[:, :, :, :] q, const real[:, :, :, :] k, const 
     cdef real* acc
     cdef double* run_max
     cdef double* run_sum
-    cdef Layout lq, lk, lv, lo
+    cdef Layout q_layout, k_layout, v_layout, out_layout
     if batch * heads * tq * d == 0:
         return
-    lq = _layout(q.strides, q.shape, sizeof(real), "q")
-    lk = _layout(k.strides, k.shape, sizeof(real), "k")
-    lv = _layout(v.strides, v.shape, sizeof(real), "v")
-    lo = _layout(out.strides, out.shape, sizeof(real), "out")
+    q_layout = _layout(q.strides, q.shape, sizeof(real), "q")
+    k_layout = _layout(k.strides, k.shape, sizeof(real), "k")
+    v_layout = _layout(v.strides, v.shape, sizeof(real), "v")
+    out_layout = _layout(out.strides, out.shape, sizeof(real), "out")
     with nogil:
         for pair in prange(batch * heads, schedule="dynamic",
                            num_threads=vec.threads_for(batch * heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
@@ -281,7 +269,7 @@ def attention_forward(const real[:, :, :, :] q, const real[:, :, :, :] k, const 
             mask_row = &key_mask[b, 0] if has_mask and tk > 0 else NULL
             _forward_head(&q[b, h, 0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
                           &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, 0, 0], &lse[b, h, 0],
-                          lq.row, lk.row, lv.row, lo.row,
+                          q_layout.row, k_layout.row, v_layout.row, out_layout.row,
                           tq, tk, d, <real>scale, causal, q_offset, mask_row,
                           scores, acc, run_max, run_sum)
             free(scores)
@@ -304,17 +292,17 @@ def attention_backward(const real[:, :, :, :] q, const real[:, :, :, :] k, const
     cdef real* probs
     cdef real* dprobs
     cdef double* delta
-    cdef Layout lq, lk, lv, lo, ldo, ldq, ldk, ldv
+    cdef Layout q_layout, k_layout, v_layout, out_layout, dout_layout, dq_layout, dk_layout, dv_layout
     if batch * heads * tq * d * tk == 0:
         return
-    lq = _layout(q.strides, q.shape, sizeof(real), "q")
-    lk = _layout(k.strides, k.shape, sizeof(real), "k")
-    lv = _layout(v.strides, v.shape, sizeof(real), "v")
-    lo = _layout(out.strides, out.shape, sizeof(real), "out")
-    ldo = _layout(dout.strides, dout.shape, sizeof(real), "dout")
-    ldq = _layout(dq.strides, dq.shape, sizeof(real), "dq")
-    ldk = _layout(dk.strides, dk.shape, sizeof(real), "dk")
-    ldv = _layout(dv.strides, dv.shape, sizeof(real), "dv")
+    q_layout = _layout(q.strides, q.shape, sizeof(real), "q")
+    k_layout = _layout(k.strides, k.shape, sizeof(real), "k")
+    v_layout = _layout(v.strides, v.shape, sizeof(real), "v")
+    out_layout = _layout(out.strides, out.shape, sizeof(real), "out")
+    dout_layout = _layout(dout.strides, dout.shape, sizeof(real), "dout")
+    dq_layout = _layout(dq.strides, dq.shape, sizeof(real), "dq")
+    dk_layout = _layout(dk.strides, dk.shape, sizeof(real), "dk")
+    dv_layout = _layout(dv.strides, dv.shape, sizeof(real), "dv")
     with nogil:
         for pair in prange(batch * kv_heads, schedule="dynamic",
                            num_threads=vec.threads_for(batch * kv_heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
@@ -327,7 +315,7 @@ def attention_backward(const real[:, :, :, :] q, const real[:, :, :, :] k, const
             _backward_group(&q[b, g * group, 0, 0], &k[b, g, 0, 0], &v[b, g, 0, 0],
                             &out[b, g * group, 0, 0], &lse[b, g * group, 0], &dout[b, g * group, 0, 0],
                             &dq[b, g * group, 0, 0], &dk[b, g, 0, 0], &dv[b, g, 0, 0],
-                            lq, lk, lv, lo, ldo, ldq, ldk, ldv,
+                            q_layout, k_layout, v_layout, out_layout, dout_layout, dq_layout, dk_layout, dv_layout,
                             group, tq, tk, d, <real>scale, causal, q_offset, mask_row,
                             probs, dprobs, delta)
             free(probs)

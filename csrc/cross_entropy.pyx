@@ -17,10 +17,7 @@ from libc.math cimport log
 from libc.stdint cimport int64_t
 
 cimport _common as vec
-
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 
 cdef inline real _row(const real* x, int64_t target, Py_ssize_t vocab, double eps,
@@ -28,25 +25,16 @@ cdef inline real _row(const real* x, int64_t target, Py_ssize_t vocab, double ep
     """Loss of one row; writes the gradient row, times grad_scale, when grad is not NULL."""
     cdef real row_max
     cdef double total, lse, logit_sum = 0.0, loss
-    if real is float:
-        row_max = vec.max_f(x, vocab)
-        total = vec.exp_sum_f(x, vocab, row_max)
-        if eps != 0.0:
-            logit_sum = vec.sum_f(x, vocab)
-    else:
-        row_max = vec.max_d(x, vocab)
-        total = vec.exp_sum_d(x, vocab, row_max)
-        if eps != 0.0:
-            logit_sum = vec.sum_d(x, vocab)
+    row_max = vec.row_max(x, vocab)
+    total = vec.exp_sum(x, vocab, row_max)
+    if eps != 0.0:
+        logit_sum = vec.row_sum(x, vocab)
     lse = row_max + log(total)
     loss = (1.0 - eps) * (lse - x[target])
     if eps != 0.0:
         loss = loss + eps * (lse - logit_sum / vocab)
     if grad != NULL:
-        if real is float:
-            vec.exp_affine_f(x, grad, vocab, <float>lse, <float>grad_scale, <float>(-eps / vocab * grad_scale))
-        else:
-            vec.exp_affine_d(x, grad, vocab, lse, grad_scale, -eps / vocab * grad_scale)
+        vec.exp_affine(x, grad, vocab, <real>lse, <real>grad_scale, <real>(-eps / vocab * grad_scale))
         grad[target] = <real>(grad[target] - (1.0 - eps) * grad_scale)
     return <real>loss
 

@@ -23,10 +23,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free
 
 cimport _common as vec
-
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 # Serial cost of one element in nanoseconds, for the threading decision (a few vector passes each).
 cdef double NS_FORWARD = 1.0
@@ -38,14 +35,9 @@ cdef void _forward_row(const real* x, real* xhat, real* y, const real* weight, c
     cdef Py_ssize_t j
     cdef double mean, var, scale
     cdef real scale_r, normalised
-    if real is float:
-        mean = vec.sum_f(x, d) / d
-        vec.shift_f(x, xhat, d, <float>mean)  # xhat = x - mean
-        var = vec.dot_f(xhat, xhat, d) / d
-    else:
-        mean = vec.sum_d(x, d) / d
-        vec.shift_d(x, xhat, d, mean)
-        var = vec.dot_d(xhat, xhat, d) / d
+    mean = vec.row_sum(x, d) / d
+    vec.shift(x, xhat, d, <real>mean)  # xhat = x - mean
+    var = vec.dot(xhat, xhat, d) / d
     scale = 1.0 / sqrt(var + eps)
     inv_std[0] = <real>scale
     scale_r = <real>scale
@@ -82,12 +74,8 @@ cdef void _backward_row(const real* dy, const real* xhat, const real* weight, re
     else:
         for j in range(d):
             dx[j] = dy[j]
-    if real is float:
-        mean_g = vec.sum_f(dx, d) / d
-        mean_gx = vec.dot_f(dx, xhat, d) / d
-    else:
-        mean_g = vec.sum_d(dx, d) / d
-        mean_gx = vec.dot_d(dx, xhat, d) / d
+    mean_g = vec.row_sum(dx, d) / d
+    mean_gx = vec.dot(dx, xhat, d) / d
     a = <real>mean_g
     b = <real>mean_gx
     for j in range(d):

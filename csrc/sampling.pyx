@@ -25,16 +25,12 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 
 cimport _common as vec
+from _common cimport real
 
 # A cumulative probability within this of the target counts as reaching it, so that exact cut-offs
 # (equal logits) do not depend on summation order; minifm/kernels/sampling.py has the same constant.
 cdef double MASS_TOLERANCE = 1e-9
 KERNEL_MASS_TOLERANCE = MASS_TOLERANCE
-
-ctypedef fused real:
-    float
-    double
-
 
 ctypedef struct Item:
     double key          # larger key = earlier in the selection order
@@ -109,17 +105,10 @@ cdef Py_ssize_t _select_mass(Item* items, Py_ssize_t n, double target, bint high
     return found
 
 
-cdef inline double _row_max(const real* s, Py_ssize_t n) noexcept nogil:
-    if real is float:
-        return vec.max_f(s, n)
-    else:
-        return vec.max_d(s, n)
-
-
 cdef Py_ssize_t _gather_finite(const real* s, Py_ssize_t n, Item* items) noexcept nogil:
     """Items (key = score, weight = softmax probability) for the tokens not yet removed."""
     cdef Py_ssize_t j, count = 0
-    cdef double row_max = _row_max(s, n), total = 0.0
+    cdef double row_max = vec.row_max(s, n), total = 0.0
     for j in range(n):
         if s[j] != -INFINITY:
             items[count].key = s[j]
@@ -203,7 +192,7 @@ cdef void _top_p(real* s, Py_ssize_t n, double top_p, Py_ssize_t min_keep, Item*
 
 cdef void _min_p(real* s, Py_ssize_t n, double min_p, Py_ssize_t min_keep, Item* items) noexcept nogil:
     cdef Py_ssize_t j, kept = 0, count
-    cdef double cutoff = _row_max(s, n) + log(min_p)   # p < min_p * p_max  <=>  s < max + log(min_p)
+    cdef double cutoff = vec.row_max(s, n) + log(min_p)   # p < min_p * p_max  <=>  s < max + log(min_p)
     for j in range(n):
         if s[j] != -INFINITY and s[j] >= cutoff:
             kept += 1
@@ -280,15 +269,12 @@ def sample_rows(const real[:, ::1] scores, const double[::1] uniforms, int64_t[:
         raise ValueError(f"uniforms ({uniforms.shape[0]},) and out ({out.shape[0]},) need {rows} rows")
     with nogil:
         for i in prange(rows, schedule="dynamic", num_threads=vec.threads_for(rows, <double>rows * vocab * 8)):
-            row_max = _row_max(&scores[i, 0], vocab)
+            row_max = vec.row_max(&scores[i, 0], vocab)
             if row_max == -INFINITY or vocab == 0:
                 out[i] = -1
                 continue
             weights = <real*>malloc(vocab * sizeof(real))
-            if real is float:
-                total = vec.exp_store_sum_f(&scores[i, 0], weights, vocab, 1.0, <float>row_max)
-            else:
-                total = vec.exp_store_sum_d(&scores[i, 0], weights, vocab, 1.0, row_max)
+            total = vec.exp_store_sum(&scores[i, 0], weights, vocab, 1, <real>row_max)
             target = uniforms[i] * total
             running = 0.0
             chosen = -1

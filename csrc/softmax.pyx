@@ -16,50 +16,33 @@ from cython.parallel cimport prange
 from libc.math cimport log, INFINITY
 
 cimport _common as vec
-
-ctypedef fused real:
-    float
-    double
+from _common cimport real
 
 
 cdef inline void _softmax_row(const real* x, real* y, Py_ssize_t n) noexcept nogil:
     cdef real row_max
     cdef double total
     cdef Py_ssize_t j
-    if real is float:
-        row_max = vec.max_f(x, n)
-    else:
-        row_max = vec.max_d(x, n)
+    row_max = vec.row_max(x, n)
     if row_max == -INFINITY:
         for j in range(n):
             y[j] = 0
         return
-    if real is float:
-        total = vec.exp_store_sum_f(x, y, n, 1.0, row_max)
-        vec.scale_f(y, n, <float>(1.0 / total))
-    else:
-        total = vec.exp_store_sum_d(x, y, n, 1.0, row_max)
-        vec.scale_d(y, n, 1.0 / total)
+    total = vec.exp_store_sum(x, y, n, 1, row_max)
+    vec.scale(y, n, <real>(1.0 / total))
 
 
 cdef inline void _log_softmax_row(const real* x, real* y, Py_ssize_t n) noexcept nogil:
     cdef real row_max
     cdef double total
     cdef Py_ssize_t j
-    if real is float:
-        row_max = vec.max_f(x, n)
-    else:
-        row_max = vec.max_d(x, n)
+    row_max = vec.row_max(x, n)
     if row_max == -INFINITY:
         for j in range(n):
             y[j] = -INFINITY
         return
-    if real is float:
-        total = vec.exp_sum_f(x, n, row_max)
-        vec.shift_f(x, y, n, <float>(row_max + log(total)))
-    else:
-        total = vec.exp_sum_d(x, n, row_max)
-        vec.shift_d(x, y, n, row_max + log(total))
+    total = vec.exp_sum(x, n, row_max)
+    vec.shift(x, y, n, <real>(row_max + log(total)))
 
 
 def _check_pair(tuple a, tuple b, str name_a, str name_b):
@@ -99,12 +82,8 @@ def softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] d
         return
     with nogil:
         for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
-            if real is float:
-                inner = vec.dot_f(&dy[i, 0], &y[i, 0], cols)
-                vec.mul_sub_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>inner)
-            else:
-                inner = vec.dot_d(&dy[i, 0], &y[i, 0], cols)
-                vec.mul_sub_d(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, inner)
+            inner = vec.dot(&dy[i, 0], &y[i, 0], cols)
+            vec.mul_sub(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <real>inner)
 
 
 def log_softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::1] dx):
@@ -117,9 +96,5 @@ def log_softmax_backward(const real[:, ::1] y, const real[:, ::1] dy, real[:, ::
         return
     with nogil:
         for i in prange(rows, schedule="static", num_threads=vec.threads_for(rows, <double>rows * cols)):
-            if real is float:
-                total = vec.sum_f(&dy[i, 0], cols)
-                vec.sub_exp_mul_f(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <float>total)
-            else:
-                total = vec.sum_d(&dy[i, 0], cols)
-                vec.sub_exp_mul_d(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, total)
+            total = vec.row_sum(&dy[i, 0], cols)
+            vec.sub_exp_mul(&y[i, 0], &dy[i, 0], &dx[i, 0], cols, <real>total)

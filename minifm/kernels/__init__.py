@@ -17,7 +17,8 @@
     adam.py           <-> csrc/adam.pyx           one Adam / AdamW parameter update in one pass
     threads.py                                     one thread budget for OpenMP and BLAS; serial
                                                    execution below a size threshold
-    csrc/_common.pxd                               shared vectorised primitives (exp, max, sums)
+    csrc/_common.pxd.tp                            shared vectorised primitives (exp, max, sums), one
+                                                   template for float and double, expanded by setup.py
 
 `backend_info()` says which path runs. MINIFM_KERNELS=reference forces NumPy everywhere;
 `use_reference(True)` does the same at run time.
