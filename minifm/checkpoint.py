@@ -2,6 +2,8 @@
 
 A checkpoint directory holds
     model.safetensors      name -> array, exactly model.state_dict()
+    <name>.safetensors     the same for each further model passed as extra_models={name: model}
+                           (PPO's value model beside its policy)
     optimizer.safetensors  "state.<param index>.<name>" -> moment arrays; the param groups and scalar
                            state (step counts) as JSON in the safetensors header metadata
     config.json            the config passed in, else model.config.to_dict()
@@ -232,16 +234,24 @@ def _config_dict(config) -> dict | None:
     raise TypeError(f"config must be a dict or have to_dict(), got {type(config).__name__}")
 
 
-def save_checkpoint(directory, model, optimizer=None, train_state: dict | None = None, config=None) -> Path:
-    """Write model (+ optimizer) state, config and training state to `directory` (see the module docstring)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def _weights_file(model, kind: str) -> bytes:
     weights = model.state_dict()
     for name, array in weights.items():
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise FloatingPointError(f"refusing to save a checkpoint: weight {name!r} contains NaN or inf")
+            raise FloatingPointError(f"refusing to save a checkpoint: {kind} weight {name!r} contains NaN or inf")
+    return _serialize(weights, {"format": "minifm", "kind": kind})
+
+
+def save_checkpoint(directory, model, optimizer=None, train_state: dict | None = None, config=None,
+                    extra_models: dict | None = None) -> Path:
+    """Write model (+ extra models, optimizer) state, config and training state to `directory`
+    (see the module docstring)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     model_config = _config_dict(getattr(model, "config", None))
-    files = {MODEL_FILE: _serialize(weights, {"format": "minifm", "kind": "model"})}
+    files = {MODEL_FILE: _weights_file(model, "model")}
+    for name, extra in (extra_models or {}).items():
+        files[f"{name}.safetensors"] = _weights_file(extra, name)
     if optimizer is not None:
         arrays, metadata = _optimizer_payload(optimizer)
         files[OPTIMIZER_FILE] = _serialize(arrays, metadata)
@@ -297,8 +307,14 @@ def checkpoint_record(directory) -> dict:
     return _read_manifest(Path(directory))[1]
 
 
-def load_checkpoint(directory, model, optimizer=None) -> dict:
-    """Restore `model` (and `optimizer`) from `directory`; return the saved training state dict."""
+def read_train_state(directory) -> dict:
+    """The training state saved in `directory` (what save_checkpoint's train_state held), loading nothing:
+    a caller can check it (stage, settings) before it loads weights."""
+    return _read_manifest(Path(directory))[0]
+
+
+def load_checkpoint(directory, model, optimizer=None, extra_models: dict | None = None) -> dict:
+    """Restore `model` (and `extra_models`, `optimizer`) from `directory`; return the saved training state."""
     directory = Path(directory)
     train_state, record = _read_manifest(directory)
     contents = {}
@@ -314,6 +330,13 @@ def load_checkpoint(directory, model, optimizer=None) -> dict:
     arrays, _ = _parse(directory / MODEL_FILE, contents[MODEL_FILE])
     _check_weights(arrays, model.state_dict(), directory / MODEL_FILE)
     model.load_state_dict(arrays, strict=True)
+    for name, extra in (extra_models or {}).items():
+        file = f"{name}.safetensors"
+        if file not in contents:
+            raise CheckpointError(f"{directory}: the checkpoint has no {file}")
+        extra_arrays, _ = _parse(directory / file, contents[file])
+        _check_weights(extra_arrays, extra.state_dict(), directory / file)
+        extra.load_state_dict(extra_arrays, strict=True)
     if optimizer is not None:
         if OPTIMIZER_FILE not in contents:
             raise CheckpointError(f"{directory}: the checkpoint has no optimizer state, but an optimizer was given")

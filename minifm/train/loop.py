@@ -30,8 +30,8 @@ their warm-up from 0 at t = 0); it reaches min_lr at the last step.
 
 Safety:
   * a checkpoint (minifm.checkpoint, atomic) holds the weights, the optimizer moments, the extra
-    models and train_state.json: the step, the elapsed time, the number of metrics rows written,
-    the config, and the step kind's state_dict();
+    models (under the same manifest) and train_state.json: the step, the elapsed time, the number of
+    metrics rows written, the config, and the step kind's state_dict();
   * resume (`resume=True`) loads all of it and continues bit-for-bit; it refuses a checkpoint of
     another stage, or one whose config differs in a setting that changes the run (every field but
     TrainConfig.RESUME_FREE), and drops metrics rows written after the checkpoint;
@@ -62,7 +62,6 @@ n_tokens (`accumulate="mean"` weights them equally).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import signal
@@ -76,10 +75,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minifm.autograd.grad_mode import no_grad
-from minifm.checkpoint import (
-    TRAIN_STATE_FILE, CheckpointError, atomic_write_bytes, load_checkpoint, load_safetensors, save_checkpoint,
-    save_safetensors,
-)
+from minifm.checkpoint import atomic_write_bytes, load_checkpoint, read_train_state, save_checkpoint
 from minifm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, schedules
 from minifm.train.config import TrainConfig
 
@@ -192,44 +188,6 @@ class OutputThatNeverFails:
 
 def _non_finite_entries(row: dict) -> list[str]:
     return [f"{name} = {value}" for name, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
-
-
-# ------------------------------------------------------------------------- extra models in a checkpoint
-# minifm.checkpoint saves one model per directory; a second one (PPO's value model) is written beside it
-# before the checkpoint, and the checkpoint's train_state records its SHA-256, so a crash between the two
-# writes is caught on load, as minifm.checkpoint catches one between its own renames.
-def _save_extra_models(directory: Path, models: dict) -> dict:
-    """Write each model's weights to <name>.safetensors; return {name: SHA-256 of the file}."""
-    digests = {}
-    for name, model in models.items():
-        weights = model.state_dict()
-        for key, array in weights.items():
-            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-                raise FloatingPointError(f"refusing to save a checkpoint: {name} weight {key!r} contains NaN or inf")
-        path = directory / f"{name}.safetensors"
-        save_safetensors(path, weights)
-        digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
-
-
-def _load_extra_models(directory: Path, models: dict, digests: dict) -> None:
-    """Load each model from <name>.safetensors after checking its digest, names, shapes and dtypes."""
-    if sorted(digests) != sorted(models):
-        raise CheckpointError(f"{directory}: the checkpoint holds the models {sorted(digests)} besides the main "
-                              f"one, this run has {sorted(models)}")
-    for name, model in models.items():
-        path = directory / f"{name}.safetensors"
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digests[name]:
-            raise CheckpointError(f"{path}: missing, or not the file the checkpoint recorded (modified, or a save "
-                                  "was interrupted)")
-        arrays = load_safetensors(path)
-        for key, target in model.state_dict().items():
-            if key in arrays and arrays[key].dtype != target.dtype:
-                raise CheckpointError(f"{path}: {key!r} has dtype {arrays[key].dtype}, the model uses {target.dtype}")
-        try:
-            model.load_state_dict(arrays, strict=True)
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(f"{path}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------- supervised step
@@ -361,20 +319,16 @@ class TrainingLoop:
         run_config = dict(self.run_config)
         run_config.setdefault("train", self.config.to_dict())
         run_config.setdefault("stage", self.stage)
-        train_state = dict(snapshot, extra_model_sha256=_save_extra_models(self.run_dir, self.steps.extra_models))
-        save_checkpoint(self.run_dir, self.model, optimizer=self.optimizer, train_state=train_state, config=run_config)
+        save_checkpoint(self.run_dir, self.model, optimizer=self.optimizer, train_state=snapshot, config=run_config,
+                        extra_models=self.steps.extra_models)
         self._last_saved_step = snapshot["step"]
 
     def _load(self) -> dict:
         """Check that the checkpoint in run_dir continues this run (same stage, same settings), then
         load it into the model, optimizer, extra models and step kind; return the saved state."""
-        state_path = None if self.run_dir is None else self.run_dir / TRAIN_STATE_FILE
-        if state_path is None or not state_path.exists():
-            raise FileNotFoundError(f"resume: no checkpoint ({TRAIN_STATE_FILE}) in {self.run_dir}")
-        try:  # read before anything is loaded: refusing another stage or other settings changes nothing
-            state = json.loads(state_path.read_text("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{state_path}: corrupt training state ({error})") from error
+        if self.run_dir is None or not (self.run_dir / "train_state.json").exists():
+            raise FileNotFoundError(f"resume: no checkpoint (train_state.json) in {self.run_dir}")
+        state = read_train_state(self.run_dir)  # read first: refusing another stage or other settings changes nothing
         if state.get("stage") != self.stage:
             raise ValueError(f"resume: the checkpoint in {self.run_dir} is from stage {state.get('stage')!r}, "
                              f"not {self.stage!r}")
@@ -384,8 +338,8 @@ class TrainingLoop:
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"resume: these settings differ from the checkpoint's and would change the run: {details}")
-        state = load_checkpoint(self.run_dir, self.model, optimizer=self.optimizer)
-        _load_extra_models(self.run_dir, self.steps.extra_models, state.get("extra_model_sha256", {}))
+        state = load_checkpoint(self.run_dir, self.model, optimizer=self.optimizer,
+                                extra_models=self.steps.extra_models)
         self.steps.load_state_dict(state["step_state"])
         return state
 
