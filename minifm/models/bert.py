@@ -46,7 +46,7 @@ class BERTConfig(TransformerConfigBase):
     seed: int = 0
     dtype: str = "float32"
 
-    def __post_init__(self):
+    def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields(extra_positive=("num_labels",))  # see TransformerConfigBase
 
 

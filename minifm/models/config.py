@@ -1,8 +1,8 @@
 """Helpers shared by the model configs and models: dict round trip, field checks, FFN width, block stacks,
 GPT-2 init, RNG wiring.
 
-ConfigBase gives every config dataclass `to_dict()` and `from_dict(d)`; from_dict rejects unknown
-keys with the list of valid ones (a typo in a JSON config must not be silently ignored).
+The configs are minifm.config.ConfigBase dataclasses: `to_dict()` and `from_dict(d)`, from_dict
+rejecting unknown keys with the list of valid ones (a typo in a JSON config must not be silently ignored).
 TransformerConfigBase adds what GPTConfig, BERTConfig and T5Config have in common: the checks of the
 shared fields (errors name the concrete config class) and the derived sizes kv_heads, head_dim and
 ffn_hidden. Each config still declares its own fields and defaults, so one file shows one config.
@@ -18,12 +18,12 @@ so the residual stream's variance does not grow with depth (two residual additio
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
 from minifm.autograd.tensor import data_of
+from minifm.config import ConfigBase
 from minifm.nn import init
 from minifm.nn.attention import RotaryEmbedding
 from minifm.nn.block import TransformerBlock
@@ -33,29 +33,12 @@ from minifm.nn.module import ModuleList
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")
 
 
-class ConfigBase:
-    """Mixin for config dataclasses: to_dict / from_dict with unknown keys rejected."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict):
-        if not isinstance(values, dict):
-            raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(values).__name__}")
-        valid = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid keys are {valid}")
-        return cls(**values)
-
-
 class TransformerConfigBase(ConfigBase):
     """Mixin for the transformer configs: checks of the shared fields and the derived sizes.
 
     The subclass (a dataclass) declares vocab_size, block_size, n_layer, n_head, n_embd, n_kv_head,
     dropout, pos, norm, mlp, mlp_ratio, mlp_hidden and dtype, and calls check_shared_fields from
-    its __post_init__, naming any extra fields that must be positive integers.
+    its validate(), naming any extra fields that must be positive integers.
     """
 
     def check_shared_fields(self, extra_positive: tuple[str, ...] = ()) -> None:

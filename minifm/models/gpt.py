@@ -59,7 +59,7 @@ class GPTConfig(TransformerConfigBase):
     seed: int = 0
     dtype: str = "float32"
 
-    def __post_init__(self):
+    def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
 
 

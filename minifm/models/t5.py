@@ -57,7 +57,7 @@ class T5Config(TransformerConfigBase):
     pad_token_id: int = 0
     decoder_start_token_id: int = 0
 
-    def __post_init__(self):
+    def validate(self) -> None:  # after ConfigBase's type checks
         if self.n_decoder_layer is not None:
             check_positive_int("T5Config", "n_decoder_layer", self.n_decoder_layer)
         self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
