@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from minifm.kernels import backend_info
 from minifm.models import GPT, GPTConfig
 from minifm.sampling.generate import generate
 
@@ -37,8 +38,8 @@ def build_minifm(name: str, block_size: int) -> GPT:
 # ---------------------------------------------------------------------------------------- torch twin
 def torch_model(model: GPT):
     """A PyTorch GPT-2-layout model holding minifm's weights, with a per-layer KV cache."""
-    import torch
-    import torch.nn.functional as TF
+    import torch  # optional yardstick, imported only when its column runs
+    import torch.nn.functional as TF  # optional yardstick, imported only when its column runs
 
     weights = {k: torch.tensor(v) for k, v in model.state_dict().items()}
     config = model.config
@@ -77,7 +78,7 @@ def torch_model(model: GPT):
 
 
 def torch_generate(forward, prompt: np.ndarray, new_tokens: int, top_p: float | None, seed: int):
-    import torch
+    import torch  # optional yardstick, imported only when its column runs
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -104,7 +105,7 @@ def torch_generate(forward, prompt: np.ndarray, new_tokens: int, top_p: float | 
 
 def check_torch_twin(model: GPT, forward) -> float:
     """Max |logit difference| between minifm and the torch twin on a random prompt (a sanity check)."""
-    import torch
+    import torch  # optional yardstick, imported only when its column runs
 
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(2, 8))
     with torch.no_grad():
@@ -114,8 +115,8 @@ def check_torch_twin(model: GPT, forward) -> float:
 
 
 def transformers_model(model: GPT):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import torch  # optional yardstick, imported only when its column runs
+    from transformers import GPT2Config, GPT2LMHeadModel  # optional yardstick, imported only when its column runs
 
     config = model.config
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
@@ -144,18 +145,17 @@ def main():
     new_tokens = 32 if args.quick else args.new_tokens
     repeats = 1 if args.quick else args.repeats
     try:
-        import torch
+        import torch  # optional yardstick, imported only when its column runs
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
     except ImportError:
         torch = None
     try:
-        import transformers  # noqa: F401
+        import transformers  # noqa: F401  (optional yardstick: its column is skipped without it)
 
         have_transformers = True
     except ImportError:
         have_transformers = False
-    from minifm.kernels import backend_info
 
     print(f"minifm backend: {backend_info()}")
     print(f"prompt {PROMPT_LENGTH} tokens, {new_tokens} new tokens, median of {repeats}; tokens/s (higher is better)\n")

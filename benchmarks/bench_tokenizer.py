@@ -28,6 +28,10 @@ import sysconfig
 import time
 import warnings
 
+from minifm.kernels import backend_info, use_reference
+from minifm.tokenizer import BPETokenizer
+from minifm.tokenizer.pretokenize import compiled_pattern
+
 
 def stdlib_corpus(max_bytes: int) -> list[str]:
     root = sysconfig.get_paths()["stdlib"]
@@ -56,9 +60,6 @@ def median_time(fn, repeats: int):
 
 
 def bench_minifm(train, held_out, everything, vocab_size, pattern, repeats, reference=False):
-    from minifm.kernels import use_reference
-    from minifm.tokenizer import BPETokenizer
-
     use_reference(reference)
     try:
         with warnings.catch_warnings():  # a small corpus may run out of pairs: the vocab column shows it
@@ -76,7 +77,7 @@ def bench_minifm(train, held_out, everything, vocab_size, pattern, repeats, refe
 
 
 def bench_hf(train, held_out, everything, vocab_size, repeats):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # optional yardstick (bench extra)
 
     def train_once():
         tok = Tokenizer(models.BPE())
@@ -101,8 +102,6 @@ def main(argv=None) -> None:
     parser.add_argument("--reference", action="store_true", help="also time the Python reference path")
     args = parser.parse_args(argv)
 
-    from minifm.kernels import backend_info
-
     texts = stdlib_corpus(1_000_000 if args.quick else 10_000_000)
     train = [t for i, t in enumerate(texts) if i % 10 != 9]
     held_out = [t for i, t in enumerate(texts) if i % 10 == 9]
@@ -110,7 +109,7 @@ def main(argv=None) -> None:
     held_bytes = sum(len(t.encode("utf-8")) for t in held_out)
     train_mb = sum(len(t.encode("utf-8")) for t in train) / 1e6
     try:
-        import tokenizers
+        import tokenizers  # optional yardstick (bench extra): its rows are skipped without it
         hf_version = tokenizers.__version__
     except ImportError:
         tokenizers = None
@@ -122,7 +121,6 @@ def main(argv=None) -> None:
           f"{len(train)} files, held out {held_bytes / 1e6:.2f} MB); median of {args.repeats}")
 
     # warm the split-rule compilation (a one-time ~0.5 s cost per process) outside the timings
-    from minifm.tokenizer.pretokenize import compiled_pattern
     compiled_pattern("gpt2"), compiled_pattern("gpt4")
 
     header = f"{'vocab':>6}  {'tokenizer':<22}{'size':>7}{'train s':>9}{'encode MB/s':>13}{'bytes/token':>13}{'vs hf train':>13}{'vs hf enc':>11}"

@@ -1,8 +1,9 @@
-"""One thread budget for minifm's two thread pools, and when an operation is big enough to use it.
+"""One thread budget for minifm's thread pools, and when an operation is big enough to use it.
 
-A training step runs on two pools of worker threads: the OpenMP threads of the Cython kernels
-(csrc/*.pyx, libgomp) and the pthreads of OpenBLAS, which NumPy's `@` calls for every Linear layer.
-On a machine with few cores (the team's has 2), letting each pool start all its threads for every
+A training step runs on two kinds of worker threads: the OpenMP threads of the Cython kernels
+(csrc/*.pyx, libgomp) and the pthreads of OpenBLAS, which NumPy's `@` calls for every Linear layer
+(scipy's own OpenBLAS also runs the attention kernel's tile products). On a machine with few cores
+(a 2-core machine in docs/performance.md), letting each pool start all its threads for every
 operation is slow in two ways:
 
   * a parallel operation finishes only when its slowest thread does. Waking a worker costs tens of
@@ -14,10 +15,10 @@ operation is slow in two ways:
 The policy here, measured in docs/performance.md ("Training step"):
 
   * one budget, `num_threads()` (OpenMP's thread count: OMP_NUM_THREADS, or the cores), that
-    `set_num_threads(n)` changes for both pools;
+    `set_num_threads(n)` changes for the kernels' OpenMP loops and the OpenBLAS behind NumPy;
   * a matrix product runs on one BLAS thread unless it has at least `GEMM_PARALLEL_FLOPS`
     floating-point operations (`matmul` below; the kernels' own loops have the same kind of
-    threshold, about a millisecond of serial work, in csrc/_common.pxd `minifm_threads_for`);
+    threshold, about a millisecond of serial work, `minifm_threads_for` in csrc/_common.pxd.tp);
   * on a machine that other processes keep busy, any fork-join costs up to a scheduler time slice
     per operation, and one thread is fastest: OMP_NUM_THREADS=1 (or `set_num_threads(1)`) sets the
     whole budget to one;
@@ -27,108 +28,95 @@ The policy here, measured in docs/performance.md ("Training step"):
   * the OpenMP wait policy defaults to PASSIVE (set in minifm.kernels._backend before the runtime
     starts): an idle kernel thread sleeps at once instead of spinning against BLAS.
 
-The OpenBLAS libraries are found among the shared objects the process has loaded (Linux's
-/proc/self/maps) and driven through their thread-count functions with ctypes; per-call changes use
-`openblas_set_num_threads_local` (OpenBLAS >= 0.3.27), which affects the calling thread only.
-Simplification: where no OpenBLAS is found (another BLAS, another OS) BLAS threading is left alone
-and `matmul` is plain `np.matmul`.
+The BLAS libraries are found and driven with threadpoolctl. Its context managers cost too much for
+a per-product switch (measured on the 2-core machine: `threadpool_limits` ~3 ms, as it scans the
+loaded libraries each time; `ThreadpoolController.limit` ~40 us; an 8 x 64 @ 64 x 64 product ~8 us),
+so the libraries are looked up once and `matmul` calls the NumPy library's `set_num_threads`
+(~4 us) only when a product needs another thread count than the previous product: NumPy's
+OpenBLAS is left on the count the last minifm product used (1, or the budget), never above the
+budget. `single_threaded_scipy_blas` restores scipy's count on exit (once per attention call).
+Simplification: NumPy's and scipy's OpenBLAS are told apart by their file paths (a wheel bundles
+each under its own package directory; one system library serves both); where threadpoolctl finds
+no BLAS it can drive, BLAS threading is left alone and `matmul` is plain `np.matmul`.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import sys
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from minifm.kernels._backend import _load
 
 # A matrix product below this many floating-point operations (2 m k n) runs on one BLAS thread.
-# At ~90 GFLOP/s per core (AVX-512 OpenBLAS on the team's machine) 5e7 FLOP is ~0.55 ms of work:
-# enough to pay for waking a second thread on an idle machine (tens of microseconds), while every
-# product of the benchmark's tiny model (at most 2 x 1024 x 64 x 256 = 3.4e7) stays serial.
+# At ~90 GFLOP/s per core (AVX-512 OpenBLAS) 5e7 FLOP is ~0.55 ms of work: enough to pay for waking a
+# second thread on an idle machine (tens of microseconds), while every product of the benchmark's
+# tiny model (at most 2 x 1024 x 64 x 256 = 3.4e7) stays serial.
 GEMM_PARALLEL_FLOPS = 5e7
 
-
-class _OpenBLAS:
-    """ctypes handle on one loaded OpenBLAS library's thread-count functions."""
-
-    def __init__(self, path: str):
-        self.path = path
-        lib = ctypes.CDLL(path)
-        self._set_global = self._get_global = None
-        for suffix in ("64_", "", "_64"):
-            for prefix in ("scipy_openblas", "openblas"):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None and self._set_global is None:
-                    self._set_global, self._get_global = setter, getter
-        if self._set_global is None:
-            raise OSError(f"{path} has no openblas_set_num_threads")
-        self._set_global.argtypes, self._set_global.restype = [ctypes.c_int], None
-        self._get_global.argtypes, self._get_global.restype = [], ctypes.c_int
-        self._set_local = getattr(lib, "openblas_set_num_threads_local", None)
-        if self._set_local is not None:
-            self._set_local.argtypes, self._set_local.restype = [ctypes.c_int], ctypes.c_int
-
-    def get(self) -> int:
-        return int(self._get_global())
-
-    def set(self, threads: int) -> None:
-        self._set_global(int(threads))
-
-    def set_local(self, threads: int) -> int:
-        """Thread count for the calling thread only (0 = follow the global one); returns the previous."""
-        if self._set_local is None:
-            previous = self.get()
-            self.set(threads if threads > 0 else previous)
-            return previous
-        return int(self._set_local(int(threads)))
+# Below this many rows, a @ b with b a transposed (Fortran-ordered) matrix is computed as (b^T a^T)^T.
+FEW_ROWS = 32
 
 
-def _loaded_openblas() -> dict[str, _OpenBLAS]:
-    """The OpenBLAS libraries loaded in this process, keyed 'numpy' (the one behind `@`) or 'scipy'."""
-    found: dict[str, _OpenBLAS] = {}
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return found
-    for path in paths:
-        owner = "numpy" if "numpy" in path else "scipy" if "scipy" in path else "numpy"
-        if owner in found:
-            continue
-        try:
-            found[owner] = _OpenBLAS(path)
-        except OSError:
-            continue
-    return found
+class _BlasLibraries:
+    """threadpoolctl's controllers of the BLAS libraries behind NumPy and scipy, found once.
+
+    `numpy` and `scipy` are threadpoolctl LibControllers (or None when not found); they are the same
+    object when one library serves both. scipy's library is loaded only when something imports
+    scipy.linalg (the attention kernel does), so it is looked for again until found after that.
+    """
+
+    def __init__(self):
+        self.numpy = self.scipy = None
+        self._scanned_with_scipy_blas = False
+        self.scan()
+
+    def scan(self) -> None:
+        self._scanned_with_scipy_blas = "scipy.linalg.cython_blas" in sys.modules
+        blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.numpy = _owned_by(blas, "numpy")
+        self.scipy = _owned_by(blas, "scipy")
+        if len(blas) == 1:  # one system library behind both
+            self.numpy = self.scipy = blas[0]
+
+    def scipy_blas(self):
+        if self.scipy is None and not self._scanned_with_scipy_blas and "scipy.linalg.cython_blas" in sys.modules:
+            self.scan()
+        return self.scipy
 
 
-_libraries: dict[str, _OpenBLAS] | None = None
+def _owned_by(controllers: list, package: str):
+    """The controller whose library file lies under `package`'s directory (or its wheel's .libs)."""
+    for controller in controllers:
+        parts = controller.filepath.replace("\\", "/").split("/")
+        if package in parts or f"{package}.libs" in parts:
+            return controller
+    return None
 
 
-def _openblas(owner: str) -> _OpenBLAS | None:
-    """The numpy or scipy OpenBLAS handle (looked up once scipy's BLAS is loaded), or None."""
+_libraries: _BlasLibraries | None = None
+
+
+def _blas() -> _BlasLibraries:
     global _libraries
-    if _libraries is None or (owner == "scipy" and "scipy" not in _libraries):
-        if owner == "scipy":
-            import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's OpenBLAS)
-        _libraries = _loaded_openblas()
-        if "scipy" not in _libraries and "numpy" in _libraries:
-            _libraries["scipy"] = _libraries["numpy"]  # one shared system OpenBLAS
-    return _libraries.get(owner)
+    if _libraries is None:
+        _libraries = _BlasLibraries()
+    return _libraries
 
 
 def _initial_budget() -> int:
     parallel = _load("parallel")
     if parallel is not None:
         return max(1, int(parallel.num_threads()))
-    numpy_blas = _openblas("numpy")
-    return numpy_blas.get() if numpy_blas is not None else max(1, os.cpu_count() or 1)
+    numpy_blas = _blas().numpy
+    return numpy_blas.get_num_threads() if numpy_blas is not None else max(1, os.cpu_count() or 1)
 
 
 _budget: int | None = None
+_blas_limit: int | None = None  # the most threads NumPy's BLAS may use (OPENBLAS_NUM_THREADS, or the budget)
+_blas_threads_now: int | None = None  # NumPy's BLAS thread count as minifm last set or found it
 
 
 def num_threads() -> int:
@@ -141,21 +129,26 @@ def num_threads() -> int:
 
 def set_num_threads(threads: int) -> None:
     """Set the budget for both pools: OpenMP's thread count and the OpenBLAS behind NumPy."""
-    global _budget
+    global _budget, _blas_limit, _blas_threads_now
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     _budget = int(threads)
     parallel = _load("parallel")
     if parallel is not None:
         parallel.set_num_threads(_budget)
-    numpy_blas = _openblas("numpy")
+    numpy_blas = _blas().numpy
     if numpy_blas is not None:
-        numpy_blas.set(_budget)
-    global _blas_limit
-    _blas_limit = _budget
+        numpy_blas.set_num_threads(_budget)
+    _blas_limit = _blas_threads_now = _budget
 
 
-_blas_limit: int | None = None  # NumPy's OpenBLAS thread count as the user left it (OPENBLAS_NUM_THREADS)
+def _numpy_blas_limit() -> int:
+    global _blas_limit, _blas_threads_now
+    if _blas_limit is None:
+        numpy_blas = _blas().numpy
+        _blas_limit = numpy_blas.get_num_threads() if numpy_blas is not None else num_threads()
+        _blas_threads_now = _blas_limit
+    return _blas_limit
 
 
 def gemm_threads(m: int, k: int, n: int) -> int:
@@ -164,18 +157,6 @@ def gemm_threads(m: int, k: int, n: int) -> int:
     if 2.0 * m * k * n < GEMM_PARALLEL_FLOPS:
         return 1
     return max(1, min(num_threads(), _numpy_blas_limit()))
-
-
-def _numpy_blas_limit() -> int:
-    global _blas_limit
-    if _blas_limit is None:
-        numpy_blas = _openblas("numpy")
-        _blas_limit = numpy_blas.get() if numpy_blas is not None else num_threads()
-    return _blas_limit
-
-
-# Below this many rows, a @ b with b a transposed (Fortran-ordered) matrix is computed as (b^T a^T)^T.
-FEW_ROWS = 32
 
 
 def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -189,17 +170,15 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for 2-D arrays, on as many BLAS threads as its size earns (see gemm_threads)."""
-    numpy_blas = _openblas("numpy")
+    global _blas_threads_now
+    numpy_blas = _blas().numpy
     if numpy_blas is None:
         return _product(a, b)
     wanted = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
-    if wanted == _numpy_blas_limit():
-        return _product(a, b)  # the library's own setting already (e.g. a budget of 1): no ctypes calls
-    previous = numpy_blas.set_local(wanted)
-    try:
-        return _product(a, b)
-    finally:
-        numpy_blas.set_local(previous)
+    if wanted != _blas_threads_now:
+        numpy_blas.set_num_threads(wanted)
+        _blas_threads_now = wanted
+    return _product(a, b)
 
 
 @contextlib.contextmanager
@@ -207,19 +186,19 @@ def single_threaded_scipy_blas():
     """Run the block with scipy's OpenBLAS on one thread.
 
     The attention kernel calls small BLAS products from inside its own OpenMP threads; an OpenBLAS
-    that also spread each tile over threads would oversubscribe the cores. Uses the global setting
-    because the calls come from OpenMP threads that Python cannot reach.
+    that also spread each tile over threads would oversubscribe the cores. Uses the library's global
+    setting because the calls come from OpenMP threads that Python cannot reach.
     """
-    scipy_blas = _openblas("scipy")
+    scipy_blas = _blas().scipy_blas()
     if scipy_blas is None:
         yield
         return
-    previous = scipy_blas.get()
+    previous = scipy_blas.get_num_threads()
     if previous == 1:
         yield
         return
-    scipy_blas.set(1)
+    scipy_blas.set_num_threads(1)
     try:
         yield
     finally:
-        scipy_blas.set(previous)
+        scipy_blas.set_num_threads(previous)

@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's BLAS, as the attention kernel does)
 from hypothesis import given
 from hypothesis import strategies as st
 
 from minifm.kernels import threads
+from minifm.kernels._backend import _load
 
 
 @pytest.fixture
@@ -74,37 +76,38 @@ def test_set_num_threads_rejects_non_positive_integers(bad):
 
 
 def test_set_num_threads_sets_both_pools(restore_budget):
-    from minifm.kernels._backend import _load
-
     threads.set_num_threads(1)
     assert threads.num_threads() == 1
     assert threads.gemm_threads(4096, 4096, 4096) == 1
     parallel = _load("parallel")
     if parallel is not None:
         assert parallel.num_threads() == 1
-    numpy_blas = threads._openblas("numpy")
+    numpy_blas = threads._blas().numpy
     if numpy_blas is not None:
-        assert numpy_blas.get() == 1
+        assert numpy_blas.get_num_threads() == 1
 
 
-def test_matmul_leaves_the_callers_blas_thread_count_unchanged(rng):
-    numpy_blas = threads._openblas("numpy")
+def test_matmul_runs_numpy_blas_on_the_count_each_product_earns(rng, restore_budget):
+    """matmul switches NumPy's BLAS between 1 thread (small products) and the budget (large ones),
+    never above the budget, and only when the count changes."""
+    numpy_blas = threads._blas().numpy
     if numpy_blas is None:
-        pytest.skip("no OpenBLAS found behind NumPy")
-    before = numpy_blas.get()
+        pytest.skip("threadpoolctl found no BLAS behind NumPy")
+    threads.set_num_threads(2)
     threads.matmul(rng.standard_normal((3, 4)), rng.standard_normal((4, 5)))
+    assert numpy_blas.get_num_threads() == 1
     threads.matmul(rng.standard_normal((400, 300)), rng.standard_normal((300, 400)))
-    assert numpy_blas.get() == before
+    assert numpy_blas.get_num_threads() == threads.gemm_threads(400, 300, 400) <= 2
 
 
 def test_single_threaded_scipy_blas_restores_the_previous_count():
-    scipy_blas = threads._openblas("scipy")
+    scipy_blas = threads._blas().scipy_blas()
     if scipy_blas is None:
-        pytest.skip("no OpenBLAS found behind scipy")
-    before = scipy_blas.get()
+        pytest.skip("threadpoolctl found no BLAS behind scipy")
+    before = scipy_blas.get_num_threads()
     with threads.single_threaded_scipy_blas():
-        assert scipy_blas.get() == 1
-    assert scipy_blas.get() == before
+        assert scipy_blas.get_num_threads() == 1
+    assert scipy_blas.get_num_threads() == before
 
 
 @pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
@@ -120,7 +123,7 @@ def test_openmp_wait_policy_defaults_to_passive_but_keeps_the_users(user_policy)
 def test_a_user_limit_on_openblas_threads_is_respected():
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     code = ("from minifm.kernels import threads; "
-            "print(threads._openblas('numpy') is not None, threads.gemm_threads(4096, 4096, 4096))")
+            "print(threads._blas().numpy is not None, threads.gemm_threads(4096, 4096, 4096))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     found, gemm_threads = out.stdout.split()
     if found != "True":
