@@ -2,7 +2,7 @@
 
 docs/chapter-map.md: every row's files exist, every function / class it names is defined in one of
 the row's Python files, and every test it names (`tests/path.py::test_name`) is a test function of
-that file. README.md's "Layout" tree: it lists every source file of the repository (minifm/**/*.py,
+that file. README.md's "Layout" tree: it lists every committed source file of the repository (minifm/**/*.py,
 csrc/*.pyx and templates, benchmarks/*.py, docs/*.md, the top-level tests/*.py and every tests/
 folder), and every file it lists exists. Both are read as text; nothing is executed but imports.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,14 +108,32 @@ def readme_layout_paths() -> set[str]:
     return paths
 
 
+def tracked_files() -> list[str]:
+    """The repository's files: git's index in a git checkout (so a work-in-progress file that is not
+    committed yet does not count), else every file on disk."""
+    try:
+        listing = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+        return listing.stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return [str(path.relative_to(ROOT)) for path in ROOT.rglob("*") if path.is_file()]
+
+
 def repository_sources() -> set[str]:
-    """The files the Layout tree must show (build products and caches excluded)."""
-    patterns = ["minifm/**/*.py", "csrc/*.pyx", "csrc/*.tp", "benchmarks/*.py", "docs/*.md", "tests/*.py"]
-    found = {str(path.relative_to(ROOT)) for pattern in patterns for path in ROOT.glob(pattern)}
-    found |= {str(path.relative_to(ROOT)) for path in (ROOT / "tests").iterdir()
-              if path.is_dir() and path.name != "__pycache__" and not path.name.startswith(".")}
-    found |= {"setup.py", "pyproject.toml"}
-    return {path for path in found if "__pycache__" not in path}
+    """The files the Layout tree must show: minifm/**/*.py, csrc/*.pyx and templates, benchmarks/*.py,
+    docs/*.md, tests/*.py, every tests/ folder, setup.py and pyproject.toml."""
+    in_folder = {"csrc": (".pyx", ".tp"), "benchmarks": (".py",), "docs": (".md",), "tests": (".py",)}
+    found = {"setup.py", "pyproject.toml"}
+    for path in tracked_files():
+        parts = path.split("/")
+        if "__pycache__" in parts:
+            continue
+        if parts[0] == "minifm" and path.endswith(".py"):
+            found.add(path)
+        elif len(parts) == 2 and path.endswith(in_folder.get(parts[0], ())):
+            found.add(path)
+        elif parts[0] == "tests" and len(parts) > 2:
+            found.add("/".join(parts[:2]))
+    return found
 
 
 def test_the_readme_layout_lists_every_source_file():
