@@ -154,3 +154,57 @@ def test_lifecycle_tiny_end_to_end_then_generate(tmp_path, capsys):
                      "--max-new-tokens", "8"])
     assert code == 0
     assert capsys.readouterr().out.startswith("Mara lives")
+
+
+# ---------------------------------------------------------------- outputs are checked before any work
+TINY_PRETRAIN = ["--max-steps", "2", "--corpus-bytes", "30000", "--vocab-size", "300", "--n-layer", "1",
+                 "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--eval-batches", "1", "--disable-tqdm"]
+UNWRITABLE = "/proc/sys/minifm-runs"  # a directory nobody may create, not even root
+
+
+@pytest.mark.parametrize("command", ["pretrain", "tokenize", "lifecycle"])
+@pytest.mark.parametrize("where", ["file", "unwritable"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(command, where, tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("not a directory")
+    out = str(target) if where == "file" else UNWRITABLE
+    assert cli.main([command, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err, err
+    assert ("is a file" in err) if where == "file" else ("no permission to write in /proc/sys" in err)
+    assert target.read_text() == "not a directory"
+
+
+def test_post_training_output_checks(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert cli.main(["sft", "--model", str(tmp_path), "--out", str(target)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(["curate", "--output", str(tmp_path)]) == 2  # a directory where a file is wanted
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_generation_lengths_are_validated(tmp_path, capsys):
+    for value in ("0", "-5"):
+        assert cli.main(["generate", "--run", str(tmp_path), "--max-new-tokens", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"GenerateSettings.max_new_tokens must be in [1, inf], got {value}" in err
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_never_overwritten_and_resume_uses_its_own_settings(tmp_path, capsys):
+    argv = ["pretrain", "--out", str(tmp_path), "--run-name", "r"] + TINY_PRETRAIN
+    assert cli.main(argv) == 0
+    weights = (tmp_path / "r" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(argv) == 2                                            # the same command again
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "r" / "model.safetensors").read_bytes() == weights
+    # --resume with no model flags: the run's own settings (n_embd 16, ...) are used, max_steps extended
+    assert cli.main(["pretrain", "--out", str(tmp_path), "--run-name", "r", "--resume", "--max-steps", "3",
+                     "--disable-tqdm"]) == 0
+    assert "resuming with the run's own settings" in capsys.readouterr().out
+    state = json.loads((tmp_path / "r" / "train_state.json").read_text())
+    assert state["step"] == 3
+    assert cli.main(argv + ["--overwrite"]) == 0

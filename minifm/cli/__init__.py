@@ -17,20 +17,22 @@ A bad setting or path ends the command with one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import warnings
 
 from minifm import __version__
 from minifm.cli import data, generate, info, lifecycle, post_training, pretrain
+from minifm.cli.common import OneLineErrorParser
+from minifm.config import ConfigError
 from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 
 COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + post_training.COMMANDS
             + info.COMMANDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minifm", allow_abbrev=False,
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="minifm", allow_abbrev=False,
                                      description="A foundation model's whole life, from scratch in NumPy. "
                                                  "`minifm lifecycle` runs everything on the built-in tinyworld corpus.")
     parser.add_argument("--version", action="version", version=f"minifm {__version__}")
@@ -45,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning_on_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the command line: `minifm: warning: <message>`, without the source line."""
+    print(f"minifm: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
+    warnings.showwarning = show_warning_on_one_line
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "func", None)
@@ -60,14 +68,24 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except NonFiniteLossError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
+    except (NonFiniteLossError, FloatingPointError) as error:  # training diverged: say so in one line
+        print(f"\nminifm {args.command}: error: {describe(error)}", file=sys.stderr)
         return 1
-    except (ValueError, KeyError, FileNotFoundError) as error:  # bad settings or paths: a message, not a traceback
+    except (ConfigError, ValueError, KeyError, OSError) as error:  # bad settings or paths: one line, no traceback
         if os.environ.get("MINIFM_DEBUG"):
             raise
-        print(f"minifm {args.command}: error: {error} (set MINIFM_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"minifm {args.command}: error: {describe(error)} (set MINIFM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return 2
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error: OSErrors say what failed on which path; a KeyError's message unquoted."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or error}: {error.filename}"
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return " ".join(str(error).split())
 
 
 __all__ = ["COMMANDS", "build_parser", "main"]

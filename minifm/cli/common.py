@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ class Command:
     summary: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag is one line on stderr (naming the flag, the value and the way
+    to the help) and exit code 2, instead of the usage block followed by the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def read_config_file(path) -> dict:
@@ -114,5 +123,53 @@ def run_directory(args) -> Path:
     return Path(args.out) / args.run_name
 
 
-__all__ = ["Command", "add_dataclass_arguments", "add_run_arguments", "config_values", "field_names",
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_directory(path, flag: str) -> Path:
+    """Before any work: `path` can be (or become) a directory we may write in; else a ValueError naming the flag."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a directory")
+    existing = _nearest_existing(path.absolute())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, so the directory cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {existing}")
+    return path
+
+
+def check_output_file(path, flag: str) -> Path:
+    """Before any work: `path` names a file we may create or replace; else a ValueError naming the flag."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file name")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+    return path
+
+
+def add_overwrite_argument(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run in the output directory (without it, an existing run is kept "
+                             "and the command stops)")
+
+
+def check_not_overwriting(directory, args, marker: str = "train_state.json", flag: str = "--out") -> None:
+    """Refuse to start over an existing run in `directory` (one holding `marker`) unless --overwrite
+    (or --resume, for commands that have it) was given."""
+    directory = Path(directory)
+    if (directory / marker).exists() and not getattr(args, "overwrite", False) and not getattr(args, "resume", False):
+        resume = " --resume to continue it, or" if hasattr(args, "resume") else ""
+        raise ValueError(f"{flag} {directory} already holds a run ({marker}); pass{resume} --overwrite to replace it")
+
+
+__all__ = ["Command", "OneLineErrorParser", "add_dataclass_arguments", "add_overwrite_argument", "add_run_arguments",
+           "check_not_overwriting", "check_output_directory", "check_output_file", "config_values", "field_names",
            "flag_values", "read_config_file", "run_directory", "settings_from"]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from minifm.checkpoint import atomic_write_bytes
 from minifm.cli.common import (
-    Command, add_dataclass_arguments, add_run_arguments, config_values, field_names, run_directory, settings_from,
+    Command, add_dataclass_arguments, add_overwrite_argument, add_run_arguments, check_not_overwriting,
+    check_output_directory, check_output_file, config_values, field_names, run_directory, settings_from,
 )
 from minifm.config import ConfigBase
 from minifm.data import tinyworld
@@ -65,6 +66,8 @@ def add_curate_arguments(parser) -> None:
 
 def run_curate(args) -> int:
     settings = settings_from(args, CurateSettings, file_values=config_values(args, field_names(CurateSettings)))
+    if settings.output:
+        check_output_file(settings.output, "--output")
     texts = read_texts(settings.input, settings.corpus_bytes)
     rules = settings.rules or ("code" if settings.input == "python-stdlib" else "web")
     result = QualityPipeline(preset=rules).run(texts)
@@ -82,10 +85,13 @@ def run_curate(args) -> int:
 def add_tokenize_arguments(parser) -> None:
     add_dataclass_arguments(parser, TokenizeSettings, "tokenizer")
     add_run_arguments(parser, "tokenizer")
+    add_overwrite_argument(parser)
 
 
 def run_tokenize(args) -> int:
     settings = settings_from(args, TokenizeSettings, file_values=config_values(args, field_names(TokenizeSettings)))
+    run_dir = check_output_directory(run_directory(args), "--out/--run-name")
+    check_not_overwriting(run_dir, args, marker="tokenizer.json", flag="--out/--run-name")
     if settings.input == "tinyworld":
         documents = tinyworld.generate_documents(size_bytes=settings.corpus_bytes)
         texts = [document.text for document in documents]
@@ -100,7 +106,6 @@ def run_tokenize(args) -> int:
                                    special_tokens=DEFAULT_SPECIAL_TOKENS)
     print(f"trained {tokenizer.vocab_size} ids in {time.perf_counter() - started:.1f} s")
     print(format_table(fertility(tokenizer, by_language)))
-    run_dir = run_directory(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(run_dir / "tokenizer.json")
     print(f"saved {run_dir / 'tokenizer.json'}")

@@ -6,7 +6,11 @@ Its --config file is nested like the presets ({stage: {setting: value}}, minifm/
 """
 from __future__ import annotations
 
-from minifm.cli.common import Command, add_run_arguments, read_config_file
+from pathlib import Path
+
+from minifm.cli.common import (
+    Command, add_overwrite_argument, add_run_arguments, check_not_overwriting, check_output_directory, read_config_file,
+)
 from minifm.lifecycle import PRESETS, STAGES, run_lifecycle
 
 
@@ -15,12 +19,15 @@ def add_lifecycle_arguments(parser) -> None:
                         help="tiny: a smoke run of well under two minutes; default: the full run (about five "
                              "minutes on 2 cores)")
     add_run_arguments(parser, "lifecycle")
+    add_overwrite_argument(parser)
     parser.add_argument("--stages", default=None,
                         help="comma-separated subset of stages to run, in order: " + ",".join(s.name for s in STAGES))
 
 
 def run_lifecycle_command(args) -> int:
     overrides = read_config_file(args.config) if args.config else None
+    run_dir = check_output_directory(Path(args.out) / args.run_name, "--out/--run-name")
+    check_not_overwriting(run_dir, args, marker="report.json", flag="--out/--run-name")
     stages = None if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
     run_lifecycle(preset=args.preset, run_name=args.run_name, out=args.out, stages=stages, overrides=overrides)
     return 0

@@ -9,15 +9,21 @@ Settings: a stage's config (SFTConfig, RewardConfig, PPOConfig, DPOConfig) start
 lifecycle preset's values (--preset, minifm/lifecycle/presets.py; the preset also sets how much
 tinyworld data is used), then the --config file (a flat table of the config's fields), then flags.
 The result is a run directory (minifm/runs.py) that `minifm generate --run` and the next stage read.
+While a stage trains, the shared loop checkpoints it in DIR/<stage>/ (Ctrl-C saves there; `--resume`
+continues from there); when it finishes, the model is written once to DIR and that folder is removed.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import shutil
 from pathlib import Path
 
-from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
+from minifm.cli.common import (
+    Command, add_dataclass_arguments, add_overwrite_argument, check_not_overwriting, check_output_directory,
+    config_values, field_names, settings_from,
+)
 from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args
 from minifm.lifecycle.post_training import dpo_stage, ppo_stage, reward_stage, sft_stage
 from minifm.lifecycle.presets import PRESETS
@@ -31,14 +37,29 @@ from minifm.train.sft import SFTConfig
 STAGE_CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}
 
 
-def stage_settings(args, stage: str) -> dict:
-    """The preset's post-training settings with this stage's config rebuilt from preset < --config < flags."""
+def prepare_stage(args, stage: str) -> dict:
+    """Before any work: the preset's post-training settings with this stage's config rebuilt from
+    preset < --config < flags, and the output directory checked (writable, not an existing run)."""
     config_class = STAGE_CONFIGS[stage]
     settings = copy.deepcopy(PRESETS[args.preset]["post_training"])
     file_values = config_values(args, field_names(config_class))
     config = settings_from(args, config_class, base=settings[stage], file_values=file_values)
     settings[stage] = config.to_dict()
+    check_output_directory(args.out, "--out")
+    check_not_overwriting(args.out, args)
+    check_not_overwriting(args.out / checkpoint_folder(stage, config), args)  # an interrupted run of this stage
     return settings
+
+
+def checkpoint_folder(stage: str, config) -> str:
+    """Where the shared loop checkpoints a stage inside --out (PPO with GRPO's advantages: grpo)."""
+    return "grpo" if stage == "ppo" and config.advantage_estimator == "grpo" else stage
+
+
+def finish(model, tokenizer, out: Path, checkpoint_folder: str) -> None:
+    """Write the finished model to `out` and drop the training checkpoint folder (one model file per output)."""
+    save_run(model, tokenizer, out)
+    shutil.rmtree(out / checkpoint_folder, ignore_errors=True)
 
 
 def print_summary(metrics: dict) -> None:
@@ -47,53 +68,58 @@ def print_summary(metrics: dict) -> None:
 
 
 def run_sft(args) -> int:
-    settings = stage_settings(args, "sft")
+    settings = prepare_stage(args, "sft")
     policy, tokenizer = load_run(args.model)
     policy = apply_peft_from_args(policy, args, tokenizer=tokenizer)
-    metrics = sft_stage(policy, tokenizer, args.out, settings)
-    save_run(policy, tokenizer, args.out)
+    metrics = sft_stage(policy, tokenizer, args.out, settings, resume=args.resume)
+    finish(policy, tokenizer, args.out, "sft")
     print_summary(metrics)
     return 0
 
 
 def run_reward(args) -> int:
-    settings = stage_settings(args, "reward")
+    settings = prepare_stage(args, "reward")
     policy, tokenizer = load_run(args.model)
     if isinstance(policy, PeftModel):
         # a prompt/prefix/adapter-tuned policy: the reward model starts from its transformer alone
         # (the adapter shapes generation; the reward head reads the plain network)
         policy = policy.unload()
-    reward_model, metrics = reward_stage(policy, tokenizer, args.out, settings)
-    save_run(reward_model, tokenizer, args.out)
+    reward_model, metrics = reward_stage(policy, tokenizer, args.out, settings, resume=args.resume)
+    finish(reward_model, tokenizer, args.out, "reward")
     print_summary(metrics)
     return 0
 
 
 def run_ppo(args) -> int:
-    settings = stage_settings(args, "ppo")
+    settings = prepare_stage(args, "ppo")
     policy, tokenizer = load_run(args.model)
     reward_model = load_model(args.reward_model)
-    trained, history, metrics = ppo_stage(policy, reward_model, tokenizer, args.out, settings)
-    save_run(trained, tokenizer, args.out)
+    trained, history, metrics = ppo_stage(policy, reward_model, tokenizer, args.out, settings, resume=args.resume)
+    finish(trained, tokenizer, args.out, checkpoint_folder("ppo", PPOConfig(**settings["ppo"])))
     print_summary({**metrics, "last": history[-1]})
     return 0
 
 
 def run_dpo(args) -> int:
-    settings = stage_settings(args, "dpo")
+    settings = prepare_stage(args, "dpo")
     policy, tokenizer = load_run(args.model)
     trained, metrics = dpo_stage(policy, tokenizer, args.out, settings,
-                                 wrap=lambda copy: apply_peft_from_args(copy, args, tokenizer=tokenizer))
-    save_run(trained, tokenizer, args.out)
+                                 wrap=lambda copy: apply_peft_from_args(copy, args, tokenizer=tokenizer),
+                                 resume=args.resume)
+    finish(trained, tokenizer, args.out, "dpo")
     print_summary(metrics)
     return 0
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, stage: str, model_help: str) -> None:
     parser.add_argument("--model", required=True, help=model_help)
-    parser.add_argument("--out", required=True, type=Path, help="output run directory")
+    parser.add_argument("--out", required=True, type=Path, help="output run directory (it must not hold a run yet)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                         help="the lifecycle preset whose settings and data sizes start this stage (default default)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue an interrupted run from its checkpoint in OUT/{stage}/ (same settings)"
+                             + (" (OUT/grpo/ for GRPO)" if stage == "ppo" else ""))
+    add_overwrite_argument(parser)
     add_dataclass_arguments(parser, STAGE_CONFIGS[stage], f"{stage} settings")
 
 

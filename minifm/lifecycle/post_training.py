@@ -66,7 +66,7 @@ def _train_tasks(preset: dict, tokenizer, policy, new_tokens: int) -> list[dict]
 
 
 # ---------------------------------------------------------------------- stages
-def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
+def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print, resume: bool = False) -> dict:
     """SFT in place on tinyworld's train instructions; accuracy before and after on held-out prompts."""
     preset = _stage_settings(preset, policy)
     block, new_tokens = context_length(policy), preset["max_new_tokens"]
@@ -76,7 +76,7 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
     log(f"sft: held-out accuracy before {before['accuracy']:.3f}")
     config = SFTConfig(**preset["sft"])
     started = time.perf_counter()
-    result = train_sft(policy, tokenizer, train_tasks, config, run_dir=Path(run_dir) / "sft")
+    result = train_sft(policy, tokenizer, train_tasks, config, run_dir=Path(run_dir) / "sft", resume=resume)
     after = evaluate_instructions(policy, tokenizer, eval_tasks, preset["max_new_tokens"])
     log(f"sft: loss {result.losses()[0]:.3f} -> {result.losses()[-1]:.3f}, accuracy after {after['accuracy']:.3f}")
     return {"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
@@ -86,14 +86,15 @@ def sft_stage(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
             "examples_after": after["examples"], "config": config.to_dict()}
 
 
-def reward_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print) -> tuple[RewardModel, dict]:
+def reward_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print,
+                 resume: bool = False) -> tuple[RewardModel, dict]:
     """A reward model started from the SFT policy; held-out preference accuracy and correlation."""
     preset = _stage_settings(preset, sft_policy)
     config = RewardConfig(**preset["reward"])
     reward_model = RewardModel.from_policy(sft_policy)
     started = time.perf_counter()
     result = train_reward_model(reward_model, tokenizer, _pairs("train", preset, tokenizer, sft_policy),
-                                config, run_dir=Path(run_dir) / "reward")
+                                config, run_dir=Path(run_dir) / "reward", resume=resume)
     metrics = evaluate_reward_model(reward_model, tokenizer, _pairs("test", preset, tokenizer, sft_policy),
                                     tinyworld.ground_truth_reward, config.max_length)
     metrics.update(final_loss=result.losses()[-1], steps=result.step, seconds=time.perf_counter() - started,
@@ -143,7 +144,7 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
     return policy, history, metrics
 
 
-def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None):
+def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None, resume: bool = False):
     """DPO from a copy of the SFT policy (the SFT policy is the reference); returns (policy, metrics).
     `wrap(copy) -> model` may wrap the trainable copy first (the CLI's --peft)."""
     policy = _trainable(sft_policy)
@@ -153,7 +154,7 @@ def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None
     config = DPOConfig(**preset["dpo"])
     started = time.perf_counter()
     result, stats = train_dpo(policy, tokenizer, _pairs("train", preset, tokenizer, policy), config,
-                              ref_policy=sft_policy, run_dir=Path(run_dir) / "dpo")
+                              ref_policy=sft_policy, run_dir=Path(run_dir) / "dpo", resume=resume)
     log(f"dpo: loss {result.losses()[0]:.3f} -> {result.losses()[-1]:.3f}, last-batch reward accuracy "
               f"{stats.get('rewards_accuracy', float('nan')):.2f}")
     return policy, {"final_loss": result.losses()[-1], "steps": result.step, "last_batch": stats,

@@ -132,7 +132,7 @@ def dpo_loss_fn(config: DPOConfig, pad_id: int, reference=None):
 
 
 def train_dpo_encoded(policy, encoded: list[dict], pad_id: int, config: DPOConfig | None = None, ref_policy=None,
-                      run_dir=None):
+                      run_dir=None, resume: bool = False):
     """DPO on encoded pairs (encode_preference_pairs) with the shared loop; returns (TrainResult, last stats)."""
     config = config or DPOConfig()
     if not encoded:
@@ -145,12 +145,13 @@ def train_dpo_encoded(policy, encoded: list[dict], pad_id: int, config: DPOConfi
     loss_fn = dpo_loss_fn(config, pad_id, reference)
     policy.eval()  # no dropout: policy and reference log-probs must be comparable
     result = train(policy, loss_fn, shuffled_batches(encoded, config.per_device_train_batch_size),
-                   config, run_dir=run_dir, stage="dpo", run_config=config.to_dict())
+                   config, run_dir=run_dir, stage="dpo", run_config=config.to_dict(), resume=resume)
     policy.eval()
     return result, dict(loss_fn.last_stats)
 
 
-def train_dpo(policy, tokenizer, pairs, config: DPOConfig | None = None, ref_policy=None, run_dir=None):
+def train_dpo(policy, tokenizer, pairs, config: DPOConfig | None = None, ref_policy=None, run_dir=None,
+              resume: bool = False):
     """Train `policy` in place with DPO on [{"prompt", "chosen", "rejected"}].
 
     `ref_policy` defaults to a frozen copy of the policy as it is when training starts.
@@ -159,4 +160,4 @@ def train_dpo(policy, tokenizer, pairs, config: DPOConfig | None = None, ref_pol
     config = config or DPOConfig()
     encoded = encode_preference_pairs(tokenizer, pairs, config.max_length)
     check_responses_kept(encoded, config.max_length)
-    return train_dpo_encoded(policy, encoded, special_id(tokenizer, PAD_TOKEN), config, ref_policy, run_dir)
+    return train_dpo_encoded(policy, encoded, special_id(tokenizer, PAD_TOKEN), config, ref_policy, run_dir, resume)

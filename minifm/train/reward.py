@@ -52,7 +52,8 @@ def reward_batch_loss(reward_model, batch, pad_id: int, config: RewardConfig):
     return loss, accuracy
 
 
-def train_reward_model_encoded(reward_model, encoded, pad_id: int, config: RewardConfig | None = None, run_dir=None):
+def train_reward_model_encoded(reward_model, encoded, pad_id: int, config: RewardConfig | None = None, run_dir=None,
+                               resume: bool = False):
     """Train `reward_model` in place on encoded pairs (encode_preference_pairs) with the shared loop."""
     config = config or RewardConfig()
 
@@ -62,16 +63,18 @@ def train_reward_model_encoded(reward_model, encoded, pad_id: int, config: Rewar
 
     reward_model.train()
     result = train(reward_model, loss_fn, shuffled_batches(encoded, config.per_device_train_batch_size),
-                   config, run_dir=run_dir, stage="reward", run_config=config.to_dict())
+                   config, run_dir=run_dir, stage="reward", run_config=config.to_dict(), resume=resume)
     reward_model.eval()
     return result
 
 
-def train_reward_model(reward_model, tokenizer, pairs, config: RewardConfig | None = None, run_dir=None):
+def train_reward_model(reward_model, tokenizer, pairs, config: RewardConfig | None = None, run_dir=None,
+                       resume: bool = False):
     """Train `reward_model` in place on [{"prompt", "chosen", "rejected"}] pairs; returns the loop's TrainResult."""
     config = config or RewardConfig()
     encoded = encode_preference_pairs(tokenizer, pairs, config.max_length)
-    return train_reward_model_encoded(reward_model, encoded, special_id(tokenizer, PAD_TOKEN), config, run_dir)
+    return train_reward_model_encoded(reward_model, encoded, special_id(tokenizer, PAD_TOKEN), config, run_dir,
+                                      resume)
 
 
 def score_texts(reward_model, tokenizer, prompts, responses, max_length: int = 64, batch_size: int = 64) -> np.ndarray:

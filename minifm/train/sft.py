@@ -46,7 +46,8 @@ class SFTConfig(PostTrainingConfig):
     packing: bool = False
 
 
-def train_sft_encoded(model, encoded, pad_id: int, config: SFTConfig | None = None, run_dir=None):
+def train_sft_encoded(model, encoded, pad_id: int, config: SFTConfig | None = None, run_dir=None,
+                      resume: bool = False):
     """Fine-tune `model` in place on (input_ids, labels) pairs with the shared loop; returns its TrainResult."""
     config = config or SFTConfig()
 
@@ -57,15 +58,15 @@ def train_sft_encoded(model, encoded, pad_id: int, config: SFTConfig | None = No
 
     model.train()
     result = train(model, loss_fn, shuffled_batches(encoded, config.per_device_train_batch_size), config,
-                   run_dir=run_dir, stage="sft", run_config=config.to_dict())
+                   run_dir=run_dir, stage="sft", run_config=config.to_dict(), resume=resume)
     model.eval()
     return result
 
 
-def train_sft(model, tokenizer, examples, config: SFTConfig | None = None, run_dir=None):
+def train_sft(model, tokenizer, examples, config: SFTConfig | None = None, run_dir=None, resume: bool = False):
     """Fine-tune `model` in place on [{"prompt", "completion"}] / [{"messages"}] examples (shared loop)."""
     return train_sft_encoded(model, encode_sft_examples(tokenizer, examples), special_id(tokenizer, PAD_TOKEN),
-                             config, run_dir)
+                             config, run_dir, resume)
 
 
 __all__ = ["SFTConfig", "sft_loss", "train_sft", "train_sft_encoded"]
