@@ -4,7 +4,7 @@ The test-time-compute baseline every RLHF result should be compared with: no wei
 policy only spends N times the sampling compute. `best_of_n(model, reward_model, prompts, n)` is a
 thin, named entry point over `generate(..., best_of=n, reward_model=...)` (minifm.sampling.generate
 does the sampling, the scoring and the selection); `reward_model` is any callable
-`(sequences (M, T), attention_mask (M, T)) -> (M,) rewards`, e.g. minifm.train.reward.RewardModel.
+`(sequences (M, T), attention_mask (M, T)) -> (M,) rewards`, e.g. minifm.models.heads.RewardModel.
 
 Its cost in KL: the selected completion is drawn from a distribution whose KL to the policy is
 at most log(n) - (n - 1) / n (Stiennon et al. 2020; exact when all samples are distinct), which
