@@ -47,7 +47,7 @@ class PeftStageConfig(ConfigBase):
     """How much work each of the eight runs does."""
 
     max_steps: int = 120
-    batch_size: int = 16
+    per_device_train_batch_size: int = 16
     max_length: int = 40
     n_train: int | None = None       # training examples (None = the whole train split)
     n_test: int = 64                 # held-out prompts answered greedily
@@ -133,8 +133,8 @@ def optimizer_state_bytes(optimizer) -> int:
 def train_one(model, encoded, pad_id: int, config: PeftStageConfig, learning_rate: float, seed: int):
     """Fine-tune `model` (full or PEFT-wrapped) in place with the shared loop; returns (result, optimizer)."""
     sft_config = SFTConfig(learning_rate=learning_rate, max_steps=config.max_steps,
-                           per_device_train_batch_size=config.batch_size, max_length=config.max_length,
-                           warmup_steps=config.warmup_steps, weight_decay=0.0, seed=seed)
+                           per_device_train_batch_size=config.per_device_train_batch_size,
+                           max_length=config.max_length, warmup_steps=config.warmup_steps, weight_decay=0.0, seed=seed)
     optimizer = make_optimizer(model, sft_config)
 
     def loss_fn(model, batch):
@@ -142,8 +142,9 @@ def train_one(model, encoded, pad_id: int, config: PeftStageConfig, learning_rat
         return sft_loss(model, inputs, targets, mask), int(np.sum(targets != IGNORE_INDEX))
 
     model.train()
-    result = train(model, loss_fn, shuffled_batches(encoded, config.batch_size), sft_config, optimizer=optimizer,
-                   stage="peft", run_config=sft_config.to_dict())
+    batches = shuffled_batches(encoded, config.per_device_train_batch_size)
+    result = train(model, loss_fn, batches, sft_config, optimizer=optimizer, stage="peft",
+                   run_config=sft_config.to_dict())
     model.eval()
     return result, optimizer
 

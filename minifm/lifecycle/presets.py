@@ -43,8 +43,8 @@ PRESETS: dict[str, dict[str, dict]] = {
             "dpo": {"max_steps": 10, "per_device_train_batch_size": 16, "learning_rate": 1e-4},
             "best_of_n": 4, "max_new_tokens": 16, "eval_samples": 1,
         },
-        "peft": {"max_steps": 6, "batch_size": 8, "n_train": 64, "n_test": 12, "max_new_tokens": 8,
-                 "warmup_steps": 1},
+        "peft": {"max_steps": 6, "per_device_train_batch_size": 8, "n_train": 64, "n_test": 12,
+                 "max_new_tokens": 8, "warmup_steps": 1},
     },
     "default": {
         "curate": {"corpus_bytes": 600_000, "seed": 0},
@@ -69,12 +69,7 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 # settings a --config file may give a stage although the preset leaves them at their defaults
-OPTIONAL_KEYS = {
-    "peft": ("max_steps", "batch_size", "max_length", "n_train", "n_test", "max_new_tokens", "warmup_steps",
-             "lora_targets", "lora_alpha_per_rank", "lora_trainable_tokens", "num_virtual_tokens",
-             "reduction_factor", "lr_full", "lr_lora", "lr_adapter", "lr_prompt", "lr_prefix", "lr_ia3",
-             "plain_answers"),
-}
+OPTIONAL_KEYS = {"peft": tuple(PeftStageConfig.field_names())}
 
 
 @dataclass

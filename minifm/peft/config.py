@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minifm.config import ConfigBase, ConfigError
+
 PEFT_TYPES = ("lora", "adapter", "prompt", "prefix", "ia3")
 
 
@@ -70,8 +72,12 @@ def _check_targets(name: str, value) -> None:
 
 
 @dataclass
-class PeftConfig:
-    """Fields shared by every method (PEFT's `peft_type`, `task_type`, `base_model_name_or_path`)."""
+class PeftConfig(ConfigBase):
+    """Fields shared by every method (PEFT's `peft_type`, `task_type`, `base_model_name_or_path`).
+
+    A minifm ConfigBase whose from_dict also dispatches on "peft_type" (PeftConfig.from_dict of an
+    adapter_config.json gives the method's own class, as PEFT's files are read) and whose to_dict
+    writes sets as sorted lists; each method checks its fields in __post_init__ with PEFT's messages."""
 
     peft_type: str = field(default="", init=False)
     modules_to_save: list[str] | None = None
@@ -85,6 +91,8 @@ class PeftConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PeftConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
         data = dict(data)
         peft_type = data.pop("peft_type", None)
         target_class = CONFIG_CLASSES.get(peft_type, cls) if cls is PeftConfig else cls
@@ -93,7 +101,8 @@ class PeftConfig:
         valid = {f.name for f in dataclasses.fields(target_class) if f.init}
         unknown = sorted(set(data) - valid)
         if unknown:
-            raise ValueError(f"unknown {target_class.__name__} keys {unknown}; valid keys are {sorted(valid)}")
+            raise ConfigError(f"unknown {target_class.__name__} keys {unknown}; valid keys are {sorted(valid)}",
+                              unknown[0])
         return target_class(**data)
 
 
