@@ -1,4 +1,4 @@
-"""Sources: text folders, TRL-style JSONL validation with line/field errors, python-stdlib corpus."""
+"""Sources: text folders (their splitting: test_text_splitting.py), TRL-style JSONL validation with line/field errors, python-stdlib corpus."""
 import json
 import sysconfig
 from pathlib import Path
@@ -18,6 +18,7 @@ def test_load_texts_file_and_recursive_folder(tmp_path):
     (tmp_path / "b" / "deep.md").write_text("# deep", encoding="utf-8")
     (tmp_path / "a.txt").write_text("first", encoding="utf-8")
     (tmp_path / "skip.py").write_text("print(1)", encoding="utf-8")
+    (tmp_path / ".hidden.txt").write_text("hidden", encoding="utf-8")
     assert sources.load_texts(tmp_path) == ["first", "# deep"]          # sorted by path: a.txt < b/deep.md
     assert sources.load_texts(tmp_path / "a.txt") == ["first"]
     with pytest.raises(ValueError, match="skip.py"):
@@ -84,7 +85,10 @@ def test_load_corpus_dispatch(tmp_path):
     assert sources.load_corpus("python-stdlib", max_bytes=50_000) == sources.python_stdlib_corpus(50_000)
     (tmp_path / "x.txt").write_text("words", encoding="utf-8")
     assert sources.load_corpus(tmp_path) == ["words"]
-    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
-    assert sources.load_corpus(path) == ["a", "b"]
+    long_text = "\n\n".join(["a paragraph of plain text."] * 400)        # a .txt file is split ...
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}, {"text": long_text}])
+    said = []
+    assert sources.load_corpus(path, log=said.append) == ["a", "b", long_text]   # ... a JSONL record never
+    assert said == [f"{path}: 3 documents (one per JSONL record)"]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         sources.load_corpus("nowhere")
