@@ -4,7 +4,9 @@ Every rule is a small dataclass with a `name` and its thresholds, built on the `
 minifm/data/rules.py: `rule.check(text)` returns a `RuleResult(keep, reason)`, and `rule.run(texts)`
 applies it to a list (the deduplication rules of dedup.py override `run`). `QualityPipeline(rules).run(docs)` applies the rules in order,
 each to the documents the earlier rules kept, and returns a `CurationResult` with the kept
-documents, every dropped document with the rule and reason, and a per-rule table.
+documents, every dropped document with the rule and reason, a per-rule table (`table()`) and the
+rule that dropped the most (`top_rule()`), which is what a user needs to see when a preset does not
+fit their text (pre-training refuses a curation that drops more than 95%: minifm/train/pretrain.py).
 
 Simplifications against the originals:
 * C4 removes offending *lines* (no terminal punctuation, fewer than 3 words, "javascript") and
@@ -382,6 +384,14 @@ class CurationResult:
         for d in self.dropped:
             out.setdefault(d.rule, []).append(d)
         return out
+
+    def dropped_fraction(self) -> float:
+        return len(self.dropped) / self.n_input if self.n_input else 0.0
+
+    def top_rule(self) -> RuleStats | None:
+        """The rule that dropped the most documents (the first such in pipeline order); None if none dropped any."""
+        busiest = max(self.rule_stats, key=lambda s: s.dropped, default=None)
+        return busiest if busiest is not None and busiest.dropped else None
 
     def table(self) -> str:
         """A printable per-rule table: rule, documents seen, dropped, fraction of input, example reason."""

@@ -93,6 +93,16 @@ def test_pipeline_bookkeeping_and_table():
     assert "curly_braces" in table and "exact_dedup" in table and "near_dedup" in table
     assert len(table.splitlines()) == len(result.rule_stats) + 2
     assert set(result.dropped_by_rule()) >= {"document_words", "curly_braces", "exact_dedup"}
+    assert result.dropped_fraction() == 4 / 5
+    assert result.top_rule().rule == "exact_dedup" and result.top_rule().dropped == 2
+
+
+def test_top_rule_is_the_first_busiest_and_none_when_nothing_dropped():
+    result = q.QualityPipeline([q.DocumentWords(), q.CurlyBraces()]).run(["short.", "{ }", GOOD])
+    assert result.top_rule().rule == "document_words"   # both dropped 1: the first in pipeline order
+    clean = q.QualityPipeline([q.CurlyBraces()]).run([GOOD])
+    assert clean.top_rule() is None and clean.dropped_fraction() == 0.0
+    assert q.QualityPipeline().run([]).dropped_fraction() == 0.0
 
 
 def test_pipeline_rejects_non_strings_and_duplicate_rule_names():
