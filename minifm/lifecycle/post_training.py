@@ -161,23 +161,31 @@ def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None
                     "seconds": time.perf_counter() - started, "config": config.to_dict()}
 
 
-def run_post_training(policy, tokenizer, run_dir, preset: dict, log=print) -> dict:
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / "train_state.json").is_file()
+
+
+def run_post_training(policy, tokenizer, run_dir, preset: dict, log=print, resume: bool = False) -> dict:
     """Run every post-training stage on a pre-trained `policy` (changed in place by SFT) with the
     settings `preset` (PRESETS[name]["post_training"]); returns the summary.
 
-    Writes post_training.json, post_training.md and the two plots into run_dir.
+    Writes post_training.json, post_training.md and the two plots into run_dir. With `resume`, each
+    trainer that left a checkpoint (run_dir/sft, reward, ppo, dpo) continues from it; a finished one
+    runs no further step.
     """
     settings = copy.deepcopy(preset)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    sft = sft_stage(policy, tokenizer, run_dir, settings, log)
+    sft = sft_stage(policy, tokenizer, run_dir, settings, log, resume=resume and has_checkpoint(run_dir / "sft"))
     sft_policy = policy
     sft_policy.requires_grad_(False)  # the frozen reference from here on; copies are made trainable below
-    reward_model, reward = reward_stage(sft_policy, tokenizer, run_dir, settings, log)
-    ppo_policy, ppo_history, ppo_metrics = ppo_stage(sft_policy, reward_model, tokenizer, run_dir,
-                                                     settings, log)
-    dpo_policy, dpo_metrics = dpo_stage(sft_policy, tokenizer, run_dir, settings, log)
+    reward_model, reward = reward_stage(sft_policy, tokenizer, run_dir, settings, log,
+                                        resume=resume and has_checkpoint(run_dir / "reward"))
+    ppo_policy, ppo_history, ppo_metrics = ppo_stage(sft_policy, reward_model, tokenizer, run_dir, settings, log,
+                                                     resume=resume and has_checkpoint(run_dir / "ppo"))
+    dpo_policy, dpo_metrics = dpo_stage(sft_policy, tokenizer, run_dir, settings, log,
+                                        resume=resume and has_checkpoint(run_dir / "dpo"))
     evaluation_started = time.perf_counter()
     temperature = PPOConfig(**settings["ppo"]).temperature
     table = evaluate_policies({"sft": sft_policy, "ppo": ppo_policy, "dpo": dpo_policy, "best_of_n": sft_policy},

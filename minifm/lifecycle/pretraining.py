@@ -34,7 +34,7 @@ SAMPLING_SETTINGS = [  # (label, generate() keyword arguments)
 ]
 
 
-def curate_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
+def curate_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
     documents = tinyworld.generate_documents(size_bytes=settings["corpus_bytes"], seed=settings["seed"])
     texts = [d.text for d in documents]
     result = QualityPipeline(preset="web").run(texts)
@@ -60,7 +60,7 @@ def curate_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
             "artifacts": {"texts": result.kept, "documents": kept_documents}}
 
 
-def tokenizer_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
+def tokenizer_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
     documents = outputs["curate"]["artifacts"]["documents"]
     texts = [d.text for d in documents]
     started = time.perf_counter()
@@ -86,13 +86,14 @@ def tokenizer_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
     return {"figures": figures, "markdown": markdown, "artifacts": {"tokenizer": tokenizer}}
 
 
-def pretrain_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
+def pretrain_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
     model_keys = PretrainConfig.field_names()
     config = PretrainConfig(arch="gpt", corpus="tinyworld", **{k: v for k, v in settings.items() if k in model_keys})
     train_config = TrainConfig(**{k: v for k, v in settings.items() if k not in model_keys})
     summary = run_pretraining(run_dir / "pretrain", config, train_config,
                               tokenizer=outputs["tokenizer"]["artifacts"]["tokenizer"],
-                              texts=outputs["curate"]["artifacts"]["texts"])
+                              texts=outputs["curate"]["artifacts"]["texts"],
+                              resume=resume and (run_dir / "pretrain" / "train_state.json").is_file())
     figures = {k: v for k, v in summary.items() if k not in ("model", "tokenizer", "curation")}
     figures["loss_curve"] = "pretrain/loss_curve.png"
     rows = [["parameters", f"{summary['params']:,}"], ["steps", summary["steps"]],
@@ -120,7 +121,7 @@ def sampling_prompts(n_prompts: int, seed: int) -> list[str]:
     return prompts
 
 
-def sampling_stage(run_dir: Path, settings: dict, outputs: dict) -> dict:
+def sampling_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
     model = outputs["pretrain"]["artifacts"]["model"]
     tokenizer = outputs["pretrain"]["artifacts"]["tokenizer"]
     eos = tokenizer.special_tokens.get("<|endoftext|>")

@@ -98,7 +98,7 @@ class TrainResult:
     step: int                      # steps done in total
     tokens: int                    # tokens seen in total (the step kind's "tokens" state; 0 if it counts none)
     elapsed_s: float               # training wall time in total (all resumptions)
-    history: list                  # every metrics row of this run (steps and evaluations)
+    history: list                  # every metrics row of the run (steps, evaluations), also those before a resume
     final_eval: dict               # the last evaluation's metrics (empty without eval_fn)
     run_dir: str | None
 
@@ -383,6 +383,7 @@ class TrainingLoop:
         if resume:
             kept = read_metrics(metrics_path)[:rows_kept]
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
+            self.history = kept  # the result's history covers the whole run, before the resume too
         elif metrics_path.exists():
             metrics_path.unlink()
         return open(metrics_path, "a", encoding="utf-8")
