@@ -8,9 +8,15 @@ supplies the targets. Three objectives, one per architecture family:
   span    (T5, enc-decoder)    random spans are replaced by sentinels <|extra_i|> in the encoder input;
                                the decoder writes "<|extra_0|> span0 <|extra_1|> span1 ..."
 The pipeline (`run_pretraining`): load the corpus (minifm.data.sources: "tinyworld", "python-stdlib",
-a folder, a .txt/.md file or a JSONL of {"text": ...}), optionally curate it (quality rules + dedup),
-train or load a BPE tokenizer, split *documents* into train / held-out (no window straddles the
-split), pack the token stream into fixed windows, and run the shared loop (minifm.train.loop).
+a folder, a .txt/.md file cut into documents on its blank lines, or a JSONL of {"text": ...}),
+optionally curate it (quality rules + dedup; a curation that drops more than 95% of the documents
+is refused after printing its per-rule table, with the way out: no curation or the other preset),
+train or load a BPE tokenizer, split into train / held-out, pack the token stream into fixed
+windows, and run the shared loop (minifm.train.loop). The held-out split takes whole documents at
+random when there are at least DOCUMENT_SPLIT_MIN_DOCUMENTS of them (no window straddles the
+split), else the last val_fraction of the token stream (one long file still trains); the log says
+which. Too little text for one held-out window or one training batch is refused before the model
+is built, with the numbers and what to change.
 Held-out loss is the token-weighted mean cross-entropy on the held-out windows and perplexity its
 exp; for mlm/span it is over the masked / corrupted targets (a "pseudo" perplexity, comparable
 only within one objective). A loss-curve PNG is written to the run directory.
@@ -26,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,7 +40,7 @@ import minifm.functional as F
 from minifm.config import ConfigBase
 from minifm.data.batches import causal_lm_batches, mask_for_mlm, pack_causal_lm, span_corruption
 from minifm.data.quality import QualityPipeline
-from minifm.data.sources import load_corpus
+from minifm.data.sources import load_corpus, plural
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, T5Config
 from minifm.models.sizes import param_count
 from minifm.tokenizer import BPETokenizer
@@ -43,6 +50,9 @@ from minifm.train.loop import Trainer, read_metrics
 from minifm.train.plots import plot_loss_curve
 
 OBJECTIVE_OF_ARCH = {"gpt": "causal", "bert": "mlm", "t5": "span"}
+CURATION_PRESETS = ("web", "code")
+MAX_CURATION_DROP = 0.95            # a curation dropping more than this share does not fit the text
+DOCUMENT_SPLIT_MIN_DOCUMENTS = 20   # fewer documents: hold out the tail of the token stream instead
 
 
 @dataclass
@@ -53,8 +63,9 @@ class PretrainConfig(ConfigBase):
     corpus: str = "tinyworld"       # "tinyworld" | "python-stdlib" | a path (.txt/.md, folder, .jsonl with "text")
     corpus_bytes: int = 400_000     # size of the generated tinyworld corpus / cap for python-stdlib
     curate: bool = True             # run the quality pipeline (+ dedup) before tokenizing
+    rules: str | None = None        # curation preset "web" | "code" (default: code for python-stdlib, web otherwise)
     vocab_size: int = 1024          # BPE vocabulary when a tokenizer is trained here
-    val_fraction: float = 0.05      # fraction of documents held out
+    val_fraction: float = 0.05      # fraction held out: of the documents, or of the tokens when there are few
     eval_batches: int = 8           # held-out batches scored at each evaluation
     block_size: int = 128
     n_layer: int = 4
@@ -75,6 +86,8 @@ class PretrainConfig(ConfigBase):
         self.check_choice("pos", ("learned", "rope"))
         self.check_choice("norm", ("layernorm", "rmsnorm"))
         self.check_choice("mlp", ("gelu", "swiglu"))
+        if self.rules is not None:
+            self.check_choice("rules", CURATION_PRESETS)
         self.check_range("val_fraction", 0, 1, low_open=True, high_open=True)
         for name in ("corpus_bytes", "vocab_size", "eval_batches", "block_size", "n_layer", "n_head", "n_embd",
                      "n_kv_head"):
@@ -257,19 +270,35 @@ def make_objective(config: PretrainConfig, train_windows, val_windows, batch_siz
 
 
 # ---------------------------------------------------------------------------------------- data
-def load_texts(config: PretrainConfig) -> list[str]:
-
+def load_texts(config: PretrainConfig, log=print) -> list[str]:
+    """The corpus config.corpus names; for a file or folder `log` hears how its text became documents."""
     if config.corpus == "tinyworld":
         return load_corpus("tinyworld", max_bytes=config.corpus_bytes)
     if config.corpus == "python-stdlib":
         return load_corpus("python-stdlib", max_bytes=config.corpus_bytes)
-    return load_corpus(config.corpus)
+    return load_corpus(config.corpus, log=log)
 
 
-def curate_texts(texts: list[str], corpus: str):
-    """Run the quality pipeline ("code" rules for python-stdlib, "web" rules otherwise)."""
+def curation_preset(config: PretrainConfig) -> str:
+    return config.rules or ("code" if config.corpus == "python-stdlib" else "web")
 
-    return QualityPipeline(preset="code" if corpus == "python-stdlib" else "web").run(texts)
+
+def curate_texts(texts: list[str], preset: str = "web"):
+    """Run the quality pipeline with the "web" (prose) or "code" rules."""
+    return QualityPipeline(preset=preset).run(texts)
+
+
+def check_curation(curation, preset: str, log=print) -> None:
+    """Refuse a curation that kept nothing or dropped more than MAX_CURATION_DROP of the documents: the
+    rules do not fit this text. `log` gets the per-rule table; the error is one line with the way out."""
+    if curation.kept and curation.dropped_fraction() <= MAX_CURATION_DROP:
+        return
+    log(curation.table())
+    top = curation.top_rule()
+    culprit = f"; {top.rule} dropped {top.dropped}" if top is not None else ""
+    other = next(p for p in CURATION_PRESETS if p != preset)
+    raise ValueError(f"curation kept {len(curation.kept)} of {curation.n_input} documents with the {preset!r} "
+                     f"rules (table above{culprit}); try --no-curate or --rules {other}")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -278,26 +307,83 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return BPETokenizer.train(texts, vocab_size, special_tokens=DEFAULT_SPECIAL_TOKENS)
 
 
-def split_documents(token_lists: list[list[int]], val_fraction: float, seed: int):
-    """Hold out a random fraction of whole documents (at least one); returns (train, held_out)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(token_lists))
-    n_val = max(1, int(round(len(token_lists) * val_fraction)))
-    if len(token_lists) < 2:
-        raise ValueError(f"need at least 2 documents to hold some out, got {len(token_lists)}")
-    val = [token_lists[i] for i in sorted(order[:n_val])]
-    train = [token_lists[i] for i in sorted(order[n_val:])]
-    return train, val
+class HeldOutSplit(NamedTuple):
+    train: list                # token lists
+    held_out: list             # token lists
+    kind: str                  # "document" | "token"
+    description: str           # one line for the log
+
+
+def split_documents(token_lists: list, val_fraction: float, seed: int) -> HeldOutSplit:
+    """Train / held-out token lists.
+
+    With at least DOCUMENT_SPLIT_MIN_DOCUMENTS documents, a random val_fraction of whole documents is
+    held out (at least one, never all): no window straddles the split. With fewer (one long file, a
+    handful of notes), a whole-document split would be too coarse, so the last val_fraction of the
+    tokens of the documents in order is held out (at least one token, never all), cutting one
+    document in two: a token-level split.
+    """
+    n_documents = len(token_lists)
+    n_tokens = sum(len(tokens) for tokens in token_lists)
+    if n_tokens < 2:
+        raise ValueError(f"split_documents: need at least 2 tokens to hold some out, got {n_tokens} in "
+                         f"{plural(n_documents, 'document')}")
+    if n_documents >= DOCUMENT_SPLIT_MIN_DOCUMENTS:
+        order = np.random.default_rng(seed).permutation(n_documents)
+        n_val = min(n_documents - 1, max(1, int(round(n_documents * val_fraction))))
+        held_out = [token_lists[i] for i in sorted(order[:n_val])]
+        train = [token_lists[i] for i in sorted(order[n_val:])]
+        return HeldOutSplit(train, held_out, "document",
+                            f"held out {n_val:,} of {n_documents:,} documents ({n_val / n_documents:.1%}), chosen "
+                            "at random (a document-level split)")
+    n_val = min(n_tokens - 1, max(1, int(round(n_tokens * val_fraction))))
+    train, held_out, missing = list(token_lists), [], n_val
+    while missing:
+        last = train.pop()
+        if len(last) <= missing:
+            held_out.insert(0, last)
+            missing -= len(last)
+        else:
+            train.append(last[:len(last) - missing])
+            held_out.insert(0, last[len(last) - missing:])
+            missing = 0
+    few = plural(n_documents, "document") + (" is" if n_documents == 1 else " are")
+    return HeldOutSplit(train, held_out, "token",
+                        f"held out the last {n_val:,} of {n_tokens:,} tokens ({n_val / n_tokens:.1%}), a token-level "
+                        f"split since {few} fewer than {DOCUMENT_SPLIT_MIN_DOCUMENTS}")
 
 
 def pack(token_lists, block_size: int, eos_id: int, what: str) -> np.ndarray:
-
+    """Windows of block_size + 1 tokens (documents joined by eos); too few tokens is a ValueError."""
     total = sum(len(t) + 1 for t in token_lists)
     if total < block_size + 1:
         raise ValueError(f"the {what} split has {total} tokens, fewer than one window of block_size + 1 = "
                          f"{block_size + 1}: use a larger corpus, a smaller block_size or (held-out) a larger "
                          "val_fraction")
     return pack_causal_lm(token_lists, block_size, eos_id)
+
+
+def pack_split(split: HeldOutSplit, config: PretrainConfig, batch_size: int, eos_id: int):
+    """(train windows, held-out windows), after checking that the held-out part fills one window and the
+    training part one batch; else a ValueError with the numbers and what to change."""
+    window = config.block_size + 1
+    train_tokens = sum(len(t) + 1 for t in split.train)     # + 1: the eos after each document
+    val_tokens = sum(len(t) + 1 for t in split.held_out)
+    total = train_tokens + val_tokens
+    if val_tokens < window:
+        needed = math.ceil(100 * window / total * 1.05) / 100   # 5% slack: random documents vary in length
+        ways = [f"raise val_fraction (now {config.val_fraction}; about {needed} would do)"] if needed < 0.5 else []
+        ways += [f"lower block_size to at most {val_tokens - 1}", f"add text (the corpus has {total:,} tokens)"]
+        raise ValueError(f"the held-out split has {val_tokens:,} tokens, fewer than one window of block_size + 1 "
+                         f"= {window}: {', '.join(ways[:-1])}{',' if len(ways) > 2 else ''} or {ways[-1]}")
+    n_train_windows = (train_tokens - 1) // config.block_size
+    if n_train_windows < batch_size:
+        raise ValueError(f"the training split has {train_tokens:,} tokens, which pack into {n_train_windows} windows of "
+                         f"block_size + 1 = {window}, fewer than one batch of per_device_train_batch_size = {batch_size}: lower "
+                         f"per_device_train_batch_size or block_size, or add text (one batch needs "
+                         f"{batch_size * config.block_size + 1:,} training tokens)")
+    return pack(split.train, config.block_size, eos_id, "training"), pack(split.held_out, config.block_size, eos_id,
+                                                                           "held-out")
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -307,33 +393,37 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
 
     Writes into run_dir: tokenizer.json, config.json, model.safetensors, optimizer.safetensors,
     train_state.json, metrics.jsonl, loss_curve.png, pretrain_summary.json. Returns the summary
-    dict (with the live "model" and "tokenizer" objects added under those keys).
+    dict (with the live "model" and "tokenizer" objects added under those keys). Nothing is written
+    until the data is ready: text that cannot train (curation dropping nearly all of it, too little
+    for a held-out window or a batch) is refused with run_dir untouched.
     """
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     curation = None
     if texts is None:
-        texts = load_texts(config)
+        texts = load_texts(config, log)
         if config.curate:
-            curation = curate_texts(texts, config.corpus)
-            log(f"curation kept {len(curation.kept)} of {curation.n_input} documents")
+            preset = curation_preset(config)
+            curation = curate_texts(texts, preset)
+            log(f"curation ({preset} rules) kept {len(curation.kept)} of {curation.n_input} documents")
+            check_curation(curation, preset, log)
             texts = curation.kept
     tokenizer_path = run_dir / "tokenizer.json"
     if tokenizer is None and resume and tokenizer_path.exists():
         tokenizer = BPETokenizer.load(tokenizer_path)
     if tokenizer is None:
-        log(f"training a {config.vocab_size}-token BPE tokenizer on {len(texts)} documents")
+        log(f"training a {config.vocab_size}-token BPE tokenizer on {plural(len(texts), 'document')}")
         tokenizer = train_tokenizer(texts, config.vocab_size)
-    tokenizer.save(tokenizer_path)
     eos_id = tokenizer.special_tokens.get("<|endoftext|>")
     if eos_id is None:
         raise ValueError("the tokenizer needs an '<|endoftext|>' special token to separate documents")
     token_lists = tokenizer.encode_batch(texts)
-    train_docs, val_docs = split_documents(token_lists, config.val_fraction, train_config.seed)
-    train_windows = pack(train_docs, config.block_size, eos_id, "training")
-    val_windows = pack(val_docs, config.block_size, eos_id, "held-out")
+    split = split_documents(token_lists, config.val_fraction, train_config.seed)
+    log(split.description)
+    train_windows, val_windows = pack_split(split, config, train_config.per_device_train_batch_size, eos_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tokenizer_path)
     objective = make_objective(config, train_windows, val_windows, train_config.per_device_train_batch_size, tokenizer)
     model = build_model(config, tokenizer.vocab_size, tokenizer.special_tokens)
 
@@ -355,7 +445,7 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     summary = {
         "arch": config.arch, "objective": config.objective, "corpus": config.corpus,
-        "documents": len(texts), "train_windows": int(train_windows.shape[0]),
+        "documents": len(texts), "held_out_split": split.kind, "train_windows": int(train_windows.shape[0]),
         "val_windows": int(min(val_windows.shape[0], train_config.per_device_train_batch_size * config.eval_batches)),
         "params": n_params, "steps": result.step, "tokens": result.tokens,
         "train_elapsed_s": result.elapsed_s, "total_elapsed_s": time.perf_counter() - started,
@@ -373,5 +463,5 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     return summary
 
 
-__all__ = ["CausalLMObjective", "MaskedLMObjective", "PretrainConfig", "SpanCorruptionObjective", "build_model",
-           "make_objective", "run_pretraining", "split_documents"]
+__all__ = ["CausalLMObjective", "HeldOutSplit", "MaskedLMObjective", "PretrainConfig", "SpanCorruptionObjective",
+           "build_model", "check_curation", "make_objective", "pack_split", "run_pretraining", "split_documents"]

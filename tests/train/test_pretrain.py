@@ -1,17 +1,20 @@
 """Pre-training: the pipeline's files and numbers, held-out loss against an independent computation,
-document split, and one step of each objective (causal / masked LM / span corruption)."""
+the held-out split (whole documents, or the tail of the tokens when there are few), packing errors that
+say what to change, and one step of each objective (causal / masked LM / span corruption)."""
 import json
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minifm.data import tinyworld
 from minifm.runs import load_run
 from minifm.train.config import TrainConfig
 from minifm.train.pretrain import (
-    CausalLMObjective, PretrainConfig, build_model, make_objective, pack, run_pretraining,
-    split_documents, train_tokenizer,
+    DOCUMENT_SPLIT_MIN_DOCUMENTS, CausalLMObjective, PretrainConfig, build_model, make_objective, pack, pack_split,
+    run_pretraining, split_documents, train_tokenizer,
 )
 
 
@@ -59,8 +62,9 @@ def test_load_run_restores_the_trained_model(pretrained):
 def test_held_out_loss_matches_an_independent_cross_entropy(pretrained, texts, tokenizer):
     summary, _, config, train_config = pretrained
     eos = tokenizer.special_tokens["<|endoftext|>"]
-    _, val_docs = split_documents(tokenizer.encode_batch(texts), config.val_fraction, train_config.seed)
-    windows = pack(val_docs, config.block_size, eos, "held-out")[:train_config.per_device_train_batch_size * config.eval_batches]
+    split = split_documents(tokenizer.encode_batch(texts), config.val_fraction, train_config.seed)
+    assert split.kind == "document" and summary["held_out_split"] == "document"
+    windows = pack(split.held_out, config.block_size, eos, "held-out")[:train_config.per_device_train_batch_size * config.eval_batches]
     logits = summary["model"](windows[:, :-1]).data.astype(np.float64)  # (n, T, V)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -71,11 +75,72 @@ def test_held_out_loss_matches_an_independent_cross_entropy(pretrained, texts, t
 
 def test_split_documents_is_a_disjoint_cover():
     docs = [[i, i + 1] for i in range(50)]
-    train, val = split_documents(docs, 0.2, seed=3)
-    assert len(val) == 10 and len(train) == 40
+    train, val, kind, description = split_documents(docs, 0.2, seed=3)
+    assert len(val) == 10 and len(train) == 40 and kind == "document"
     assert sorted(map(tuple, train + val)) == sorted(map(tuple, docs))
-    with pytest.raises(ValueError, match="at least 2 documents"):
+    assert description == "held out 10 of 50 documents (20.0%), chosen at random (a document-level split)"
+    assert len(split_documents(docs[:20], 0.99, seed=0).train) == 1      # never all documents held out
+
+
+def test_one_document_holds_out_the_tail_of_its_tokens():
+    split = split_documents([list(range(100))], 0.1, seed=0)
+    assert split.kind == "token"
+    assert split.train == [list(range(90))] and split.held_out == [list(range(90, 100))]
+    assert split.description == ("held out the last 10 of 100 tokens (10.0%), a token-level split since 1 document "
+                                 "is fewer than 20")
+    assert split_documents([[1, 2]], 0.01, seed=0).held_out == [[2]]       # at least one token held out ...
+    assert split_documents([[1, 2]], 0.99, seed=0).train == [[1]]          # ... and at least one kept
+    with pytest.raises(ValueError, match="at least 2 tokens to hold some out, got 1 in 1 document"):
         split_documents([[1]], 0.5, seed=0)
+    with pytest.raises(ValueError, match="got 0 in 0 documents"):
+        split_documents([], 0.5, seed=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=40), val_fraction=st.floats(0.01, 0.99),
+       seed=st.integers(0, 3))
+def test_split_documents_properties(lengths, val_fraction, seed):
+    starts = np.cumsum([0] + lengths)
+    docs = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+    n_tokens = int(starts[-1])
+    if n_tokens < 2:
+        with pytest.raises(ValueError, match="at least 2 tokens"):
+            split_documents(docs, val_fraction, seed)
+        return
+    split = split_documents(docs, val_fraction, seed)
+    train_tokens = [t for d in split.train for t in d]
+    held_tokens = [t for d in split.held_out for t in d]
+    assert train_tokens and held_tokens
+    if len(docs) >= DOCUMENT_SPLIT_MIN_DOCUMENTS:       # whole documents, at random
+        assert split.kind == "document"
+        assert sorted(map(tuple, split.train + split.held_out)) == sorted(map(tuple, docs))
+        assert len(split.held_out) == min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
+    else:                                               # the tail of the token stream, in order
+        assert split.kind == "token"
+        assert train_tokens + held_tokens == list(range(n_tokens))
+        assert len(held_tokens) == min(n_tokens - 1, max(1, round(n_tokens * val_fraction)))
+        assert len(split.train) + len(split.held_out) in (len(docs), len(docs) + 1)   # at most one document cut
+
+
+def test_pack_split_says_what_to_change_with_the_numbers():
+    config = PretrainConfig(block_size=32, val_fraction=0.05)
+    split = split_documents([list(range(400))], config.val_fraction, seed=0)      # 20 tokens held out
+    with pytest.raises(ValueError, match=r"the held-out split has 21 tokens, fewer than one window of block_size \+ 1 "
+                                         r"= 33: raise val_fraction \(now 0\.05; about 0\.09 would do\), lower "
+                                         r"block_size to at most 20, or add text \(the corpus has 402 tokens\)"):
+        pack_split(split, config, batch_size=2, eos_id=0)
+    config = PretrainConfig(block_size=32, val_fraction=0.2)
+    split = split_documents([list(range(400))], config.val_fraction, seed=0)
+    with pytest.raises(ValueError, match=r"the training split has 321 tokens, which pack into 10 windows of "
+                                         r"block_size \+ 1 = 33, fewer than one batch of per_device_train_batch_size "
+                                         r"= 16: .* \(one batch needs 513 training tokens\)"):
+        pack_split(split, config, batch_size=16, eos_id=0)
+    train_windows, val_windows = pack_split(split, config, batch_size=8, eos_id=0)
+    assert train_windows.shape == (10, 33) and val_windows.shape == (2, 33)
+    assert val_windows[0, 0] == 320                                             # the held-out tail of the text
+    tiny = split_documents([list(range(20))], 0.5, seed=0)
+    with pytest.raises(ValueError, match=r"has 11 tokens, .*: lower block_size to at most 10 or add text"):
+        pack_split(tiny, config, batch_size=1, eos_id=0)                       # no val_fraction would do
 
 
 @pytest.mark.parametrize("arch", ["bert", "t5"])
