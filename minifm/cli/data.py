@@ -57,7 +57,7 @@ def read_texts(source: str, corpus_bytes: int) -> list[str]:
     """The documents of a generated corpus (capped at corpus_bytes) or of the user's path."""
     if source in GENERATED_CORPORA:
         return load_corpus(source, max_bytes=corpus_bytes)
-    return load_corpus(source)
+    return load_corpus(source, log=print)  # says how a file or folder was split into documents
 
 
 def add_curate_arguments(parser) -> None:
