@@ -1,9 +1,19 @@
 """Checkpoints: exact round trip, clear errors for corrupt or mismatched files, crash-safe saving."""
+import contextlib
 import json
+import os
+import stat
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import safetensors.numpy
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from safetensors import safe_open
 
 import minifm.checkpoint as ckpt
 from minifm.models import GPT, GPTConfig
@@ -163,3 +173,160 @@ def test_optimizer_without_saved_state_is_an_error(tmp_path):
 def test_nothing_is_unpickled():
     source = open(ckpt.__file__).read()
     assert "pickle" not in source.replace("unpickled", "") and "np.load(" not in source
+
+
+# ---------------------------------------------------------------------------- deterministic bytes
+def checkpoint_bytes(directory):
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_identical_weights_give_identical_bytes_and_the_safetensors_library_reads_them(tmp_path):
+    model, optimizer, _ = trained()
+    ckpt.save_checkpoint(tmp_path / "a", model, optimizer, train_state={"step": 2})
+    ckpt.save_checkpoint(tmp_path / "b", model, optimizer, train_state={"step": 2})
+    copy, copy_optimizer, _ = trained()  # the same run made again, separately
+    ckpt.save_checkpoint(tmp_path / "c", copy, copy_optimizer, train_state={"step": 2})
+    assert checkpoint_bytes(tmp_path / "a") == checkpoint_bytes(tmp_path / "b") == checkpoint_bytes(tmp_path / "c")
+    ckpt.save_checkpoint(tmp_path / "a", model, optimizer, train_state={"step": 2})  # saved again over itself
+    assert checkpoint_bytes(tmp_path / "a") == checkpoint_bytes(tmp_path / "b")
+
+    loaded = safetensors.numpy.load_file(tmp_path / "a" / "model.safetensors")
+    assert loaded.keys() == model.state_dict().keys()
+    for name, array in model.state_dict().items():
+        np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+        assert loaded[name].dtype == array.dtype
+    with safe_open(tmp_path / "a" / "model.safetensors", "np") as handle:
+        assert handle.metadata() == {"format": "minifm", "kind": "model"}
+    moments = safetensors.numpy.load_file(tmp_path / "a" / "optimizer.safetensors")
+    first = next(iter(model.parameters()))
+    np.testing.assert_array_equal(moments["state.0.exp_avg"], optimizer.state[first]["exp_avg"])
+
+
+def test_bytes_are_the_same_in_another_process(tmp_path):
+    """The header order must not depend on the process (hash seeds, dict order of the metadata)."""
+    script = (
+        "import sys, numpy as np; import minifm.checkpoint as c\n"
+        "c.save_safetensors(sys.argv[1], {'b': np.arange(6, dtype=np.float32).reshape(2, 3), 'a': np.ones(2, np.int64),"
+        " 'c': np.zeros(3, np.float16)}, metadata={'zeta': '1', 'alpha': '2', 'kind': 'model'})\n"
+    )
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{seed}.safetensors")], check=True, timeout=120,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+    ckpt.save_safetensors(tmp_path / "here.safetensors", {"c": np.zeros(3, np.float16), "a": np.ones(2, np.int64),
+                          "b": np.arange(6, dtype=np.float32).reshape(2, 3)},
+                          metadata={"kind": "model", "alpha": "2", "zeta": "1"})
+    data = [(tmp_path / name).read_bytes() for name in ("1.safetensors", "2.safetensors", "here.safetensors")]
+    assert data[0] == data[1] == data[2]
+    (size,) = struct.unpack("<Q", data[0][:8])
+    header = data[0][8:8 + size].rstrip(b" ")
+    assert header == json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
+    assert (8 + size) % 8 == 0  # the data starts 8-byte aligned
+
+
+safetensors_dtypes = st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+                                      np.uint8, np.uint16, np.uint32, np.uint64, np.bool_])
+
+
+@given(arrays=st.dictionaries(
+    st.text(min_size=1, max_size=6).filter(lambda name: name != "__metadata__"),
+    safetensors_dtypes.flatmap(lambda dtype: hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0,
+                                                                                max_side=3))),
+    max_size=5),
+    metadata=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    order=st.randoms())
+def test_safetensors_bytes_are_the_librarys_format_whatever_the_insertion_order(arrays, metadata, order):
+    data = ckpt.safetensors_bytes(arrays, metadata)
+    loaded = safetensors.numpy.load(data)
+    assert loaded.keys() == arrays.keys()
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape, name
+        np.testing.assert_array_equal(loaded[name], array, err_msg=name)
+    assert ckpt._parse("drawn", data)[1] == metadata
+    names, keys = list(arrays), list(metadata)
+    order.shuffle(names)
+    order.shuffle(keys)
+    assert ckpt.safetensors_bytes({n: arrays[n] for n in names}, {k: metadata[k] for k in keys}) == data
+    big_endian = {name: array.astype(array.dtype.newbyteorder(">")) for name, array in arrays.items()}
+    assert ckpt.safetensors_bytes(big_endian, metadata) == data
+
+
+# ---------------------------------------------------------------------------- file modes (umask)
+@contextlib.contextmanager
+def umask(mask):
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, mask, mode):
+    model, optimizer, _ = trained()
+    with umask(mask):
+        ckpt.save_checkpoint(tmp_path / "run", model, optimizer, train_state={"step": 2})
+        ckpt.save_checkpoint(tmp_path / "run", model, optimizer, train_state={"step": 2})  # over an existing one
+        ckpt.atomic_write_bytes(tmp_path / "a.bin", b"x")
+        ckpt.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        ckpt.save_safetensors(tmp_path / "a.safetensors", {"x": np.ones(2)})
+        assert ckpt._umask() == mask  # reading it did not change it
+    paths = list((tmp_path / "run").iterdir()) + [tmp_path / n for n in ("a.bin", "a.json", "a.safetensors")]
+    assert len(paths) == 7
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
+
+
+def test_the_umask_fallback_reads_it_without_changing_it(monkeypatch):
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/self/status":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    with umask(0o027):
+        assert ckpt._umask() == 0o027
+        assert ckpt._umask() == 0o027
+
+
+# ---------------------------------------------------------------------------- stale temporaries
+def dead_pid():
+    """The pid of a process that has ended (and been reaped)."""
+    result = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                            check=True, timeout=60)
+    return int(result.stdout)
+
+
+def test_stale_temporaries_of_our_naming_are_removed_by_the_next_save(tmp_path):
+    gone = dead_pid()
+    stale = [f".model.safetensors.{gone}-abcd_123.tmp", ".optimizer.safetensors.x1y2z3_9.tmp",  # dead pid, no pid
+             f".value.safetensors.{gone}-00000000.tmp", ".report.md.abcdefgh.tmp"]
+    kept = [f".model.safetensors.{os.getpid()}-abcdefgh.tmp",   # this process: may be mid-write in another thread
+            f".model.safetensors.{os.getppid()}-abcdefgh.tmp",  # a running process
+            ".model.safetensors.tmp", "notes.tmp", "model.safetensors.abcdefgh.tmp",  # not our naming
+            ".model.safetensors.ABCDEFGH.tmp", ".model.safetensors.abcdefg.tmp", ".x.abcdefgh.tmp.bak"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    (tmp_path / ".dir.abcdefgh.tmp").mkdir()  # a directory is never ours
+    model, optimizer, _ = trained()
+    ckpt.save_checkpoint(tmp_path, model, optimizer)
+    names = {path.name for path in tmp_path.iterdir()}
+    assert names == set(kept) | {".dir.abcdefgh.tmp", "model.safetensors", "optimizer.safetensors", "config.json",
+                                 "train_state.json"}
+
+
+def test_an_atomic_write_removes_stale_temporaries_in_its_directory(tmp_path):
+    (tmp_path / ".tokenizer.json.abcdefgh.tmp").write_bytes(b"x" * 1000)
+    (tmp_path / f".data.txt.{dead_pid()}-abcdefgh.tmp").write_bytes(b"x" * 1000)
+    ckpt.atomic_write_bytes(tmp_path / "report.md", b"# report\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["report.md"]
+    assert ckpt.remove_stale_temporaries(tmp_path / "absent") == []
+
+
+def test_temporaries_are_named_with_the_pid_and_match_the_stale_pattern(tmp_path):
+    temporary = ckpt._write_temporary(tmp_path / "model.safetensors", b"data")
+    match = ckpt._TEMPORARY_NAME.fullmatch(temporary.name)
+    assert match and match["target"] == "model.safetensors" and int(match["pid"]) == os.getpid()
+    assert not ckpt._process_gone(os.getpid()) and ckpt._process_gone(dead_pid()) and ckpt._process_gone(None)
