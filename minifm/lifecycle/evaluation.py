@@ -6,10 +6,15 @@ without a human:
   ground-truth reward    tinyworld.ground_truth_reward(prompt, answer): the stand-in for human
                          judgement that the preference pairs were drawn from (correctness plus a
                          small bonus for the polite style; its scale is in minifm/data/tinyworld/tasks.py)
-  learned reward         the reward model's score of the same answer
+  learned reward         the reward model's score of the same answer (an arbitrary scale: only
+                         differences between policies mean something)
+  polite share           the share of answers opening with one of tinyworld.POLITE_PREFIXES
   KL to SFT              how far a policy moved from the SFT model, per response
-                         (a k1 estimate on its own samples; for best-of-N the analytic bound)
+                         (a k1 estimate on its own samples; for best-of-N the analytic bound
+                         log N - (N-1)/N)
   distinct-n             unique n-grams / all n-grams over a set of samples (diversity)
+
+report.py writes these definitions into report.md where each is first used.
 
 `evaluate_instructions` answers greedily; `evaluate_policies` samples several answers per prompt
 from each policy and reports means with standard errors over prompts (answers to one prompt are

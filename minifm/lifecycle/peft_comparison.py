@@ -9,8 +9,10 @@ rate, since PEFT methods usually want a larger one), then answers the held-out p
 grades them with tinyworld's grader. For each run it records
     held-out accuracy, trainable parameters, training wall time, optimizer memory (AdamW's two
     moment arrays per trainable parameter, measured from the optimizer's state), final train loss,
-and writes `peft/peft_results.json`, `peft/peft_table.md` and the plot `peft/peft_tradeoff.png`
-(accuracy vs trainable parameters, log scale; accuracy vs wall time; optimizer memory).
+and writes `peft/peft_results.json`, `peft/peft_table.md` (the report's PEFT section: what each run
+trains, the table, and what its numbers say, from minifm/lifecycle/report.py) and the plot
+`peft/peft_tradeoff.png` (accuracy and train loss vs trainable parameters, log scale; wall time;
+optimizer memory).
 
 Entry point for minifm/lifecycle/__init__.py:
     run_peft_comparison(model, tokenizer, out_dir, settings, seed=0, log=print) -> dict
@@ -36,7 +38,7 @@ from minifm.data import tinyworld
 from minifm.data.batches import IGNORE_INDEX, collate_sft, shuffled_batches
 from minifm.data.conversations import PAD_TOKEN, encode_sft_examples, special_id
 from minifm.lifecycle.evaluation import evaluate_instructions
-from minifm.lifecycle.report import peft_table, plot_peft_tradeoff
+from minifm.lifecycle.report import peft_markdown, plot_peft_tradeoff
 from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minifm.train.loop import make_optimizer, train
 from minifm.train.sft import SFTConfig, sft_loss
@@ -201,10 +203,10 @@ def run_peft_comparison(model, tokenizer, out_dir, settings: dict, seed: int = 0
 
     verdict = lora_verdict(rows)
     log(f"[peft] {verdict['summary']}")
-    table = peft_table(rows)
     files = {"json": str(out_dir / "peft_results.json"), "table": str(out_dir / "peft_table.md")}
     report = {"config": {**asdict(config), "seed": seed, "base_params": base_total},
               "rows": rows, "lora_r16_vs_full": verdict, "files": files}
+    table = peft_markdown(rows, report["config"], n_train_examples=len(train_examples))
     files["plot"] = str(plot_peft_tradeoff(rows, out_dir / "peft_tradeoff.png"))
     atomic_write_bytes(out_dir / "peft_table.md", (table + "\n\n" + verdict["summary"] + "\n").encode())
     atomic_write_bytes(out_dir / "peft_results.json", (json.dumps(report, indent=2, default=str) + "\n").encode())
@@ -213,7 +215,9 @@ def run_peft_comparison(model, tokenizer, out_dir, settings: dict, seed: int = 0
 
 
 def lora_verdict(rows: list[dict]) -> dict:
-    """Did LoRA r=16 reach >= 90% of full fine-tuning's accuracy with < 5% of its trainable parameters?"""
+    """LoRA r=16 against full fine-tuning: its share of full fine-tuning's accuracy (`accuracy_ratio`) and of its
+    trainable parameters (`param_ratio`), a sentence saying both (`summary`, for the report), and `met`: whether
+    it reached >= 90% of the accuracy with < 5% of the parameters (a check for tests and tuning, not report text)."""
     by_name = {row["method"]: row for row in rows}
     full, lora = by_name.get("full"), by_name.get("lora_r16")
     if full is None or lora is None:
@@ -221,9 +225,10 @@ def lora_verdict(rows: list[dict]) -> dict:
     accuracy_ratio = lora["accuracy"] / full["accuracy"] if full["accuracy"] > 0 else float("nan")
     param_ratio = lora["trainable_params"] / full["trainable_params"]
     met = bool(accuracy_ratio >= 0.9 and param_ratio < 0.05)
-    summary = (f"{lora.get('setting', 'LoRA r=16')} reached {lora['accuracy']:.3f} vs full fine-tuning {full['accuracy']:.3f} "
-               f"({100 * accuracy_ratio:.0f}% of it) with {100 * param_ratio:.2f}% of its trainable parameters: "
-               f"target (>= 90% with < 5%) {'met' if met else 'NOT met'}")
+    share = (f"{100 * accuracy_ratio:.0f}% of its accuracy" if np.isfinite(accuracy_ratio)
+             else "an accuracy ratio is undefined while full fine-tuning scores 0")
+    summary = (f"{lora.get('setting', 'LoRA r=16')} reached {lora['accuracy']:.3f} against full fine-tuning's "
+               f"{full['accuracy']:.3f} ({share}) while training {100 * param_ratio:.2f}% as many parameters.")
     return {"accuracy_ratio": accuracy_ratio, "param_ratio": param_ratio, "met": met, "summary": summary}
 
 

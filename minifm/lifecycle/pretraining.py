@@ -16,11 +16,12 @@ from pathlib import Path
 from minifm.data import tinyworld
 from minifm.data.quality import QualityPipeline
 from minifm.lifecycle.evaluation import distinct_n
-from minifm.lifecycle.report import markdown_table
+from minifm.lifecycle.report import (
+    curate_markdown, plot_sampling_tradeoff, pretrain_markdown, sampling_markdown, tokenizer_markdown,
+)
 from minifm.sampling.generate import generate
 from minifm.tokenizer.fertility import fertility, format_table
 from minifm.train.config import TrainConfig
-from minifm.train.plots import plot_scatter
 from minifm.train.pretrain import PretrainConfig, run_pretraining, train_tokenizer
 
 SAMPLING_SETTINGS = [  # (label, generate() keyword arguments)
@@ -44,17 +45,14 @@ def curate_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = Fa
     clean = [i for i, d in enumerate(documents) if d.kind == "clean"]
     noise_removed = sum(i not in kept for i in noisy) / max(len(noisy), 1)
     clean_kept = sum(i in kept for i in clean) / max(len(clean), 1)
-    rows = [[s.rule, s.seen, s.dropped, s.example_reason] for s in result.rule_stats]
     figures = {
         "documents": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts), "kept": len(result.kept),
         "dropped": len(result.dropped), "noise_documents": len(noisy), "noise_removed_fraction": noise_removed,
         "clean_kept_fraction": clean_kept,
         "rules": {s.rule: {"seen": s.seen, "dropped": s.dropped} for s in result.rule_stats},
     }
-    markdown = (f"{len(texts)} tinyworld documents ({figures['bytes']:,} bytes, {len(noisy)} planted noise "
-                f"documents). The rules kept {len(result.kept)}: they removed {noise_removed:.0%} of the noise "
-                f"and kept {clean_kept:.0%} of the clean documents.\n\n"
-                + markdown_table(["rule", "seen", "dropped", "example reason"], rows))
+    markdown = curate_markdown(figures, [{"rule": s.rule, "seen": s.seen, "dropped": s.dropped,
+                                          "example_reason": s.example_reason} for s in result.rule_stats])
     kept_documents = [documents[i] for i in result.kept_indices]
     return {"figures": figures, "markdown": markdown,
             "artifacts": {"texts": result.kept, "documents": kept_documents}}
@@ -77,13 +75,7 @@ def tokenizer_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool =
     figures = {"vocab_size": tokenizer.vocab_size, "special_tokens": len(tokenizer.special_tokens),
                "train_seconds": seconds, "bytes_per_token": total_bytes / max(total_tokens, 1),
                "tokens": total_tokens, "fertility": stats}
-    rows = [[lang, s["texts"], s["tokens"], s["tokens_per_word"], s["bytes_per_token"], s["ratio_to_best"]]
-            for lang, s in stats.items()]
-    markdown = (f"Byte-level BPE, {tokenizer.vocab_size} ids ({len(tokenizer.special_tokens)} special), trained "
-                f"in {seconds:.1f} s; {figures['bytes_per_token']:.2f} bytes/token over the curated corpus.\n\n"
-                + markdown_table(["language", "texts", "tokens", "tokens/word", "bytes/token", "ratio to best"],
-                                 rows))
-    return {"figures": figures, "markdown": markdown, "artifacts": {"tokenizer": tokenizer}}
+    return {"figures": figures, "markdown": tokenizer_markdown(figures), "artifacts": {"tokenizer": tokenizer}}
 
 
 def pretrain_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
@@ -96,14 +88,8 @@ def pretrain_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = 
                               resume=resume and (run_dir / "pretrain" / "train_state.json").is_file())
     figures = {k: v for k, v in summary.items() if k not in ("model", "tokenizer", "curation")}
     figures["loss_curve"] = "pretrain/loss_curve.png"
-    rows = [["parameters", f"{summary['params']:,}"], ["steps", summary["steps"]],
-            ["tokens seen", f"{summary['tokens']:,}"], ["training time (s)", summary["train_elapsed_s"]],
-            ["tokens/s (median step)", summary["tokens_per_s_median"]], ["first train loss", summary["first_loss"]],
-            ["final train loss", summary["final_train_loss"]], ["held-out loss", summary["val_loss"]],
-            ["held-out perplexity", summary["val_ppl"]]]
-    markdown = (f"GPT ({config.n_layer} layers, d={config.n_embd}, {config.n_head} heads, context "
-                f"{config.block_size}) trained as a causal LM on the curated corpus.\n\n"
-                + markdown_table(["quantity", "value"], rows) + "\n\n![loss curve](pretrain/loss_curve.png)")
+    markdown = pretrain_markdown(figures, {"n_layer": config.n_layer, "n_embd": config.n_embd,
+                                           "n_head": config.n_head, "block_size": config.block_size})
     return {"figures": figures, "markdown": markdown,
             "artifacts": {"model": summary["model"], "tokenizer": summary["tokenizer"]}}
 
@@ -129,7 +115,7 @@ def sampling_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = 
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     budget = model.config.block_size - max(len(ids) for ids in prompt_ids)
     max_new = max(1, min(settings["max_new_tokens"], budget))
-    results, examples, points = {}, {}, {}
+    results, examples = {}, {}
     for label, options in SAMPLING_SETTINGS:
         copies = 1 if not options["do_sample"] else settings["samples_per_prompt"]
         out = generate(model, prompt_ids, max_new, num_return_sequences=copies, eos_token_id=eos,
@@ -144,27 +130,10 @@ def sampling_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = 
                            "distinct_2": distinct_n(first_samples, 2),
                            "mean_loglik": mean_loglik, "mean_length": n_tokens / len(new_tokens)}
         examples[label] = [prompts[row // copies] + texts[row] for row in range(0, len(texts), copies)]
-        points[label] = (results[label]["distinct_2"], mean_loglik)
         print(f"--- {label}: distinct-1 {results[label]['distinct_1']:.2f}, distinct-2 "
               f"{results[label]['distinct_2']:.2f}, mean log-likelihood {mean_loglik:.2f} nats/token")
         for text in examples[label][:2]:
             print("   ", text.replace("\n", " ")[:160])
-    plot_scatter(points, run_dir / "sampling_tradeoff.png", "sampling: diversity vs likelihood",
-                 "distinct-2 (diversity)", "mean log-likelihood per token (nats)")
-    rows = [[label, s["distinct_1"], s["distinct_2"], s["mean_loglik"], s["mean_length"]]
-            for label, s in results.items()]
-    sample_lines = []
-    for label, texts in examples.items():
-        sample_lines.append(f"**{label}**\n")
-        sample_lines += [f"- {text.strip()[:300]!r}" for text in texts[:3]]
-        sample_lines.append("")
-    markdown = ("The same prompts (opening words of unseen tinyworld documents) under each decoding rule. "
-                "distinct-n counts unique n-grams over one sample per prompt; the log-likelihood is the mean "
-                "per-token log-probability under the unwarped model over all samples. "
-                "Lower temperature and tighter truncation raise the likelihood under the model and lower "
-                "the diversity; high temperature does the opposite.\n\n"
-                + markdown_table(["setting", "distinct-1", "distinct-2", "mean log-lik (nats/token)",
-                                  "mean length"], rows)
-                + "\n\n![sampling trade-off](sampling_tradeoff.png)\n\n" + "\n".join(sample_lines))
+    plot_sampling_tradeoff(results, run_dir / "sampling_tradeoff.png")
     figures = {"prompts": prompts, "max_new_tokens": max_new, "settings": results, "examples": examples}
-    return {"figures": figures, "markdown": markdown, "artifacts": {}}
+    return {"figures": figures, "markdown": sampling_markdown(figures), "artifacts": {}}
