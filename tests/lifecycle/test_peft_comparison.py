@@ -1,5 +1,6 @@
 """The lifecycle's PEFT stage on a tiny model: eight runs, honest accounting, base model untouched."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -52,5 +53,9 @@ def test_lora_verdict_arithmetic():
     verdict = lora_verdict(rows)
     assert verdict["met"] and abs(verdict["accuracy_ratio"] - 0.95) < 1e-12
     assert verdict["summary"].startswith("LoRA r=16 + 5 special-token rows reached 0.760")
+    assert "(95% of its accuracy)" in verdict["summary"] and "4.90% as many parameters" in verdict["summary"]
+    assert not re.search(r"target|\bmet\b", verdict["summary"])   # the report's text: no pass/fail line
     rows[1]["trainable_params"] = 50
     assert not lora_verdict(rows)["met"]
+    rows[0]["accuracy"] = 0.0
+    assert "undefined" in lora_verdict(rows)["summary"] and "nan" not in lora_verdict(rows)["summary"]
