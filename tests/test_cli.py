@@ -208,3 +208,30 @@ def test_a_finished_run_is_never_overwritten_and_resume_uses_its_own_settings(tm
     state = json.loads((tmp_path / "r" / "train_state.json").read_text())
     assert state["step"] == 3
     assert cli.main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_flag_says_what_it_does(command):
+    subparsers = next(action for action in cli.build_parser()._actions if action.dest == "command")
+    parser = subparsers.choices[command]
+    assert parser.description
+    for action in parser._actions:
+        assert action.help and not action.help.startswith("(default"), (command, action.option_strings)
+
+
+def test_interactive_prompt_cancels_an_answer_on_ctrl_c_and_quits_on_an_empty_line(monkeypatch, capsys):
+    from minifm.cli.generate import interactive
+
+    lines = iter(["first", "second", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(lines))
+    answers = {"first": KeyboardInterrupt(), "second": [" answer"]}
+
+    def complete(prompts):
+        answer = answers[prompts[0]]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    interactive(complete)
+    out = capsys.readouterr().out
+    assert "(cancelled)" in out and "second answer" in out

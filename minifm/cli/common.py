@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -77,21 +79,46 @@ def _field_type(cls, field):
     return members[0] if members else annotation
 
 
+FIELD_COMMENT = re.compile(r"^    (\w+)\s*:[^#]*#\s*(.+)$")
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field: the comment at the end of its line in the class body}, the subclass's comment winning:
+    the settings dataclasses document each field there, and --help shows the same words."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # no source (a frozen build): flags keep their defaults as help
+            continue
+        for line in source.splitlines():
+            match = FIELD_COMMENT.match(line)
+            if match:
+                helps[match.group(1)] = match.group(2).strip()
+    return helps
+
+
 def add_dataclass_arguments(parser, cls, title: str | None = None, skip=()) -> None:
-    """One `--field-name` flag per dataclass field (default None: "not given", so files and defaults apply)."""
+    """One `--field-name` flag per dataclass field (default None: "not given", so files and defaults apply),
+    its help the field's comment and its default."""
     group = parser.add_argument_group(title or cls.__name__)
+    helps = field_help(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(cls, field)
         default = field.default if field.default is not dataclasses.MISSING else None
+        text = f"{helps[field.name]} " if field.name in helps else ""
+        text = f"{text}(default {default})".replace("%", "%%")
         if kind is bool:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {default})")
+                               help=text)
         elif kind in (int, float, str):
             group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
-                               help=f"(default {default})")
+                               help=text)
 
 
 def flag_values(args, cls) -> dict:

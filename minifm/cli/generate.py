@@ -6,6 +6,12 @@
 """
 from __future__ import annotations
 
+try:
+    import readline  # noqa: F401  (importing it gives input() line editing and history)
+except ImportError:  # not on every platform; the prompt then works without editing
+    readline = None
+
+import warnings
 from dataclasses import dataclass
 
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
@@ -20,18 +26,18 @@ from minifm.sampling.generate import generate
 class GenerateSettings(ConfigBase):
     """Decoding settings (transformers' generate() names; top_k 50 as its default, 0 = off)."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    min_p: float | None = None
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    num_return_sequences: int = 1
-    seed: int | None = None
+    max_new_tokens: int = 64                # tokens to generate after the prompt
+    do_sample: bool = True                  # sample (default) or --no-do-sample for greedy / beam search
+    temperature: float = 1.0                # divide the logits by this before sampling (lower: more conservative)
+    top_k: int = 50                         # keep the k most likely tokens (0 = off)
+    top_p: float = 1.0                      # nucleus sampling: keep the smallest set with this much probability (1.0 = off)
+    min_p: float | None = None              # keep tokens with at least min_p times the top probability (off when unset)
+    typical_p: float = 1.0                  # locally typical sampling mass (1.0 = off)
+    repetition_penalty: float = 1.0         # divide positive (multiply negative) logits of seen tokens by this (1.0 = off)
+    num_beams: int = 1                      # beam search width with --no-do-sample (1 = greedy)
+    length_penalty: float = 1.0             # beam search: score / length**length_penalty
+    num_return_sequences: int = 1           # samples (or beams) returned per prompt
+    seed: int | None = None                 # seed of the sampler (unset: a fresh random seed)
 
     def validate(self) -> None:
         for name in ("max_new_tokens", "num_beams", "num_return_sequences"):
@@ -77,8 +83,15 @@ def run_generate(args) -> int:
     def complete(prompts: list[str]) -> list[str]:
         ids = [tokenizer.encode(p) or ([eos] if eos is not None else [0]) for p in prompts]
         max_new = settings.max_new_tokens
-        if limit is not None and not hasattr(model, "encode"):
-            max_new = max(1, min(max_new, limit - max(len(i) for i in ids)))
+        if limit is not None and not hasattr(model, "encode"):  # a decoder: prompt + answer share the context
+            longest = max(len(i) for i in ids)
+            if longest >= limit:
+                raise ValueError(f"the prompt has {longest} tokens; the model's context (block_size) is {limit}, "
+                                 "so there is no room for an answer: shorten the prompt")
+            if longest + max_new > limit:
+                max_new = limit - longest
+                warnings.warn(f"the prompt has {longest} tokens and the context holds {limit}: generating "
+                              f"{max_new} of the {settings.max_new_tokens} requested new tokens")
         out = generate(model, ids, max_new, return_dict_in_generate=True, **options)
         texts = []
         for row in range(out.sequences.shape[0]):
@@ -94,17 +107,30 @@ def run_generate(args) -> int:
             print(f"{args.prompt[row // copies]}{text}")
             print("-" * 40)
         return 0
-    print("minifm generate: type a prompt and press Enter (an empty line or Ctrl-D quits)")
+    interactive(complete)
+    return 0
+
+
+def interactive(complete) -> None:
+    """The prompt loop: line editing and history (readline), Ctrl-C cancels the answer being written
+    (or the line being typed), Ctrl-D or an empty line quits."""
+    print("minifm generate: type a prompt and press Enter (an empty line or Ctrl-D quits; Ctrl-C cancels an answer)")
     while True:
         try:
             line = input("> ")
         except EOFError:
-            break
+            print()
+            return
+        except KeyboardInterrupt:  # Ctrl-C while typing: a fresh prompt
+            print()
+            continue
         if not line.strip():
-            break
-        for text in complete([line]):
-            print(f"{line}{text}\n")
-    return 0
+            return
+        try:
+            for text in complete([line]):
+                print(f"{line}{text}\n")
+        except KeyboardInterrupt:
+            print("\n(cancelled)")
 
 
 COMMANDS = [Command("generate", "generate text from a trained run (interactive without --prompt)",

@@ -39,9 +39,9 @@ class TrainConfig(ConfigBase):
     warmup_steps: int = 20                 # linear warm-up from 0 to learning_rate
     min_lr: float = 1e-4                   # floor of the cosine / linear decay
     weight_decay: float = 0.1              # AdamW decoupled decay, applied to matrices only
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = 0.9                 # AdamW's first-moment decay
+    adam_beta2: float = 0.95                # AdamW's second-moment decay
+    adam_epsilon: float = 1e-8              # AdamW's denominator guard
     max_grad_norm: float = 1.0             # max global gradient norm (0 = no clipping)
     accumulate: str = "tokens"             # weight of a micro-batch in the update: "tokens" (its n_tokens) | "mean"
     eval_steps: int = 100                  # evaluate every N steps (0 = only at the end)

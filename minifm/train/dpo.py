@@ -45,11 +45,11 @@ class DPOConfig(PostTrainingConfig):
     learning_rate: float = 1e-4
     max_steps: int = 100
     warmup_steps: int = 5
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
+    beta: float = 0.1                       # strength of the implicit KL leash to the reference
+    loss_type: str = "sigmoid"              # "sigmoid" | "hinge" | "ipo"
+    label_smoothing: float = 0.0            # conservative DPO: assumed share of flipped preference labels
     rpo_alpha: float | None = None   # TRL's RPO: + rpo_alpha * NLL of the chosen responses (per token)
-    precompute_ref_log_probs: bool = True
+    precompute_ref_log_probs: bool = True   # score the reference once before training (else every batch)
 
     def validate(self) -> None:
         super().validate()

@@ -67,19 +67,19 @@ class PretrainConfig(ConfigBase):
     vocab_size: int = 1024          # BPE vocabulary when a tokenizer is trained here
     val_fraction: float = 0.05      # fraction held out: of the documents, or of the tokens when there are few
     eval_batches: int = 8           # held-out batches scored at each evaluation
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    n_kv_head: int | None = None
-    dropout: float = 0.0
+    block_size: int = 128           # context length in tokens
+    n_layer: int = 4                # transformer blocks
+    n_head: int = 4                 # attention heads
+    n_embd: int = 128               # model width
+    n_kv_head: int | None = None    # key/value heads for grouped-query attention (unset: n_head)
+    dropout: float = 0.0            # dropout probability
     pos: str = "learned"            # GPT/BERT: "learned" | "rope"
     norm: str = "layernorm"         # "layernorm" | "rmsnorm"
     mlp: str = "gelu"               # "gelu" | "swiglu"
-    mlm_probability: float = 0.15
-    noise_density: float = 0.15
-    mean_span_length: float = 3.0
-    model_seed: int = 0
+    mlm_probability: float = 0.15   # BERT: share of tokens selected for masking
+    noise_density: float = 0.15     # T5: share of tokens replaced by sentinel spans
+    mean_span_length: float = 3.0   # T5: mean corrupted span length
+    model_seed: int = 0             # seed of the weight initialisation
 
     def validate(self) -> None:
         self.check_choice("arch", sorted(OBJECTIVE_OF_ARCH))

@@ -32,8 +32,8 @@ class RewardConfig(PostTrainingConfig):
     learning_rate: float = 3e-4
     max_steps: int = 150
     warmup_steps: int = 10
-    center_rewards_coefficient: float | None = 0.01
-    use_margin: bool = False
+    center_rewards_coefficient: float | None = 0.01 # weight of mean((r_chosen + r_rejected)^2), keeping rewards centred
+    use_margin: bool = False                # subtract each pair's margin inside the Bradley-Terry loss
 
     def validate(self) -> None:
         super().validate()

@@ -43,7 +43,7 @@ class SFTConfig(PostTrainingConfig):
     max_steps: int = 200
     warmup_steps: int = 10
     max_length: int = 48
-    packing: bool = False
+    packing: bool = False                   # lay several examples end to end in one row of max_length
 
 
 def train_sft_encoded(model, encoded, pad_id: int, config: SFTConfig | None = None, run_dir=None,
