@@ -100,6 +100,8 @@ def run_tokenize(args) -> int:
             by_language.setdefault(document.language, []).append(document.text)
     else:
         texts = read_texts(settings.input, settings.corpus_bytes)
+        if not any(text.split() for text in texts):
+            raise ValueError(f"--input {settings.input}: the text holds no words to train a tokenizer on")
         by_language = {"all": texts}
     started = time.perf_counter()
     tokenizer = BPETokenizer.train(texts, settings.vocab_size, pattern=settings.pattern,
