@@ -67,6 +67,8 @@ def print_summary(metrics: dict) -> None:
     print(json.dumps(shown, indent=2, default=str))
 
 
+# The four commands follow one pattern on purpose (settings and outputs checked, model loaded, stage
+# trained, result written once); what differs between them is the stage.
 def run_sft(args) -> int:
     settings = prepare_stage(args, "sft")
     policy, tokenizer = load_run(args.model)

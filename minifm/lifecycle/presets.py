@@ -26,6 +26,7 @@ from minifm.train.pretrain import PretrainConfig
 from minifm.train.reward import RewardConfig
 from minifm.train.sft import SFTConfig
 
+# "tiny" and "default" repeat one shape on purpose: each stage's table has the same keys in both presets.
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "curate": {"corpus_bytes": 120_000, "seed": 0},

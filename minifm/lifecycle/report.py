@@ -40,6 +40,8 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float, np.number)) and math.isfinite(float(value))
 
 
+# One formatter per kind of quantity, deliberately parallel: the kind decides the precision, so every
+# table in the report shows a reward, a share or a loss the same way.
 def fmt_reward(value) -> str:
     """Rewards and reward differences: signed, 3 decimals (+1.000, -0.433)."""
     return f"{value:+.3f}" if _finite(value) else "n/a"

@@ -79,6 +79,8 @@ class RewardModel(Module):
             return np.asarray(self.forward(input_ids, attention_mask).data, dtype=np.float64)
 
 
+# ValueModel mirrors RewardModel on purpose (backbone + zero-initialised scalar head); they differ in where
+# the head reads: every position here, the last real token there.
 class ValueModel(Module):
     """A GPT backbone plus `value_head` (Linear(n_embd, 1), zero-initialised) at every position: (B, T) values."""
 
