@@ -15,8 +15,9 @@
     normalization.py  <-> csrc/normalization.pyx  LayerNorm over the last axis, forward and backward,
                                                    one pass per row with sums in double
     adam.py           <-> csrc/adam.pyx           one Adam / AdamW parameter update in one pass
-    threads.py                                     one thread budget for OpenMP and BLAS; serial
-                                                   execution below a size threshold
+    threads.py                                     thread counts: the kernels' OpenMP loops follow the
+                                                   load, BLAS products a fixed count (threadpoolctl);
+                                                   MINIFM_NUM_THREADS=N fixes both
     csrc/_common.pxd.tp                            shared vectorised primitives (exp, max, sums), one
                                                    template for float and double, expanded by setup.py
 

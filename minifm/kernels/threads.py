@@ -1,49 +1,62 @@
-"""One thread budget for minifm's thread pools, and when an operation is big enough to use it.
+"""How many threads minifm's two thread pools use, and when an operation is big enough to use them.
 
 A training step runs on two kinds of worker threads: the OpenMP threads of the Cython kernels
 (csrc/*.pyx, libgomp) and the pthreads of OpenBLAS, which NumPy's `@` calls for every Linear layer
-(scipy's own OpenBLAS also runs the attention kernel's tile products). On a machine with few cores
-(a 2-core machine in docs/performance.md), letting each pool start all its threads for every
-operation is slow in two ways:
+(scipy's own OpenBLAS also runs the attention kernel's tile products). A parallel operation
+finishes only when its slowest thread does: waking a worker costs tens of microseconds on an idle
+machine, but up to a scheduler time slice (milliseconds) when another process holds the core, and
+an OpenBLAS worker that has just finished keeps spinning on its core for a while (about 2^28
+cycles) where it competes with everyone else. On a 2-core machine with one competing busy process,
+two threads made a training step 3-5x slower than one thread (docs/performance.md, "Threads under
+load"), while on an idle machine two threads gained only a few percent.
 
-  * a parallel operation finishes only when its slowest thread does. Waking a worker costs tens of
-    microseconds on an idle machine, and up to a scheduler time slice (milliseconds) when other
-    processes hold the cores, so a 100-microsecond GEMM run on two threads can take 4 ms;
-  * a worker that has just finished keeps spinning on its core for a while (OpenBLAS's default
-    timeout is about 2^28 cycles), where it competes with the main thread and the other pool.
+The default policy, chosen from those measurements:
 
-The policy here, measured in docs/performance.md ("Training step"):
-
-  * one budget, `num_threads()` (OpenMP's thread count: OMP_NUM_THREADS, or the cores), that
-    `set_num_threads(n)` changes for the kernels' OpenMP loops and the OpenBLAS behind NumPy;
-  * a matrix product runs on one BLAS thread unless it has at least `GEMM_PARALLEL_FLOPS`
-    floating-point operations (`matmul` below; the kernels' own loops have the same kind of
-    threshold, about a millisecond of serial work, `minifm_threads_for` in csrc/_common.pxd.tp);
-  * on a machine that other processes keep busy, any fork-join costs up to a scheduler time slice
-    per operation, and one thread is fastest: OMP_NUM_THREADS=1 (or `set_num_threads(1)`) sets the
-    whole budget to one;
+  * the kernels' OpenMP loops use one thread per core that other processes leave free
+    (`kernel_threads_for_load`): the CPU time the other processes took on this process's cores is
+    measured from /proc/stat minus this process's own CPU time, over windows of
+    `LOAD_CHECK_SECONDS`, and a core counts as taken from half a core's use on. The first decision
+    uses the 1-minute load average. The check runs from `matmul` and the attention kernel's calls
+    (both happen in every model step), at most once per window, and costs one clock read per call
+    between checks. A kernel gives the same bits on any number of threads (rows, heads and blocks
+    are split, never a reduction), so following the load changes speed, never results;
+  * BLAS products use a fixed thread count (`default_blas_threads`): one thread on a machine with at
+    most two usable cores, all usable cores above that (there a product of at least
+    `GEMM_PARALLEL_FLOPS` runs on them, smaller ones on one). OpenBLAS gives different bits for one
+    and two threads, so its count never follows the load: the same run gives the same weights on a
+    busy or an idle machine, and a resumed run continues bit-for-bit;
+  * the OpenMP wait policy is PASSIVE (set in minifm.kernels._backend before the runtime starts): an
+    idle kernel thread sleeps at once instead of spinning against BLAS and the main thread;
   * the OpenBLAS inside scipy (which the attention kernel calls from its OpenMP threads, tile by
-    tile) runs on one thread while a kernel runs (`single_threaded_scipy_blas`), so the two pools
-    never nest;
-  * the OpenMP wait policy defaults to PASSIVE (set in minifm.kernels._backend before the runtime
-    starts): an idle kernel thread sleeps at once instead of spinning against BLAS.
+    tile) runs on one thread while a kernel runs (`single_threaded_scipy_blas`), so pools never nest.
+
+Overrides: MINIFM_NUM_THREADS=N (or `set_num_threads(N)`) fixes both pools to N threads, with
+large products on N BLAS threads and no load following: MINIFM_NUM_THREADS=1 is the fully
+single-threaded run. OMP_NUM_THREADS=N does the same (the OpenMP runtime and OpenBLAS read it too);
+OPENBLAS_NUM_THREADS caps the BLAS threads; OMP_WAIT_POLICY replaces the PASSIVE default.
 
 The BLAS libraries are found and driven with threadpoolctl. Its context managers cost too much for
 a per-product switch (measured on the 2-core machine: `threadpool_limits` ~3 ms, as it scans the
 loaded libraries each time; `ThreadpoolController.limit` ~40 us; an 8 x 64 @ 64 x 64 product ~8 us),
 so the libraries are looked up once and `matmul` calls the NumPy library's `set_num_threads`
 (~4 us) only when a product needs another thread count than the previous product: NumPy's
-OpenBLAS is left on the count the last minifm product used (1, or the budget), never above the
-budget. `single_threaded_scipy_blas` restores scipy's count on exit (once per attention call).
-Simplification: NumPy's and scipy's OpenBLAS are told apart by their file paths (a wheel bundles
+OpenBLAS is left on the count the last minifm product used, never above the BLAS threads chosen
+above. `single_threaded_scipy_blas` restores scipy's count on exit, except when minifm's BLAS runs
+on one thread (the default on 2 cores): then scipy's OpenBLAS is left on one thread, because
+raising its count again after every attention call made KV-cached generation beside a busy process
+1.2-2x slower than on one thread (docs/performance.md, "Threads under load").
+Simplifications: NumPy's and scipy's OpenBLAS are told apart by their file paths (a wheel bundles
 each under its own package directory; one system library serves both); where threadpoolctl finds
-no BLAS it can drive, BLAS threading is left alone and `matmul` is plain `np.matmul`.
+no BLAS it can drive, BLAS threading is left alone and `matmul` is plain `np.matmul`; without
+/proc/stat (not Linux) the kernels keep the first decision; the load is followed in the thread that
+calls minifm (OpenMP's thread count is a per-thread setting).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -58,6 +71,89 @@ GEMM_PARALLEL_FLOPS = 5e7
 
 # Below this many rows, a @ b with b a transposed (Fortran-ordered) matrix is computed as (b^T a^T)^T.
 FEW_ROWS = 32
+
+# The kernels' thread count follows the load measured over windows of this many seconds.
+LOAD_CHECK_SECONDS = 0.5
+
+# Machines with at most this many usable cores run BLAS products on one thread by default.
+SERIAL_BLAS_MAX_CORES = 2
+
+
+# ------------------------------------------------------------------------------ the decisions
+
+
+def kernel_threads_for_load(usable_cores: int, busy_elsewhere: float) -> int:
+    """OpenMP threads for the kernels when other processes keep `busy_elsewhere` cores busy (an
+    average over a recent window): one per core they leave free, at least one. A core counts as
+    taken once they use half of it: a thread that must share a core holds up every parallel loop."""
+    taken = int(max(0.0, busy_elsewhere) + 0.5)
+    return max(1, min(usable_cores, usable_cores - taken))
+
+
+def default_blas_threads(usable_cores: int) -> int:
+    """BLAS threads for large products when the user fixed none: 1 on machines with at most
+    SERIAL_BLAS_MAX_CORES usable cores (there two threads gained a few percent idle and lost 3-5x
+    beside one busy process), every usable core above that."""
+    return 1 if usable_cores <= SERIAL_BLAS_MAX_CORES else usable_cores
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), or the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def requested_threads(environ=os.environ) -> int | None:
+    """The thread count the user fixed with MINIFM_NUM_THREADS (or else OMP_NUM_THREADS), or None."""
+    for name in ("MINIFM_NUM_THREADS", "OMP_NUM_THREADS"):
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        first = text.split(",")[0]  # OpenMP allows a list, one count per nesting level
+        if not first.isdigit() or int(first) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {text!r}")
+        return int(first)
+    return None
+
+
+class _CpuMeter:
+    """Cores kept busy by other processes: the busy time of this process's CPUs in /proc/stat
+    minus this process's own CPU time, between two readings, divided by the wall time between them."""
+
+    def __init__(self, cpus: set[int]):
+        self.cpus = {f"cpu{cpu}" for cpu in cpus}
+        self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy CPU seconds of our CPUs, this process's CPU seconds), or None."""
+        try:
+            with open("/proc/stat") as stat:
+                lines = stat.read().splitlines()
+        except OSError:
+            return None
+        busy_ticks = 0
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0] in self.cpus:
+                # user nice system idle iowait irq softirq steal ...: all but idle and iowait are busy
+                values = [int(v) for v in fields[1:9]]
+                busy_ticks += sum(values) - values[3] - values[4]
+        own = os.times()
+        return time.monotonic(), busy_ticks / self.ticks_per_second, own.user + own.system
+
+    def busy_elsewhere(self) -> float | None:
+        """Other processes' average use of our CPUs, in cores, since the previous call."""
+        now = self._read()
+        if now is None or self.last is None:
+            return None
+        wall, busy, own = (a - b for a, b in zip(now, self.last))
+        self.last = now
+        return max(0.0, busy - own) / wall if wall > 0 else None
+
+
+# ------------------------------------------------------------------------- the BLAS libraries
 
 
 class _BlasLibraries:
@@ -106,57 +202,104 @@ def _blas() -> _BlasLibraries:
     return _libraries
 
 
-def _initial_budget() -> int:
-    parallel = _load("parallel")
-    if parallel is not None:
-        return max(1, int(parallel.num_threads()))
-    numpy_blas = _blas().numpy
-    return numpy_blas.get_num_threads() if numpy_blas is not None else max(1, os.cpu_count() or 1)
+# --------------------------------------------------------------------------------- the state
 
 
-_budget: int | None = None
-_blas_limit: int | None = None  # the most threads NumPy's BLAS may use (OPENBLAS_NUM_THREADS, or the budget)
-_blas_threads_now: int | None = None  # NumPy's BLAS thread count as minifm last set or found it
+class _Policy:
+    """The current thread counts: the kernels' (following the load unless fixed) and BLAS's."""
+
+    def __init__(self):
+        self.cores = usable_cores()
+        numpy_blas = _blas().numpy
+        blas_started_with = numpy_blas.get_num_threads() if numpy_blas is not None else self.cores
+        fixed = requested_threads()
+        self.follows_load = fixed is None
+        if fixed is None:
+            busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+            self.kernel_threads = kernel_threads_for_load(self.cores, busy)
+            # never above what OpenBLAS was started with (OPENBLAS_NUM_THREADS)
+            self.blas_threads = max(1, min(default_blas_threads(self.cores), blas_started_with))
+        else:
+            self.kernel_threads = fixed
+            self.blas_threads = max(1, min(fixed, blas_started_with))
+        self.meter = _CpuMeter(set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else set(range(self.cores)))
+        self.next_check = time.monotonic() + LOAD_CHECK_SECONDS
+        self.blas_threads_now = None  # NumPy's BLAS count as minifm last set it
+        self.apply()
+
+    def apply(self) -> None:
+        parallel = _load("parallel")
+        if parallel is not None:
+            parallel.set_num_threads(self.kernel_threads)
+        self.set_numpy_blas(self.blas_threads)
+
+    def set_numpy_blas(self, threads: int) -> None:
+        numpy_blas = _blas().numpy
+        if numpy_blas is not None and threads != self.blas_threads_now:
+            numpy_blas.set_num_threads(threads)
+            self.blas_threads_now = threads
+
+    def follow_load(self) -> None:
+        """Re-decide the kernels' thread count when a measuring window has passed."""
+        now = time.monotonic()
+        if not self.follows_load or now < self.next_check:
+            return
+        self.next_check = now + LOAD_CHECK_SECONDS
+        busy = self.meter.busy_elsewhere()
+        if busy is None:
+            return
+        threads = kernel_threads_for_load(self.cores, busy)
+        if threads != self.kernel_threads:
+            self.kernel_threads = threads
+            parallel = _load("parallel")
+            if parallel is not None:
+                parallel.set_num_threads(threads)
+
+
+_policy: _Policy | None = None
+
+
+def _state() -> _Policy:
+    global _policy
+    if _policy is None:
+        _policy = _Policy()
+    return _policy
+
+
+# ------------------------------------------------------------------------------ the public API
 
 
 def num_threads() -> int:
-    """Threads minifm uses for one big operation (the kernels' OpenMP loops and BLAS alike)."""
-    global _budget
-    if _budget is None:
-        _budget = _initial_budget()
-    return _budget
+    """Threads the kernels' parallel loops use now (see the module docstring for how it is chosen)."""
+    return _state().kernel_threads
+
+
+def blas_threads() -> int:
+    """Threads a BLAS product of at least GEMM_PARALLEL_FLOPS runs on (a fixed count)."""
+    return _state().blas_threads
+
+
+def follows_load() -> bool:
+    """True when the kernels' thread count follows the machine's load (no count was fixed)."""
+    return _state().follows_load
 
 
 def set_num_threads(threads: int) -> None:
-    """Set the budget for both pools: OpenMP's thread count and the OpenBLAS behind NumPy."""
-    global _budget, _blas_limit, _blas_threads_now
+    """Fix both pools to `threads`: the kernels' OpenMP loops and large BLAS products (no load following)."""
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    _budget = int(threads)
-    parallel = _load("parallel")
-    if parallel is not None:
-        parallel.set_num_threads(_budget)
-    numpy_blas = _blas().numpy
-    if numpy_blas is not None:
-        numpy_blas.set_num_threads(_budget)
-    _blas_limit = _blas_threads_now = _budget
-
-
-def _numpy_blas_limit() -> int:
-    global _blas_limit, _blas_threads_now
-    if _blas_limit is None:
-        numpy_blas = _blas().numpy
-        _blas_limit = numpy_blas.get_num_threads() if numpy_blas is not None else num_threads()
-        _blas_threads_now = _blas_limit
-    return _blas_limit
+    state = _state()
+    state.follows_load = False
+    state.kernel_threads = state.blas_threads = int(threads)
+    state.apply()
 
 
 def gemm_threads(m: int, k: int, n: int) -> int:
-    """BLAS threads for an (m, k) @ (k, n) product: 1 below GEMM_PARALLEL_FLOPS, else the budget
-    (never more than the OpenBLAS behind NumPy was started with)."""
+    """BLAS threads for an (m, k) @ (k, n) product: 1 below GEMM_PARALLEL_FLOPS, else blas_threads()."""
     if 2.0 * m * k * n < GEMM_PARALLEL_FLOPS:
         return 1
-    return max(1, min(num_threads(), _numpy_blas_limit()))
+    return blas_threads()
 
 
 def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -170,25 +313,22 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for 2-D arrays, on as many BLAS threads as its size earns (see gemm_threads)."""
-    global _blas_threads_now
-    numpy_blas = _blas().numpy
-    if numpy_blas is None:
-        return _product(a, b)
-    wanted = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
-    if wanted != _blas_threads_now:
-        numpy_blas.set_num_threads(wanted)
-        _blas_threads_now = wanted
+    state = _state()
+    state.follow_load()
+    state.set_numpy_blas(gemm_threads(a.shape[0], a.shape[1], b.shape[1]))
     return _product(a, b)
 
 
 @contextlib.contextmanager
 def single_threaded_scipy_blas():
-    """Run the block with scipy's OpenBLAS on one thread.
+    """Run the block with scipy's OpenBLAS on one thread (and the kernels' count following the load).
 
     The attention kernel calls small BLAS products from inside its own OpenMP threads; an OpenBLAS
     that also spread each tile over threads would oversubscribe the cores. Uses the library's global
     setting because the calls come from OpenMP threads that Python cannot reach.
     """
+    state = _state()
+    state.follow_load()
     scipy_blas = _blas().scipy_blas()
     if scipy_blas is None:
         yield
@@ -198,6 +338,9 @@ def single_threaded_scipy_blas():
         yield
         return
     scipy_blas.set_num_threads(1)
+    if state.blas_threads == 1:  # minifm's BLAS runs on one thread anyway: leave scipy's there
+        yield
+        return
     try:
         yield
     finally:

@@ -1,6 +1,7 @@
 """Thread policy (minifm/kernels/threads.py): size-dependent BLAS threads give the same products,
-the budget is validated and applied to both pools, per-call settings are undone, and the OpenMP
-wait policy defaults to PASSIVE without overriding a user's choice."""
+the budget is validated and applied to both pools, the kernels' thread count follows the measured
+load (decided from injected load values here: no timing), user overrides win, and the OpenMP wait
+policy defaults to PASSIVE without overriding a user's choice."""
 import os
 import subprocess
 import sys
@@ -17,9 +18,24 @@ from minifm.kernels._backend import _load
 
 @pytest.fixture
 def restore_budget():
-    previous = threads.num_threads()
+    """Give the test a fresh policy and put the session's back afterwards."""
+    saved = threads._policy
+    threads._policy = None
     yield
-    threads.set_num_threads(previous)
+    threads._policy = saved
+    if saved is not None:
+        saved.blas_threads_now = None
+        saved.apply()
+
+
+class FixedLoad:
+    """Stands in for the CPU meter: other processes keep `cores` cores busy."""
+
+    def __init__(self, cores):
+        self.cores = cores
+
+    def busy_elsewhere(self):
+        return self.cores
 
 
 @pytest.mark.parametrize("threshold", [0.0, float("inf")], ids=["parallel", "serial"])
@@ -62,11 +78,63 @@ def test_large_product_crosses_the_threshold_and_still_matches(rng):
     np.testing.assert_allclose(threads.matmul(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
 
 
-def test_gemm_threads_is_one_below_the_threshold_and_the_budget_above():
-    budget = threads.num_threads()
+def test_gemm_threads_is_one_below_the_threshold_and_the_blas_count_above():
     assert threads.gemm_threads(2, 2, 2) == 1
     side = int(np.ceil((threads.GEMM_PARALLEL_FLOPS / 2) ** (1 / 3))) + 1
-    assert threads.gemm_threads(side, side, side) == budget
+    assert threads.gemm_threads(side, side, side) == threads.blas_threads()
+
+
+@pytest.mark.parametrize("cores, busy, expected", [
+    (2, 0.0, 2), (2, 0.3, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 2.0, 1), (2, 5.0, 1), (2, -0.1, 2),
+    (1, 0.0, 1), (8, 1.0, 7), (8, 2.4, 6), (8, 20.0, 1),
+])
+def test_kernel_threads_leave_the_cores_other_processes_use(cores, busy, expected):
+    assert threads.kernel_threads_for_load(cores, busy) == expected
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (3, 3), (8, 8)])
+def test_blas_runs_on_one_thread_on_small_machines(cores, expected):
+    assert threads.default_blas_threads(cores) == expected
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None), ({"MINIFM_NUM_THREADS": "3"}, 3), ({"OMP_NUM_THREADS": "2"}, 2), ({"OMP_NUM_THREADS": "4,2"}, 4),
+    ({"MINIFM_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1), ({"MINIFM_NUM_THREADS": " "}, None),
+])
+def test_requested_threads_reads_the_overrides(environ, expected):
+    assert threads.requested_threads(environ) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_override_is_named(value):
+    with pytest.raises(ValueError, match="MINIFM_NUM_THREADS must be a positive integer"):
+        threads.requested_threads({"MINIFM_NUM_THREADS": value})
+
+
+@pytest.mark.parametrize("busy, expected", [(1.0, 1), (0.0, None)])
+def test_the_kernels_follow_the_measured_load(restore_budget, monkeypatch, busy, expected):
+    """A machine busy elsewhere gets one kernel thread, a free one all usable cores (OpenMP's count too)."""
+    monkeypatch.delenv("MINIFM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    state = threads._state()
+    state.follows_load = True
+    state.meter = FixedLoad(busy)
+    state.next_check = 0.0
+    state.follow_load()
+    expected = expected or state.cores
+    assert threads.num_threads() == expected
+    parallel = _load("parallel")
+    if parallel is not None:
+        assert parallel.num_threads() == expected
+
+
+def test_a_fixed_count_does_not_follow_the_load(restore_budget):
+    threads.set_num_threads(2)
+    state = threads._state()
+    state.meter = FixedLoad(5.0)
+    state.next_check = 0.0
+    state.follow_load()
+    assert threads.num_threads() == 2 and not threads.follows_load()
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
@@ -100,14 +168,21 @@ def test_matmul_runs_numpy_blas_on_the_count_each_product_earns(rng, restore_bud
     assert numpy_blas.get_num_threads() == threads.gemm_threads(400, 300, 400) <= 2
 
 
-def test_single_threaded_scipy_blas_restores_the_previous_count():
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_single_threaded_scipy_blas(restore_budget, blas_threads):
+    """scipy's BLAS runs on one thread inside the block; afterwards its count comes back, unless
+    minifm's BLAS runs on one thread anyway (then it stays at one)."""
     scipy_blas = threads._blas().scipy_blas()
     if scipy_blas is None:
         pytest.skip("threadpoolctl found no BLAS behind scipy")
-    before = scipy_blas.get_num_threads()
-    with threads.single_threaded_scipy_blas():
-        assert scipy_blas.get_num_threads() == 1
-    assert scipy_blas.get_num_threads() == before
+    threads.set_num_threads(blas_threads)
+    scipy_blas.set_num_threads(2)
+    try:
+        with threads.single_threaded_scipy_blas():
+            assert scipy_blas.get_num_threads() == 1
+        assert scipy_blas.get_num_threads() == (1 if blas_threads == 1 else 2)
+    finally:
+        scipy_blas.set_num_threads(1)
 
 
 @pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
@@ -118,6 +193,15 @@ def test_openmp_wait_policy_defaults_to_passive_but_keeps_the_users(user_policy)
     code = "import os, minifm.kernels; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (user_policy or "PASSIVE")
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_minifm_num_threads_fixes_both_pools(count):
+    env = dict(os.environ, MINIFM_NUM_THREADS=count)
+    code = ("from minifm.kernels import threads; "
+            "print(threads.num_threads(), threads.blas_threads(), threads.follows_load())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [count, count, "False"]
 
 
 def test_a_user_limit_on_openblas_threads_is_respected():
