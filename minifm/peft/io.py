@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save as safetensors_bytes
+from safetensors.numpy import load_file
 
-from minifm.checkpoint import atomic_write_bytes
+from minifm.checkpoint import atomic_write_bytes, safetensors_bytes
 from minifm.peft.config import PeftConfig
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"

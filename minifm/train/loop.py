@@ -326,8 +326,10 @@ class TrainingLoop:
     def _load(self) -> dict:
         """Check that the checkpoint in run_dir continues this run (same stage, same settings), then
         load it into the model, optimizer, extra models and step kind; return the saved state."""
-        if self.run_dir is None or not (self.run_dir / "train_state.json").exists():
-            raise FileNotFoundError(f"resume: no checkpoint (train_state.json) in {self.run_dir}")
+        if self.run_dir is None:
+            raise FileNotFoundError("resume: no run directory was given")
+        # read first, loading nothing: refusing another stage or other settings changes nothing. Without a
+        # checkpoint this raises FileNotFoundError; after an interrupted save it falls back to the previous one.
         state = read_train_state(self.run_dir)  # read first: refusing another stage or other settings changes nothing
         if state.get("stage") != self.stage:
             raise ValueError(f"resume: the checkpoint in {self.run_dir} is from stage {state.get('stage')!r}, "
