@@ -17,7 +17,7 @@ PRIMITIVES = ("max", "exp_store_sum", "exp_sum", "exp_affine", "sum", "dot", "sc
 
 def test_template_defines_each_primitive_once_and_expands_it_for_both_types():
     template = (CSRC / "_common.pxd.tp").read_text()
-    tempita = pytest.importorskip("Cython.Tempita")  # optional: a build-time tool, absent from test-only envs
+    tempita = pytest.importorskip("Cython.Tempita", reason='pip install "Cython>=3" (in the test extra)')
     expanded = tempita.sub(template)
     for name in PRIMITIVES:
         assert len(re.findall(rf"static inline \S+ minifm_{name}_{{{{suffix}}}}\(", template)) == 1, name
