@@ -6,9 +6,9 @@ A training step runs on two kinds of worker threads: the OpenMP threads of the C
 finishes only when its slowest thread does: waking a worker costs tens of microseconds on an idle
 machine, but up to a scheduler time slice (milliseconds) when another process holds the core, and
 an OpenBLAS worker that has just finished keeps spinning on its core for a while (about 2^28
-cycles) where it competes with everyone else. On a 2-core machine with one competing busy process,
-two threads made a training step 3-5x slower than one thread (docs/performance.md, "Threads under
-load"), while on an idle machine two threads gained only a few percent.
+cycles) where it competes with everyone else. On a 2-core machine beside one other busy process,
+two threads made a training step 1.6-4.5x and a 20-step pretrain 2.2x slower than one thread
+(docs/performance.md, "Threads under load"), while idle they gained ~2% at most.
 
 The default policy, chosen from those measurements:
 
@@ -92,7 +92,7 @@ def kernel_threads_for_load(usable_cores: int, busy_elsewhere: float) -> int:
 
 def default_blas_threads(usable_cores: int) -> int:
     """BLAS threads for large products when the user fixed none: 1 on machines with at most
-    SERIAL_BLAS_MAX_CORES usable cores (there two threads gained a few percent idle and lost 3-5x
+    SERIAL_BLAS_MAX_CORES usable cores (there two threads gained ~2% at most idle and lost 1.6-4.5x
     beside one busy process), every usable core above that."""
     return 1 if usable_cores <= SERIAL_BLAS_MAX_CORES else usable_cores
 
