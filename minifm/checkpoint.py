@@ -532,6 +532,11 @@ def _complete_manifest(directory: Path) -> tuple[dict, dict]:
     return train_state, record
 
 
+def has_checkpoint(directory) -> bool:
+    """Whether `directory` holds a checkpoint (its manifest, which every save writes last)."""
+    return (Path(directory) / TRAIN_STATE_FILE).is_file()
+
+
 def checkpoint_record(directory) -> dict:
     """What a checkpoint says of its model without loading it: format_version, model_class,
     model_config, rng_state and the files' SHA-256 digests (of the checkpoint load_checkpoint loads)."""

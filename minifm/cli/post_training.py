@@ -25,7 +25,7 @@ from minifm.cli.common import (
     config_values, field_names, settings_from,
 )
 from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args
-from minifm.lifecycle.post_training import dpo_stage, ppo_stage, reward_stage, sft_stage
+from minifm.lifecycle.post_training import dpo_stage, ppo_folder, ppo_stage, reward_stage, sft_stage
 from minifm.lifecycle.presets import PRESETS
 from minifm.peft import PeftModel
 from minifm.runs import load_model, load_run, save_run
@@ -52,8 +52,8 @@ def prepare_stage(args, stage: str) -> dict:
 
 
 def checkpoint_folder(stage: str, config) -> str:
-    """Where the shared loop checkpoints a stage inside --out (PPO with GRPO's advantages: grpo)."""
-    return "grpo" if stage == "ppo" and config.advantage_estimator == "grpo" else stage
+    """Where the shared loop checkpoints a stage inside --out (PPO: ppo_folder, "grpo" with GRPO)."""
+    return ppo_folder(config) if stage == "ppo" else stage
 
 
 def finish(model, tokenizer, out: Path, checkpoint_folder: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minifm.checkpoint import atomic_write_bytes, atomic_write_json
+from minifm.checkpoint import atomic_write_bytes, atomic_write_json, has_checkpoint
 from minifm.data import tinyworld
 from minifm.data.conversations import (
     END_TOKEN, PAD_TOKEN, decode_response, encode_sft_examples, prompt_ids, special_id,
@@ -100,7 +100,7 @@ def reward_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print,
     metrics.update(final_loss=result.losses()[-1], steps=result.step, seconds=time.perf_counter() - started,
                    config=config.to_dict())
     log(f"reward: held-out preference accuracy {metrics['preference_accuracy']:.3f}, "
-              f"pearson r with ground truth {metrics['pearson_r']:.3f}")
+        f"pearson r with ground truth {metrics['pearson_r']:.3f}")
     return reward_model, metrics
 
 
@@ -110,6 +110,11 @@ def _ground_truth_fn(tokenizer, prompts: list[str]):
                          for i, r in zip(prompt_indices, responses)])
 
     return ground_truth
+
+
+def ppo_folder(config: PPOConfig) -> str:
+    """The folder of the run directory PPO checkpoints in: "ppo", or "grpo" with GRPO's advantages."""
+    return "grpo" if config.advantage_estimator == "grpo" else "ppo"
 
 
 def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=print, resume: bool = False,
@@ -138,7 +143,7 @@ def ppo_stage(sft_policy, reward_model, tokenizer, run_dir, preset: dict, log=pr
             f"entropy {row['entropy']:.3f} clipfrac {row['clipfrac']:.3f}{ptx}")
 
     started = time.perf_counter()
-    stage_dir = Path(run_dir) / config.advantage_estimator.replace("gae", "ppo")
+    stage_dir = Path(run_dir) / ppo_folder(config)
     history = trainer.train(run_dir=stage_dir, resume=resume, log=record)
     metrics = {"seconds": time.perf_counter() - started, "iterations": len(history), "config": config.to_dict()}
     return policy, history, metrics
@@ -156,13 +161,9 @@ def dpo_stage(sft_policy, tokenizer, run_dir, preset: dict, log=print, wrap=None
     result, stats = train_dpo(policy, tokenizer, _pairs("train", preset, tokenizer, policy), config,
                               ref_policy=sft_policy, run_dir=Path(run_dir) / "dpo", resume=resume)
     log(f"dpo: loss {result.losses()[0]:.3f} -> {result.losses()[-1]:.3f}, last-batch reward accuracy "
-              f"{stats.get('rewards_accuracy', float('nan')):.2f}")
+        f"{stats.get('rewards_accuracy', float('nan')):.2f}")
     return policy, {"final_loss": result.losses()[-1], "steps": result.step, "last_batch": stats,
                     "seconds": time.perf_counter() - started, "config": config.to_dict()}
-
-
-def has_checkpoint(folder: Path) -> bool:
-    return (folder / "train_state.json").is_file()
 
 
 def run_post_training(policy, tokenizer, run_dir, preset: dict, log=print, resume: bool = False) -> dict:
@@ -170,10 +171,11 @@ def run_post_training(policy, tokenizer, run_dir, preset: dict, log=print, resum
     settings `preset` (PRESETS[name]["post_training"]); returns the summary.
 
     Writes post_training.json, post_training.md and the two plots into run_dir. With `resume`, each
-    trainer that left a checkpoint (run_dir/sft, reward, ppo, dpo) continues from it; a finished one
-    runs no further step.
+    trainer that left a checkpoint (run_dir/sft, reward, ppo or grpo, dpo) continues from it; a finished
+    one runs no further step.
     """
     settings = copy.deepcopy(preset)
+    ppo_config = PPOConfig(**settings["ppo"])
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -183,11 +185,11 @@ def run_post_training(policy, tokenizer, run_dir, preset: dict, log=print, resum
     reward_model, reward = reward_stage(sft_policy, tokenizer, run_dir, settings, log,
                                         resume=resume and has_checkpoint(run_dir / "reward"))
     ppo_policy, ppo_history, ppo_metrics = ppo_stage(sft_policy, reward_model, tokenizer, run_dir, settings, log,
-                                                     resume=resume and has_checkpoint(run_dir / "ppo"))
+                                                     resume=resume and has_checkpoint(run_dir / ppo_folder(ppo_config)))
     dpo_policy, dpo_metrics = dpo_stage(sft_policy, tokenizer, run_dir, settings, log,
                                         resume=resume and has_checkpoint(run_dir / "dpo"))
     evaluation_started = time.perf_counter()
-    temperature = PPOConfig(**settings["ppo"]).temperature
+    temperature = ppo_config.temperature
     table = evaluate_policies({"sft": sft_policy, "ppo": ppo_policy, "dpo": dpo_policy, "best_of_n": sft_policy},
                               sft_policy, reward_model, tokenizer, settings, temperature, log)
     sft_policy.requires_grad_(True)

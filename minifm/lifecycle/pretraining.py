@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from minifm.checkpoint import has_checkpoint
 from minifm.data import tinyworld
 from minifm.data.quality import QualityPipeline
 from minifm.lifecycle.evaluation import distinct_n
@@ -85,7 +86,7 @@ def pretrain_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = 
     summary = run_pretraining(run_dir / "pretrain", config, train_config,
                               tokenizer=outputs["tokenizer"]["artifacts"]["tokenizer"],
                               texts=outputs["curate"]["artifacts"]["texts"],
-                              resume=resume and (run_dir / "pretrain" / "train_state.json").is_file())
+                              resume=resume and has_checkpoint(run_dir / "pretrain"))
     figures = {k: v for k, v in summary.items() if k not in ("model", "tokenizer", "curation")}
     figures["loss_curve"] = "pretrain/loss_curve.png"
     markdown = pretrain_markdown(figures, {"n_layer": config.n_layer, "n_embd": config.n_embd,
