@@ -41,7 +41,7 @@ def _describe(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _allowed_types(annotation) -> tuple[list, bool]:
+def annotation_types(annotation) -> tuple[list, bool]:
     """(the non-None member types of an annotation, whether None is allowed)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
@@ -86,7 +86,7 @@ class ConfigBase:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            kinds, allows_none = _allowed_types(hints[field.name])
+            kinds, allows_none = annotation_types(hints[field.name])
             if value is None:
                 if allows_none:
                     continue
@@ -145,4 +145,4 @@ class ConfigBase:
             raise ConfigError(f"{type(self).__name__}.{field} must be one of {list(choices)}, got {value!r}", field)
 
 
-__all__ = ["ConfigBase", "ConfigError"]
+__all__ = ["ConfigBase", "ConfigError", "annotation_types"]

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from minifm.checkpoint import TRAIN_STATE_FILE
+from minifm.config import annotation_types
+
 
 @dataclass(frozen=True)
 class Command:
@@ -73,12 +76,6 @@ def config_values(args, allowed: list[str]) -> dict:
     return values
 
 
-def _field_type(cls, field):
-    annotation = typing.get_type_hints(cls)[field.name]
-    members = [member for member in typing.get_args(annotation) if member is not type(None)]
-    return members[0] if members else annotation
-
-
 FIELD_COMMENT = re.compile(r"^    (\w+)\s*:[^#]*#\s*(.+)$")
 
 
@@ -105,11 +102,12 @@ def add_dataclass_arguments(parser, cls, title: str | None = None, skip=()) -> N
     its help the field's comment and its default."""
     group = parser.add_argument_group(title or cls.__name__)
     helps = field_help(cls)
+    hints = typing.get_type_hints(cls)  # once per class: the parser of every subcommand is built at start-up
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
-        kind = _field_type(cls, field)
+        kind = annotation_types(hints[field.name])[0][0]  # X of "X | None"
         default = field.default if field.default is not dataclasses.MISSING else None
         text = f"{helps[field.name]} " if field.name in helps else ""
         text = f"{text}(default {default})".replace("%", "%%")
@@ -188,7 +186,7 @@ def add_overwrite_argument(parser) -> None:
                              "and the command stops)")
 
 
-def check_not_overwriting(directory, args, marker: str = "train_state.json", flag: str = "--out") -> None:
+def check_not_overwriting(directory, args, marker: str = TRAIN_STATE_FILE, flag: str = "--out") -> None:
     """Refuse to start over an existing run in `directory` (one holding `marker`) unless --overwrite
     (or --resume, for commands that have it) was given."""
     directory = Path(directory)
