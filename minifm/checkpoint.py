@@ -533,8 +533,10 @@ def _complete_manifest(directory: Path) -> tuple[dict, dict]:
 
 
 def has_checkpoint(directory) -> bool:
-    """Whether `directory` holds a checkpoint (its manifest, which every save writes last)."""
-    return (Path(directory) / TRAIN_STATE_FILE).is_file()
+    """Whether `directory` holds a checkpoint to load: its manifest (every save writes it last), or the
+    previous one that an interrupted save kept."""
+    directory = Path(directory)
+    return (directory / TRAIN_STATE_FILE).is_file() or _previous(directory, TRAIN_STATE_FILE).is_file()
 
 
 def checkpoint_record(directory) -> dict:

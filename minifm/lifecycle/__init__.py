@@ -83,7 +83,7 @@ STAGES: list[Stage] = [
 
 
 def previous_report(run_dir: Path) -> dict | None:
-    """The report.json a earlier run left in run_dir, or None."""
+    """The report.json an earlier run left in run_dir, or None."""
     path = run_dir / "report.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 

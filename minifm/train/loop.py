@@ -76,7 +76,7 @@ from tqdm import tqdm
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.checkpoint import atomic_write_bytes, load_checkpoint, read_train_state, save_checkpoint
-from minifm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, schedules
+from minifm.optim import AdamW, clip_grad_norm, grad_norm, param_groups_for_weight_decay, schedules
 from minifm.train.config import TrainConfig
 
 
@@ -136,13 +136,16 @@ def make_optimizer(model, config: TrainConfig, *more_models):
                  eps=config.adam_epsilon)
 
 
-def global_grad_norm(params) -> float:
-    """sqrt(sum of every squared gradient entry), in float64."""
-    total = 0.0
-    for p in params:
-        if p.grad is not None:
-            total += float(np.sum(np.square(p.grad, dtype=np.float64)))
-    return math.sqrt(total)
+def clip_gradients(params, max_grad_norm: float) -> float:
+    """Clip the gradients' global norm to max_grad_norm (0: no clipping); return the norm before clipping.
+    A NaN/inf norm raises NonFiniteLossError before anything is updated."""
+    if max_grad_norm > 0:
+        norm = float(clip_grad_norm(params, max_grad_norm, error_if_nonfinite=False))
+    else:
+        norm = grad_norm(params)
+    if not math.isfinite(norm):
+        raise NonFiniteLossError(f"the gradient norm is {norm}")
+    return norm
 
 
 def read_metrics(path) -> list[dict]:
@@ -270,18 +273,13 @@ class SupervisedStep:
             for p in self.params:
                 if p.grad is not None:
                     p.grad = p.grad * np.asarray(1.0 / total_weight, dtype=p.grad.dtype)
-        if config.max_grad_norm > 0:
-            grad_norm = float(clip_grad_norm(self.params, config.max_grad_norm, error_if_nonfinite=False))
-        else:
-            grad_norm = global_grad_norm(self.params)
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(f"the gradient norm is {grad_norm}")
+        norm = clip_gradients(self.params, config.max_grad_norm)
         self.updating = True
         self.optimizer.step()
         self.updating = False
         self.tokens += step_tokens
         lr = self.optimizer.param_groups[0]["lr"]  # set by the loop from the schedule
-        return {"step": step + 1, "loss": weighted_loss / max(total_weight, 1e-300), "lr": lr, "grad_norm": grad_norm,
+        return {"step": step + 1, "loss": weighted_loss / max(total_weight, 1e-300), "lr": lr, "grad_norm": norm,
                 "tokens": self.tokens, "tokens_per_s": step_tokens / max(time.perf_counter() - started, 1e-9)}
 
 
@@ -511,5 +509,5 @@ def train(model, loss_fn, batches, config: TrainConfig, run_dir=None, optimizer=
 
 
 __all__ = ["NonFiniteLossError", "SupervisedStep", "TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted",
-           "TrainingLoop", "global_grad_norm", "learning_rate", "make_optimizer", "make_schedule", "read_metrics",
+           "TrainingLoop", "clip_gradients", "learning_rate", "make_optimizer", "make_schedule", "read_metrics",
            "rng_state", "train"]

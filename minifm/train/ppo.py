@@ -76,7 +76,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +84,10 @@ from minifm.autograd.grad_mode import no_grad
 from minifm.autograd.tensor import Tensor
 from minifm.config import ConfigError
 from minifm.data.batches import collate_sft, shuffled_batches
-from minifm.optim import clip_grad_norm
 from minifm.sampling.generate import generate
 from minifm.train import rl_math
 from minifm.train.config import TrainConfig
-from minifm.train.loop import NonFiniteLossError, TrainingLoop, global_grad_norm, make_optimizer, rng_state
+from minifm.train.loop import NonFiniteLossError, TrainingLoop, clip_gradients, make_optimizer, rng_state
 from minifm.train.sft import sft_loss
 
 ADVANTAGE_ESTIMATORS = ("gae", "grpo")
@@ -408,12 +406,7 @@ class PPOTrainer:
                 if not np.isfinite(loss.item()):
                     raise NonFiniteLossError(f"the PPO loss is {loss.item()}")
                 loss.backward()
-                if config.max_grad_norm > 0:
-                    grad_norm = clip_grad_norm(self.params, config.max_grad_norm, error_if_nonfinite=False)
-                else:
-                    grad_norm = global_grad_norm(self.params)
-                if not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(f"the gradient norm is {grad_norm}")
+                clip_gradients(self.params, config.max_grad_norm)
                 self.updating = True  # from the first update on, the weights are past the last step's
                 self.optimizer.step()
                 self.optimizer.zero_grad()

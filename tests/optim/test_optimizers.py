@@ -6,7 +6,7 @@ import pytest
 
 import minifm as mf
 from minifm.models import GPT, GPTConfig
-from minifm.optim import SGD, Adam, AdamW, clip_grad_norm, param_groups_for_weight_decay, schedules
+from minifm.optim import SGD, Adam, AdamW, clip_grad_norm, grad_norm, param_groups_for_weight_decay, schedules
 
 torch = pytest.importorskip("torch", reason="torch.optim is the oracle for the update rules")
 
@@ -154,6 +154,19 @@ def test_clip_grad_norm_equals_torch(max_norm, norm_type, rng):
     assert total == pytest.approx(expected.item(), rel=1e-12)
     for o, t in zip(ours, theirs):
         np.testing.assert_allclose(o.grad, t.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, math.inf])
+def test_grad_norm_is_torchs_total_norm_and_changes_nothing(norm_type, rng):
+    grads = [rng.normal(size=(4, 3)), rng.normal(size=5)]
+    ours = [mf.tensor(np.zeros_like(g), requires_grad=True, dtype=np.float64) for g in grads]
+    for o, g in zip(ours, grads):
+        o.grad = g.copy()
+    expected = torch.nn.utils.get_total_norm([torch.tensor(g) for g in grads], norm_type)
+    assert grad_norm(ours, norm_type) == pytest.approx(expected.item(), rel=1e-12)
+    for o, g in zip(ours, grads):
+        np.testing.assert_array_equal(o.grad, g)
+    assert grad_norm([mf.tensor(np.zeros(2), requires_grad=True)]) == 0.0  # no gradient yet
 
 
 def test_clip_grad_norm_refuses_non_finite():
