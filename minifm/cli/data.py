@@ -16,7 +16,7 @@ from minifm.cli.common import (
 )
 from minifm.config import ConfigBase
 from minifm.data import tinyworld
-from minifm.data.quality import QualityPipeline
+from minifm.data.quality import PRESET_NAMES, QualityPipeline, preset_for
 from minifm.data.sources import load_corpus
 from minifm.tokenizer import BPETokenizer
 from minifm.tokenizer.fertility import fertility, format_table
@@ -37,7 +37,7 @@ class CurateSettings(ConfigBase):
         self.check_range("corpus_bytes", low=1)
         self.check_range("show", low=0)
         if self.rules is not None:
-            self.check_choice("rules", ("web", "code"))
+            self.check_choice("rules", PRESET_NAMES)
 
 
 @dataclass
@@ -55,9 +55,7 @@ class TokenizeSettings(ConfigBase):
 
 def read_texts(source: str, corpus_bytes: int) -> list[str]:
     """The documents of a generated corpus (capped at corpus_bytes) or of the user's path."""
-    if source in GENERATED_CORPORA:
-        return load_corpus(source, max_bytes=corpus_bytes)
-    return load_corpus(source, log=print)  # says how a file or folder was split into documents
+    return load_corpus(source, max_bytes=corpus_bytes, log=print)  # print: how a file or folder was split
 
 
 def add_curate_arguments(parser) -> None:
@@ -69,8 +67,7 @@ def run_curate(args) -> int:
     if settings.output:
         check_output_file(settings.output, "--output")
     texts = read_texts(settings.input, settings.corpus_bytes)
-    rules = settings.rules or ("code" if settings.input == "python-stdlib" else "web")
-    result = QualityPipeline(preset=rules).run(texts)
+    result = QualityPipeline(preset=preset_for(settings.input, settings.rules)).run(texts)
     print(result.table())
     for rule, dropped in result.dropped_by_rule().items():
         for document in dropped[:settings.show]:

@@ -337,6 +337,14 @@ class AlphanumericFraction(Rule):
 
 
 # ------------------------------------------------------------------ presets and the pipeline
+PRESET_NAMES = ("web", "code")
+
+
+def preset_for(corpus: str, rules: str | None = None) -> str:
+    """The rule preset for a corpus: `rules` when given, else "code" for python-stdlib and "web" for prose."""
+    return rules or ("code" if corpus == "python-stdlib" else "web")
+
+
 def preset_rules(preset: str = "web", dedup: bool = True) -> list[Rule]:
     """The default rule list for "web" (prose) or "code" (source files), dedup last."""
     if preset == "web":

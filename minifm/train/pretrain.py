@@ -39,7 +39,7 @@ import numpy as np
 import minifm.functional as F
 from minifm.config import ConfigBase
 from minifm.data.batches import causal_lm_batches, mask_for_mlm, pack_causal_lm, span_corruption
-from minifm.data.quality import QualityPipeline
+from minifm.data.quality import PRESET_NAMES, QualityPipeline, preset_for
 from minifm.data.sources import load_corpus, plural
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, T5Config
 from minifm.models.sizes import param_count
@@ -50,7 +50,6 @@ from minifm.train.loop import Trainer, read_metrics
 from minifm.train.plots import plot_loss_curve
 
 OBJECTIVE_OF_ARCH = {"gpt": "causal", "bert": "mlm", "t5": "span"}
-CURATION_PRESETS = ("web", "code")
 MAX_CURATION_DROP = 0.95            # a curation dropping more than this share does not fit the text
 DOCUMENT_SPLIT_MIN_DOCUMENTS = 20   # fewer documents: hold out the tail of the token stream instead
 
@@ -87,7 +86,7 @@ class PretrainConfig(ConfigBase):
         self.check_choice("norm", ("layernorm", "rmsnorm"))
         self.check_choice("mlp", ("gelu", "swiglu"))
         if self.rules is not None:
-            self.check_choice("rules", CURATION_PRESETS)
+            self.check_choice("rules", PRESET_NAMES)
         self.check_range("val_fraction", 0, 1, low_open=True, high_open=True)
         for name in ("corpus_bytes", "vocab_size", "eval_batches", "block_size", "n_layer", "n_head", "n_embd",
                      "n_kv_head"):
@@ -270,19 +269,6 @@ def make_objective(config: PretrainConfig, train_windows, val_windows, batch_siz
 
 
 # ---------------------------------------------------------------------------------------- data
-def load_texts(config: PretrainConfig, log=print) -> list[str]:
-    """The corpus config.corpus names; for a file or folder `log` hears how its text became documents."""
-    if config.corpus == "tinyworld":
-        return load_corpus("tinyworld", max_bytes=config.corpus_bytes)
-    if config.corpus == "python-stdlib":
-        return load_corpus("python-stdlib", max_bytes=config.corpus_bytes)
-    return load_corpus(config.corpus, log=log)
-
-
-def curation_preset(config: PretrainConfig) -> str:
-    return config.rules or ("code" if config.corpus == "python-stdlib" else "web")
-
-
 def curate_texts(texts: list[str], preset: str = "web"):
     """Run the quality pipeline with the "web" (prose) or "code" rules."""
     return QualityPipeline(preset=preset).run(texts)
@@ -296,7 +282,7 @@ def check_curation(curation, preset: str, log=print) -> None:
     log(curation.table())
     top = curation.top_rule()
     culprit = f"; {top.rule} dropped {top.dropped}" if top is not None else ""
-    other = next(p for p in CURATION_PRESETS if p != preset)
+    other = next(p for p in PRESET_NAMES if p != preset)
     raise ValueError(f"curation kept {len(curation.kept)} of {curation.n_input} documents with the {preset!r} "
                      f"rules (table above{culprit}); try --no-curate or --rules {other}")
 
@@ -402,9 +388,9 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     started = time.perf_counter()
     curation = None
     if texts is None:
-        texts = load_texts(config, log)
+        texts = load_corpus(config.corpus, max_bytes=config.corpus_bytes, log=log)  # log: how a file was split
         if config.curate:
-            preset = curation_preset(config)
+            preset = preset_for(config.corpus, config.rules)
             curation = curate_texts(texts, preset)
             log(f"curation ({preset} rules) kept {len(curation.kept)} of {curation.n_input} documents")
             check_curation(curation, preset, log)
