@@ -26,21 +26,16 @@ from minifm.cli.common import (
 )
 from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args
 from minifm.lifecycle.post_training import dpo_stage, ppo_folder, ppo_stage, reward_stage, sft_stage
-from minifm.lifecycle.presets import PRESETS
+from minifm.lifecycle.presets import PRESETS, TRAINER_CONFIGS
 from minifm.peft import PeftModel
 from minifm.runs import load_model, load_run, save_run
-from minifm.train.dpo import DPOConfig
 from minifm.train.ppo import PPOConfig
-from minifm.train.reward import RewardConfig
-from minifm.train.sft import SFTConfig
-
-STAGE_CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig}
 
 
 def prepare_stage(args, stage: str) -> dict:
     """Before any work: the preset's post-training settings with this stage's config rebuilt from
     preset < --config < flags, and the output directory checked (writable, not an existing run)."""
-    config_class = STAGE_CONFIGS[stage]
+    config_class = TRAINER_CONFIGS[stage]
     settings = copy.deepcopy(PRESETS[args.preset]["post_training"])
     file_values = config_values(args, field_names(config_class))
     config = settings_from(args, config_class, base=settings[stage], file_values=file_values)
@@ -122,7 +117,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, stage: str, model_help
                         help=f"continue an interrupted run from its checkpoint in OUT/{stage}/ (same settings)"
                              + (" (OUT/grpo/ for GRPO)" if stage == "ppo" else ""))
     add_overwrite_argument(parser)
-    add_dataclass_arguments(parser, STAGE_CONFIGS[stage], f"{stage} settings")
+    add_dataclass_arguments(parser, TRAINER_CONFIGS[stage], f"{stage} settings")
 
 
 def add_sft_arguments(parser) -> None:

@@ -17,13 +17,13 @@ from minifm.checkpoint import has_checkpoint
 from minifm.data import tinyworld
 from minifm.data.quality import QualityPipeline
 from minifm.lifecycle.evaluation import distinct_n
+from minifm.lifecycle.presets import stage_configs
 from minifm.lifecycle.report import (
     curate_markdown, plot_sampling_tradeoff, pretrain_markdown, sampling_markdown, tokenizer_markdown,
 )
 from minifm.sampling.generate import generate
 from minifm.tokenizer.fertility import fertility, format_table
-from minifm.train.config import TrainConfig
-from minifm.train.pretrain import PretrainConfig, run_pretraining, train_tokenizer
+from minifm.train.pretrain import run_pretraining, train_tokenizer
 
 SAMPLING_SETTINGS = [  # (label, generate() keyword arguments)
     ("greedy", {"do_sample": False}),
@@ -80,9 +80,7 @@ def tokenizer_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool =
 
 
 def pretrain_stage(run_dir: Path, settings: dict, outputs: dict, resume: bool = False) -> dict:
-    model_keys = PretrainConfig.field_names()
-    config = PretrainConfig(arch="gpt", corpus="tinyworld", **{k: v for k, v in settings.items() if k in model_keys})
-    train_config = TrainConfig(**{k: v for k, v in settings.items() if k not in model_keys})
+    config, train_config = stage_configs("pretrain", settings)  # a GPT on tinyworld: PretrainConfig's defaults
     summary = run_pretraining(run_dir / "pretrain", config, train_config,
                               tokenizer=outputs["tokenizer"]["artifacts"]["tokenizer"],
                               texts=outputs["curate"]["artifacts"]["texts"],
