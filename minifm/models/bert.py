@@ -1,13 +1,19 @@
 """BERT: an encoder-only transformer (bidirectional attention) with a masked-LM head and a pooled classifier.
 
-    ids (B, T) -> wte(ids) + wpe(0..T-1) -> dropout -> n_layer x TransformerBlock (not causal) -> norm_f
+    ids (B, T) -> wte(ids) + wpe(0..T-1) [+ wtt(token_type_ids)] -> [emb_norm] -> dropout
+               -> n_layer x TransformerBlock (not causal) -> [norm_f, pre-norm only]      (B, T, d)
     mlm_logits(h)  = LayerNorm(gelu(mlm_dense(h))) @ wte.weight^T + mlm_bias          (B, T, vocab)
     classify(h)    = classifier(tanh(pooler(h[:, 0])))                                (B, num_labels)
 
-Deviations from the original BERT, documented: pre-norm blocks with a final norm (the original is
-post-norm; pre-norm trains more stably and reuses the shared block), no token-type (segment)
-embeddings and no embedding LayerNorm. Padding keys (attention_mask == 0) are never attended; the
-hidden states at padded positions are computed but meaningless. Positions are 0..T-1 (right padding).
+Two layouts from one config:
+- minifm's default (norm_position="pre", type_vocab_size=0, embedding_norm=False): pre-norm blocks and
+  a final norm (pre-norm trains more stably without warm-up and reuses GPT's block), no token-type
+  (segment) embeddings, no embedding LayerNorm;
+- the original BERT's (norm_position="post", type_vocab_size=2, embedding_norm=True, norm_eps=1e-12),
+  which BERT.from_pretrained builds for Hugging Face BertModel checkpoints: post-norm blocks (no final
+  norm: each block's output is already normalised), segment embeddings, LayerNorm after the embeddings.
+Padding keys (attention_mask == 0) are never attended; the hidden states at padded positions are
+computed but meaningless. Positions are 0..T-1 (right padding).
 Init: GPT-2 style (N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)), seeded by config.seed.
 """
 from __future__ import annotations
@@ -45,9 +51,14 @@ class BERTConfig(TransformerConfigBase):
     init_std: float = 0.02
     seed: int = 0
     dtype: str = "float32"
+    norm_position: str = "pre"  # "post": the original BERT's post-norm blocks, and no final norm
+    type_vocab_size: int = 0  # segment (token-type) embeddings; 0 = none, BERT checkpoints have 2
+    embedding_norm: bool = False  # LayerNorm after the summed embeddings (the original BERT's)
 
     def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields(extra_positive=("num_labels",))  # see TransformerConfigBase
+        if self.type_vocab_size < 0:
+            raise ValueError(f"BERTConfig.type_vocab_size must be >= 0, got {self.type_vocab_size}")
 
 
 class BERT(Module):
@@ -64,31 +75,59 @@ class BERT(Module):
         self.wte = Embedding(config.vocab_size, d)
         if config.pos == "learned":
             self.wpe = Embedding(config.block_size, d)
+        if config.type_vocab_size:
+            self.wtt = Embedding(config.type_vocab_size, d)
+        if config.embedding_norm:
+            self.emb_norm = make_norm(config.norm, d, config.norm_eps, config.bias)
         self.drop = Dropout(config.dropout)
         self.blocks = transformer_blocks(config, config.n_layer, causal=False, rope=rotary_embedding(config))
-        self.norm_f = make_norm(config.norm, d, config.norm_eps, config.bias)
+        if config.norm_position == "pre":
+            self.norm_f = make_norm(config.norm, d, config.norm_eps, config.bias)
         self.mlm_dense = Linear(d, d, bias=True)
-        self.mlm_norm = LayerNorm(d)
+        self.mlm_norm = LayerNorm(d, eps=1e-5 if config.norm_eps is None else config.norm_eps)
         self.mlm_bias = Parameter(np.zeros(config.vocab_size, dtype=np.float32))
         self.pooler = Linear(d, d, bias=True)
         self.classifier = Linear(d, config.num_labels, bias=True)
         self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
 
-    def forward(self, input_ids, attention_mask=None):
-        """input_ids (B, T), attention_mask (B, T) of 1 = token / 0 = padding -> hidden states (B, T, n_embd)."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """input_ids (B, T), attention_mask (B, T) of 1 = token / 0 = padding -> hidden states (B, T, n_embd).
+
+        token_type_ids (B, T): segment ids (0 = first sentence, 1 = second), default all 0; only for a
+        config with type_vocab_size > 0.
+        """
+        config = self.config
         input_ids = check_ids("input_ids", input_ids)
         batch, steps = input_ids.shape
-        if steps > self.config.block_size and self.config.pos == "learned":
-            raise ValueError(f"sequence length {steps} exceeds block_size {self.config.block_size}")
+        if steps > config.block_size and config.pos == "learned":
+            raise ValueError(f"sequence length {steps} exceeds block_size {config.block_size}")
         padding = key_padding_mask("attention_mask", attention_mask, (batch, steps))  # None: no padding
         positions = np.arange(steps)
         x = self.wte(input_ids)  # (B, T, d)
-        if self.config.pos == "learned":
+        if config.pos == "learned":
             x = x + self.wpe(positions)
+        if config.type_vocab_size:
+            x = x + self.wtt(self._token_types(token_type_ids, input_ids.shape))  # (B, T, d)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this BERT has no token-type embeddings (type_vocab_size=0)")
+        if config.embedding_norm:
+            x = self.emb_norm(x)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, positions=positions, key_padding_mask=padding)
-        return self.norm_f(x)  # (B, T, d)
+        return self.norm_f(x) if config.norm_position == "pre" else x  # (B, T, d)
+
+    def _token_types(self, token_type_ids, shape: tuple[int, int]) -> np.ndarray:
+        """Checked (B, T) segment ids; zeros when none are given."""
+        if token_type_ids is None:
+            return np.zeros(shape, dtype=np.int64)
+        token_type_ids = check_ids("token_type_ids", token_type_ids)
+        if token_type_ids.shape != shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {shape}, got {token_type_ids.shape}")
+        if token_type_ids.min() < 0 or token_type_ids.max() >= self.config.type_vocab_size:
+            raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size}), "
+                             f"got values in [{token_type_ids.min()}, {token_type_ids.max()}]")
+        return token_type_ids
 
     def mlm_logits(self, hidden):
         """Masked-LM logits (B, T, vocab) from hidden states (B, T, d); the decoder is tied to wte."""

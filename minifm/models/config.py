@@ -26,8 +26,9 @@ from minifm.autograd.tensor import data_of
 from minifm.config import ConfigBase
 from minifm.nn import init
 from minifm.nn.attention import RotaryEmbedding
-from minifm.nn.block import TransformerBlock
+from minifm.nn.block import NORM_POSITIONS, TransformerBlock
 from minifm.nn.layers import Dropout, Embedding, Linear
+from minifm.nn.mlp import MLP_KINDS
 from minifm.nn.module import ModuleList
 
 RESIDUAL_PROJECTIONS = ("o_proj", "fc_out", "down_proj")
@@ -38,8 +39,13 @@ class TransformerConfigBase(ConfigBase):
 
     The subclass (a dataclass) declares vocab_size, block_size, n_layer, n_head, n_embd, n_kv_head,
     dropout, pos, norm, mlp, mlp_ratio, mlp_hidden and dtype, and calls check_shared_fields from
-    its validate(), naming any extra fields that must be positive integers.
+    its validate(), naming any extra fields that must be positive integers. Two block options have
+    class-level defaults here and are fields only of the configs that need them: norm_position
+    (BERTConfig: "post" for BERT checkpoints) and qkv_bias (GPTConfig: Qwen2's q/k/v-only biases).
     """
+
+    norm_position = "pre"  # "pre" | "post" (see minifm/nn/block.py)
+    qkv_bias = None  # biases on q/k/v only; None = the same as `bias`
 
     def check_shared_fields(self, extra_positive: tuple[str, ...] = ()) -> None:
         name = type(self).__name__
@@ -47,7 +53,8 @@ class TransformerConfigBase(ConfigBase):
             check_positive_int(name, field, getattr(self, field))
         check_choice(name, "pos", self.pos, ("learned", "rope"))
         check_choice(name, "norm", self.norm, ("layernorm", "rmsnorm"))
-        check_choice(name, "mlp", self.mlp, ("gelu", "swiglu"))
+        check_choice(name, "mlp", self.mlp, MLP_KINDS)
+        check_choice(name, "norm_position", self.norm_position, NORM_POSITIONS)
         check_choice(name, "dtype", self.dtype, ("float32", "float64"))
         check_heads(name, self.n_embd, self.n_head, self.n_kv_head, self.pos)
         if not 0.0 <= self.dropout < 1.0:
@@ -108,11 +115,12 @@ def rotary_embedding(config) -> RotaryEmbedding | None:
 
 def transformer_blocks(config, count: int, causal: bool, rope: RotaryEmbedding | None,
                        cross_attention: bool = False) -> ModuleList:
-    """`count` pre-norm TransformerBlocks of the config's width, heads, norm, MLP, bias and dropout."""
+    """`count` TransformerBlocks of the config's width, heads, norm (and its position), MLP, biases and dropout."""
     return ModuleList(
         TransformerBlock(config.n_embd, config.n_head, config.n_kv_head, mlp_hidden=config.ffn_hidden,
                          bias=config.bias, norm=config.norm, mlp=config.mlp, dropout=config.dropout, causal=causal,
-                         cross_attention=cross_attention, rope=rope, norm_eps=config.norm_eps)
+                         cross_attention=cross_attention, rope=rope, norm_eps=config.norm_eps,
+                         norm_position=config.norm_position, qkv_bias=config.qkv_bias)
         for _ in range(count)
     )
 

@@ -3,8 +3,10 @@
     ids (B, T) -> wte(ids) [+ wpe(positions)] -> dropout -> n_layer x TransformerBlock (causal, pre-norm)
                -> norm_f -> logits = h @ wte.weight^T (tied) or lm_head(h)           (B, T, vocab)
 
-Options in GPTConfig: learned absolute positions or RoPE; LayerNorm or RMSNorm; GELU MLP or SwiGLU;
-grouped-query attention (n_kv_head < n_head); tied or separate output head; biases on or off.
+Options in GPTConfig: learned absolute positions or RoPE; LayerNorm or RMSNorm; GELU MLP (exact, or
+GPT-2's tanh approximation: mlp="gelu_tanh") or SwiGLU; grouped-query attention (n_kv_head < n_head);
+tied or separate output head; biases on or off (q/k/v biases alone with qkv_bias, as Qwen2 has).
+These options cover the GPT-2 and Llama families, whose checkpoints GPT.from_pretrained reads.
 
 Positions: with an attention_mask (B, cached + new) of 1/0 (0 = padding), a token's position is the
 number of real tokens before it (cumulative sum of the mask - 1, as Hugging Face does), so a
@@ -58,6 +60,7 @@ class GPTConfig(TransformerConfigBase):
     init_std: float = 0.02
     seed: int = 0
     dtype: str = "float32"
+    qkv_bias: bool | None = None  # q/k/v biases apart from `bias` (Qwen2: True with bias=False); None = bias
 
     def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)

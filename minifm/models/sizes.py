@@ -3,11 +3,13 @@
 Notation: d = n_embd, V = vocab_size, L = layers, f = feed-forward width (config.ffn_hidden),
 d_kv = n_kv_head * head_dim (the key/value width; d_kv = d without GQA), b = 1 if biases else 0.
 
-Parameters of one self-attention:  2 d^2 + 2 d d_kv + b (2 d + 2 d_kv)          (q, o and k, v)
+Parameters of one self-attention:  2 d^2 + 2 d d_kv + b_qkv (d + 2 d_kv) + b d   (q, o and k, v;
+                                   b_qkv = b unless qkv_bias says otherwise)
 Parameters of the MLP:             GELU 2 d f + b (f + d);   SwiGLU 3 d f + b (2 f + d)
 A norm:                            LayerNorm d + b d;   RMSNorm d
 GPT   = V d [+ block_size d learned positions] + L (2 norms + attention + MLP) + final norm [+ V d untied head]
-BERT  = GPT's body (not causal) + MLM head (d^2 + d + LayerNorm 2d + V bias) + pooler (d^2 + d)
+BERT  = GPT's body (not causal; [+ 2 d embedding LayerNorm] [+ types d segment embeddings] [- the final
+        norm when post-norm]) + MLM head (d^2 + d + LayerNorm 2d + V bias) + pooler (d^2 + d)
         + classifier (d num_labels + num_labels)
 T5    = V d [+ 2 block_size d learned positions] + L_enc (2 norms + attention + MLP) + norm + L_dec (3 norms + 2 attentions + MLP) + norm [+ V d]
 
@@ -35,8 +37,9 @@ def _norm_params(kind: str, d: int, bias: bool) -> int:
     return d + (d if kind == "layernorm" and bias else 0)
 
 
-def _attention_params(d: int, d_kv: int, bias: bool) -> int:
-    return 2 * d * d + 2 * d * d_kv + (2 * d + 2 * d_kv if bias else 0)
+def _attention_params(d: int, d_kv: int, bias: bool, qkv_bias: bool | None = None) -> int:
+    qkv_bias = bias if qkv_bias is None else qkv_bias
+    return 2 * d * d + 2 * d * d_kv + (d + 2 * d_kv if qkv_bias else 0) + (d if bias else 0)
 
 
 def _mlp_params(kind: str, d: int, hidden: int, bias: bool) -> int:
@@ -61,7 +64,8 @@ def _block_params(config, norm_bias: bool, cross: bool = False) -> int:
     d, d_kv = config.n_embd, _kv_width(config)
     norms = 3 if cross else 2
     attentions = 2 if cross else 1
-    return (norms * _norm_params(config.norm, d, norm_bias) + attentions * _attention_params(d, d_kv, config.bias)
+    attention = _attention_params(d, d_kv, config.bias, config.qkv_bias)
+    return (norms * _norm_params(config.norm, d, norm_bias) + attentions * attention
             + _mlp_params(config.mlp, d, config.ffn_hidden, config.bias))
 
 
@@ -75,8 +79,10 @@ def param_count(config) -> int:
         return total + (0 if config.tie_weights else vocab * d)
     if isinstance(config, BERTConfig):
         total = vocab * d + (config.block_size * d if config.pos == "learned" else 0)
+        total += config.type_vocab_size * d  # segment embeddings
         total += config.n_layer * _block_params(config, config.bias)
-        total += _norm_params(config.norm, d, config.bias)
+        final_norms = (config.norm_position == "pre") + config.embedding_norm  # final norm, embedding norm
+        total += final_norms * _norm_params(config.norm, d, config.bias)
         total += (d * d + d) + 2 * d + vocab  # MLM transform, its LayerNorm, output bias
         total += (d * d + d) + (d * config.num_labels + config.num_labels)  # pooler, classifier
         return total

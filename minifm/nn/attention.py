@@ -166,11 +166,13 @@ class MultiHeadAttention(Module):
 
     Arguments: embed_dim (model width), num_heads, num_kv_heads (default num_heads), bias,
     causal (mask future keys), rope (a RotaryEmbedding or None), kv_dim (width of the
-    cross-attention source; default embed_dim).
+    cross-attention source; default embed_dim), qkv_bias (biases on q/k/v only; default `bias`:
+    Qwen2 has q/k/v biases and no output bias).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int | None = None, bias: bool = True,
-                 causal: bool = False, rope: RotaryEmbedding | None = None, kv_dim: int | None = None):
+                 causal: bool = False, rope: RotaryEmbedding | None = None, kv_dim: int | None = None,
+                 qkv_bias: bool | None = None):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if embed_dim % num_heads:
@@ -182,9 +184,10 @@ class MultiHeadAttention(Module):
         self.causal = causal
         self.rope = rope
         kv_dim = embed_dim if kv_dim is None else kv_dim
-        self.q_proj = Linear(embed_dim, num_heads * self.head_dim, bias=bias)
-        self.k_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=bias)
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.q_proj = Linear(embed_dim, num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = Linear(num_heads * self.head_dim, embed_dim, bias=bias)
         self.extra_kv = None  # None or (keys, values), each (Hkv, P, D), prepended in every call (see above)
 

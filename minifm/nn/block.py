@@ -1,13 +1,21 @@
-"""The pre-norm transformer block shared by GPT, BERT and T5.
+"""The transformer block shared by GPT, BERT and T5, pre-norm (the default) or post-norm.
 
+Pre-norm (norm_position="pre"):
     x = x + dropout(attn(norm1(x)))                          self-attention (causal or not)
     x = x + dropout(cross_attn(norm_cross(x), encoder))      only in T5's decoder blocks
     x = x + dropout(mlp(norm2(x)))
+Post-norm (norm_position="post", the original Transformer's and BERT's):
+    x = norm1(x + dropout(attn(x)))
+    x = norm_cross(x + dropout(cross_attn(x, encoder)))
+    x = norm2(x + dropout(mlp(x)))
 
 Pre-norm (normalise the input of each sub-layer, keep the residual stream un-normalised) is
-GPT-2's and most modern models' choice; the models put one final norm after the last block.
+GPT-2's and most modern models' choice, and trains more stably without warm-up; the models then put
+one final norm after the last block. A post-norm block's output is already normalised, so a
+post-norm model has no final norm. The parameters are the same either way, so one set of names
+(norm1, norm2, ...) serves both.
 
-Inference fast path: with graph recording off, no cross-attention, no prefix, no RoPE and the stock
+Inference fast path: with graph recording off, pre-norm, no cross-attention, no prefix, no RoPE and the stock
 sub-modules (exact Linear / LayerNorm / RMSNorm / MLP types, so a PEFT-wrapped projection or a
 forward hook-like subclass takes the general path), `forward` runs the same Function forwards on
 raw NumPy arrays, skipping Tensor/Function bookkeeping (about 20 Python-level autograd calls per
@@ -44,18 +52,26 @@ def _linear_array(layer: Linear, x: np.ndarray) -> np.ndarray:
     return linalg.Linear.forward(Context(), x, layer.weight.data, bias)
 
 
+NORM_POSITIONS = ("pre", "post")
+
+
 class TransformerBlock(Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, mlp_hidden: int | None = None,
                  bias: bool = True, norm: str = "layernorm", mlp: str = "gelu", dropout: float = 0.0,
                  causal: bool = True, cross_attention: bool = False, rope: RotaryEmbedding | None = None,
-                 norm_eps: float | None = None):
+                 norm_eps: float | None = None, norm_position: str = "pre", qkv_bias: bool | None = None):
         super().__init__()
+        if norm_position not in NORM_POSITIONS:
+            raise ValueError(f"norm_position must be one of {list(NORM_POSITIONS)}, got {norm_position!r}")
+        self.norm_position = norm_position
         mlp_hidden = 4 * dim if mlp_hidden is None else mlp_hidden
         self.norm1 = make_norm(norm, dim, norm_eps, bias)
-        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, bias=bias, causal=causal, rope=rope)
+        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads, bias=bias, causal=causal, rope=rope,
+                                       qkv_bias=qkv_bias)
         if cross_attention:
             self.norm_cross = make_norm(norm, dim, norm_eps, bias)
-            self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, bias=bias, causal=False)
+            self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads, bias=bias, causal=False,
+                                                 qkv_bias=qkv_bias)
         self.has_cross_attention = cross_attention
         self.norm2 = make_norm(norm, dim, norm_eps, bias)
         self.mlp = make_mlp(mlp, dim, mlp_hidden, bias)
@@ -66,6 +82,9 @@ class TransformerBlock(Module):
         """x (B, T, dim) -> (B, T, dim); encoder_hidden (B, S, dim) and encoder_mask (B, S) for cross-attention."""
         if self._can_run_inference_path(x):
             return Tensor._from_array(self._inference_forward(x.data, positions, key_padding_mask, cache, layer_index))
+        if self.norm_position == "post":
+            return self._post_norm_forward(x, positions, key_padding_mask, cache, layer_index, encoder_hidden,
+                                           encoder_mask)
         attended = self.attn(self.norm1(x), key_padding_mask=key_padding_mask, positions=positions, cache=cache,
                              layer_index=layer_index)
         x = x + self.dropout(attended)
@@ -78,11 +97,23 @@ class TransformerBlock(Module):
         x = x + self.dropout(self.mlp(self.norm2(x)))
         return x
 
+    def _post_norm_forward(self, x, positions, key_padding_mask, cache, layer_index, encoder_hidden, encoder_mask):
+        """The post-norm arithmetic (see the module docstring); x (B, T, dim) -> (B, T, dim)."""
+        attended = self.attn(x, key_padding_mask=key_padding_mask, positions=positions, cache=cache,
+                             layer_index=layer_index)
+        x = self.norm1(x + self.dropout(attended))
+        if self.has_cross_attention:
+            if encoder_hidden is None:
+                raise ValueError("this block has cross-attention and needs encoder_hidden")
+            crossed = self.cross_attn(x, key_value_states=encoder_hidden, key_padding_mask=encoder_mask)
+            x = self.norm_cross(x + self.dropout(crossed))
+        return self.norm2(x + self.dropout(self.mlp(x)))
+
     # ------------------------------------------------------------------ inference fast path
     def _can_run_inference_path(self, x) -> bool:
         attn = self.attn
         return (not is_grad_enabled() and isinstance(x, Tensor) and not x.requires_grad
-                and not self.has_cross_attention and attn.rope is None and attn.extra_kv is None
+                and self.norm_position == "pre" and not self.has_cross_attention and attn.rope is None and attn.extra_kv is None
                 and not (self.training and self.dropout.p > 0.0)
                 and type(attn) is MultiHeadAttention and type(self.mlp) is MLP
                 and type(self.norm1) in (LayerNorm, RMSNorm) and type(self.norm2) in (LayerNorm, RMSNorm)

@@ -1,6 +1,6 @@
 """The transformer's position-wise feed-forward layers.
 
-MLP     y = fc_out(gelu(fc_in(x)))                           (GPT-2, BERT; exact erf GELU)
+MLP     y = fc_out(gelu(fc_in(x)))                           (BERT: exact erf GELU; GPT-2: tanh GELU)
 SwiGLU  y = down_proj(silu(gate_proj(x)) * up_proj(x))       (LLaMA / PaLM's gated variant)
 
 Simplification: no dropout inside the feed-forward (the block applies residual dropout after it).
@@ -36,9 +36,14 @@ class SwiGLU(Module):
         return self.down_proj(gated)  # (..., dim)
 
 
+MLP_KINDS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU MLP, GPT-2's tanh-approximated GELU MLP, SwiGLU
+
+
 def make_mlp(kind: str, dim: int, hidden_dim: int, bias: bool) -> Module:
     if kind == "gelu":
         return MLP(dim, hidden_dim, bias=bias)
+    if kind == "gelu_tanh":
+        return MLP(dim, hidden_dim, bias=bias, approximate="tanh")
     if kind == "swiglu":
         return SwiGLU(dim, hidden_dim, bias=bias)
-    raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {kind!r}")
+    raise ValueError(f"mlp must be one of {list(MLP_KINDS)}, got {kind!r}")

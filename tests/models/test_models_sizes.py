@@ -15,21 +15,24 @@ def shapes(draw):
     return dict(vocab_size=draw(st.integers(2, 40)), block_size=draw(st.integers(1, 20)),
                 n_layer=draw(st.integers(1, 3)), n_head=n_head, n_embd=n_head * head_dim,
                 n_kv_head=draw(st.sampled_from([None, n_kv_head])), bias=draw(st.booleans()),
-                norm=draw(st.sampled_from(["layernorm", "rmsnorm"])), mlp=draw(st.sampled_from(["gelu", "swiglu"])),
+                norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+                mlp=draw(st.sampled_from(["gelu", "gelu_tanh", "swiglu"])),
                 mlp_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])))
 
 
 @settings(max_examples=25)
-@given(shapes(), st.sampled_from(["learned", "rope"]), st.booleans())
-def test_gpt_param_count_equals_real_count(shape, pos, tie):
-    config = GPTConfig(**shape, pos=pos, tie_weights=tie)
+@given(shapes(), st.sampled_from(["learned", "rope"]), st.booleans(), st.sampled_from([None, False, True]))
+def test_gpt_param_count_equals_real_count(shape, pos, tie, qkv_bias):
+    config = GPTConfig(**shape, pos=pos, tie_weights=tie, qkv_bias=qkv_bias)
     assert sizes.param_count(config) == GPT(config).num_parameters()
 
 
 @settings(max_examples=15)
-@given(shapes(), st.sampled_from(["learned", "rope"]), st.integers(1, 5))
-def test_bert_param_count_equals_real_count(shape, pos, labels):
-    config = BERTConfig(**shape, pos=pos, num_labels=labels)
+@given(shapes(), st.sampled_from(["learned", "rope"]), st.integers(1, 5), st.sampled_from(["pre", "post"]),
+       st.integers(0, 3), st.booleans())
+def test_bert_param_count_equals_real_count(shape, pos, labels, norm_position, type_vocab_size, embedding_norm):
+    config = BERTConfig(**shape, pos=pos, num_labels=labels, norm_position=norm_position,
+                        type_vocab_size=type_vocab_size, embedding_norm=embedding_norm)
     assert sizes.param_count(config) == BERT(config).num_parameters()
 
 
