@@ -239,11 +239,11 @@ class Module:
         for module in self.modules():
             for param in module._parameters.values():
                 if param is not None:
-                    param.data = param.data.astype(dtype)
-                    param.grad = None if param.grad is None else param.grad.astype(dtype)
+                    param.data = param.data.astype(dtype, copy=False)  # no copy when already `dtype`
+                    param.grad = None if param.grad is None else param.grad.astype(dtype, copy=False)
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.dtype.kind == "f":
-                    setattr(module, name, buffer.astype(dtype))
+                    setattr(module, name, buffer.astype(dtype, copy=False))
         return self
 
     def float(self) -> "Module":
