@@ -27,6 +27,7 @@ from minifm.models.config import (
     TransformerConfigBase, check_ids, initialise_weights, key_padding_mask, rotary_embedding, transformer_blocks,
 )
 from minifm.nn.layers import Dropout, Embedding, LayerNorm, Linear, make_norm
+from minifm.models.pretrained import load_pretrained, save_pretrained
 from minifm.nn.module import Module, Parameter
 
 
@@ -89,6 +90,15 @@ class BERT(Module):
         self.pooler = Linear(d, d, bias=True)
         self.classifier = Linear(d, config.num_labels, bias=True)
         self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: str | None = None) -> "BERT":
+        """A BERT holding a real checkpoint: a Hugging Face directory (minifm/models/pretrained.py)."""
+        return load_pretrained(cls, BERTConfig, "bert", path, dtype)
+
+    def save_pretrained(self, directory):
+        """Write this model as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+        return save_pretrained(self, "bert", directory)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """input_ids (B, T), attention_mask (B, T) of 1 = token / 0 = padding -> hidden states (B, T, n_embd).

@@ -33,6 +33,7 @@ from minifm.models.config import (
 )
 from minifm.nn.attention import KVCache
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
+from minifm.models.pretrained import load_pretrained, save_pretrained
 from minifm.nn.module import Module
 from minifm.sampling.generate import generate
 
@@ -86,6 +87,15 @@ class GPT(Module):
         self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
 
     # ------------------------------------------------------------------ forward
+    @classmethod
+    def from_pretrained(cls, path, dtype: str | None = None) -> "GPT":
+        """A GPT holding a real checkpoint: a Hugging Face directory or a .gguf file (minifm/models/pretrained.py)."""
+        return load_pretrained(cls, GPTConfig, "gpt", path, dtype)
+
+    def save_pretrained(self, directory):
+        """Write this model as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
+        return save_pretrained(self, "gpt", directory)
+
     def forward(self, input_ids=None, attention_mask=None, cache: KVCache | None = None, inputs_embeds=None,
                 return_hidden: bool = False):
         """Logits (B, T, vocab) for the new tokens (and the final hidden states if return_hidden).
