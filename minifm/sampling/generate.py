@@ -283,7 +283,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
              stop=None, tokenizer=None, eos_token_id=None, pad_token_id: int | None = None,
              decoder_start_token_id: int | None = None, attention_mask=None, seed=None,
              use_cache: bool = True, output_scores: bool = False, return_logprobs: bool = False,
-             return_dict_in_generate: bool = False, best_of: int | None = None, reward_model=None):
+             return_dict_in_generate: bool = False, best_of: int | None = None, reward_model=None, streamer=None):
     """Continue each prompt by up to `max_new_tokens` tokens (see the module docstring).
 
     Returns an int64 array (N, T0 + T_new) with N = batch * num_return_sequences (rows of one
@@ -296,6 +296,9 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
     if output_pad is None:
         output_pad = 0 if eos_token_id is None else int(np.ravel([eos_token_id])[0])
     ids, mask = prepare_prompts(input_ids, attention_mask, pad_token_id=output_pad)
+    if streamer is not None and (ids.shape[0] != 1 or num_beams > 1 or num_return_sequences > 1 or best_of):
+        raise ValueError(f"streamer needs one sequence: batch 1 (got {ids.shape[0]}), num_beams 1 (got {num_beams}), "
+                         f"num_return_sequences 1 (got {num_return_sequences}) and no best_of")
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"input_ids must be in [0, {vocab_size}), got values in [{ids.min()}, {ids.max()}]")
@@ -341,22 +344,27 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
                                          f"({num_return_sequences})")
                     do_sample = True
                 ids_rep, mask_rep = np.repeat(ids, copies, axis=0), np.repeat(mask, copies, axis=0)
+                if streamer is not None:
+                    streamer.put(ids[0][mask[0].astype(bool)])
                 result = _search(make_stepper(), ids_rep, mask_rep, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, rng=_make_rng(seed), stopper=stopper, pad_token_id=output_pad,
                                  output_scores=output_scores, want_logprobs=return_logprobs or best_of is not None,
+                                 streamer=streamer,
                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty)
                 if best_of is not None:
                     result = _keep_best_of(result, reward_model, ids.shape[0], copies, num_return_sequences)
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
+        if streamer is not None:
+            streamer.end()
     if encoder_decoder:
         result.extras["encoder_input_ids"] = ids
     return result if want_dict else result.sequences
 
 
 def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_token_id, output_scores,
-            want_logprobs=True, **processor_options) -> GenerateOutput:
+            want_logprobs=True, streamer=None, **processor_options) -> GenerateOutput:
     """Greedy decoding or sampling, one token per row per step, rows finishing independently."""
     batch = ids.shape[0]
     repetition_penalty = processor_options["repetition_penalty"]
@@ -390,6 +398,8 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
             scores.append(np.asarray(processed, dtype=np.float32).copy())
         num_generated += ~finished
         steps_done = step + 1
+        if streamer is not None:
+            streamer.put(chosen[:1])
         if stopper.active:
             for row in np.flatnonzero(~finished):
                 history[row].append(int(chosen[row]))
