@@ -22,8 +22,15 @@ Decoding (`decode`): concatenate the tokens' bytes and decode UTF-8 with errors=
 sequence cut in the middle of a multi-byte character shows U+FFFD, as tiktoken and transformers do.
 `decode_bytes` gives the raw bytes.
 
-Simplifications: no byte-to-unicode remapping (tokens are stored as bytes, the file format stores
-merges as id pairs); no dropout, no min-frequency, no added (non-special) tokens; a lone surrogate
+Hugging Face format (`save_pretrained`): tokenizer.json + tokenizer_config.json, loadable by
+`tokenizers` and transformers with the same ids: the vocabulary spelled with GPT-2's byte table
+(minifm/tokenizer/byte_level.py), the merges as token pairs in rank order, the split rule as a
+Split pre-tokenizer (its `regex`-module form) followed by ByteLevel(use_regex=false), the special
+tokens as special added tokens, and minifm's chat format as a Jinja chat template. Hugging Face
+always recognises special-token text, so its ids equal `encode(text, allowed_special="all")`.
+
+Simplifications: no byte-to-unicode remapping in minifm's own file (tokens are stored as bytes, the
+file format stores merges as id pairs); no dropout, no min-frequency, no added (non-special) tokens; a lone surrogate
 code point in input text is replaced by U+FFFD before encoding (it has no UTF-8 form).
 """
 from __future__ import annotations
@@ -42,8 +49,10 @@ import numpy as np
 from minifm.checkpoint import atomic_write_bytes
 from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
-from minifm.tokenizer.pretokenize import PATTERN_NAMES, compiled_pattern
-from minifm.tokenizer.special import check_special_tokens, special_splitter
+from minifm.tokenizer.byte_level import bytes_to_token_text
+from minifm.tokenizer.pretokenize import PATTERN_NAMES, REGEX_MODULE_PATTERNS, compiled_pattern
+from minifm.tokenizer.pretrained import PretrainedTokenizer
+from minifm.tokenizer.special import ASSISTANT, END_OF_TURN, ENDOFTEXT, PAD, SYSTEM, USER, check_special_tokens, special_splitter
 
 NUM_BYTE_TOKENS = 256
 FILE_FORMAT = "minifm-bpe"
@@ -432,3 +441,71 @@ class BPETokenizer:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data, source=str(path))
+
+    # ------------------------------------------------------------------ Hugging Face format
+    def to_hf_json(self) -> dict:
+        """The tokenizer.json content of this tokenizer (see the module docstring)."""
+        first_special = NUM_BYTE_TOKENS + self._merges.shape[0]
+        spellings = [bytes_to_token_text(token_bytes) for token_bytes in self._token_bytes[:first_special]]
+        vocab: dict[str, int] = {}
+        for token_id, spelling in enumerate(spellings):
+            if spelling in vocab:
+                raise ValueError(
+                    f"ids {vocab[spelling]} and {token_id} are both the bytes {self._token_bytes[token_id]!r}; a "
+                    f"Hugging Face vocabulary cannot hold one spelling twice"
+                )
+            vocab[spelling] = token_id
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {"id": token_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": True}
+                for token, token_id in sorted(self._special.items(), key=lambda item: item[1])
+            ],
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": REGEX_MODULE_PATTERNS[self.pattern]},
+                 "behavior": "Isolated", "invert": False},
+                byte_level,
+            ]},
+            "post_processor": dict(byte_level, trim_offsets=False),
+            "decoder": dict(byte_level),
+            "model": {
+                "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                "vocab": vocab,
+                "merges": [[spellings[left], spellings[right]] for left, right in self._merges.tolist()],
+            },
+        }
+
+    def hf_tokenizer_config(self) -> dict:
+        """The tokenizer_config settings: eos/pad tokens and minifm's chat format as a Jinja template."""
+        config: dict = {}
+        if ENDOFTEXT in self._special:
+            config["eos_token"] = ENDOFTEXT
+        if PAD in self._special:
+            config["pad_token"] = PAD
+        if all(token in self._special for token in (SYSTEM, USER, ASSISTANT, END_OF_TURN)):
+            config["chat_template"] = MINIFM_CHAT_TEMPLATE
+        return config
+
+    def save_pretrained(self, directory: str | os.PathLike) -> list[Path]:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (Hugging Face
+        layout, loadable by `tokenizers` and transformers.AutoTokenizer); returns the paths."""
+        converted = PretrainedTokenizer(self.to_hf_json(), self.hf_tokenizer_config(), source="BPETokenizer")
+        return converted.save_pretrained(directory)
+
+
+# minifm's chat format (minifm/tokenizer/chat.py) in Jinja: <|role|>content<|end|> per message.
+MINIFM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('messages[' ~ loop.index0 ~ '] has role ' ~ message['role'] ~ '; expected system, user or assistant') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)

@@ -415,6 +415,7 @@ class PretrainedTokenizer:
         self._added = AddedVocabulary(self._added_tokens, self._normalizer)
         self._added_by_id = {token.id: token for token in self._added_tokens}
         self._added_by_content = {token.content: token.id for token in self._added_tokens}
+        self._special_contents = {token.content for token in self._added_tokens if token.special}
         self._added_decoded = {
             token.id: (self._normalizer(token.content) if token.normalized and self._normalizer else token.content)
             for token in self._added_tokens
@@ -616,7 +617,7 @@ class PretrainedTokenizer:
     # ------------------------------------------------------------ decoding
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids` through the file's decoder (`tokenizers`' decode); skip_special_tokens drops
-        the ids of special added tokens. An id with no token raises ValueError."""
+        the tokens spelled as a special added token. An id with no token raises ValueError."""
         if isinstance(ids, (str, bytes)):
             raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
         ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
@@ -628,8 +629,8 @@ class PretrainedTokenizer:
             token = self.id_to_token(token_id)
             if token is None:
                 raise ValueError(f"ids[{position}] = {token_id} is not in the vocabulary (size {self.vocab_size})")
-            if skip_special_tokens and token_id in self._added_by_id and self._added_by_id[token_id].special:
-                continue
+            if skip_special_tokens and token in self._special_contents:
+                continue   # as `tokenizers`, by spelling: a normalized special token's new spelling is kept
             tokens.append(token)
         return self._decoder(tokens)
 

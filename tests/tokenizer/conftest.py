@@ -18,3 +18,44 @@ def tokenizer(training_texts):
 @pytest.fixture(scope="session")
 def gpt2_tokenizer(training_texts):
     return BPETokenizer.train(training_texts, vocab_size=700, pattern="gpt2", special_tokens=("<|endoftext|>",))
+
+
+# ---------------------------------------------------------------------------- real tokenizers and their oracles
+# This conftest shadows tests/conftest.py as the module `conftest` for the files in this folder, so
+# `from conftest import require` here must find the root's `require`: load the root file by path.
+def _root_conftest():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("minifm_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ROOT = _root_conftest()
+require = _ROOT.require
+ORACLE_INSTALL = _ROOT.ORACLE_INSTALL
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf):
+    """minifm's tokenizer read from the SmolLM2 GGUF file (~6 s: the gguf package reads the metadata)."""
+    from minifm.tokenizer import from_pretrained
+
+    return from_pretrained(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers(smollm2_gguf):
+    """transformers' own conversion of the GGUF tokenizer (slow: done once per session)."""
+    transformers = require("transformers")
+    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers_dir(smollm2_transformers, tmp_path_factory):
+    """transformers' conversion saved as a Hugging Face directory (tokenizer.json, tokenizer_config.json)."""
+    directory = tmp_path_factory.mktemp("smollm2_transformers")
+    smollm2_transformers.save_pretrained(directory)
+    return directory
