@@ -1,49 +1,50 @@
-"""read_checkpoint(path): a Hugging Face directory as (config.json dict, lazily read tensors).
+"""read_checkpoint(path): open any checkpoint minifm reads as a PretrainedCheckpoint.
 
-INTERIM (to be replaced by the full reader of GGUF files and sharded directories): reads a directory
-with config.json and one model.safetensors or a model.safetensors.index.json with its shards.
+    a directory              -> hf_files.HFCheckpoint   (config.json + safetensors, single or sharded)
+    a .gguf file             -> gguf.GGUFCheckpoint     (also any file that starts with the GGUF magic)
+    a known short name       -> the installed model's path first (registry.py: smollm2-135m-instruct, ...)
+
+Either way the result has .config (a Hugging Face config.json dict) and the tensors under Hugging Face
+names, read one at a time (pretrained_checkpoint.py describes the interface). A lone .safetensors file
+is refused: without its config.json nothing says what the tensors are; pass the directory holding both.
+Pickle files (.bin, .pt, ...) are refused too: nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from safetensors import safe_open
+from minifm.pretrained.gguf import GGUFCheckpoint
+from minifm.pretrained.hf_files import PICKLE_SUFFIXES, HFCheckpoint
+from minifm.pretrained.pretrained_checkpoint import PretrainedCheckpoint
+from minifm.pretrained.registry import resolve_model_path
+
+GGUF_MAGIC = b"GGUF"
 
 
-class _LazyTensors(Mapping):
-    def __init__(self, files: dict[str, Path]):
-        self._files = files  # tensor name -> file
-
-    def __getitem__(self, name):
-        with safe_open(self._files[name], framework="numpy") as handle:
-            return np.asarray(handle.get_tensor(name), dtype=np.float32)
-
-    def __iter__(self):
-        return iter(self._files)
-
-    def __len__(self):
-        return len(self._files)
+def is_gguf_file(path: Path) -> bool:
+    """Whether `path` is a GGUF file: named *.gguf, or starting with the 4 bytes b'GGUF'."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) == GGUF_MAGIC
 
 
-@dataclass
-class Checkpoint:
-    config: dict
-    tensors: Mapping
-
-
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    directory = Path(path)
-    config = json.loads((directory / "config.json").read_text())
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = {name: directory / shard for name, shard in weight_map.items()}
-    else:
-        with safe_open(directory / "model.safetensors", framework="numpy") as handle:
-            files = {name: directory / "model.safetensors" for name in handle.keys()}
-    return Checkpoint(config, _LazyTensors(files))
+def read_checkpoint(path: str | os.PathLike) -> PretrainedCheckpoint:
+    """The checkpoint at `path` (a directory, a .gguf file or a known short name); see the module docstring."""
+    path = resolve_model_path(path)
+    if path.is_dir():
+        return HFCheckpoint(path)
+    if is_gguf_file(path):
+        return GGUFCheckpoint(path)
+    if path.suffix == ".safetensors":
+        has_config = (path.parent / "config.json").is_file()
+        hint = (f"pass its directory {str(path.parent)!r}, which has config.json" if has_config
+                else "put it in a directory with its config.json and pass the directory")
+        raise ValueError(f"{str(path)!r} is a lone safetensors file: without config.json nothing says which "
+                         f"model its tensors make; {hint}")
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(f"{str(path)!r} looks like a pickle ({path.suffix}); minifm reads only safetensors and "
+                         f"GGUF and never unpickles a file (loading a pickle can run code)")
+    raise ValueError(f"{str(path)!r} is neither a Hugging Face model directory (config.json + safetensors) "
+                     f"nor a GGUF file")
