@@ -32,8 +32,8 @@ minifm.pretrained.gguf.read_metadata and turned into a tokenizer.json: tokens an
 model, CONTROL tokens as special added tokens and USER_DEFINED ones as plain added tokens (as
 transformers' GGUF conversion does), the pre-tokenizer chosen by `tokenizer.ggml.pre`:
 "gpt2" -> ByteLevel; "smollm" -> Digits(individual_digits) + ByteLevel, which is what SmolLM2's own
-tokenizer.json and llama.cpp do (transformers' GGUF conversion leaves the Digits step out, so it
-cuts "2024" differently); "llama3"/"llama-bpe"/"llama-v3" -> Split(the Llama-3 regex) +
+tokenizer.json and llama.cpp do (transformers' GGUF conversion leaves the Digits step out, so where
+white space runs into a number it differs: "x  1" is x|ĠĠ|1 for the model, x|Ġ|Ġ|1 for it); "llama3"/"llama-bpe"/"llama-v3" -> Split(the Llama-3 regex) +
 ByteLevel(use_regex=false). `save_pretrained` writes the result as a Hugging Face directory.
 
 Deviations, all refused loudly rather than approximated: BPE with byte_fallback, dropout, a
