@@ -82,7 +82,8 @@ def test_a_single_file_directory(model_dir, tensors):
         for name, array in tensors.items():
             assert checkpoint.shape(name) == array.shape
             assert checkpoint.file_of(name) == model_dir / "model.safetensors"
-        np.testing.assert_array_equal(checkpoint.tensor("model.embed_tokens.weight"), tensors["model.embed_tokens.weight"])
+        embedding = checkpoint.tensor("model.embed_tokens.weight")
+        np.testing.assert_array_equal(embedding, tensors["model.embed_tokens.weight"])
         norm = checkpoint.tensor("model.norm.weight")
         assert same_bits(norm, tensors["model.norm.weight"].astype(np.float32))  # f16 -> f32 is exact
         assert same_bits(checkpoint.tensor("lm_head.weight"), tensors["lm_head.weight"].astype(np.float32))
