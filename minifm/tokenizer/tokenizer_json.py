@@ -28,8 +28,7 @@ machinery of minifm/tokenizer/pretokenize.py (BMP bitmap + astral ranges). What 
 
 Simplifications: Unicode properties come from Python's `unicodedata` (Unicode 14 on Python 3.11),
 while `tokenizers` carries newer tables, so a code point assigned after Python's version is
-"unassigned" here; the `single_word` option of an added token tests word characters with Python's
-`\\w`, which differs from Rust's on a few marks and number forms; offsets, type ids and overflowing
+"unassigned" here; offsets, type ids and overflowing
 windows are not computed.
 """
 from __future__ import annotations
@@ -297,6 +296,17 @@ def parse_added_tokens(items, source: str) -> list[AddedToken]:
     return tokens
 
 
+@lru_cache(maxsize=1)
+def _rust_word_character() -> re.Pattern:
+    """One character of Rust's Unicode \\w (what `single_word` tests): Alphabetic (letters, letter
+    numbers, and the Other_Alphabetic marks and enclosed letters), marks, decimal digits, connector
+    punctuation and the two joiners."""
+    mask = category_mask("L", "Nl", "M", "Nd", "Pc")
+    for first, last in ((0x200C, 0x200D), (0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169), (0x1F170, 0x1F189)):
+        mask[first:last + 1] = True
+    return re.compile(_char_class(mask))
+
+
 def _alternation(contents: Sequence[str]) -> re.Pattern | None:
     """A pattern finding the leftmost, then longest, of `contents` (longer alternatives first)."""
     ordered = sorted(set(contents), key=lambda text: (-len(text), text))
@@ -338,8 +348,9 @@ class AddedVocabulary:
             token = by_text[match.group()]
             start, stop = match.span()
             if token.single_word:
-                touches_left = start > 0 and re.match(r"\w", text[start - 1]) is not None
-                touches_right = stop < len(text) and re.match(r"\w", text[stop]) is not None
+                word_char = _rust_word_character()
+                touches_left = start > 0 and word_char.match(text[start - 1]) is not None
+                touches_right = stop < len(text) and word_char.match(text[stop]) is not None
                 if touches_left or touches_right:
                     continue
             if token.lstrip:
