@@ -17,16 +17,28 @@ produces one, and every reader uses the rules here:
 `save_run(model, tokenizer, directory)` writes a finished model so that `load_run(directory)`
 gives it back; a PEFT-wrapped model also writes its adapter alone (adapter_config.json +
 adapter_model.safetensors, the small file to share); LoRA and IA3 are merged first.
+
+The tokenizer file is minifm's own BPE format (a trained run) or a Hugging Face tokenizer.json (a
+run converted from a real model); `load_tokenizer` tells them apart by the file's `format` key.
+
+`load_any(name_or_path)` is what the commands that use a model (generate, chat, embed, convert) call:
+a run directory, a Hugging Face directory, a .gguf file, or a known short name
+(minifm/pretrained/registry.py), each with its tokenizer.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from minifm.checkpoint import atomic_write_json, checkpoint_record, load_checkpoint, save_checkpoint
+from minifm.checkpoint import (
+    TRAIN_STATE_FILE, atomic_write_json, checkpoint_record, has_checkpoint, load_checkpoint, save_checkpoint,
+)
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, RewardModel, T5Config, ValueModel
 from minifm.peft import PeftModel, from_pretrained, save_adapter
+from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer import BPETokenizer
+from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
+from minifm.tokenizer.bpe import FILE_FORMAT as MINIFM_TOKENIZER_FORMAT
 
 TOKENIZER_FILE = "tokenizer.json"
 PEFT_MARKER_FILE = "peft.json"
@@ -65,14 +77,41 @@ def load_model(directory):
     load_checkpoint(directory, model)
     marker = directory / PEFT_MARKER_FILE
     if marker.is_file() and not json.loads(marker.read_text(encoding="utf-8"))["merged"]:
-        model = from_pretrained(model, directory, tokenizer=BPETokenizer.load(find_tokenizer(directory)))
+        model = from_pretrained(model, directory, tokenizer=load_tokenizer(find_tokenizer(directory)))
     return model
+
+
+def load_tokenizer(path):
+    """The tokenizer in a tokenizer.json: minifm's BPE format or a Hugging Face file (see the module docstring)."""
+    path = Path(path)
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
+    if isinstance(head, dict) and head.get("format") == MINIFM_TOKENIZER_FORMAT:
+        return BPETokenizer.load(path)
+    return tokenizer_from_pretrained(path.parent)
 
 
 def load_run(directory):
     """(model, tokenizer) of a run directory."""
     model = load_model(directory)
-    return model, BPETokenizer.load(find_tokenizer(directory))
+    return model, load_tokenizer(find_tokenizer(directory))
+
+
+def load_any(name_or_path):
+    """(model, tokenizer) from a run directory, a Hugging Face directory, a .gguf file or a known short name."""
+    path = resolve_model_path(name_or_path)
+    if path.is_dir() and has_checkpoint(path):
+        return load_run(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return GPT.from_pretrained(path), tokenizer_from_pretrained(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        architectures = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+        model_class = BERT if any(name.startswith("Bert") for name in architectures) else GPT
+        return model_class.from_pretrained(path), tokenizer_from_pretrained(path)
+    raise ValueError(f"{name_or_path} is not a run directory (no {TRAIN_STATE_FILE}), a Hugging Face directory "
+                     f"(no config.json) or a .gguf file")
 
 
 def save_run(model, tokenizer, directory) -> Path:
@@ -88,8 +127,11 @@ def save_run(model, tokenizer, directory) -> Path:
         atomic_write_json(directory / PEFT_MARKER_FILE, {"method": model.peft_type, "merged": merged})
         model = model.merge_and_unload() if merged else model.unload()  # the wrapper is spent afterwards
     save_checkpoint(directory, model)
-    tokenizer.save(directory / TOKENIZER_FILE)
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(directory / TOKENIZER_FILE)
+    else:
+        tokenizer.save_pretrained(directory)  # a real model's tokenizer: Hugging Face's tokenizer.json
     return directory
 
 
-__all__ = ["find_tokenizer", "load_model", "load_run", "model_from_record", "save_run"]
+__all__ = ["find_tokenizer", "load_any", "load_model", "load_run", "load_tokenizer", "model_from_record", "save_run"]

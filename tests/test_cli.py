@@ -19,8 +19,8 @@ MY_STAGES = "curate,tokenizer,pretrain,sampling"
 
 
 def test_every_lifecycle_step_has_a_subcommand():
-    assert set(SUBCOMMANDS) == {"lifecycle", "curate", "tokenize", "pretrain", "generate", "sft", "reward", "ppo",
-                                "dpo", "info"}
+    assert set(SUBCOMMANDS) == {"lifecycle", "curate", "tokenize", "pretrain", "generate", "chat", "embed", "convert",
+                                "sft", "reward", "ppo", "dpo", "info"}
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS + [None])
@@ -41,7 +41,8 @@ def required_arguments(command: str, tmp_path) -> list[str]:
     """The flags a subcommand cannot run without, pointing at paths under tmp_path (none of them written)."""
     out = ["--out", str(tmp_path / "out")]
     model = ["--model", str(tmp_path)]
-    return {"generate": ["--run", str(tmp_path)], "sft": model + out, "reward": model + out, "dpo": model + out,
+    return {"generate": ["--run", str(tmp_path)], "chat": model, "embed": model + ["some text"],
+            "convert": [str(tmp_path), str(tmp_path / "out")], "sft": model + out, "reward": model + out, "dpo": model + out,
             "ppo": model + out + ["--reward-model", str(tmp_path)], "pretrain": out, "tokenize": out,
             "lifecycle": out}.get(command, [])
 

@@ -4,7 +4,10 @@
     data.py            minifm curate       quality rules + dedup, the per-rule table
                        minifm tokenize     train a BPE tokenizer, fertility / bytes per token
     pretrain.py        minifm pretrain     pre-train GPT / BERT / T5 on tinyworld, python-stdlib or your files
-    generate.py        minifm generate     sample from a run (interactive without --prompt)
+    generate.py        minifm generate     continue text with a run or a real model (interactive without --prompt)
+    chat.py            minifm chat         chat with a model through its own chat template, replies streamed
+    embed.py           minifm embed        sentence vectors and cosine similarities (all-minilm-l6-v2)
+    convert.py         minifm convert      GGUF / Hugging Face checkpoints <-> minifm run directories
     post_training.py   minifm sft | reward | ppo | dpo   the post-training stages on a run directory
     info.py            minifm info         version, kernel backend, a tiny forward/backward
     common.py          Command, --config files, flags generated from settings dataclasses
@@ -22,13 +25,13 @@ import sys
 import warnings
 
 from minifm import __version__
-from minifm.cli import data, generate, info, lifecycle, post_training, pretrain
+from minifm.cli import chat, convert, data, embed, generate, info, lifecycle, post_training, pretrain
 from minifm.cli.common import OneLineErrorParser
 from minifm.config import ConfigError
 from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 
-COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + post_training.COMMANDS
-            + info.COMMANDS)
+COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + chat.COMMANDS
+            + embed.COMMANDS + convert.COMMANDS + post_training.COMMANDS + info.COMMANDS)
 
 
 def build_parser() -> OneLineErrorParser:

@@ -1,8 +1,12 @@
-"""`minifm generate`: sample from a trained run, with transformers' generation names.
+"""`minifm generate`: continue text with a trained run or a real model, with transformers' generation names.
 
     minifm generate --run runs/lifecycle/pretrain [--prompt TEXT] [--temperature 0.8 --top-p 0.9]
-    minifm generate --run DIR --no-do-sample --num-beams 4
+    minifm generate --model smollm2-135m-instruct --prompt "The capital of France is"
+    minifm generate --model PATH --no-do-sample --num-beams 4     (a run, an HF directory or a .gguf)
     minifm generate --run DIR                      (no --prompt: an interactive prompt)
+
+--model and --run are the same option (--run is the older name); the prompt is continued as it is,
+without a chat template (`minifm chat` applies the model's template).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from minifm.cli.common import Command, add_dataclass_arguments, config_values, f
 from minifm.config import ConfigBase
 from minifm.models import BERT, GPT, T5
 from minifm.peft import PeftModel
-from minifm.runs import load_run
+from minifm.runs import load_any
 from minifm.sampling.generate import generate
 
 
@@ -50,34 +54,53 @@ class GenerateSettings(ConfigBase):
         self.check_range("repetition_penalty", low=0, low_open=True)
 
 
+def add_model_argument(parser) -> None:
+    """--model PATH_OR_NAME (also spelled --run): a run directory, a Hugging Face directory, a .gguf or a short name."""
+    parser.add_argument("--model", "--run", dest="model", required=True, metavar="PATH_OR_NAME",
+                        help="a run directory (e.g. runs/lifecycle/pretrain), a Hugging Face directory, a .gguf "
+                             "file, or a short name: smollm2-135m-instruct, all-minilm-l6-v2")
+
+
+def end_token_id(tokenizer) -> int | None:
+    """The id that ends a reply: the tokenizer's eos token (a real model's), else minifm's <|endoftext|>."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return eos if eos is not None else tokenizer.special_tokens.get("<|endoftext|>")
+
+
 def add_generate_arguments(parser) -> None:
-    parser.add_argument("--run", required=True, help="a run directory (e.g. runs/lifecycle/pretrain, an sft/dpo "
-                                                    "--out directory)")
+    add_model_argument(parser)
     parser.add_argument("--prompt", action="append", default=None,
                         help="a prompt (repeat for a batch); without it, an interactive prompt loop")
     parser.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     add_dataclass_arguments(parser, GenerateSettings, "decoding")
 
 
-def check_generates(model, run: str) -> None:
+def check_generates(model, where: str) -> None:
     """Refuse models that do not continue text: an encoder (BERT) or a scalar head (reward/value model)."""
     base = model.base_model if isinstance(model, PeftModel) else model
     if isinstance(base, BERT):
-        raise ValueError(f"--run {run} holds a BERT, an encoder-only model: it fills masks, it does not generate")
+        raise ValueError(f"--model {where} holds a BERT, an encoder-only model: it fills masks or embeds "
+                         f"(minifm embed), it does not generate")
     if not isinstance(base, (GPT, T5)):
-        raise ValueError(f"--run {run} holds a {type(base).__name__}, which scores text and does not generate")
+        raise ValueError(f"--model {where} holds a {type(base).__name__}, which scores text and does not generate")
+
+
+def decoding_options(settings: GenerateSettings) -> dict:
+    """generate()'s keyword arguments for the decoding settings (beam search when num_beams > 1)."""
+    return dict(do_sample=settings.do_sample and settings.num_beams == 1, temperature=settings.temperature,
+                top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p, typical_p=settings.typical_p,
+                repetition_penalty=settings.repetition_penalty, num_beams=settings.num_beams,
+                length_penalty=settings.length_penalty, num_return_sequences=settings.num_return_sequences,
+                seed=settings.seed)
 
 
 def run_generate(args) -> int:
     settings = settings_from(args, GenerateSettings, file_values=config_values(args, field_names(GenerateSettings)))
-    model, tokenizer = load_run(args.run)
-    check_generates(model, args.run)
-    eos = tokenizer.special_tokens.get("<|endoftext|>")
-    options = dict(do_sample=settings.do_sample and settings.num_beams == 1, temperature=settings.temperature,
-                   top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p, typical_p=settings.typical_p,
-                   repetition_penalty=settings.repetition_penalty, num_beams=settings.num_beams,
-                   length_penalty=settings.length_penalty, num_return_sequences=settings.num_return_sequences,
-                   stop=args.stop, tokenizer=tokenizer if args.stop else None, eos_token_id=eos, seed=settings.seed)
+    model, tokenizer = load_any(args.model)
+    check_generates(model, args.model)
+    eos = end_token_id(tokenizer)
+    options = dict(decoding_options(settings), stop=args.stop, tokenizer=tokenizer if args.stop else None,
+                   eos_token_id=eos)
     limit = getattr(model.config, "block_size", None)
 
     def complete(prompts: list[str]) -> list[str]:
@@ -133,5 +156,5 @@ def interactive(complete) -> None:
             print("\n(cancelled)")
 
 
-COMMANDS = [Command("generate", "generate text from a trained run (interactive without --prompt)",
+COMMANDS = [Command("generate", "continue text with a trained run or a real model (interactive without --prompt)",
                     add_generate_arguments, run_generate)]
