@@ -59,6 +59,8 @@ import numpy as np
 from minifm.checkpoint import atomic_write_bytes
 from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
+from minifm.pretrained.gguf import read_metadata
+from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer.byte_level import BYTE_TO_UNICODE, is_byte_level_text, token_text_to_bytes
 from minifm.tokenizer.chat_template import render_chat_template
 from minifm.tokenizer.tokenizer_json import (
@@ -828,16 +830,12 @@ def from_pretrained(path: str | os.PathLike) -> PretrainedTokenizer:
     """A tokenizer from a directory holding tokenizer.json (+ tokenizer_config.json,
     special_tokens_map.json, chat_template.jinja), a tokenizer.json file, a .gguf file, or a
     short model name of minifm.pretrained.registry ("smollm2-135m-instruct", "all-minilm-l6-v2")."""
-    from minifm.pretrained.registry import resolve_model_path
-
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     resolved = resolve_model_path(path)   # FileNotFoundError naming the path (or the pip line)
     if resolved.is_dir():
         return _from_directory(resolved)
     if resolved.suffix.lower() == ".gguf":
-        from minifm.pretrained.gguf import read_metadata
-
         data, config = gguf_to_tokenizer_json(read_metadata(resolved), source=str(resolved))
         return PretrainedTokenizer(data, config, source=str(resolved))
     return PretrainedTokenizer(_read_json(resolved), {}, source=str(resolved))

@@ -88,6 +88,12 @@ def test_smollm2_ids_and_decode_equal_hf_on_corpora(smollm2_tokenizer, smollm2_o
             assert smollm2_tokenizer.decode(ids) == text.translate(SMOLLM2_DROPPED)
 
 
+def test_smollm2_compiled_and_reference_encoders_agree(smollm2_tokenizer, smollm2_oracle, kernel_path):
+    """The merging runs on minifm's compiled encoder, or on its Python reference (MINIFM_KERNELS=reference)."""
+    texts = comparison_corpora()["tinyworld"][:20] + comparison_corpora()["edge"]
+    assert_same_ids(smollm2_tokenizer, smollm2_oracle, texts, kernel_path)
+
+
 @given(text=drawn_text)
 def test_smollm2_drawn_text_ids_decode_round_trip(smollm2_tokenizer, smollm2_oracle, text):
     ids = smollm2_tokenizer.encode(text)
