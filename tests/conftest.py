@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from oracles import require
+
 settings.register_profile(
     "default", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -44,26 +46,8 @@ def kernel_path(request):
     _backend.use_reference(previous)
 
 
-# ---------------------------------------------------------------------------- oracles and real models
-# Test-only packages, each with the line that installs it. A test that needs one calls require(name) (or
-# uses a fixture below) and is skipped with that line when the package is absent; CI installs them all
-# and fails on any skip.
-ORACLE_INSTALL = {
-    "torch": "pip install torch==2.13.0",
-    "transformers": "pip install transformers accelerate gguf",
-    "sentence_transformers": "pip install sentence-transformers",
-    "tokenizers": "pip install tokenizers",
-    "peft": "pip install peft",
-    "gguf": "pip install gguf",
-    "jinja2": "pip install jinja2",
-}
-
-
-def require(module: str):
-    """Import and return an oracle package, or skip the test with the exact install line."""
-    return pytest.importorskip(module, reason=f"needs {module}: {ORACLE_INSTALL[module]}")
-
-
+# ---------------------------------------------------------------------------- real models
+# Their fixtures skip with the package's install line (tests/oracles.py does the same for the oracles).
 def _real_model_path(name: str):
     from minifm.pretrained.registry import ModelNotInstalledError, resolve_model_path
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require
+from oracles import require
 from minifm import cli
 from minifm.cli import chat as chat_command
 from minifm.embeddings import SentenceEncoder

@@ -106,3 +106,42 @@ def test_matches_torch_layer_norm(dtype, kernel_path, rng):
     tolerance = 2e-5 if dtype == np.float32 else 1e-11
     for ours, theirs in ((out, ty), (dx, tx.grad), (dweight, tw.grad), (dbias, tb.grad)):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=tolerance, atol=tolerance * 10)
+
+
+# ------------------------------------------------------------------------------------------ RMSNorm
+
+
+@st.composite
+def rms_norm_cases(draw):
+    """(x (N, D), weight or None) with N in 0..12, D in 1..40 (rows not all zero)."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rows, features = draw(st.integers(0, 12)), draw(st.integers(1, 40))
+    values = st.floats(-10, 10, width=32)
+    x = draw(hnp.arrays(dtype, (rows, features), elements=values))
+    assume(np.all(np.abs(x).max(axis=1, initial=1.0) > 0.1))
+    weight = draw(st.none() | hnp.arrays(dtype, (features,), elements=values))
+    return x, weight
+
+
+@given(case=rms_norm_cases(), want_xhat=st.booleans())
+def test_rms_norm_compiled_matches_reference(case, want_xhat):
+    x, weight = case
+    expected = norm.rms_norm_forward_reference(x, weight, 1e-5, want_xhat)
+    with compiled_path("normalization"):
+        result = norm.rms_norm_forward(x, weight, 1e-5, want_xhat)
+    assert (result[1] is None) == (not want_xhat)
+    for ours, truth in zip(result, expected):
+        if truth is not None:
+            assert ours.dtype == x.dtype
+            _assert_close(ours, truth, x.dtype, scale=float(np.max(np.abs(truth), initial=1.0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rms_norm_matches_torch(dtype, kernel_path, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((64, 576)).astype(dtype) * 3 + 1
+    weight = rng.standard_normal(576).astype(dtype)
+    out, _, _ = norm.rms_norm_forward(x, weight, 1e-5)
+    theirs = torch.nn.functional.rms_norm(torch.tensor(x), (576,), torch.tensor(weight), 1e-5).numpy()
+    tolerance = 2e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(out, theirs, rtol=tolerance, atol=tolerance * 10)

@@ -6,7 +6,7 @@ cosine of at least 0.99999 (measured: 1 - 1e-7; max abs difference about 2e-7).
 import numpy as np
 import pytest
 
-from conftest import require
+from oracles import require
 from minifm.embeddings import POOLING_MODES, SentenceEncoder, cosine_similarity, l2_normalise, pool
 from minifm.models import BERT
 

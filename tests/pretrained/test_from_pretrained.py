@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require
+from oracles import require
 from minifm.models import BERT, GPT, BERTConfig, GPTConfig
 
 torch = require("torch")

@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 import pytest
 
-from conftest import require
+from oracles import require
 from minifm.pretrained import quants
 from minifm.pretrained.gguf import (GGUFCheckpoint, PlainArrayGGUFReader, open_reader, read_metadata,
                                     undo_rope_permutation)

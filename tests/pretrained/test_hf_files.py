@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import require
+from oracles import require
 from minifm.pretrained import checkpoint_files
 from minifm.pretrained.checkpoint_files import read_checkpoint
 from minifm.pretrained.gguf import GGUFCheckpoint

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import require
+from oracles import require
 from minifm.pretrained import quants
 from minifm.pretrained.quants import QuantizedTensor, UnsupportedTensorTypeError
 

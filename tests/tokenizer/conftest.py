@@ -2,6 +2,7 @@
 import pytest
 
 from minifm.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
+from oracles import require
 from tokenizer_corpus import MULTILINGUAL, stdlib_sample
 
 
@@ -21,23 +22,6 @@ def gpt2_tokenizer(training_texts):
 
 
 # ---------------------------------------------------------------------------- real tokenizers and their oracles
-# This conftest shadows tests/conftest.py as the module `conftest` for the files in this folder, so
-# `from conftest import require` here must find the root's `require`: load the root file by path.
-def _root_conftest():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("minifm_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_ROOT = _root_conftest()
-require = _ROOT.require
-ORACLE_INSTALL = _ROOT.ORACLE_INSTALL
-
-
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_gguf):
     """minifm's tokenizer read from the SmolLM2 GGUF file (~6 s: the gguf package reads the metadata)."""

@@ -12,7 +12,7 @@ test_pretrained_bpe.py), so the conversations here have no such run.
 import jinja2
 import pytest
 
-from conftest import require
+from oracles import require
 from minifm.tokenizer import apply_chat_template as minifm_chat_ids
 from minifm.tokenizer import from_pretrained, render_chat_text
 from minifm.tokenizer.chat_template import render_chat_template

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import require
+from oracles import require
 from minifm.tokenizer import from_pretrained
 from pretrained_corpora import all_texts, assigned_in_python_unicode, comparison_corpora
 from strategies import tokenizer_text

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import require
+from oracles import require
 from minifm.tokenizer import from_pretrained
 from minifm.tokenizer.wordpiece import bert_normalize, bert_pre_tokenize, decode_wordpiece
 from pretrained_corpora import all_texts, assigned_in_python_unicode
