@@ -2,6 +2,7 @@
 unknown keys listed), one-line errors, and the lifecycle end to end followed by `generate`."""
 import json
 
+import numpy as np
 import pytest
 
 from minifm import cli
@@ -9,7 +10,9 @@ from minifm.checkpoint import save_checkpoint
 from minifm.lifecycle.presets import settings_for
 from minifm.models import BERT, BERTConfig, GPT, GPTConfig, RewardModel
 from minifm.data import tinyworld
+from minifm.runs import load_any
 from minifm.tokenizer import BPETokenizer
+from oracles import require
 from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
 from minifm.train.config import TrainConfig
 from minifm.train.pretrain import PretrainConfig
@@ -155,6 +158,19 @@ def test_lifecycle_tiny_end_to_end_then_generate(tmp_path, capsys):
                      "--max-new-tokens", "8"])
     assert code == 0
     assert capsys.readouterr().out.startswith("Mara lives")
+
+    # the trained model and its tokenizer leave as a Hugging Face directory that transformers runs the same
+    torch, transformers = require("torch"), require("transformers")
+    assert cli.main(["convert", str(run_dir / "pretrain"), str(tmp_path / "hf")]) == 0
+    model, tokenizer = load_any(run_dir / "pretrain")
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Mara lives in Tollby. Ivo keeps bees."
+    ids = tokenizer.encode(text)
+    assert hf_tokenizer(text)["input_ids"] == ids
+    with torch.no_grad():
+        theirs = exported(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(theirs, model(np.array([ids])).data, atol=2e-5, rtol=2e-5)
 
 
 # ---------------------------------------------------------------- outputs are checked before any work

@@ -32,17 +32,17 @@ def load_pretrained(model_class, config_class, family: str, path: str | os.PathL
     dtype = "float32" if dtype is None else str(dtype)
     if dtype not in LOADABLE_DTYPES:
         raise ValueError(f"dtype must be one of {list(LOADABLE_DTYPES)}, got {dtype!r}")
-    checkpoint = read_checkpoint(path)
-    module = architecture_module(checkpoint.config, family)
-    config = config_class.from_dict(dict(module.config_from_hf(checkpoint.config), dtype=dtype))
-    with init.skipped_initialisation():
-        model = model_class(config)
-    parameters = dict(model.named_parameters())
-    shapes = {name: param.shape for name, param in parameters.items()}
-    loaded = set()
-    for name, array in pretrained_weights(module, config.to_dict(), checkpoint.tensors, shapes):
-        parameters[name].data = np.asarray(array, dtype=np.dtype(dtype))
-        loaded.add(name)
+    with read_checkpoint(path) as checkpoint:  # closed afterwards: a GGUF reader holds ~100 MB of vocabulary
+        module = architecture_module(checkpoint.config, family)
+        config = config_class.from_dict(dict(module.config_from_hf(checkpoint.config), dtype=dtype))
+        with init.skipped_initialisation():
+            model = model_class(config)
+        parameters = dict(model.named_parameters())
+        shapes = {name: param.shape for name, param in parameters.items()}
+        loaded = set()
+        for name, array in pretrained_weights(module, config.to_dict(), checkpoint.tensors, shapes):
+            parameters[name].data = np.asarray(array, dtype=np.dtype(dtype))
+            loaded.add(name)
     model.newly_initialized = [name for name in parameters if name not in loaded]
     if model.newly_initialized:
         _initialise_missing(model, config, set(model.newly_initialized))
