@@ -125,6 +125,24 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
+def read_json_file(path, expected: type = dict):
+    """A JSON file whose top level must be an `expected` (an object by default, or a list): the parsed
+    value, FileNotFoundError, or a ValueError naming the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, expected):
+        raise ValueError(f"{path}: expected a JSON {'object' if expected is dict else expected.__name__}, "
+                         f"got {type(data).__name__}")
+    return data
+
+
 def atomic_write_json(path, obj) -> None:
     """Atomically write `obj` as indented JSON (NaN/inf refused: they are not JSON)."""
     try:

@@ -20,13 +20,13 @@ module is an error naming it); one pooling mode at a time; no prompts or task in
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from minifm.autograd.grad_mode import no_grad
+from minifm.checkpoint import read_json_file
 from minifm.models.bert import BERT
 from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
@@ -37,15 +37,6 @@ MODULE_TYPES = {
     "sentence_transformers.models.Pooling": "pooling",
     "sentence_transformers.models.Normalize": "normalize",
 }
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {str(path)!r} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what}: {str(path)!r} is not valid JSON ({error})") from error
 
 
 def _pooling_mode(config: dict, path: Path) -> str:
@@ -98,7 +89,7 @@ class SentenceEncoder:
     def from_pretrained(cls, path: str | os.PathLike) -> "SentenceEncoder":
         """Load a sentence-transformers directory (or the short name all-minilm-l6-v2) by its modules.json."""
         directory = resolve_model_path(path)
-        modules = _read_json(directory / "modules.json", "modules.json")
+        modules = read_json_file(directory / "modules.json", expected=list)
         kinds = {}
         for entry in modules:
             kind = MODULE_TYPES.get(entry.get("type"))
@@ -111,9 +102,9 @@ class SentenceEncoder:
         pooling = "cls"
         if "pooling" in kinds:
             pooling_file = kinds["pooling"] / "config.json"
-            pooling = _pooling_mode(_read_json(pooling_file, "pooling config"), pooling_file)
+            pooling = _pooling_mode(read_json_file(pooling_file), pooling_file)
         settings_file = kinds["transformer"] / "sentence_bert_config.json"
-        settings = _read_json(settings_file, "sentence_bert_config.json") if settings_file.exists() else {}
+        settings = read_json_file(settings_file) if settings_file.exists() else {}
         return cls(BERT.from_pretrained(kinds["transformer"]), tokenizer_from_pretrained(kinds["transformer"]),
                    pooling=pooling, normalize="normalize" in kinds, max_seq_length=settings.get("max_seq_length"))
 

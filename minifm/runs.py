@@ -31,7 +31,8 @@ import json
 from pathlib import Path
 
 from minifm.checkpoint import (
-    TRAIN_STATE_FILE, atomic_write_json, checkpoint_record, has_checkpoint, load_checkpoint, save_checkpoint,
+    TRAIN_STATE_FILE, atomic_write_json, checkpoint_record, has_checkpoint, load_checkpoint, read_json_file,
+    save_checkpoint,
 )
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, RewardModel, T5Config, ValueModel
 from minifm.peft import PeftModel, from_pretrained, save_adapter
@@ -84,11 +85,7 @@ def load_model(directory):
 def load_tokenizer(path):
     """The tokenizer in a tokenizer.json: minifm's BPE format or a Hugging Face file (see the module docstring)."""
     path = Path(path)
-    try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from error
-    if isinstance(head, dict) and head.get("format") == MINIFM_TOKENIZER_FORMAT:
+    if read_json_file(path).get("format") == MINIFM_TOKENIZER_FORMAT:
         return BPETokenizer.load(path)
     return tokenizer_from_pretrained(path.parent)
 
@@ -107,7 +104,7 @@ def load_any(name_or_path):
     if path.is_file() and path.suffix == ".gguf":
         return GPT.from_pretrained(path), tokenizer_from_pretrained(path)
     if path.is_dir() and (path / "config.json").is_file():
-        architectures = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+        architectures = read_json_file(path / "config.json").get("architectures") or []
         model_class = BERT if any(name.startswith("Bert") for name in architectures) else GPT
         return model_class.from_pretrained(path), tokenizer_from_pretrained(path)
     raise ValueError(f"{name_or_path} is not a run directory (no {TRAIN_STATE_FILE}), a Hugging Face directory "

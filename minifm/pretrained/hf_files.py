@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
+from minifm.checkpoint import read_json_file
 from minifm.pretrained.pretrained_checkpoint import PretrainedCheckpoint
 from minifm.pretrained.quants import FORMATS, QuantizedTensor, dequantize
 
@@ -120,13 +121,7 @@ def read_config(directory: Path) -> dict:
         hint = f"; it holds {ggufs}: pass that .gguf file instead" if ggufs else ""
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: a Hugging Face model directory needs it "
                                 f"beside its safetensors files{hint}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config.json must be a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_file(path)
 
 
 def weight_files(directory: Path) -> dict[str, Path] | None:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minifm.checkpoint import atomic_write_bytes
+from minifm.checkpoint import atomic_write_bytes, read_json_file
 from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
 from minifm.tokenizer.byte_level import bytes_to_token_text
@@ -431,16 +431,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Read a file written by `save`; raises ValueError on a malformed or altered file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not UTF-8 text ({error})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_file(path), source=str(path))
 
     # ------------------------------------------------------------------ Hugging Face format
     def to_hf_json(self) -> dict:

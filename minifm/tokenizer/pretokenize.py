@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -148,3 +149,22 @@ def pretokenize(text: str, pattern: str = "gpt4") -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
     return compiled_pattern(pattern).findall(text)
+
+
+PIECE_CACHE_LIMIT = 1 << 18  # pieces remembered before the cache starts over
+
+
+def encode_pieces_cached(pieces: Iterable[str], cache: dict[str, list[int]], encode_piece) -> list[int]:
+    """Concatenated ids of pre-tokenized pieces: each distinct piece is encoded once by `encode_piece`
+    and remembered in `cache` (emptied when it reaches PIECE_CACHE_LIMIT pieces); text repeats its
+    words, so most pieces are looked up, not encoded."""
+    ids: list[int] = []
+    for piece in pieces:
+        piece_ids = cache.get(piece)
+        if piece_ids is None:
+            piece_ids = encode_piece(piece)
+            if len(cache) >= PIECE_CACHE_LIMIT:
+                cache.clear()
+            cache[piece] = piece_ids
+        ids.extend(piece_ids)
+    return ids

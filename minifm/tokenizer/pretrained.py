@@ -56,13 +56,14 @@ from pathlib import Path
 
 import numpy as np
 
-from minifm.checkpoint import atomic_write_bytes
+from minifm.checkpoint import atomic_write_bytes, read_json_file
 from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
 from minifm.pretrained.gguf import read_metadata
 from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer.byte_level import BYTE_TO_UNICODE, is_byte_level_text, token_text_to_bytes
 from minifm.tokenizer.chat_template import render_chat_template
+from minifm.tokenizer.pretokenize import encode_pieces_cached
 from minifm.tokenizer.tokenizer_json import (
     AddedToken, AddedVocabulary, build_decoder, build_normalizer, build_post_processor, build_pre_tokenizer,
     parse_added_tokens, unsupported,
@@ -306,17 +307,7 @@ class ByteLevelBPEModel:
         if self._permutation is not None and not self.ignore_merges and all_common:
             ids = np.asarray(self._minifm_encoder().encode_pieces(words), dtype=np.int64)
             return self._permutation[ids].tolist()
-        ids: list[int] = []
-        cache = self._cache
-        for word in words:
-            word_ids = cache.get(word)
-            if word_ids is None:
-                word_ids = self._encode_word(word)
-                if len(cache) >= 1 << 18:
-                    cache.clear()
-                cache[word] = word_ids
-            ids.extend(word_ids)
-        return ids
+        return encode_pieces_cached(words, self._cache, self._encode_word)
 
     def to_json(self) -> dict:
         """The tokenizer.json "model" section (merges in the [a, b] list form)."""
@@ -702,20 +693,6 @@ class PretrainedTokenizer:
 
 
 # ------------------------------------------------------------------ reading files
-def _read_json(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _from_directory(directory: Path) -> PretrainedTokenizer:
     tokenizer_file = directory / TOKENIZER_FILE
     if not tokenizer_file.is_file():
@@ -727,14 +704,14 @@ def _from_directory(directory: Path) -> PretrainedTokenizer:
     config: dict = {}
     special_map = directory / SPECIAL_TOKENS_MAP_FILE
     if special_map.is_file():
-        config.update({k: v for k, v in _read_json(special_map).items() if k in SPECIAL_TOKEN_NAMES})
+        config.update({k: v for k, v in read_json_file(special_map).items() if k in SPECIAL_TOKEN_NAMES})
     config_file = directory / CONFIG_FILE
     if config_file.is_file():
-        config.update({k: v for k, v in _read_json(config_file).items() if v is not None})
+        config.update({k: v for k, v in read_json_file(config_file).items() if v is not None})
     template_file = directory / CHAT_TEMPLATE_FILE
     if template_file.is_file():
         config["chat_template"] = template_file.read_text(encoding="utf-8")
-    return PretrainedTokenizer(_read_json(tokenizer_file), config, source=str(tokenizer_file))
+    return PretrainedTokenizer(read_json_file(tokenizer_file), config, source=str(tokenizer_file))
 
 
 def gguf_to_tokenizer_json(metadata: dict, source: str = "GGUF file") -> tuple[dict, dict]:
@@ -838,4 +815,4 @@ def from_pretrained(path: str | os.PathLike) -> PretrainedTokenizer:
     if resolved.suffix.lower() == ".gguf":
         data, config = gguf_to_tokenizer_json(read_metadata(resolved), source=str(resolved))
         return PretrainedTokenizer(data, config, source=str(resolved))
-    return PretrainedTokenizer(_read_json(resolved), {}, source=str(resolved))
+    return PretrainedTokenizer(read_json_file(resolved), {}, source=str(resolved))

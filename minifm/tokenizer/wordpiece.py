@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from minifm.tokenizer.pretokenize import _CODE_POINTS, _category_masks, _char_class
+from minifm.tokenizer.pretokenize import _CODE_POINTS, _category_masks, _char_class, encode_pieces_cached
 
 # CJK Unified Ideographs blocks, as BERT defines "Chinese characters" (not Hangul, Hiragana, Katakana).
 CJK_RANGES = (
@@ -178,17 +178,7 @@ class WordPieceModel:
 
     def encode_words(self, words: Iterable[str]) -> list[int]:
         """Concatenated ids of `words` (cached per word)."""
-        ids: list[int] = []
-        cache = self._cache
-        for word in words:
-            word_ids = cache.get(word)
-            if word_ids is None:
-                word_ids = self.tokenize_word(word)
-                if len(cache) >= 1 << 18:
-                    cache.clear()
-                cache[word] = word_ids
-            ids.extend(word_ids)
-        return ids
+        return encode_pieces_cached(words, self._cache, self.tokenize_word)
 
     def to_json(self) -> dict:
         """The tokenizer.json "model" section."""
