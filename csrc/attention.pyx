@@ -15,6 +15,10 @@ Forward, per (batch, head) pair (prange) and per block of BLOCK_Q query rows:
         m_new = max(m, rowmax S);  P = exp(S - m_new);  alpha = exp(m - m_new)
         l = alpha * l + rowsum P;  acc = alpha * acc + P V (BLAS gemm)
     out = acc / l,  lse = m + log l      (a row with no allowed key: out 0, lse -inf)
+A query block of at most FEW_QUERY_ROWS rows (KV-cached decoding: one row per head) computes its
+two products with plain loops (a dot product per score, a scaled row added per key) instead of BLAS:
+OpenBLAS packs its operands into buffers on every call, which cost ~8 us per tile product there,
+more than the product itself (a decoding step of a 9-head model took ~0.4 ms in attention).
 
 Backward (FlashAttention-2 order), per (batch, kv head) pair (prange; the query heads of a group
 are handled by the same thread, so dk/dv need no atomics), per key block, per query block:
@@ -40,6 +44,64 @@ cdef double NS_PER_SCORE_DIM = 0.2
 cdef enum:
     BLOCK_Q = 64    # query rows per tile
     BLOCK_K = 128   # keys per tile
+    FEW_QUERY_ROWS = 4  # query blocks up to this many rows multiply with loops, not BLAS (see above)
+
+
+cdef inline void _scores_by_loops(const real* q, Py_ssize_t q_row_stride, const real* k, Py_ssize_t k_row_stride,
+                                  Py_ssize_t rows, Py_ssize_t width, Py_ssize_t d, real scale,
+                                  real* scores) noexcept nogil:
+    """scores[r, c] = scale * (q row r . k row c) for a tile of `rows` queries and `width` keys
+    (row stride of scores: BLOCK_K), the product that _gemm computes for larger tiles; keys four at
+    a time (_common.pxd's dot4), the last width % 4 one by one."""
+    cdef Py_ssize_t r, c
+    cdef const real* q_row
+    cdef real* s_row
+    for r in range(rows):
+        q_row = q + r * q_row_stride
+        s_row = scores + r * BLOCK_K
+        c = 0
+        while c + 4 <= width:
+            vec.dot4(q_row, k + c * k_row_stride, k_row_stride, d, s_row + c)
+            c = c + 4
+        while c < width:
+            s_row[c] = vec.dot1(q_row, k + c * k_row_stride, d)
+            c = c + 1
+        vec.scale(s_row, width, scale)
+
+
+cdef inline void _add_weighted_values(const real* probs, const real* v, Py_ssize_t v_row_stride,
+                                      Py_ssize_t rows, Py_ssize_t width, Py_ssize_t d, real* acc) noexcept nogil:
+    """acc[r, :] += sum_c probs[r, c] * v row c for a tile of `rows` queries and `width` keys
+    (row stride of probs: BLOCK_K, of acc: d), the product that _gemm computes for larger tiles;
+    four value rows per pass over the accumulator row, the last width % 4 one by one."""
+    cdef Py_ssize_t r, c, j
+    cdef real w0, w1, w2, w3
+    cdef const real* v0
+    cdef const real* v1
+    cdef const real* v2
+    cdef const real* v3
+    cdef real* acc_row
+    for r in range(rows):
+        acc_row = acc + r * d
+        c = 0
+        while c + 4 <= width:
+            w0 = probs[r * BLOCK_K + c]
+            w1 = probs[r * BLOCK_K + c + 1]
+            w2 = probs[r * BLOCK_K + c + 2]
+            w3 = probs[r * BLOCK_K + c + 3]
+            v0 = v + c * v_row_stride
+            v1 = v0 + v_row_stride
+            v2 = v1 + v_row_stride
+            v3 = v2 + v_row_stride
+            for j in range(d):
+                acc_row[j] += w0 * v0[j] + w1 * v1[j] + w2 * v2[j] + w3 * v3[j]
+            c = c + 4
+        while c < width:
+            w0 = probs[r * BLOCK_K + c]
+            v0 = v + c * v_row_stride
+            for j in range(d):
+                acc_row[j] += w0 * v0[j]
+            c = c + 1
 
 
 cdef inline void _gemm(char trans_a, char trans_b, int m, int n, int k, real alpha,
@@ -108,8 +170,12 @@ cdef void _forward_head(const real* q, const real* k, const real* v, real* out, 
         for key_block in range((key_end + BLOCK_K - 1) // BLOCK_K):
             j0 = key_block * BLOCK_K
             width = min(<Py_ssize_t>BLOCK_K, key_end - j0)
-            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * q_row_stride, <int>q_row_stride,
-                  k + j0 * k_row_stride, <int>k_row_stride, 0.0, scores, BLOCK_K)
+            if rows <= FEW_QUERY_ROWS:
+                _scores_by_loops(q + i0 * q_row_stride, q_row_stride, k + j0 * k_row_stride, k_row_stride,
+                                 rows, width, d, scale, scores)
+            else:
+                _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q + i0 * q_row_stride, <int>q_row_stride,
+                      k + j0 * k_row_stride, <int>k_row_stride, 0.0, scores, BLOCK_K)
             for r in range(rows):
                 s_row = scores + r * BLOCK_K
                 allowed = _allowed_prefix(i0 + r + q_offset, j0, width, causal)
@@ -126,8 +192,11 @@ cdef void _forward_head(const real* q, const real* k, const real* v, real* out, 
                     vec.scale(acc + r * d, d, <real>alpha)
                 run_sum[r] = run_sum[r] * alpha + total
                 run_max[r] = new_max
-            _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, BLOCK_K,
-                  v + j0 * v_row_stride, <int>v_row_stride, 1.0, acc, <int>d)
+            if rows <= FEW_QUERY_ROWS:
+                _add_weighted_values(scores, v + j0 * v_row_stride, v_row_stride, rows, width, d, acc)
+            else:
+                _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, BLOCK_K,
+                      v + j0 * v_row_stride, <int>v_row_stride, 1.0, acc, <int>d)
         for r in range(rows):
             if run_sum[r] > 0:
                 for c in range(d):

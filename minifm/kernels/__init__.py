@@ -15,6 +15,9 @@
     normalization.py  <-> csrc/normalization.pyx  LayerNorm over the last axis, forward and backward,
                                                    one pass per row with sums in double
     adam.py           <-> csrc/adam.pyx           one Adam / AdamW parameter update in one pass
+    matvec.py         <-> csrc/matvec.pyx         few-row products x @ W^T with row-major weights
+                                                   (decoding's Linear layers), several weights per
+                                                   parallel region, same bits on any thread count
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

@@ -34,6 +34,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "activations",
     "normalization",
     "adam",
+    "matvec",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -1,4 +1,4 @@
-"""LayerNorm over the last axis, forward and backward: NumPy references + dispatch.
+"""LayerNorm over the last axis, forward and backward, and RMSNorm's forward: NumPy references + dispatch.
 
 Compiled twin: csrc/normalization.pyx (module minifm.kernels._normalization), one fused pass per
 row (rows of D features stay in L1) instead of ~10 whole-array NumPy calls; sums in double.
@@ -10,7 +10,11 @@ The math, for one row x of D features, xhat the normalised row and g = dy * weig
     backward:  dx   = (g - mean(g) - xhat * mean(g * xhat)) * inv_std
                dweight = sum over rows of dy * xhat,   dbias = sum over rows of dy
 
-Both directions work on (N, D) arrays (the caller flattens the leading axes). The forward returns
+RMSNorm forward, for one row x of D features (its backward is NumPy, in autograd/ops/normalization.py):
+
+    inv_rms = 1 / sqrt(mean(x^2) + eps),   xhat = x * inv_rms,   y = xhat * weight
+
+All work on (N, D) arrays (the caller flattens the leading axes). The forward returns
 xhat (N, D) and inv_std (N,) for the backward; weight and bias may be None. float32 and float64;
 every array of one call shares x's dtype.
 """
@@ -100,3 +104,28 @@ def layer_norm_backward(grad, xhat, inv_std, weight=None, want_weight=True, want
     dbias = np.empty(features, dtype=dtype) if want_bias else None
     kernel.layer_norm_backward(grad, xhat, inv_std, weight, dx, dweight, dbias)
     return dx, dweight, dbias
+
+
+def rms_norm_forward_reference(x, weight=None, eps=1e-6, want_xhat=True):
+    """(y, xhat or None, inv_rms) for x (N, D): y (N, D), xhat (N, D) when wanted, inv_rms (N,), in x's dtype."""
+    _check_rows(x, "x")
+    weight = _check_vector(weight, x.shape[1], x.dtype, "weight")
+    inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # (N, 1)
+    xhat = x * inv_rms  # (N, D)
+    out = xhat * weight if weight is not None else xhat
+    return out.astype(x.dtype, copy=False), xhat if want_xhat else None, inv_rms.reshape(-1).astype(x.dtype)
+
+
+def rms_norm_forward(x, weight=None, eps=1e-6, want_xhat=True):
+    """(y, xhat or None, inv_rms) for x (N, D), as the reference; the compiled kernel when available."""
+    kernel = compiled("normalization")
+    if kernel is None:
+        return rms_norm_forward_reference(x, weight, eps, want_xhat)
+    _check_rows(x, "x")
+    x = np.ascontiguousarray(x)
+    weight = _check_vector(weight, x.shape[1], x.dtype, "weight")
+    out = np.empty_like(x)  # (N, D)
+    xhat = np.empty_like(x) if want_xhat else None  # (N, D)
+    inv_rms = np.empty(x.shape[0], dtype=x.dtype)  # (N,)
+    kernel.rms_norm_forward(x, weight, float(eps), out, xhat, inv_rms)
+    return out, xhat, inv_rms

@@ -27,6 +27,12 @@ The default policy, chosen from those measurements:
     busy or an idle machine, and a resumed run continues bit-for-bit;
   * the OpenMP wait policy is PASSIVE (set in minifm.kernels._backend before the runtime starts): an
     idle kernel thread sleeps at once instead of spinning against BLAS and the main thread;
+  * products of a few rows with a Linear layer's weight (`a @ W.T`, at most matvec.MAX_ROWS rows:
+    KV-cached decoding) are not BLAS products: `matmul` sends them to the matvec kernel
+    (minifm/kernels/matvec.py), which runs on the kernels' OpenMP threads and so follows the load.
+    Such a product is bound by memory bandwidth, which a second core raises (measured 1.3-1.5x on
+    the 2-core machine, docs/performance.md "Real model: SmolLM2-135M"), and the kernel gives the
+    same bits on any thread count, so using both cores costs no reproducibility;
   * the OpenBLAS inside scipy (which the attention kernel calls from its OpenMP threads, tile by
     tile) runs on one thread while a kernel runs (`single_threaded_scipy_blas`), so pools never nest.
 
@@ -61,6 +67,7 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from minifm.kernels import matvec as matvec_kernel
 from minifm.kernels._backend import _load
 
 # A matrix product below this many floating-point operations (2 m k n) runs on one BLAS thread.
@@ -302,21 +309,38 @@ def gemm_threads(m: int, k: int, n: int) -> int:
     return blas_threads()
 
 
+def _is_transposed_weight(b: np.ndarray) -> bool:
+    """True for W.T with W a row-major matrix: the Linear layer's right-hand operand."""
+    return b.flags.f_contiguous and not b.flags.c_contiguous
+
+
 def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b, C-contiguous. OpenBLAS is slow for a few rows times a transposed matrix, which is the
     Linear layer's x @ W^T in KV-cached decoding (8 x 128 @ 128 x 2048: ~170 us, against ~90 us for
     (W @ x^T)^T, which reads W in its own row-major order); larger products are left to a @ b."""
-    if a.shape[0] <= FEW_ROWS and b.flags.f_contiguous and not b.flags.c_contiguous:
+    if a.shape[0] <= FEW_ROWS and _is_transposed_weight(b):
         return np.ascontiguousarray((b.T @ a.T).T)
     return a @ b
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for 2-D arrays, on as many BLAS threads as its size earns (see gemm_threads)."""
+    """a @ b for 2-D arrays: the matvec kernel for a few rows times a transposed weight (see the
+    module docstring), else BLAS on as many threads as the product's size earns (see gemm_threads)."""
     state = _state()
     state.follow_load()
+    if _is_transposed_weight(b) and matvec_kernel.applies(a, b.T):
+        return matvec_kernel.compiled_products(a, (b.T,))[0]
     state.set_numpy_blas(gemm_threads(a.shape[0], a.shape[1], b.shape[1]))
     return _product(a, b)
+
+
+def matmul_weights(a: np.ndarray, weights) -> list[np.ndarray]:
+    """[matmul(a, W.T) for W in weights], the same numbers; when the matvec kernel takes every
+    product, it computes them in one parallel region (q, k, v or gate, up share their input)."""
+    if all(matvec_kernel.applies(a, weight) for weight in weights):
+        _state().follow_load()
+        return matvec_kernel.compiled_products(a, weights)
+    return [matmul(a, weight.T) for weight in weights]
 
 
 @contextlib.contextmanager

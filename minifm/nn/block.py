@@ -15,12 +15,14 @@ one final norm after the last block. A post-norm block's output is already norma
 post-norm model has no final norm. The parameters are the same either way, so one set of names
 (norm1, norm2, ...) serves both.
 
-Inference fast path: with graph recording off, pre-norm, no cross-attention, no prefix, no RoPE and the stock
-sub-modules (exact Linear / LayerNorm / RMSNorm / MLP types, so a PEFT-wrapped projection or a
-forward hook-like subclass takes the general path), `forward` runs the same Function forwards on
-raw NumPy arrays, skipping Tensor/Function bookkeeping (about 20 Python-level autograd calls per
-block per token during KV-cached decoding). The numbers are identical: the same kernels run in the
-same order.
+Inference fast path: with graph recording off, pre-norm, no cross-attention, no extra keys/values
+(prefix tuning) and the stock sub-modules (exact Linear / LayerNorm / RMSNorm / MLP / SwiGLU types,
+so a PEFT-wrapped projection or a forward hook-like subclass takes the general path), `forward` runs
+the same Function forwards on raw NumPy arrays, skipping Tensor/Function bookkeeping (about 25
+Python-level autograd calls per block per token during KV-cached decoding). It covers everything a
+Llama-style decoder needs: RoPE (the same cos/sin tables and `_Rotate` forward as the attention
+module), GQA, RMSNorm, SwiGLU (Silu and Mul forwards), q/k/v biases, padding masks and the KV cache.
+The numbers are identical: the same kernels run in the same order.
 """
 from __future__ import annotations
 
@@ -31,9 +33,10 @@ from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.ops import attention as attention_ops
 from minifm.autograd.ops import elementwise, linalg, normalization
 from minifm.autograd.tensor import Tensor
-from minifm.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from minifm.kernels.threads import matmul_weights
+from minifm.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding, _Rotate
 from minifm.nn.layers import Dropout, LayerNorm, Linear, RMSNorm, make_norm
-from minifm.nn.mlp import MLP, make_mlp
+from minifm.nn.mlp import MLP, SwiGLU, make_mlp
 from minifm.nn.module import Module
 
 
@@ -50,6 +53,21 @@ def _linear_array(layer: Linear, x: np.ndarray) -> np.ndarray:
     """layer(x) on a raw array: the fused Linear Function's forward."""
     bias = None if layer.bias is None else layer.bias.data
     return linalg.Linear.forward(Context(), x, layer.weight.data, bias)
+
+
+def _linears_array(layers: tuple[Linear, ...], x: np.ndarray) -> list[np.ndarray]:
+    """[layer(x) for layer in layers] on a raw array x (..., in), the same numbers as _linear_array:
+    the rows of x times each weight (threads.matmul_weights, one parallel region for all of them
+    when the matvec kernel takes the products), then each bias added, as linalg.Linear computes it."""
+    rows = x.reshape(-1, x.shape[-1])  # (N, in)
+    outs = matmul_weights(rows, [layer.weight.data for layer in layers])  # (N, out_i) each
+    results = []
+    for layer, out in zip(layers, outs):
+        out = out.reshape(*x.shape[:-1], out.shape[-1])  # (..., out_i)
+        if layer.bias is not None:
+            out += layer.bias.data
+        results.append(out)
+    return results
 
 
 NORM_POSITIONS = ("pre", "post")
@@ -111,15 +129,24 @@ class TransformerBlock(Module):
 
     # ------------------------------------------------------------------ inference fast path
     def _can_run_inference_path(self, x) -> bool:
-        attn = self.attn
-        return (not is_grad_enabled() and isinstance(x, Tensor) and not x.requires_grad
-                and self.norm_position == "pre" and not self.has_cross_attention and attn.rope is None and attn.extra_kv is None
-                and not (self.training and self.dropout.p > 0.0)
-                and type(attn) is MultiHeadAttention and type(self.mlp) is MLP
-                and type(self.norm1) in (LayerNorm, RMSNorm) and type(self.norm2) in (LayerNorm, RMSNorm)
-                and type(attn.q_proj) is Linear and type(attn.k_proj) is Linear
-                and type(attn.v_proj) is Linear and type(attn.o_proj) is Linear
-                and type(self.mlp.fc_in) is Linear and type(self.mlp.fc_out) is Linear)
+        attn, mlp = self.attn, self.mlp
+        if is_grad_enabled() or not isinstance(x, Tensor) or x.requires_grad:
+            return False
+        if self.norm_position != "pre" or self.has_cross_attention or attn.extra_kv is not None:
+            return False
+        if self.training and self.dropout.p > 0.0:
+            return False
+        if type(attn) is not MultiHeadAttention or type(self.norm1) not in (LayerNorm, RMSNorm) \
+                or type(self.norm2) not in (LayerNorm, RMSNorm):
+            return False
+        if type(mlp) is MLP:
+            mlp_layers = (mlp.fc_in, mlp.fc_out)
+        elif type(mlp) is SwiGLU:
+            mlp_layers = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        else:
+            return False
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj) + mlp_layers
+        return all(type(layer) is Linear for layer in projections)
 
     def _inference_forward(self, x, positions, key_padding_mask, cache, layer_index):
         """The general forward's arithmetic on raw arrays (see the module docstring); x (B, T, dim)."""
@@ -129,9 +156,17 @@ class TransformerBlock(Module):
         batch, steps, _ = x.shape
         head_dim = attn.head_dim
         h = _norm_array(self.norm1, x)  # (B, T, dim)
-        q = _linear_array(attn.q_proj, h).reshape(batch, steps, attn.num_heads, head_dim).transpose(0, 2, 1, 3)
-        k = _linear_array(attn.k_proj, h).reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)
-        v = _linear_array(attn.v_proj, h).reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)
+        q, k, v = _linears_array((attn.q_proj, attn.k_proj, attn.v_proj), h)  # (B, T, H*D), (B, T, Hkv*D) x 2
+        q = q.reshape(batch, steps, attn.num_heads, head_dim).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        k = k.reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
+        v = v.reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
+        if attn.rope is not None:
+            if positions is None:
+                past = cache.length if cache is not None else 0
+                positions = np.arange(past, past + steps)
+            cos, sin = attn.rope.cos_sin(positions, x.dtype)  # (B|1, 1, T, D/2)
+            q = _Rotate.forward(Context(), q, cos, sin)  # (B, H, T, D)
+            k = _Rotate.forward(Context(), k, cos, sin)  # (B, Hkv, T, D)
         if cache is not None:
             k, v = cache.extend(layer_index, Tensor._from_array(k), Tensor._from_array(v))  # (B, Hkv, past+T, D)
             k, v = k.data, v.data
@@ -145,7 +180,16 @@ class TransformerBlock(Module):
                                                    q_offset=q_offset, key_mask=key_padding_mask)  # (B, H, T, D)
         out = out.transpose(0, 2, 1, 3).reshape(batch, steps, attn.num_heads * head_dim)  # (B, T, H*D)
         x = x + _linear_array(attn.o_proj, out)
-        h = _norm_array(self.norm2, x)
-        hidden = elementwise.Gelu.forward(Context(), _linear_array(self.mlp.fc_in, h),
-                                          approximate=self.mlp.approximate)  # (B, T, hidden)
-        return x + _linear_array(self.mlp.fc_out, hidden)
+        h = _norm_array(self.norm2, x)  # (B, T, dim)
+        return x + self._mlp_array(h)
+
+    def _mlp_array(self, h: np.ndarray) -> np.ndarray:
+        """The MLP's forward on a raw array h (B, T, dim) -> (B, T, dim), as MLP / SwiGLU compute it."""
+        mlp = self.mlp
+        if type(mlp) is SwiGLU:
+            gate, up = _linears_array((mlp.gate_proj, mlp.up_proj), h)  # (B, T, hidden) each
+            gated = elementwise.Mul.forward(Context(), elementwise.Silu.forward(Context(), gate), up)  # (B, T, hidden)
+            return _linear_array(mlp.down_proj, gated)
+        hidden = elementwise.Gelu.forward(Context(), _linear_array(mlp.fc_in, h),
+                                          approximate=mlp.approximate)  # (B, T, hidden)
+        return _linear_array(mlp.fc_out, hidden)

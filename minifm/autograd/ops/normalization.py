@@ -53,9 +53,20 @@ class LayerNorm(Function):
 
 
 class RMSNorm(Function):
+    """Fused RMSNorm; the forward runs minifm.kernels.normalization.rms_norm_forward (NumPy reference +
+    Cython twin) for float32/float64 input with a weight of its dtype, the NumPy lines below otherwise."""
+
     @staticmethod
     def forward(ctx, x, weight=None, eps=1e-6):
         _check_affine(x, weight, None, "rms_norm")
+        if (x.dtype in (np.float32, np.float64) and x.ndim > 0 and x.shape[-1] > 0
+                and (weight is None or weight.dtype == x.dtype)):
+            rows = x.reshape(-1, x.shape[-1])  # (N, D)
+            want_xhat = any(ctx.needs_input_grad)  # only a backward reads xhat
+            out, xhat, inv_rms = normalization_kernels.rms_norm_forward(rows, weight, eps, want_xhat)
+            ctx.xhat = None if xhat is None else xhat.reshape(x.shape)
+            ctx.inv_rms, ctx.weight = inv_rms.reshape(*x.shape[:-1], 1), weight  # (..., 1), (D,) or None
+            return out.reshape(x.shape)
         inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
         xhat = x * inv_rms
         ctx.xhat, ctx.inv_rms, ctx.weight = xhat, inv_rms, weight

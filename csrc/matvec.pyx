@@ -1,0 +1,113 @@
+# cython: language_level=3
+"""Cython twin of minifm/kernels/matvec.py (reference: matvec_reference).
+
+Products of a few input rows with row-major weight matrices, one output per weight:
+
+    out_i[m, n] = sum_k x[m, k] * weights_i[n, k]        x (M, K), weights_i (N_i, K), out_i (M, N_i)
+
+i.e. out_i = x @ weights_i^T, the Linear layer's product when M is small (KV-cached decoding: M is
+the batch size). Such a product reads every weight once and does 2 M flops per weight it reads, so
+its speed is the memory bandwidth, not the arithmetic. What this kernel does about it:
+
+  * the rows of all the weights of one call (q, k and v, or gate and up, which share their input)
+    are one range split across the OpenMP threads in equal contiguous blocks: one parallel region
+    instead of one per matrix, and each thread reads one long run of memory;
+  * each weight row is read from memory once and multiplied with each of the M input rows while it
+    sits in L1. Rows shorter than WIDE_ROWS values go one at a time through _common.pxd's dot_lanes
+    (32 running partial sums over consecutive values: the multiply-adds are not one chain of
+    dependent additions, and the weight is read as one sequential stream); wider rows go four at a
+    time through dot4 (four sums that share each loaded input value, fewer horizontal additions),
+    the last rows of a weight that do not fill a block of four through dot_lanes. Measured on the
+    2-core machine (GB/s, two threads, medians of 11 interleaved runs): 576-wide rows 9.2-10.9 one
+    at a time vs 8.5-10.1 four at a time; 1536-wide 10.7-11.7 vs 12.7-13.6; 16384-wide 13 vs 18-19.
+
+Each output is computed by one thread in an order fixed by the weight's shape (its width and its
+row's place in its block), so the result is the same on any number of threads and whether a weight
+comes alone or with others. Threads: the budget's count when the weights of the call hold at least `parallel_bytes`
+bytes (a second core adds memory bandwidth; below that, waking it costs more than it saves), else one.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+cimport _common as vec
+from _common cimport real
+
+cdef enum:
+    WIDE_ROWS = 1024  # rows of at least this many values are read four at a time (see above)
+
+cdef extern from *:
+    """
+    #if MINIFM_OPENMP
+    #include <omp.h>
+    static int minifm_matvec_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int minifm_matvec_max_threads(void) { return 1; }
+    #endif
+    """
+    int max_threads "minifm_matvec_max_threads"() noexcept nogil
+
+
+def matvec_many(const real[:, ::1] x, tuple weights, tuple outs, Py_ssize_t parallel_bytes):
+    """outs[i][:] = x @ weights[i]^T for x (M, K), weights[i] (N_i, K), outs[i] (M, N_i), all C-contiguous.
+
+    Every array shares x's dtype. Runs on the OpenMP budget's threads when the weights hold at least
+    parallel_bytes bytes, else on one.
+    """
+    cdef Py_ssize_t count = len(weights), batch = x.shape[0], width = x.shape[1]
+    cdef Py_ssize_t block_rows = 4 if width >= WIDE_ROWS else 1
+    cdef Py_ssize_t matrix, block, first_row, rows_here, row, m, total_blocks = 0, weight_bytes = 0
+    cdef const real[:, ::1] weight
+    cdef real[:, ::1] out
+    cdef const real* weight_rows
+    cdef real* out_row
+    cdef int threads
+    if len(outs) != count:
+        raise ValueError(f"got {count} weights but {len(outs)} outputs")
+    if count == 0 or batch == 0 or width == 0:
+        raise ValueError("matvec_many needs at least one weight, one input row and one input column")
+    cdef const real** weight_data = <const real**>malloc(count * sizeof(real*))
+    cdef real** out_data = <real**>malloc(count * sizeof(real*))
+    cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* first_block = <Py_ssize_t*>malloc((count + 1) * sizeof(Py_ssize_t))  # of each weight
+    if weight_data == NULL or out_data == NULL or sizes == NULL or first_block == NULL:
+        free(weight_data)
+        free(out_data)
+        free(sizes)
+        free(first_block)
+        raise MemoryError()
+    try:
+        for matrix in range(count):
+            weight = weights[matrix]
+            out = outs[matrix]
+            if weight.shape[1] != width or weight.shape[0] == 0:
+                raise ValueError(f"weights[{matrix}] has shape {tuple(weight.shape)[:2]}, expected (N > 0, {width})")
+            if out.shape[0] != batch or out.shape[1] != weight.shape[0]:
+                raise ValueError(f"outs[{matrix}] has shape {tuple(out.shape)[:2]}, expected {(batch, weight.shape[0])}")
+            weight_data[matrix] = &weight[0, 0]
+            out_data[matrix] = &out[0, 0]
+            sizes[matrix] = weight.shape[0]
+            first_block[matrix] = total_blocks
+            total_blocks += (weight.shape[0] + block_rows - 1) // block_rows
+            weight_bytes += weight.shape[0] * width * sizeof(real)
+        first_block[count] = total_blocks
+        threads = max_threads() if weight_bytes >= parallel_bytes else 1
+        with nogil:
+            for block in prange(total_blocks, schedule="static", num_threads=threads):
+                matrix = 0
+                while block >= first_block[matrix + 1]:
+                    matrix = matrix + 1  # (not +=, which prange would read as a reduction)
+                first_row = block_rows * (block - first_block[matrix])
+                rows_here = min(block_rows, sizes[matrix] - first_row)
+                weight_rows = weight_data[matrix] + first_row * width
+                for m in range(batch):
+                    out_row = out_data[matrix] + m * sizes[matrix] + first_row
+                    if rows_here == 4:
+                        vec.dot4(&x[m, 0], weight_rows, width, width, out_row)
+                    else:
+                        for row in range(rows_here):
+                            out_row[row] = vec.dot_lanes(&x[m, 0], weight_rows + row * width, width)
+    finally:
+        free(weight_data)
+        free(out_data)
+        free(sizes)
+        free(first_block)

@@ -1,0 +1,81 @@
+"""Few-row products with row-major weights (decoding's Linear layers): NumPy reference + dispatch.
+
+Compiled twin: csrc/matvec.pyx (module minifm.kernels._matvec).
+
+The math, for x (M, K) and weights W_1 .. W_n, each (N_i, K) as a Linear layer stores it:
+
+    out_i = x @ W_i^T            out_i[m, r] = sum_k x[m, k] * W_i[r, k]        (M, N_i)
+
+With M small (M = batch size in KV-cached decoding) the product reads each weight once and does
+two flops per weight per input row, so it runs at the memory bandwidth. The compiled kernel spreads
+the rows of all the weights of one call over the OpenMP threads (a second core adds bandwidth), keeps
+a weight row in L1 for all M inputs, and computes each output in a fixed order on one thread, so its
+result does not depend on the thread count. It computes several products that share their input
+(q, k and v; gate and up) in one parallel region: `matvec_many`.
+
+When it runs: minifm.kernels.threads.matmul sends `a @ W.T` (W row-major, as Linear stores it) here
+when `applies(a, W)`: at most MAX_ROWS rows, float32 or float64, and the compiled kernel built. Above
+MAX_ROWS rows BLAS's blocked GEMM, which reuses each loaded weight for many rows, is faster.
+Simplification: no bias (Linear adds it afterwards); K = 0 and N = 0 take the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minifm.kernels._backend import compiled
+
+# Products with at most this many input rows go to the compiled kernel (see the module docstring).
+MAX_ROWS = 4
+
+# The kernel uses every thread of the budget when the weights of one call hold at least this many
+# bytes, else one thread. Measured (docs/performance.md, "Real model: SmolLM2-135M"): a second thread
+# helps from a few hundred KiB of weights on; below, waking it costs about what it saves.
+PARALLEL_BYTES = 256 * 1024
+
+_FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check(x: np.ndarray, weights) -> None:
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_TYPES or x.ndim != 2:
+        raise TypeError(f"x must be a 2-D float32 or float64 numpy array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    for index, weight in enumerate(weights):
+        if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
+            raise ValueError(f"weights[{index}] must be a 2-D array with {x.shape[1]} columns (x is {x.shape}), "
+                             f"got shape {getattr(weight, 'shape', type(weight).__name__)}")
+        if weight.dtype != x.dtype:
+            raise TypeError(f"weights[{index}] dtype {weight.dtype} must equal x dtype {x.dtype}")
+
+
+def matvec_reference(x: np.ndarray, weights) -> list[np.ndarray]:
+    """[x @ W^T for W in weights]: x (M, K), each W (N_i, K) -> (M, N_i) arrays in x's dtype."""
+    _check(x, weights)
+    return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
+
+
+def applies(x: np.ndarray, weight: np.ndarray) -> bool:
+    """True when the compiled kernel computes x @ weight^T (see the module docstring)."""
+    return (x.ndim == 2 and 0 < x.shape[0] <= MAX_ROWS and x.dtype in _FLOAT_TYPES and weight.dtype == x.dtype
+            and weight.ndim == 2 and weight.flags.c_contiguous and weight.shape[0] > 0
+            and weight.shape[1] == x.shape[1] > 0 and compiled("matvec") is not None)
+
+
+def compiled_products(x: np.ndarray, weights) -> list[np.ndarray]:
+    """[x @ W^T for W in weights] by the compiled kernel, for callers that checked `applies` for each W."""
+    x = np.ascontiguousarray(x)
+    outs = tuple(np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype) for weight in weights)  # (M, N_i)
+    compiled("matvec").matvec_many(x, tuple(weights), outs, PARALLEL_BYTES)
+    return list(outs)
+
+
+def matvec_many(x: np.ndarray, weights) -> list[np.ndarray]:
+    """[x @ W^T for W in weights] in one parallel region; the compiled kernel when it applies to all."""
+    weights = tuple(weights)
+    if weights and all(applies(x, weight) for weight in weights):
+        return compiled_products(x, weights)
+    return matvec_reference(x, weights)
+
+
+def matvec(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight^T for x (M, K) and weight (N, K) -> (M, N); the compiled kernel when it applies."""
+    return matvec_many(x, (weight,))[0]

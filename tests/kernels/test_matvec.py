@@ -1,0 +1,133 @@
+"""matvec kernel (few-row products x @ W^T): compiled == NumPy reference on drawn shapes, the same bits on
+one and two threads and whether a weight comes alone or with others, threads.matmul / matmul_weights
+route the Linear layer's decoding products to it, torch's F.linear agrees, bad arguments are named."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from oracles import require
+from kernel_helpers import compiled_path
+from minifm.kernels import matvec, threads
+
+
+@st.composite
+def matvec_cases(draw):
+    """(x (M, K), [W_i (N_i, K)]) with M in 1..MAX_ROWS, K in 1..70 or 1020..1100 (the kernel reads rows of
+    at least 1024 values four at a time), 1-3 weights of 1..45 rows."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rows, width = draw(st.integers(1, matvec.MAX_ROWS)), draw(st.integers(1, 70) | st.integers(1020, 1100))
+    sizes = draw(st.lists(st.integers(1, 45), min_size=1, max_size=3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((rows, width)).astype(dtype)
+    weights = [rng.standard_normal((size, width)).astype(dtype) for size in sizes]
+    return x, weights
+
+
+def _tolerance(dtype, width):
+    return (1e-5 if dtype == np.float32 else 1e-13) * np.sqrt(width) * 4
+
+
+@given(case=matvec_cases())
+def test_compiled_matches_reference(case):
+    x, weights = case
+    expected = matvec.matvec_reference(x, weights)
+    with compiled_path("matvec"):
+        assert all(matvec.applies(x, weight) for weight in weights)
+        result = matvec.matvec_many(x, weights)
+    for ours, truth, weight in zip(result, expected, weights):
+        assert ours.dtype == x.dtype and ours.shape == (x.shape[0], weight.shape[0]) and ours.flags.c_contiguous
+        tolerance = _tolerance(x.dtype, x.shape[1])
+        np.testing.assert_allclose(ours, truth, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("width", [577, 1030])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_bits_on_any_thread_count_and_alone_or_together(dtype, width, rng):
+    """Large enough weights (over PARALLEL_BYTES) that two threads split them; rows of 577 values are
+    read one at a time, of 1030 four at a time, and 193 rows leave a short last block; 577 and 1030
+    leave a tail in every dot product."""
+    x = rng.standard_normal((3, width)).astype(dtype)
+    weights = [rng.standard_normal((rows, width)).astype(dtype) for rows in (576, 193, 64)]
+    assert sum(w.nbytes for w in weights) >= matvec.PARALLEL_BYTES
+    previous = threads.num_threads()
+    runs = []  # one list of outputs per (thread count, together or alone)
+    try:
+        with compiled_path("matvec"):
+            for count in (1, 2):
+                threads.set_num_threads(count)
+                runs.append(matvec.matvec_many(x, weights))
+                runs.append([matvec.matvec(x, weight) for weight in weights])
+    finally:
+        threads.set_num_threads(previous)
+    for run in runs[1:]:
+        for ours, first in zip(run, runs[0]):
+            np.testing.assert_array_equal(ours, first)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threads_matmul_routes_a_transposed_weight_here(rows, dtype, rng):
+    """threads.matmul(x, W.T) with at most MAX_ROWS rows is the kernel's product, bit for bit;
+    matmul_weights gives the same bits as one matmul per weight, kernel or not."""
+    x = rng.standard_normal((rows, 40)).astype(dtype)
+    weights = [rng.standard_normal((size, 40)).astype(dtype) for size in (24, 8)]
+    with compiled_path("matvec"):
+        single = [threads.matmul(x, weight.T) for weight in weights]
+        together = threads.matmul_weights(x, weights)
+        for ours, theirs in zip(together, single):
+            np.testing.assert_array_equal(ours, theirs)
+        if rows <= matvec.MAX_ROWS:
+            for ours, weight in zip(single, weights):
+                np.testing.assert_array_equal(ours, matvec.matvec(x, weight))
+    for ours, weight in zip(single, weights):
+        np.testing.assert_allclose(ours, x @ weight.T, rtol=_tolerance(dtype, 40), atol=_tolerance(dtype, 40))
+
+
+def test_reference_path_keeps_blas(rng):
+    """With the kernels forced to NumPy, matvec does not apply and matmul is BLAS's product."""
+    from minifm.kernels import _backend
+
+    x, weight = rng.standard_normal((1, 16)), rng.standard_normal((8, 16))
+    previous = _backend.reference_forced()
+    _backend.use_reference(True)
+    try:
+        assert not matvec.applies(x, weight)
+        np.testing.assert_array_equal(threads.matmul(x, weight.T), np.ascontiguousarray((weight @ x.T).T))
+    finally:
+        _backend.use_reference(previous)
+
+
+def test_does_not_apply_outside_its_cases(rng):
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    weight = rng.standard_normal((5, 8)).astype(np.float32)
+    assert not matvec.applies(rng.standard_normal((matvec.MAX_ROWS + 1, 8)).astype(np.float32), weight)
+    assert not matvec.applies(x, weight.astype(np.float64))  # mixed dtypes
+    assert not matvec.applies(x, np.asfortranarray(weight))  # not row-major
+    assert not matvec.applies(x.astype(np.int64), weight.astype(np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_torch_linear(dtype, kernel_path, rng):
+    torch = require("torch")
+    x = rng.standard_normal((2, 576)).astype(dtype)
+    weight = rng.standard_normal((1536, 576)).astype(dtype)
+    ours = matvec.matvec(x, weight)
+    theirs = torch.nn.functional.linear(torch.tensor(x), torch.tensor(weight)).numpy()
+    tolerance = _tolerance(dtype, 576)
+    np.testing.assert_allclose(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_bad_arguments_are_named(rng):
+    x = rng.standard_normal((1, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"weights\[0\] must be a 2-D array with 4 columns"):
+        matvec.matvec_reference(x, [np.ones((3, 5), np.float32)])
+    with pytest.raises(TypeError, match=r"weights\[1\] dtype float64 must equal x dtype float32"):
+        matvec.matvec_reference(x, [np.ones((3, 4), np.float32), np.ones((3, 4))])
+    with pytest.raises(TypeError, match="x must be a 2-D float32 or float64"):
+        matvec.matvec_reference(np.ones(4, np.float32), [np.ones((3, 4), np.float32)])
+    with compiled_path("matvec") as kernel:
+        with pytest.raises(ValueError, match=r"outs\[0\] has shape"):
+            kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (np.empty((1, 2), np.float32),), 0)
+        with pytest.raises(ValueError, match="got 1 weights but 0 outputs"):
+            kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (), 0)
