@@ -23,7 +23,7 @@ MY_STAGES = "curate,tokenizer,pretrain,sampling"
 
 def test_every_lifecycle_step_has_a_subcommand():
     assert set(SUBCOMMANDS) == {"lifecycle", "curate", "tokenize", "pretrain", "generate", "chat", "embed", "convert",
-                                "sft", "reward", "ppo", "dpo", "info"}
+                                "sft", "reward", "ppo", "dpo", "lab", "info"}
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS + [None])

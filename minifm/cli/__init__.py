@@ -8,6 +8,7 @@
     chat.py            minifm chat         chat with a model through its own chat template, replies streamed
     embed.py           minifm embed        sentence vectors and cosine similarities (all-minilm-l6-v2)
     convert.py         minifm convert      GGUF / Hugging Face checkpoints <-> minifm run directories
+    lab.py             minifm lab          the chapter's claims as experiments (minifm/lab/)
     post_training.py   minifm sft | reward | ppo | dpo   the post-training stages on a run directory
     info.py            minifm info         version, kernel backend, a tiny forward/backward
     common.py          Command, --config files, flags generated from settings dataclasses
@@ -25,13 +26,13 @@ import sys
 import warnings
 
 from minifm import __version__
-from minifm.cli import chat, convert, data, embed, generate, info, lifecycle, post_training, pretrain
+from minifm.cli import chat, convert, data, embed, generate, info, lab, lifecycle, post_training, pretrain
 from minifm.cli.common import OneLineErrorParser
 from minifm.config import ConfigError
 from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 
 COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + chat.COMMANDS
-            + embed.COMMANDS + convert.COMMANDS + post_training.COMMANDS + info.COMMANDS)
+            + embed.COMMANDS + convert.COMMANDS + post_training.COMMANDS + lab.COMMANDS + info.COMMANDS)
 
 
 def build_parser() -> OneLineErrorParser:

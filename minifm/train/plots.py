@@ -65,14 +65,19 @@ def plot_loss_curve(rows: list[dict], path, title: str = "loss", eval_key: str =
 
 
 def plot_xy(series: dict[str, tuple[list, list]], path, title: str, xlabel: str, ylabel: str,
-            marker: str = "o-") -> Path:
-    """One line per named series {name: (xs, ys)}."""
+            marker: str = "o-", logx: bool = False, errors: dict[str, list] | None = None) -> Path:
+    """One line per named series {name: (xs, ys)}; x on a log scale with logx; error bars from errors[name]."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for name, (xs, ys) in series.items():
-        axes.plot(xs, ys, marker, label=name)
+        if errors and name in errors:
+            axes.errorbar(xs, ys, yerr=errors[name], fmt=marker, label=name, capsize=3)
+        else:
+            axes.plot(xs, ys, marker, label=name)
+    if logx:
+        axes.set_xscale("log")
     if len(series) > 1:
-        axes.legend()
+        axes.legend(fontsize="small")
     return _label_and_save(plt, figure, axes, path, title, xlabel, ylabel)
 
 

@@ -1,0 +1,44 @@
+"""The laboratory: the chapter's claims as experiments, one file per claim, each written as a lesson.
+
+    minifm lab --list                       the experiments, one line each, with their default run time
+    minifm lab NAME [--preset tiny|default] [--seeds N] [--out runs]
+
+Each experiment file states its question first, then its setup, then what it measures; it writes
+runs/lab-NAME/report.md (tables, plots, what it shows), report.json (every figure) and its plots,
+and keeps finished sub-runs so a re-run resumes (minifm/lab/common.py). The tiny presets are for
+tests and CI; the default presets are what docs/experiments.md reports.
+
+    scaling.py        "model size depends on data and compute": L(N, D) fitted, compute-optimal size
+    multilingual.py   "non-English languages are under-represented": tokens per word and loss per byte
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from minifm.lab import multilingual, scaling
+from minifm.lab.common import LabRun
+
+EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual)}
+PRESET_NAMES = ("tiny", "default")
+
+
+def run_experiment(name: str, preset: str = "default", seeds: int | None = None, out="runs", log=print) -> LabRun:
+    """Run (or resume) one experiment; returns its LabRun (report in lab.directory / report.md)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; the experiments are {sorted(EXPERIMENTS)}")
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"--preset must be one of {list(PRESET_NAMES)}, got {preset!r}")
+    module = EXPERIMENTS[name]
+    settings = dict(module.PRESETS[preset])
+    if seeds is not None:
+        if seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        settings["seeds"] = seeds
+    lab = LabRun(name, settings, Path(out) / f"lab-{name}", preset, log=log)
+    lab.log(f"{module.CLAIM!r}: preset {preset}, writing {lab.directory}")
+    module.run(lab)
+    lab.log(f"report: {lab.directory / 'report.md'}")
+    return lab
+
+
+__all__ = ["EXPERIMENTS", "LabRun", "PRESET_NAMES", "run_experiment"]
