@@ -1,4 +1,4 @@
-"""Exact (erf) GELU, forward and backward: NumPy references + dispatch.
+"""Exact (erf) GELU, forward and backward, and SwiGLU's gate silu(gate) * up: NumPy references + dispatch.
 
 Compiled twin: csrc/activations.pyx (module minifm.kernels._activations), one fused pass per
 direction and no temporaries; its float32 path uses a Chebyshev-fitted erfc accurate to ~1.2e-7
@@ -11,6 +11,10 @@ The math, with Phi the standard normal CDF and phi its density:
 
 `gelu_with_derivative` returns the output and dy/dx = Phi(x) + x phi(x) from one pass, for
 training (the backward becomes one multiply at the cost of one stored activation-sized array).
+
+SwiGLU's gate (forward only; its backward is NumPy, in autograd/ops/elementwise.py SiluMul):
+
+    silu_mul(gate, up) = silu(gate) * up = gate * sigmoid(gate) * up,   sigmoid(g) = 1 / (1 + exp(-g))
 
 Phi is written with erfc rather than (1 + erf) / 2 so that it keeps its relative precision for
 negative x (1 + erf(x) cancels to 0 long before Phi underflows). `gelu_backward` takes x, not
@@ -107,3 +111,29 @@ def gelu_with_derivative(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out, dydx = np.empty_like(flat), np.empty_like(flat)
     kernel.gelu_forward_with_derivative(flat, out, dydx)
     return out.reshape(x.shape), dydx.reshape(x.shape)
+
+
+def _stable_sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow warnings: exp(-|x|) only, split by the sign of x."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def silu_mul_reference(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up = (gate * sigmoid(gate)) * up, elementwise with broadcasting, in gate's dtype."""
+    _check_float(gate, "gate")
+    _check_float(up, "up")
+    return (gate * _stable_sigmoid(gate) * up).astype(gate.dtype, copy=False)
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up; the compiled kernel for arrays of one shape and dtype, else the reference."""
+    kernel = compiled("activations")
+    if kernel is None or not isinstance(gate, np.ndarray) or not isinstance(up, np.ndarray) \
+            or gate.shape != up.shape or gate.dtype != up.dtype or gate.dtype not in (np.float32, np.float64):
+        return silu_mul_reference(gate, up)
+    flat_gate = np.ascontiguousarray(gate).reshape(-1)
+    flat_up = np.ascontiguousarray(up).reshape(-1)
+    out = np.empty_like(flat_gate)
+    kernel.silu_mul_forward(flat_gate, flat_up, out)
+    return out.reshape(gate.shape)

@@ -21,7 +21,7 @@ so a PEFT-wrapped projection or a forward hook-like subclass takes the general p
 the same Function forwards on raw NumPy arrays, skipping Tensor/Function bookkeeping (about 25
 Python-level autograd calls per block per token during KV-cached decoding). It covers everything a
 Llama-style decoder needs: RoPE (the same cos/sin tables and `_Rotate` forward as the attention
-module), GQA, RMSNorm, SwiGLU (Silu and Mul forwards), q/k/v biases, padding masks and the KV cache.
+module), GQA, RMSNorm, SwiGLU (the fused SiluMul forward), q/k/v biases, padding masks and the KV cache.
 The numbers are identical: the same kernels run in the same order.
 """
 from __future__ import annotations
@@ -188,7 +188,7 @@ class TransformerBlock(Module):
         mlp = self.mlp
         if type(mlp) is SwiGLU:
             gate, up = _linears_array((mlp.gate_proj, mlp.up_proj), h)  # (B, T, hidden) each
-            gated = elementwise.Mul.forward(Context(), elementwise.Silu.forward(Context(), gate), up)  # (B, T, hidden)
+            gated = elementwise.SiluMul.forward(Context(), gate, up)  # silu(gate) * up, (B, T, hidden)
             return _linear_array(mlp.down_proj, gated)
         hidden = elementwise.Gelu.forward(Context(), _linear_array(mlp.fc_in, h),
                                           approximate=mlp.approximate)  # (B, T, hidden)

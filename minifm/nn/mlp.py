@@ -1,13 +1,15 @@
 """The transformer's position-wise feed-forward layers.
 
 MLP     y = fc_out(gelu(fc_in(x)))                           (BERT: exact erf GELU; GPT-2: tanh GELU)
-SwiGLU  y = down_proj(silu(gate_proj(x)) * up_proj(x))       (LLaMA / PaLM's gated variant)
+SwiGLU  y = down_proj(silu(gate_proj(x)) * up_proj(x))       (LLaMA / PaLM's gated variant; the gate
+                                                              silu(.) * up(.) is one fused node, ops.silu_mul)
 
 Simplification: no dropout inside the feed-forward (the block applies residual dropout after it).
 """
 from __future__ import annotations
 
 import minifm.functional as F
+from minifm.autograd import ops
 from minifm.nn.layers import Linear
 from minifm.nn.module import Module
 
@@ -32,7 +34,7 @@ class SwiGLU(Module):
         self.down_proj = Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x):
-        gated = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (..., hidden)
+        gated = ops.silu_mul(self.gate_proj(x), self.up_proj(x))  # silu(gate) * up, (..., hidden)
         return self.down_proj(gated)  # (..., dim)
 
 

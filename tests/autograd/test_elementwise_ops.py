@@ -72,6 +72,7 @@ BINARY = {
     "pow_tensor_exponent": (lambda a, b: a**b, np.power, positive_arrays, autograd_arrays),
     "maximum": (mf.maximum, np.maximum, off_grid_arrays, lambda s: off_grid_arrays(s, offset=0.0)),
     "minimum": (mf.minimum, np.minimum, off_grid_arrays, lambda s: off_grid_arrays(s, offset=0.0)),
+    "silu_mul": (ops.silu_mul, lambda g, u: g * _sigmoid(g) * u, autograd_arrays, autograd_arrays),  # SwiGLU's gate
 }
 
 

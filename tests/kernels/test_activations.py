@@ -1,5 +1,6 @@
 """GELU kernel: compiled == reference (float64 tightly, float32 to about one ulp of the float64 truth),
-NaN/inf behaviour, the multi-block parallel path, finite differences of the derivative, and torch."""
+NaN/inf behaviour, the multi-block parallel path, finite differences of the derivative, and torch.
+SwiGLU's gate silu(gate) * up: compiled == reference, the same tails and NaN, and torch."""
 import math
 import warnings
 
@@ -127,3 +128,43 @@ def test_reference_output_with_derivative_is_output_and_backward(rng):
     y, dydx = act.gelu_with_derivative_reference(x)
     np.testing.assert_array_equal(y, act.gelu_reference(x))
     np.testing.assert_allclose(dydx, act.gelu_backward_reference(x, np.ones_like(x)), rtol=1e-15, atol=1e-300)
+
+
+# ------------------------------------------------------------------------------------------ silu(gate) * up
+
+
+@given(gate=activations_arrays(), seed=st.integers(0, 2**31 - 1))
+def test_silu_mul_compiled_matches_the_float64_reference(gate, seed):
+    up = np.random.default_rng(seed).standard_normal(gate.shape).astype(gate.dtype)
+    truth = act.silu_mul_reference(gate.astype(np.float64), up.astype(np.float64))
+    with compiled_path("activations"):
+        out = act.silu_mul(gate, up)
+    assert out.shape == gate.shape and out.dtype == gate.dtype
+    if gate.dtype == np.float64:
+        np.testing.assert_allclose(out, truth, rtol=1e-13, atol=1e-300)
+    else:
+        np.testing.assert_allclose(out, truth, rtol=4e-7, atol=float(np.finfo(np.float32).tiny) * 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_mul_tails_nan_and_many_blocks(dtype, kernel_path, rng):
+    gate = np.array([-1e30, -800.0, -100.0, -1.0, 0.0, 1.0, 100.0, 800.0, np.nan], dtype=dtype)
+    up = np.full(gate.shape, 3.0, dtype=dtype)
+    out = act.silu_mul(gate, up)
+    np.testing.assert_array_equal(out[[0, 1, 4]], [0.0, 0.0, 0.0])  # exp overflows: silu -> -0
+    np.testing.assert_allclose(out[[3, 5, 6, 7]], 3.0 * np.array([-1 / (1 + math.e), 1 / (1 + 1 / math.e), 100.0, 800.0]),
+                               rtol=1e-6)
+    assert abs(out[2]) < 1e-30 and np.isnan(out[8])
+    big_gate = rng.standard_normal(200_000).astype(dtype) * 4  # several kernel blocks, the parallel path
+    big_up = rng.standard_normal(200_000).astype(dtype)
+    np.testing.assert_allclose(act.silu_mul(big_gate, big_up), act.silu_mul_reference(big_gate, big_up),
+                               rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_mul_matches_torch(dtype, kernel_path, rng):
+    torch = pytest.importorskip("torch")
+    gate, up = (rng.standard_normal((64, 1536)).astype(dtype) * 3 for _ in range(2))
+    theirs = (torch.nn.functional.silu(torch.tensor(gate)) * torch.tensor(up)).numpy()
+    tolerance = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(act.silu_mul(gate, up), theirs, rtol=tolerance, atol=tolerance)

@@ -166,6 +166,11 @@ def silu(x):
     return _e.Silu.apply(x)
 
 
+def silu_mul(gate, up):
+    """silu(gate) * up as one fused node (SwiGLU's gate)."""
+    return _e.SiluMul.apply(gate, up)
+
+
 def softplus(x, beta: float = 1.0, threshold: float = 20.0):
     return _e.Softplus.apply(x, beta=beta, threshold=threshold)
 

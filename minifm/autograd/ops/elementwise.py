@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from minifm.autograd.function import Function, unbroadcast
-from minifm.kernels import activations as gelu_kernels
+from minifm.kernels import activations as activation_kernels
 
 
 def _shape_of(x) -> tuple[int, ...]:
@@ -279,9 +279,9 @@ class Gelu(Function):
             return (0.5 * x * (1 + ctx.t)).astype(x.dtype, copy=False)
         if ctx.needs_input_grad and ctx.needs_input_grad[0]:
             # training: one fused pass also yields dy/dx, so backward is a single multiply
-            out, ctx.dydx = gelu_kernels.gelu_with_derivative(x)
+            out, ctx.dydx = activation_kernels.gelu_with_derivative(x)
             return out
-        return gelu_kernels.gelu(x)  # fused kernel
+        return activation_kernels.gelu(x)  # fused kernel
 
     @staticmethod
     def backward(ctx, grad):
@@ -293,7 +293,7 @@ class Gelu(Function):
             return (grad * local).astype(grad.dtype, copy=False)
         dydx = getattr(ctx, "dydx", None)
         if dydx is None:  # forward ran without needing the gradient: recompute Phi(x) from x
-            return gelu_kernels.gelu_backward(x, np.asarray(grad, dtype=x.dtype))
+            return activation_kernels.gelu_backward(x, np.asarray(grad, dtype=x.dtype))
         return np.asarray(grad, dtype=x.dtype) * dydx
 
 
@@ -309,6 +309,28 @@ class Silu(Function):
     def backward(ctx, grad):
         s = ctx.s
         return grad * (s * (1 + ctx.x * (1 - s)))
+
+
+class SiluMul(Function):
+    """silu(gate) * up in one node (SwiGLU's gate): the forward is one fused pass
+    (minifm.kernels.activations.silu_mul); with s = sigmoid(gate), backward:
+    d gate = grad * up * s * (1 + gate * (1 - s)),   d up = grad * gate * s."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.gate, ctx.up = gate, up
+        return activation_kernels.silu_mul(gate, up)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.gate, ctx.up
+        s = _stable_sigmoid(gate)
+        d_gate = d_up = None
+        if ctx.needs_input_grad[0]:
+            d_gate = unbroadcast(grad * up * (s * (1 + gate * (1 - s))), _shape_of(gate))
+        if ctx.needs_input_grad[1]:
+            d_up = unbroadcast(grad * (gate * s), _shape_of(up))
+        return d_gate, d_up
 
 
 class Softplus(Function):
