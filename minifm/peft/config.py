@@ -2,7 +2,7 @@
 
 Names and defaults follow Hugging Face PEFT where PEFT has the method:
   LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=None, bias="none", use_rslora=False,
-             modules_to_save=None, trainable_token_indices=None)
+             modules_to_save=None, trainable_token_indices=None, rank_pattern={}, alpha_pattern={})
   PromptTuningConfig(num_virtual_tokens, prompt_tuning_init="RANDOM"|"TEXT", prompt_tuning_init_text)
   PrefixTuningConfig(num_virtual_tokens, prefix_projection=False, encoder_hidden_size)
   IA3Config(target_modules, feedforward_modules)
@@ -54,6 +54,33 @@ def _check_token_indices(value):
     if isinstance(value, dict):
         return {key: [int(token) for token in ids] for key, ids in value.items()}
     return [int(token) for token in value]  # plain ints: JSON-serialisable in adapter_config.json
+
+
+def _check_pattern(name: str, value: dict, kind) -> dict:
+    """rank_pattern / alpha_pattern: {module-name regex: positive value} (PEFT's per-module overrides)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict of module-name pattern -> value, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{name} keys must be module-name patterns (strings), got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as error:
+            raise ValueError(f"{name} key {key!r} is not a valid regular expression ({error})") from None
+        valid = (isinstance(item, int) if kind is int else isinstance(item, (int, float)))
+        if isinstance(item, bool) or not valid or item <= 0:
+            raise ValueError(f"{name}[{key!r}] must be a positive {kind.__name__}, got {item!r}")
+    return dict(value)
+
+
+def pattern_key(pattern: dict, module_name: str) -> str | None:
+    """The first key of `pattern` that matches `module_name`, or None: PEFT's rule, a key is a regular
+    expression that must match the end of the name at a "." boundary (re.match of "(.*\\.)?(key)$"), so
+    "v_proj" matches "blocks.0.attn.v_proj" and "blocks.1.attn.q_proj" only that one module."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
 
 
 def _check_targets(name: str, value) -> None:
@@ -111,7 +138,9 @@ class LoraConfig(PeftConfig):
     """LoRA: W x + (alpha / r) * B A x with A (r, in) Kaiming-uniform and B (out, r) zero.
 
     trainable_token_indices (PEFT >= 0.15): token ids whose embedding rows also train (a list for the
-    input embedding, or {embedding name: ids}); see minifm/peft/trainable_tokens.py."""
+    input embedding, or {embedding name: ids}); see minifm/peft/trainable_tokens.py.
+    rank_pattern / alpha_pattern (PEFT's names): {module-name pattern: r or lora_alpha} overriding r and
+    lora_alpha for the modules a pattern matches (`pattern_key`); `for_module(name)` resolves them."""
 
     peft_type_name = "lora"
     r: int = 8
@@ -123,9 +152,13 @@ class LoraConfig(PeftConfig):
     modules_to_save: list[str] | None = None
     init_lora_weights: bool = True
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding to train
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # module-name pattern -> r
+    alpha_pattern: dict[str, float] = field(default_factory=dict)  # module-name pattern -> lora_alpha
 
     def __post_init__(self):
         self.peft_type = "lora"
+        self.rank_pattern = _check_pattern("rank_pattern", self.rank_pattern, int)
+        self.alpha_pattern = _check_pattern("alpha_pattern", self.alpha_pattern, float)
         self.trainable_token_indices = _check_token_indices(self.trainable_token_indices)
         _check_positive_int("r", self.r)
         if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
@@ -142,6 +175,16 @@ class LoraConfig(PeftConfig):
         if self.use_rslora:
             return float(self.lora_alpha) / float(self.r) ** 0.5
         return float(self.lora_alpha) / float(self.r)
+
+    def for_module(self, module_name: str) -> "LoraConfig":
+        """This config with r and lora_alpha as rank_pattern / alpha_pattern set them for `module_name`."""
+        rank_key = pattern_key(self.rank_pattern, module_name)
+        alpha_key = pattern_key(self.alpha_pattern, module_name)
+        if rank_key is None and alpha_key is None:
+            return self
+        rank = self.r if rank_key is None else self.rank_pattern[rank_key]
+        alpha = self.lora_alpha if alpha_key is None else self.alpha_pattern[alpha_key]
+        return dataclasses.replace(self, r=rank, lora_alpha=alpha, rank_pattern={}, alpha_pattern={})
 
 
 @dataclass
