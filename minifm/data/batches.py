@@ -22,7 +22,8 @@ Builders:
 and for post-training (the rows come from minifm.data.conversations):
     pad_right           rows of ids -> (ids, attention_mask), right-padded
     collate_sft         (input_ids, labels) examples -> shifted (inputs, targets, mask) rows,
-                        one example per row or packed end to end
+                        one example per row (padded to max_length, or to the batch's longest)
+                        or packed end to end
     shuffled_batches    endless epochs of a list in a fresh random order: the batches(rng) that
                         the SFT, reward-model and DPO stages hand to the shared loop
 """
@@ -192,16 +193,20 @@ def pad_right(rows: Sequence[Sequence[int]], pad_id: int, length: int | None = N
 
 
 def collate_sft(examples: Sequence[tuple[np.ndarray, np.ndarray]], max_length: int, pad_id: int,
-                packing: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                packing: bool = False, pad_to_longest: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows (inputs, targets, attention_mask), each (N, max_length), targets shifted by one, from
     (input_ids, labels) pairs (minifm.data.conversations.sft_example).
 
     Without packing each example is one row, right-padded (targets -100 on padding) and truncated
-    to max_length + 1 tokens. With packing examples are laid end to end and cut into rows.
+    to max_length + 1 tokens; with pad_to_longest the rows are only as wide as the longest example
+    of the batch needs (N, min(longest, max_length + 1) - 1), so short rows do not pay for a long
+    max_length. With packing examples are laid end to end and cut into rows.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     width = max_length + 1
+    if pad_to_longest and not packing:
+        width = max(2, min(width, max(ids.size for ids, _ in examples)))
     if packing:
         # row r holds stream tokens [r L, r L + L + 1): consecutive rows overlap by one token, so
         # every token but the very first is a target exactly once
