@@ -90,13 +90,15 @@ def dropout(x, p: float = 0.5, training: bool = True, rng: np.random.Generator |
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = False, scale: float | None = None,
-                                 key_padding_mask=None, q_offset: int = 0) -> Tensor:
+                                 key_padding_mask=None, q_offset: int = 0, window: int | None = None) -> Tensor:
     """softmax(q k^T * scale + mask) v for q (B, H, Tq, D) and k, v (B, Hkv, Tk, D), H % Hkv == 0.
 
     is_causal uses torch's top-left alignment unless `q_offset` shifts the query positions (a KV
     cache passes q_offset = Tk - Tq). `key_padding_mask` (B, Tk), True = attend, and causal masking
     run on the flash-style kernel; a general `attn_mask` (bool "may attend", or additive float)
     uses the materialised path, `_dense_attention`. Rows with no key to attend to produce zeros.
+    `window` (sliding-window attention, as Mistral's `sliding_window`) lets a query see only keys
+    fewer than `window` positions away (see sliding_window_mask); it runs on the materialised path.
     """
     qs, ks, vs = np.shape(data_of(q)), np.shape(data_of(k)), np.shape(data_of(v))
     if len(qs) != 4 or len(ks) != 4 or ks != vs or qs[0] != ks[0] or qs[3] != ks[3]:
@@ -107,6 +109,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
         key_padding_mask = np.asarray(data_of(key_padding_mask), dtype=bool)
         if key_padding_mask.shape != (ks[0], ks[2]):
             raise ValueError(f"key_padding_mask must have shape {(ks[0], ks[2])}, got {key_padding_mask.shape}")
+    if window is not None:
+        attn_mask = _with_sliding_window(attn_mask, window, qs[2], ks[2], q_offset)
     if attn_mask is None:
         return FlashAttention.apply(q, k, v, scale=scale, causal=is_causal, q_offset=q_offset,
                                     key_mask=key_padding_mask)
@@ -124,6 +128,33 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal: bool = Fals
         padding = key_padding_mask[:, None, None, :]
         mask = (mask & padding) if np.asarray(mask).dtype == bool else np.where(padding, mask, -np.inf)
     return _dense_attention(q, k, v, mask, scale, is_causal, q_offset)
+
+
+def sliding_window_mask(query_length: int, key_length: int, window: int, q_offset: int = 0) -> np.ndarray:
+    """(Tq, Tk) bool, True where query i may attend to key j under a sliding window of `window` keys.
+
+    Query i sits at position i + q_offset (q_offset = Tk - Tq with a KV cache, as for is_causal), key
+    j at position j; the query may see key j when |(i + q_offset) - j| < window. With is_causal this
+    leaves each query itself and the window - 1 keys before it (Mistral's sliding_window, Beltagy et
+    al.'s Longformer local attention); without it, window - 1 keys on each side. A window as long as
+    the sequence masks nothing.
+    """
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive int (the number of positions a query sees), got {window!r}")
+    query_positions = np.arange(query_length)[:, None] + q_offset  # (Tq, 1)
+    key_positions = np.arange(key_length)[None, :]  # (1, Tk)
+    return np.abs(query_positions - key_positions) < window  # (Tq, Tk)
+
+
+def _with_sliding_window(attn_mask, window: int, query_length: int, key_length: int, q_offset: int):
+    """`attn_mask` (None, bool or additive float) further limited to the sliding window."""
+    allowed = sliding_window_mask(query_length, key_length, window, q_offset)  # (Tq, Tk)
+    if attn_mask is None:
+        return allowed
+    mask = np.asarray(data_of(attn_mask))
+    if mask.dtype == bool:
+        return mask & allowed
+    return np.where(allowed, mask, -np.inf).astype(mask.dtype)
 
 
 def _dense_attention(q, k, v, attn_mask: np.ndarray, scale, is_causal: bool, q_offset: int) -> Tensor:
@@ -159,5 +190,5 @@ def _dense_attention(q, k, v, attn_mask: np.ndarray, scale, is_causal: bool, q_o
 __all__ = [
     "cross_entropy", "dropout", "embedding", "gelu", "is_grad_enabled", "layer_norm", "linear", "log_softmax",
     "logsigmoid", "logsumexp", "mse_loss", "pad", "relu", "rms_norm", "scaled_dot_product_attention", "sigmoid", "silu", "softmax",
-    "softplus", "tanh",
+    "sliding_window_mask", "softplus", "tanh",
 ]

@@ -25,7 +25,13 @@ each (Hkv, P, D). They are prepended to the keys and values of every call, for e
 batch, and every query may attend to them (before the causal and padding masks, which cover the
 real keys only); gradients flow into them. This is the general hook through which a caller adds
 learned keys/values to a frozen model: prefix tuning (minifm/peft/prefix_tuning.py) sets it around
-each forward call. The KV cache never stores them. Simplifications: no attention-probability dropout; the cache stores the
+each forward call. The KV cache never stores them.
+
+Sliding window: `attention.window`, None by default, may hold a positive int; each query then
+sees only the keys fewer than `window` positions away (F.sliding_window_mask; with the causal
+mask, itself and the window - 1 keys before it, as Mistral's sliding_window). It runs on the
+materialised attention path, not the flash kernel (the lab's attention experiment sets it).
+Simplifications: no attention-probability dropout; the cache stores the
 self-attention keys/values only (cross-attention keys are recomputed from the encoder output).
 """
 from __future__ import annotations
@@ -216,6 +222,7 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(kv_dim, num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = Linear(num_heads * self.head_dim, embed_dim, bias=bias)
         self.extra_kv = None  # None or (keys, values), each (Hkv, P, D), prepended in every call (see above)
+        self.window = None  # None (full attention) or the sliding window's width in positions (see above)
 
     def _split_heads(self, x, heads: int):
         batch, steps, _ = x.shape
@@ -253,7 +260,7 @@ class MultiHeadAttention(Module):
             k, v, key_padding_mask = self._prepend_extra_kv(k, v, key_padding_mask, batch)
         q_offset = k.shape[2] - steps if self.causal else 0
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, key_padding_mask=key_padding_mask,
-                                             q_offset=q_offset)  # (B, H, T, D)
+                                             q_offset=q_offset, window=self.window)  # (B, H, T, D)
         out = out.transpose(0, 2, 1, 3).reshape(batch, steps, self.num_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out)
 
@@ -281,4 +288,5 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-                f"causal={self.causal}, rope={self.rope is not None}")
+                f"causal={self.causal}, rope={self.rope is not None}"
+                + (f", window={self.window}" if self.window is not None else ""))

@@ -16,7 +16,7 @@ post-norm model has no final norm. The parameters are the same either way, so on
 (norm1, norm2, ...) serves both.
 
 Inference fast path: with graph recording off, pre-norm, no cross-attention, no extra keys/values
-(prefix tuning) and the stock sub-modules (exact Linear / LayerNorm / RMSNorm / MLP / SwiGLU types,
+(prefix tuning), no sliding window and the stock sub-modules (exact Linear / LayerNorm / RMSNorm / MLP / SwiGLU types,
 so a PEFT-wrapped projection or a forward hook-like subclass takes the general path), `forward` runs
 the same Function forwards on raw NumPy arrays, skipping Tensor/Function bookkeeping (about 25
 Python-level autograd calls per block per token during KV-cached decoding). It covers everything a
@@ -133,6 +133,8 @@ class TransformerBlock(Module):
         if is_grad_enabled() or not isinstance(x, Tensor) or x.requires_grad:
             return False
         if self.norm_position != "pre" or self.has_cross_attention or attn.extra_kv is not None:
+            return False
+        if getattr(attn, "window", None) is not None:  # sliding-window attention: the general path
             return False
         if self.training and self.dropout.p > 0.0:
             return False
