@@ -47,6 +47,10 @@ cdef enum:
     FEW_QUERY_ROWS = 4  # query blocks up to this many rows multiply with loops, not BLAS (see above)
 
 
+# Python-visible, so the wrapper knows when a forward calls no BLAS (minifm/kernels/attention.py)
+few_query_rows = FEW_QUERY_ROWS
+
+
 cdef inline void _scores_by_loops(const real* q, Py_ssize_t q_row_stride, const real* k, Py_ssize_t k_row_stride,
                                   Py_ssize_t rows, Py_ssize_t width, Py_ssize_t d, real scale,
                                   real* scores) noexcept nogil:

@@ -18,6 +18,8 @@
     matvec.py         <-> csrc/matvec.pyx         few-row products x @ W^T with row-major weights
                                                    (decoding's Linear layers), several weights per
                                                    parallel region, same bits on any thread count
+    rotary.py         <-> csrc/rotary.pyx         RoPE's rotation of (B, heads, T, D) rows, one pass,
+                                                   transposed views read and written in place
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

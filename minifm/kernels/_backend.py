@@ -35,6 +35,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "normalization",
     "adam",
     "matvec",
+    "rotary",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -21,10 +21,12 @@ key_mask (B, Tk) bool, True = may be attended.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minifm.kernels._backend import compiled
-from minifm.kernels.threads import single_threaded_scipy_blas
+from minifm.kernels.threads import follow_load, single_threaded_scipy_blas
 
 
 def _readable_in_place(x: np.ndarray) -> np.ndarray:
@@ -64,9 +66,9 @@ def _validate(q, k, v, scale, q_offset, key_mask):
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]}); shapes q {q.shape}, k {k.shape}")
     if scale is None:
-        scale = 1.0 / np.sqrt(q.shape[3]) if q.shape[3] > 0 else 1.0
+        scale = 1.0 / math.sqrt(q.shape[3]) if q.shape[3] > 0 else 1.0
     scale = float(scale)
-    if not np.isfinite(scale):
+    if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     if int(q_offset) != q_offset:
         raise ValueError(f"q_offset must be an integer, got {q_offset!r}")
@@ -163,6 +165,10 @@ def attention_forward(q, k, v, *, scale=None, causal=False, q_offset=0, key_mask
     out = _heads_buffer(q.shape, q.dtype, zeroed=False)  # (B, H, Tq, D), memory (B, Tq, H, D)
     lse = np.empty(q.shape[:3], dtype=q.dtype)  # (B, H, Tq)
     mask_bytes = key_mask.view(np.uint8) if key_mask is not None else None
+    if q.shape[2] <= kernel.few_query_rows:  # (KV-cached decoding) the kernel multiplies with loops, no BLAS
+        follow_load()
+        kernel.attention_forward(q, k, v, out, lse, scale, bool(causal), int(q_offset), mask_bytes)
+        return out, lse
     with single_threaded_scipy_blas():
         kernel.attention_forward(q, k, v, out, lse, scale, bool(causal), int(q_offset), mask_bytes)
     return out, lse

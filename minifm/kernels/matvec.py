@@ -53,17 +53,26 @@ def matvec_reference(x: np.ndarray, weights) -> list[np.ndarray]:
     return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
 
 
-def applies(x: np.ndarray, weight: np.ndarray) -> bool:
-    """True when the compiled kernel computes x @ weight^T (see the module docstring)."""
-    return (x.ndim == 2 and 0 < x.shape[0] <= MAX_ROWS and x.dtype in _FLOAT_TYPES and weight.dtype == x.dtype
-            and weight.ndim == 2 and weight.flags.c_contiguous and weight.shape[0] > 0
-            and weight.shape[1] == x.shape[1] > 0 and compiled("matvec") is not None)
+def applies(x: np.ndarray, weights) -> bool:
+    """True when the compiled kernel computes x @ W^T for every W in `weights` (a sequence of weights,
+    or one weight): see the module docstring. x is checked once, then each weight."""
+    if isinstance(weights, np.ndarray):
+        weights = (weights,)
+    if not (x.ndim == 2 and 0 < x.shape[0] <= MAX_ROWS and x.shape[1] > 0 and x.dtype in _FLOAT_TYPES
+            and weights and compiled("matvec") is not None):
+        return False
+    width, dtype = x.shape[1], x.dtype
+    for weight in weights:
+        if not (weight.dtype == dtype and weight.ndim == 2 and weight.flags.c_contiguous
+                and weight.shape[1] == width and weight.shape[0] > 0):
+            return False
+    return True
 
 
 def compiled_products(x: np.ndarray, weights) -> list[np.ndarray]:
-    """[x @ W^T for W in weights] by the compiled kernel, for callers that checked `applies` for each W."""
+    """[x @ W^T for W in weights] by the compiled kernel, for callers that checked `applies(x, weights)`."""
     x = np.ascontiguousarray(x)
-    outs = tuple(np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype) for weight in weights)  # (M, N_i)
+    outs = tuple([np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype) for weight in weights])  # (M, N_i)
     compiled("matvec").matvec_many(x, tuple(weights), outs, PARALLEL_BYTES)
     return list(outs)
 
@@ -71,7 +80,7 @@ def compiled_products(x: np.ndarray, weights) -> list[np.ndarray]:
 def matvec_many(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W^T for W in weights] in one parallel region; the compiled kernel when it applies to all."""
     weights = tuple(weights)
-    if weights and all(applies(x, weight) for weight in weights):
+    if applies(x, weights):
         return compiled_products(x, weights)
     return matvec_reference(x, weights)
 

@@ -292,6 +292,12 @@ def follows_load() -> bool:
     return _state().follows_load
 
 
+def follow_load() -> None:
+    """Re-decide the kernels' thread count when a measuring window has passed (for kernels that call
+    neither matmul nor single_threaded_scipy_blas, which do it themselves)."""
+    _state().follow_load()
+
+
 def set_num_threads(threads: int) -> None:
     """Fix both pools to `threads`: the kernels' OpenMP loops and large BLAS products (no load following)."""
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
@@ -337,7 +343,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def matmul_weights(a: np.ndarray, weights) -> list[np.ndarray]:
     """[matmul(a, W.T) for W in weights], the same numbers; when the matvec kernel takes every
     product, it computes them in one parallel region (q, k, v or gate, up share their input)."""
-    if all(matvec_kernel.applies(a, weight) for weight in weights):
+    if matvec_kernel.applies(a, weights):
         _state().follow_load()
         return matvec_kernel.compiled_products(a, weights)
     return [matmul(a, weight.T) for weight in weights]

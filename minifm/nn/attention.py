@@ -42,38 +42,25 @@ import minifm.functional as F
 from minifm.autograd import ops
 from minifm.autograd.function import Function
 from minifm.autograd.tensor import Tensor
+from minifm.kernels import rotary as rotary_kernels
 from minifm.nn.layers import Linear
 from minifm.nn.module import Module
 
 
 # ---------------------------------------------------------------------------- rotary embedding
 class _Rotate(Function):
-    """out = x rotated pairwise by angles whose cos/sin are given; x (..., T, D), cos/sin (..., T, D/2)."""
+    """out = x rotated pairwise by angles whose cos/sin are given; x (..., T, D), cos/sin (..., T, D/2).
+    The rotation is minifm.kernels.rotary's (NumPy reference + Cython twin)."""
 
     @staticmethod
     def forward(ctx, x, cos, sin):
-        half = x.shape[-1] // 2
-        first, second = x[..., :half], x[..., half:]
-        out = np.empty_like(x)
-        np.multiply(first, cos, out=out[..., :half])
-        out[..., :half] -= second * sin
-        np.multiply(second, cos, out=out[..., half:])
-        out[..., half:] += first * sin
         ctx.cos, ctx.sin = cos, sin
-        return out
+        return rotary_kernels.rotate(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad):
         # the transpose of a rotation is the rotation by the opposite angle
-        half = grad.shape[-1] // 2
-        cos, sin = ctx.cos, ctx.sin
-        g_first, g_second = grad[..., :half], grad[..., half:]
-        dx = np.empty_like(grad)
-        np.multiply(g_first, cos, out=dx[..., :half])
-        dx[..., :half] += g_second * sin
-        np.multiply(g_second, cos, out=dx[..., half:])
-        dx[..., half:] -= g_first * sin
-        return dx, None, None
+        return rotary_kernels.rotate(grad, ctx.cos, -ctx.sin), None, None
 
 
 class RotaryEmbedding:
@@ -83,7 +70,9 @@ class RotaryEmbedding:
     to the next power of two when a larger position comes: every layer of every forward then looks
     its rows up instead of recomputing np.cos/np.sin (30 times per token in a 30-layer model). A
     row of the table is computed exactly as a direct call would (float64 angle position * inv_freq,
-    cos/sin in float64, cast to the dtype), so the numbers do not depend on the table.
+    cos/sin in float64, cast to the dtype), so the numbers do not depend on the table. The last
+    lookup is kept too (keyed by the positions' values and the dtype): the layers of one forward ask
+    for the same positions. The returned arrays are read-only.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0):
@@ -93,6 +82,7 @@ class RotaryEmbedding:
         self.base = float(base)
         self.inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
         self._tables: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}  # dtype -> cos, sin (n, D/2)
+        self._last_key, self._last_result = None, None  # the last cos_sin call's (positions, dtype) and answer
 
     def _angles(self, positions: np.ndarray) -> np.ndarray:
         """positions (...) -> angles (..., D/2) in float64."""
@@ -114,11 +104,19 @@ class RotaryEmbedding:
         positions = np.asarray(positions)
         if positions.ndim == 1:
             positions = positions[None, :]
+        key = (np.dtype(dtype), positions.dtype, positions.shape, positions.tobytes())
+        if key == self._last_key:
+            return self._last_result
         if positions.dtype.kind not in "iu" or positions.size == 0 or positions.min() < 0:
             angles = self._angles(positions)[:, None]  # (B, 1, T, D/2): computed directly
-            return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
-        cos_table, sin_table = self._table(dtype, int(positions.max()) + 1)
-        return cos_table[positions][:, None], sin_table[positions][:, None]  # (B, 1, T, D/2) each
+            cos, sin = np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+        else:
+            cos_table, sin_table = self._table(dtype, int(positions.max()) + 1)
+            cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]  # (B, 1, T, D/2) each
+        cos.setflags(write=False)
+        sin.setflags(write=False)
+        self._last_key, self._last_result = key, (cos, sin)
+        return cos, sin
 
     def rotate(self, x, cos, sin):
         """x (B, heads, T, D) Tensor rotated by the precomputed tables."""
