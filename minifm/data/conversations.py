@@ -315,6 +315,10 @@ def _lines(lines: list[int]) -> str:
     return f"line {shown}" if len(lines) == 1 else f"lines {shown}" + (", ..." if len(lines) > 8 else "")
 
 
+def _are(items: list) -> str:
+    return "is" if len(items) == 1 else "are"
+
+
 def encode_rows(rows: Sequence[JsonlRecord], encode_one, source: str) -> list:
     """[encode_one(row, where)] for every row; the rows that fail are gathered into one DataFormatError."""
     results, errors = [], []
@@ -380,9 +384,9 @@ def encode_sft_rows(tokenizer, rows: Sequence[JsonlRecord], max_length: int,
                       "their first len(prompt) tokens are masked anyway, as TRL does "
                       f"({_lines(report.prompt_not_prefix)})", stacklevel=2)
     if report.truncated:
-        warnings.warn(f"{source}: {len(report.truncated)} of {plural(len(rows), 'row')} are longer than max_length "
-                      f"{max_length} and were cut to their first {max_length} tokens ({_lines(report.truncated)})",
-                      stacklevel=2)
+        warnings.warn(f"{source}: {len(report.truncated)} of {len(rows)} rows {_are(report.truncated)} longer than "
+                      f"max_length {max_length} and were cut to their first {max_length} tokens "
+                      f"({_lines(report.truncated)})", stacklevel=2)
     if report.dropped and examples:
         warnings.warn(f"{source}: {plural(len(report.dropped), 'row')} lost every trained token to the cut at "
                       f"max_length {max_length} and are left out ({_lines(report.dropped)}); raise --max-length "
@@ -447,11 +451,12 @@ def encode_preference_rows(tokenizer, rows: Sequence[JsonlRecord], max_length: i
         pairs.append({"chosen": prompt + chosen, "rejected": prompt + rejected, "prompt_length": len(prompt),
                       "margin": 0.0, "line": row.line})
     if report.truncated:
-        warnings.warn(f"{source}: {len(report.truncated)} of {plural(len(rows), 'pair')} are longer than max_length "
-                      f"{max_length} (or their prompt than max_prompt_length) and were cut: prompts lose their "
-                      f"start, replies their end ({_lines(report.truncated)})", stacklevel=2)
+        warnings.warn(f"{source}: {len(report.truncated)} of {len(rows)} pairs {_are(report.truncated)} longer than "
+                      f"max_length {max_length} (or their prompt than max_prompt_length) and were cut: prompts lose "
+                      f"their start, replies their end ({_lines(report.truncated)})", stacklevel=2)
     if report.identical:
-        warnings.warn(f"{source}: {plural(len(report.identical), 'pair')} have the same chosen and rejected tokens "
+        verb = "has" if len(report.identical) == 1 else "have"
+        warnings.warn(f"{source}: {plural(len(report.identical), 'pair')} {verb} the same chosen and rejected tokens "
                       f"(after any cut), which gives DPO no signal ({_lines(report.identical)})", stacklevel=2)
     return pairs, report
 
