@@ -6,7 +6,10 @@
    `Function.backward`, and add each input's share to a pending sum (a node used twice receives
    the sum of both contributions before its own backward runs).
 3. Leaves (tensors created by the user with requires_grad=True) accumulate into `.grad`, in the
-   leaf's own dtype (a float32 leaf always gets a float32 gradient).
+   leaf's own dtype (a float32 leaf always gets a float32 gradient). A leaf is visited after every
+   node that uses it, so at that moment its gradient for this backward is final: the hooks given to
+   `Tensor.register_post_accumulate_grad_hook` run right then, with the leaf, while the rest of the
+   graph is still to be walked (data-parallel training starts sending gradients from there).
 
 Unless `retain_graph=True`, each node's saved context and its links to its inputs are dropped after
 use: the memory of the activations is released as soon as backward has passed them, and a second
@@ -94,6 +97,9 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         if node._grad_fn is None or node._retains_grad:
             node._accumulate_grad(node_grad)
         if node._grad_fn is None:
+            if node._post_accumulate_grad_hooks:
+                for hook in list(node._post_accumulate_grad_hooks.values()):
+                    hook(node)
             continue
         if node._ctx is None:
             raise RuntimeError(

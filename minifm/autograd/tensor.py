@@ -5,7 +5,9 @@ A Tensor holds
   requires_grad  whether gradients should flow to it,
   grad           after backward(): d(output)/d(this tensor) as an np.ndarray of the same shape,
   _grad_fn/_ctx  the Function that produced it and what that Function saved for its backward,
-  _parents       the input Tensors of that Function (None for inputs that need no gradient).
+  _parents       the input Tensors of that Function (None for inputs that need no gradient),
+  _post_accumulate_grad_hooks  {handle id: hook} called by backward() once a leaf's .grad is final
+                 (register_post_accumulate_grad_hook, torch's name; None until one is registered).
 
 This file holds the data, the graph links, backward() and the methods that need no graph
 (comparisons, argmax, item, detach). The differentiable operators and methods (`x + y`, `x @ w`,
@@ -54,7 +56,8 @@ def _as_array(data, dtype=None) -> np.ndarray:
 class Tensor:
     """An n-dimensional array that records the operations applied to it (see the module docstring)."""
 
-    __slots__ = ("data", "grad", "_requires_grad", "_grad_fn", "_ctx", "_parents", "_retains_grad", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "_grad_fn", "_ctx", "_parents", "_retains_grad",
+                 "_post_accumulate_grad_hooks", "__weakref__")
     __array_priority__ = 1000  # make `ndarray + Tensor` call Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -64,6 +67,7 @@ class Tensor:
         self._ctx = None
         self._parents = ()
         self._retains_grad = False
+        self._post_accumulate_grad_hooks = None
         self._requires_grad = False
         self.requires_grad = requires_grad
 
@@ -78,6 +82,7 @@ class Tensor:
         tensor._ctx = ctx
         tensor._parents = parents
         tensor._retains_grad = False
+        tensor._post_accumulate_grad_hooks = None
         return tensor
 
     # ------------------------------------------------------------------ attributes
@@ -147,6 +152,26 @@ class Tensor:
         """Also store `.grad` on this non-leaf tensor during backward."""
         self._retains_grad = True
 
+    def register_post_accumulate_grad_hook(self, hook) -> "HookHandle":
+        """Call `hook(self)` every time backward() has finished accumulating this leaf's `.grad`.
+
+        The call comes once per backward() that reaches this tensor, as soon as its gradient for that
+        backward is final (every use of the tensor in the graph has contributed) and added to `.grad`,
+        while the rest of the graph is still being differentiated: minifm.distributed starts sending a
+        gradient to the other processes from here. torch's name and timing; the hook's return value
+        is ignored. Leaf tensors only; returns a handle whose remove() unregisters the hook.
+        """
+        if self._grad_fn is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors (parameters, inputs) accumulate "
+                               f"a .grad; this tensor of shape {self.shape} was made by {self._grad_fn.__name__}")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        handle = HookHandle(self._post_accumulate_grad_hooks)
+        self._post_accumulate_grad_hooks[handle.id] = hook
+        return handle
+
     def _accumulate_grad(self, grad: np.ndarray) -> None:
         if self.grad is None:
             self.grad = np.array(grad, dtype=self.dtype, copy=True)
@@ -193,6 +218,20 @@ class Tensor:
 
     def argmax(self, axis=None):
         return Tensor._from_array(np.argmax(self.data, axis=axis))
+
+
+class HookHandle:
+    """What register_post_accumulate_grad_hook returns: `handle.remove()` unregisters the hook."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict):
+        self.hooks = hooks
+        self.id = HookHandle._next_id
+        HookHandle._next_id += 1
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
 
 
 def data_of(x):
