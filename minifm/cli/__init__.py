@@ -18,6 +18,12 @@ Each module lists its subcommands in COMMANDS (minifm.cli.common.Command: name, 
 add_arguments, run). Every subcommand also takes `--config FILE` (TOML or JSON; flags win over
 the file, the file over the defaults; an unknown key is an error listing the valid ones).
 A bad setting or path ends the command with one line on stderr and exit code 2.
+
+Under `mpiexec -n N minifm ...` every rank runs the same command (minifm/distributed/): main()
+finds the ranks first (mpi4py is imported only then), sends the stdout of every rank but 0 to
+/dev/null (one writer), prints an error every rank raised together once (rank 0), and when a rank
+fails alone it prints its error with its rank and calls MPI_Abort with the exit code, so the
+others, which may be waiting for it in a collective, stop at once.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from minifm import __version__
 from minifm.cli import chat, convert, data, embed, generate, info, lab, lifecycle, post_training, pretrain
 from minifm.cli.common import OneLineErrorParser
 from minifm.config import ConfigError
+from minifm.distributed import DistributedError, get_world, is_raised_on_every_rank
 from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 
 COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + chat.COMMANDS
@@ -58,29 +65,57 @@ def show_warning_on_one_line(message, category, filename, lineno, file=None, lin
 
 def main(argv=None) -> int:
     warnings.showwarning = show_warning_on_one_line
+    try:
+        world = get_world()  # one process unless mpiexec started several
+    except (ImportError, ConfigError, ValueError) as error:  # mpiexec without mpi4py, a bad MINIFM_DIST_* value
+        print(f"minifm: error: {describe(error)}", file=sys.stderr)
+        return 2
+    if world.distributed and not world.is_writer:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # one writer: rank 0 prints
+    code, error = run_command(argv, world)
+    if world.distributed and code != 0 and not is_raised_on_every_rank(error):
+        world.abort(code)  # this rank failed alone: the others may wait for it in a collective
+    return code
+
+
+def run_command(argv, world) -> tuple[int, BaseException | None]:
+    """Parse and run one subcommand: (exit code, the error that ended it or None)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "func", None)
     if handler is None:
         parser.print_help()
-        return 2
+        return 2, None
+
+    def report(error: BaseException, line: str) -> None:
+        """Print on stderr; an error every rank raised together only once (rank 0)."""
+        if world.is_writer or not is_raised_on_every_rank(error):
+            print(line, file=sys.stderr)
+
+    name = f"minifm {args.command}"
     try:
-        return int(handler(args) or 0)
+        return int(handler(args) or 0), None
     except TrainingInterrupted as interrupted:
-        print(f"\n{interrupted}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (NonFiniteLossError, FloatingPointError) as error:  # training diverged: say so in one line
-        print(f"\nminifm {args.command}: error: {describe(error)}", file=sys.stderr)
-        return 1
+        report(interrupted, f"\n{interrupted}")
+        return 130, interrupted
+    except KeyboardInterrupt as interrupted:
+        report(interrupted, "\ninterrupted")
+        return 130, interrupted
+    except (NonFiniteLossError, FloatingPointError, DistributedError) as error:  # training diverged: one line
+        report(error, f"\n{labelled(name, world, error)}: error: {describe(error)}")
+        return 1, error
     except (ConfigError, ValueError, KeyError, OSError) as error:  # bad settings or paths: one line, no traceback
         if os.environ.get("MINIFM_DEBUG"):
             raise
-        print(f"minifm {args.command}: error: {describe(error)} (set MINIFM_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 2
+        report(error, f"{labelled(name, world, error)}: error: {describe(error)} (set MINIFM_DEBUG=1 for the traceback)")
+        return 2, error
+
+
+def labelled(name: str, world, error: BaseException) -> str:
+    """`minifm pretrain`, or with several ranks and an error of this rank alone, `minifm pretrain (rank 1 of 2)`."""
+    if world.distributed and not is_raised_on_every_rank(error):
+        return f"{name} ({world.describe()})"
+    return name
 
 
 def describe(error: BaseException) -> str:
@@ -92,4 +127,4 @@ def describe(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "run_command"]

@@ -46,6 +46,7 @@ from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args, co
 from minifm.config import ConfigBase
 from minifm.data.conversations import uses_minifm_template
 from minifm.data.sources import PREFERENCE_FORMATS, SFT_FORMATS, hold_out, read_jsonl_records
+from minifm.distributed import get_world
 from minifm.lifecycle.post_training import dpo_stage, ppo_folder, ppo_stage, reward_stage, sft_stage
 from minifm.lifecycle.presets import PRESETS, TRAINER_CONFIGS
 from minifm.models import GPT
@@ -148,7 +149,10 @@ def checkpoint_folder(stage: str, config) -> str:
 def finish(model, tokenizer, out: Path, checkpoint_folder: str, save_hf: bool = False,
            summary: dict | None = None) -> None:
     """Write the finished model to `out` (and `out`/hf/ with save_hf), keep the training's metrics.jsonl
-    (and the summary) there, and drop the training checkpoint folder (one model file per output)."""
+    (and the summary) there, and drop the training checkpoint folder (one model file per output).
+    Under mpiexec only rank 0 writes (one writer)."""
+    if not get_world().is_writer:
+        return
     adapted = isinstance(model, PeftModel)
     save_run(model, tokenizer, out)
     metrics = out / checkpoint_folder / "metrics.jsonl"

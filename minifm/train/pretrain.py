@@ -21,6 +21,12 @@ Held-out loss is the token-weighted mean cross-entropy on the held-out windows a
 exp; for mlm/span it is over the masked / corrupted targets (a "pseudo" perplexity, comparable
 only within one objective). A loss-curve PNG is written to the run directory.
 
+Data parallel (`mpiexec -n N minifm pretrain ...`, docs/distributed.md): every rank loads and curates
+the corpus itself; rank 0 alone trains (or loads) the tokenizer and shares it with the others (as
+JSON), the ranks compare a digest of their training and held-out windows (a rank whose corpus
+differs stops the run with the ranks named), and only rank 0 writes files and log lines. The shared
+loop does the rest (minifm/train/loop.py).
+
 Simplifications: windows are packed with an eos between documents (GPT-2 style), the held-out set
 is capped at `eval_batches` batches, and the held-out masking / corruption is drawn from a fixed
 seed so every evaluation scores the same targets.
@@ -41,12 +47,13 @@ from minifm.config import ConfigBase
 from minifm.data.batches import causal_lm_batches, mask_for_mlm, pack_causal_lm, span_corruption
 from minifm.data.quality import PRESET_NAMES, QualityPipeline, preset_for
 from minifm.data.sources import load_corpus, plural
+from minifm.distributed import batch_digest, get_world
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, T5Config
 from minifm.models.sizes import param_count
 from minifm.tokenizer import BPETokenizer
 from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
 from minifm.train.config import TrainConfig
-from minifm.train.loop import Trainer, read_metrics
+from minifm.train.loop import Trainer
 from minifm.train.plots import plot_loss_curve
 
 OBJECTIVE_OF_ARCH = {"gpt": "causal", "bert": "mlm", "t5": "span"}
@@ -381,10 +388,14 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     train_state.json, metrics.jsonl, loss_curve.png, pretrain_summary.json. Returns the summary
     dict (with the live "model" and "tokenizer" objects added under those keys). Nothing is written
     until the data is ready: text that cannot train (curation dropping nearly all of it, too little
-    for a held-out window or a batch) is refused with run_dir untouched.
+    for a held-out window or a batch) is refused with run_dir untouched. With several ranks only
+    rank 0 writes and logs; every rank returns the summary.
     """
 
     run_dir = Path(run_dir)
+    world = get_world()
+    if not world.is_writer:
+        log = _silent  # one writer
     started = time.perf_counter()
     curation = None
     if texts is None:
@@ -396,11 +407,22 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
             check_curation(curation, preset, log)
             texts = curation.kept
     tokenizer_path = run_dir / "tokenizer.json"
-    if tokenizer is None and resume and tokenizer_path.exists():
-        tokenizer = BPETokenizer.load(tokenizer_path)
-    if tokenizer is None:
-        log(f"training a {config.vocab_size}-token BPE tokenizer on {plural(len(texts), 'document')}")
-        tokenizer = train_tokenizer(texts, config.vocab_size)
+
+    def choose_tokenizer():
+        chosen = tokenizer
+        if chosen is None and resume and tokenizer_path.exists():
+            chosen = BPETokenizer.load(tokenizer_path)
+        if chosen is None:
+            log(f"training a {config.vocab_size}-token BPE tokenizer on {plural(len(texts), 'document')}")
+            chosen = train_tokenizer(texts, config.vocab_size)
+        return chosen
+
+    if world.distributed:  # rank 0 chooses; the others need no copy of the run directory or tokenizer file
+        shared = world.share_from_root(lambda: json.dumps(choose_tokenizer().to_dict()).encode("utf-8"),
+                                       "the tokenizer of rank 0")
+        tokenizer = BPETokenizer.from_dict(json.loads(shared.decode("utf-8")), "rank 0's tokenizer")
+    else:
+        tokenizer = choose_tokenizer()
     eos_id = tokenizer.special_tokens.get("<|endoftext|>")
     if eos_id is None:
         raise ValueError("the tokenizer needs an '<|endoftext|>' special token to separate documents")
@@ -408,8 +430,11 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
     split = split_documents(token_lists, config.val_fraction, train_config.seed)
     log(split.description)
     train_windows, val_windows = pack_split(split, config, train_config.per_device_train_batch_size, eos_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(tokenizer_path)
+    world.check_same("the training and held-out windows (each rank reads and tokenizes the corpus itself)",
+                     batch_digest((train_windows, val_windows)))
+    if world.is_writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(tokenizer_path)
     objective = make_objective(config, train_windows, val_windows, train_config.per_device_train_batch_size, tokenizer)
     model = build_model(config, tokenizer.vocab_size, tokenizer.special_tokens)
 
@@ -423,9 +448,10 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
                       eval_fn=objective.evaluate, stage="pretrain", run_config=run_config)
     result = trainer.fit(resume=resume)
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    curve = plot_loss_curve(rows, run_dir / "loss_curve.png",
-                            title=f"{config.arch.upper()} pre-training ({config.objective}) on {config.corpus}")
+    rows = result.history  # every row of metrics.jsonl, on every rank
+    curve = run_dir / "loss_curve.png"
+    if world.is_writer:
+        plot_loss_curve(rows, curve, title=f"{config.arch.upper()} pre-training ({config.objective}) on {config.corpus}")
     final = result.final_eval
     losses = [r["loss"] for r in rows if "loss" in r]
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
@@ -441,12 +467,17 @@ def run_pretraining(run_dir, config: PretrainConfig, train_config: TrainConfig, 
         "loss_curve": curve.name, "vocab_size": tokenizer.vocab_size,
         "curation_kept": None if curation is None else len(curation.kept),
     }
-    (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if world.is_writer:
+        (run_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"held-out loss {summary['val_loss']:.4f} nats/token, perplexity {summary['val_ppl']:.2f}")
     summary["model"] = model
     summary["tokenizer"] = tokenizer
     summary["curation"] = curation
     return summary
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of a rank other than 0 (one writer)."""
 
 
 __all__ = ["CausalLMObjective", "HeldOutSplit", "MaskedLMObjective", "PretrainConfig", "SpanCorruptionObjective",
