@@ -167,7 +167,8 @@ class PeftModel(Module):
             if not isinstance(module, TunerLayer):
                 module = make_wrapper(module, name)
                 self.base_model.set_submodule(name, module)
-            module.add_adapter(adapter_name, config, self.rng)
+            module_config = config.for_module(name) if isinstance(config, LoraConfig) else config  # rank_pattern
+            module.add_adapter(adapter_name, module_config, self.rng)
         if isinstance(config, LoraConfig) and config.bias != "none":
             for name, module in self.base_model.named_modules():
                 if isinstance(module, LoraLinear) and module.bias is not None:
@@ -290,16 +291,17 @@ class PeftModel(Module):
                                       f"(only LoRA and IA3 change the layers linearly)")
 
     # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory, adapter_name: str | None = None):
-        """Write one adapter (default: the active one): adapter_model.safetensors + adapter_config.json."""
-        return save_adapter(self, directory, adapter_name)
+    def save_pretrained(self, directory, adapter_name: str | None = None, layout: str = "auto"):
+        """Write one adapter (default: the active one): adapter_model.safetensors + adapter_config.json,
+        in PEFT's layout where that is exact, else minifm's (layout="auto"|"peft"|"minifm", minifm/peft/io.py)."""
+        return save_adapter(self, directory, adapter_name, layout=layout)
 
     @classmethod
     def from_pretrained(cls, model: Module, directory, adapter_name: str = "default", is_trainable: bool = False,
                         tokenizer=None) -> "PeftModel":
         """PEFT's PeftModel.from_pretrained: wrap `model` with the adapter saved in `directory`
         (frozen for inference unless is_trainable=True)."""
-        config = load_adapter_config(directory)
+        config = load_adapter_config(directory, model)  # a file in PEFT's layout is translated for `model`
         peft_model = get_peft_model(model, config, adapter_name=adapter_name, tokenizer=tokenizer)
         load_adapter(peft_model, directory, adapter_name=adapter_name, is_trainable=is_trainable)
         return peft_model

@@ -151,7 +151,7 @@ def test_save_load_round_trip_holds_only_the_selected_rows(tmp_path, rng):
     perturb_trainable(peft_model, rng)
     ids = _ids_with_tokens(rng)
     expected = peft_model(ids).data.copy()
-    save_adapter(peft_model, tmp_path)
+    save_adapter(peft_model, tmp_path, layout="minifm")  # PEFT's layout: tests/peft/test_hf_peft_interop.py
     saved = load_file(str(tmp_path / "adapter_model.safetensors"))
     assert saved["base_model.wte.trainable_tokens_delta"].shape == (len(TOKENS), 16)  # k rows, not the V-row table
     assert not any("base_layer" in key for key in saved)
