@@ -212,7 +212,12 @@ def report(lab: LabRun, cells: list[dict]) -> None:
          "as power laws, the frontier bending) is what carries over; the constants do not."),
         ("The chapter's named models", markdown_table(["model", "counted (sizes.param_count)", "published",
                                                        "difference", "source"], named_rows)),
-        ("What it shows", f"Loss falls with both N and D; {verdict}. Every named model's count is within "
+        ("What it shows", f"Loss falls with both N and D; {verdict}. Along the frontier the best size grows with "
+                          f"compute: the smallest models win the smallest budgets, the largest the largest."
+                          + (" The irreducible loss E is not identified: every model is still far from its floor "
+                             "(loss falls steeply with D at every size), so the fit puts E at its lower bound 0; "
+                             "longer budgets would pin it." if fit["E"] < 1e-3 else "")
+                          + f" Every named model's count is within "
                           f"{100 * max(abs(v['relative_error']) for v in named.values()):.2f}% of its published size."),
     ]
     lab.write_report("Scaling: loss against model size, data and compute", sections,
