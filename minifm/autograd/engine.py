@@ -1,15 +1,21 @@
 """Reverse-mode differentiation over the recorded graph: `backward(root, grad, retain_graph)`.
 
 1. Walk the graph from `root` with an explicit stack (no recursion, so a chain of 10,000 ops is
-   fine) and produce a topological order: every node after all nodes that consume it.
-2. Visit the nodes in that order with the gradient of the output at hand, call the node's
-   `Function.backward`, and add each input's share to a pending sum (a node used twice receives
-   the sum of both contributions before its own backward runs).
+   fine), counting for every node how many times it is an input of another (its uses) and its
+   height (the longest path from it down to a leaf: 0 for a leaf, 1 for `w.T`).
+2. Visit the nodes from the root on, each once all its uses have passed their share back (a
+   topological order), with the gradient of the output at hand; call the node's `Function.backward`
+   and add each input's share to a pending sum (a node used twice receives the sum of both
+   contributions before its own backward runs). Among the nodes ready to be visited, the lowest
+   comes first: after `h @ w.T` the short branch to the weight `w` goes before the long one down
+   the network through `h`, so every layer's weights are done right after that layer's backward,
+   as PyTorch's engine orders its ready queue.
 3. Leaves (tensors created by the user with requires_grad=True) accumulate into `.grad`, in the
-   leaf's own dtype (a float32 leaf always gets a float32 gradient). A leaf is visited after every
-   node that uses it, so at that moment its gradient for this backward is final: the hooks given to
-   `Tensor.register_post_accumulate_grad_hook` run right then, with the leaf, while the rest of the
-   graph is still to be walked (data-parallel training starts sending gradients from there).
+   leaf's own dtype (a float32 leaf always gets a float32 gradient), when visited: at that moment
+   their gradient for this backward is final, while the layers below are still to be walked. The
+   hooks given to `Tensor.register_post_accumulate_grad_hook` run right then, with the leaf:
+   data-parallel training (minifm/distributed/ddp.py) starts sending a layer's gradients while
+   backward computes the layers below.
 
 Unless `retain_graph=True`, each node's saved context and its links to its inputs are dropped after
 use: the memory of the activations is released as soon as backward has passed them, and a second
@@ -21,6 +27,9 @@ leaf raises FloatingPointError naming the leaf's shape and the operation that pr
 (`set_check_finite(False)` turns the leaf check off, e.g. to study a diverging run).
 """
 from __future__ import annotations
+
+import heapq
+import itertools
 
 import numpy as np
 
@@ -34,8 +43,9 @@ def set_check_finite(enabled: bool) -> bool:
     return previous
 
 
-def _topological_order(root) -> list:
-    """Nodes reachable from `root` that require grad, each listed before the nodes it depends on."""
+def _inputs_first(root) -> list:
+    """Nodes reachable from `root` that require grad, each listed after the nodes it was computed from
+    (a depth-first post-order, with an explicit stack)."""
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
@@ -50,8 +60,22 @@ def _topological_order(root) -> list:
         for parent in tensor._parents:
             if parent is not None and id(parent) not in visited:
                 stack.append((parent, False))
-    order.reverse()  # root first: consumers before producers
     return order
+
+
+def _uses_and_heights(nodes: list) -> tuple[dict, dict]:
+    """({id: times the node is an input of another node}, {id: longest path down to a leaf}), over `nodes`
+    listed inputs first."""
+    uses: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    for node in nodes:
+        height = 0
+        for parent in node._parents:
+            if parent is not None:
+                uses[id(parent)] = uses.get(id(parent), 0) + 1
+                height = max(height, heights[id(parent)] + 1)
+        heights[id(node)] = height
+    return uses, heights
 
 
 def _initial_grad(root, grad) -> np.ndarray:
@@ -82,6 +106,17 @@ def _check_leaf_grad(leaf, grad: np.ndarray, producer: str) -> None:
         )
 
 
+def _finish_leaf(leaf, pending: dict) -> None:
+    """Add the leaf's gradient for this backward (now final) to its .grad and run its hooks."""
+    leaf_grad = pending.pop(id(leaf), None)
+    if leaf_grad is None:
+        return
+    leaf._accumulate_grad(leaf_grad)
+    if leaf._post_accumulate_grad_hooks:
+        for hook in list(leaf._post_accumulate_grad_hooks.values()):
+            hook(leaf)
+
+
 def backward(root, grad=None, retain_graph: bool = False) -> None:
     """Accumulate d(root)/d(leaf), weighted by `grad`, into every leaf's `.grad`."""
     if not root.requires_grad:
@@ -90,17 +125,24 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             "(no input had requires_grad=True, or it was computed under no_grad())"
         )
     pending: dict[int, np.ndarray] = {id(root): _initial_grad(root, grad)}
-    for node in _topological_order(root):
+    uses_left, heights = _uses_and_heights(_inputs_first(root))
+    arrival = itertools.count()  # ties between equally low nodes: first ready, first visited
+    ready = [(heights[id(root)], next(arrival), root)]  # a heap: the lowest ready node first
+    while ready:
+        _, _, node = heapq.heappop(ready)
+        for parent in node._parents:  # this node's share is passed on below: one use less for each input
+            if parent is not None:
+                uses_left[id(parent)] -= 1
+                if uses_left[id(parent)] == 0:
+                    heapq.heappush(ready, (heights[id(parent)], next(arrival), parent))
+        if node._grad_fn is None:  # a leaf: every use has passed its share, the gradient is final
+            _finish_leaf(node, pending)
+            continue
         node_grad = pending.pop(id(node), None)
         if node_grad is None:
             continue
-        if node._grad_fn is None or node._retains_grad:
+        if node._retains_grad:
             node._accumulate_grad(node_grad)
-        if node._grad_fn is None:
-            if node._post_accumulate_grad_hooks:
-                for hook in list(node._post_accumulate_grad_hooks.values()):
-                    hook(node)
-            continue
         if node._ctx is None:
             raise RuntimeError(
                 "trying to backward through the graph a second time (its saved buffers were freed); "
