@@ -14,6 +14,7 @@ ORACLE_INSTALL = {
     "peft": "pip install peft",
     "gguf": "pip install gguf",
     "jinja2": "pip install jinja2",
+    "mpi4py": 'pip install "minifm[mpi]"',  # mpi4py and the MPICH wheel with its mpiexec (tests/distributed)
 }
 
 
