@@ -40,6 +40,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 SHARED_FOLDER = "lab-models"
+# the experiments' tiny presets all build these (seconds, for tests): the lifecycle's tiny preset made smaller
+TINY_OVERRIDES = {"curate": {"corpus_bytes": 60_000}, "pretrain": {"max_steps": 20},
+                  "post_training": {"n_train_pairs": 64, "n_eval_pairs": 16, "sft": {"max_steps": 10},
+                                    "reward": {"max_steps": 4}, "ppo": {"max_steps": 2}}}
 
 
 @contextlib.contextmanager
@@ -164,4 +168,4 @@ class OwnModels:
         return {"final_loss": metrics["final_loss"], "steps": metrics["steps"]}
 
 
-__all__ = ["OwnModels", "SHARED_FOLDER", "build_lock", "models_directory"]
+__all__ = ["OwnModels", "SHARED_FOLDER", "TINY_OVERRIDES", "build_lock", "models_directory"]

@@ -39,25 +39,60 @@ from minifm.runs import load_any
 from minifm.sampling.generate import generate
 
 SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_END = "<|im_end|>"
 # the sentences tinyworld's SFT data wraps around an answer ("Let me see.", "That is all."): not part of it
 FILLER_SENTENCES = {normalise(sentence) for template in SFT_FILLER_TEMPLATES
                     for sentence in split_sentences(template.format(answer=""))}
 
 
-@dataclass
 class Subject:
-    name: str
-    model: object
-    tokenizer: object
-    encode_prompt: Callable[[str], list[int]]      # prompt text -> ids ending where the reply starts
-    decode_reply: Callable[[list[int]], str]       # new token ids -> reply text (cut at the end token)
-    grade: Callable[[str, str], bool]              # (prompt, reply) -> right?
-    reward: Callable[[str, str], float]            # (prompt, reply) -> ground-truth reward
-    answer_key: Callable[[str, str], str]          # (prompt, reply) -> what agreeing replies share
-    eos_token_id: int
-    pad_token_id: int
-    max_new_tokens: int
-    rows_per_call: int = 512                       # prompts x samples per generate() call (KV-cache memory)
+    """One model answering one kind of question (see the module docstring). The model and its tokenizer
+    are loaded by `load()` on first use, so an experiment whose SmolLM2 sub-runs are all kept never loads it.
+
+    encode_prompt(tokenizer, prompt) -> ids ending where the reply starts
+    decode_reply(tokenizer, new ids) -> reply text, cut at the end token
+    grade(prompt, reply) -> right?;  reward(prompt, reply) -> ground-truth reward
+    answer_key(prompt, reply) -> what agreeing replies share
+    end_token, pad_token: the special tokens (by their text) that end a reply and pad finished rows
+    """
+
+    def __init__(self, name: str, load: Callable[[], tuple], encode_prompt: Callable, decode_reply: Callable,
+                 grade: Callable[[str, str], bool], reward: Callable[[str, str], float],
+                 answer_key: Callable[[str, str], str], end_token: str, pad_token: str, max_new_tokens: int,
+                 rows_per_call: int = 512):
+        self.name, self._load, self._loaded = name, load, None
+        self._encode_prompt, self._decode_reply = encode_prompt, decode_reply
+        self.grade, self.reward, self.answer_key = grade, reward, answer_key
+        self.end_token, self.pad_token = end_token, pad_token
+        self.max_new_tokens = max_new_tokens
+        self.rows_per_call = rows_per_call  # prompts x samples per generate() call (KV-cache memory)
+
+    def _get(self) -> tuple:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    @property
+    def model(self):
+        return self._get()[0]
+
+    @property
+    def tokenizer(self):
+        return self._get()[1]
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.special_tokens[self.end_token])
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.special_tokens[self.pad_token])
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self._encode_prompt(self.tokenizer, prompt)
+
+    def decode_reply(self, tokens: list[int]) -> str:
+        return self._decode_reply(self.tokenizer, tokens)
 
 
 # ------------------------------------------------------------------ minifm's own model on tinyworld
@@ -70,12 +105,9 @@ def tinyworld_answer_key(prompt: str, reply: str) -> str:
 
 def tinyworld_subject(name: str, model, tokenizer, max_new_tokens: int = 24) -> Subject:
     """minifm's own chat model on tinyworld's instructions."""
-    return Subject(name=name, model=model, tokenizer=tokenizer,
-                   encode_prompt=lambda prompt: prompt_ids(tokenizer, prompt),
-                   decode_reply=lambda tokens: decode_response(tokenizer, tokens),
-                   grade=tinyworld.grade, reward=tinyworld.ground_truth_reward, answer_key=tinyworld_answer_key,
-                   eos_token_id=special_id(tokenizer, END_TOKEN), pad_token_id=special_id(tokenizer, PAD_TOKEN),
-                   max_new_tokens=max_new_tokens)
+    return Subject(name, lambda: (model, tokenizer), prompt_ids, decode_response, grade=tinyworld.grade,
+                   reward=tinyworld.ground_truth_reward, answer_key=tinyworld_answer_key, end_token=END_TOKEN,
+                   pad_token=PAD_TOKEN, max_new_tokens=max_new_tokens)
 
 
 def tinyworld_prompts(subject: Subject, n: int | None, split: str = "test", seed: int = 0) -> list[str]:
@@ -86,33 +118,39 @@ def tinyworld_prompts(subject: Subject, n: int | None, split: str = "test", seed
 
 
 # ------------------------------------------------------------------ SmolLM2 on the lab's questions
+def chatml_question(tokenizer, question: str) -> list[int]:
+    """SmolLM2's chat template with the lab's short system prompt, ready for the reply."""
+    messages = [{"role": "system", "content": questions.SYSTEM_PROMPT}, {"role": "user", "content": question}]
+    return [int(i) for i in tokenizer.apply_chat_template(messages, add_generation_prompt=True)]
+
+
+def chatml_reply(tokenizer, tokens: list[int]) -> str:
+    """The reply's text up to <|im_end|>."""
+    end_id = int(tokenizer.special_tokens[SMOLLM2_END])
+    kept = []
+    for token in tokens:
+        if int(token) == end_id:
+            break
+        kept.append(int(token))
+    return tokenizer.decode(kept).strip()
+
+
+def question_reward(question: str, reply: str) -> float:
+    """+1 for a right answer to one of the lab's questions, -1 for a wrong one."""
+    return 1.0 if questions.grade_answer(question, reply) else -1.0
+
+
 def smollm2_subject(lab, max_new_tokens: int = 12) -> Subject | None:
-    """SmolLM2-135M-Instruct on the lab's questions, or None (logged) when its package is not installed."""
+    """SmolLM2-135M-Instruct on the lab's questions, or None (logged) when its package is not installed.
+    The model is loaded when a sub-run first needs it."""
     try:
         resolve_model_path(SMOLLM2)
     except ModelNotInstalledError as missing:
         lab.log(f"SmolLM2 part skipped: {missing}")
         return None
-    model, tokenizer = load_any(SMOLLM2)
-    end_id = int(tokenizer.special_tokens["<|im_end|>"])
-
-    def encode(question: str) -> list[int]:
-        messages = [{"role": "system", "content": questions.SYSTEM_PROMPT}, {"role": "user", "content": question}]
-        return [int(i) for i in tokenizer.apply_chat_template(messages, add_generation_prompt=True)]
-
-    def decode(tokens: list[int]) -> str:
-        kept = []
-        for token in tokens:
-            if int(token) == end_id:
-                break
-            kept.append(int(token))
-        return tokenizer.decode(kept).strip()
-
-    return Subject(name="SmolLM2-135M-Instruct", model=model, tokenizer=tokenizer, encode_prompt=encode,
-                   decode_reply=decode, grade=questions.grade_answer,
-                   reward=lambda question, reply: 1.0 if questions.grade_answer(question, reply) else -1.0,
-                   answer_key=questions.answer_key, eos_token_id=end_id, pad_token_id=end_id,
-                   max_new_tokens=max_new_tokens, rows_per_call=128)
+    return Subject("SmolLM2-135M-Instruct", lambda: load_any(SMOLLM2), chatml_question, chatml_reply,
+                   grade=questions.grade_answer, reward=question_reward, answer_key=questions.answer_key,
+                   end_token=SMOLLM2_END, pad_token=SMOLLM2_END, max_new_tokens=max_new_tokens, rows_per_call=128)
 
 
 # ------------------------------------------------------------------ drawing answers
@@ -188,5 +226,5 @@ def pairwise_agreement(keys: list[str]) -> float:
     return same_pairs / (total * (total - 1))
 
 
-__all__ = ["Draws", "Subject", "draw", "majority_vote", "pairwise_agreement", "smollm2_subject",
-           "tinyworld_answer_key", "tinyworld_prompts", "tinyworld_subject"]
+__all__ = ["Draws", "Subject", "chatml_question", "chatml_reply", "draw", "majority_vote", "pairwise_agreement",
+           "smollm2_subject", "tinyworld_answer_key", "tinyworld_prompts", "tinyworld_subject"]
