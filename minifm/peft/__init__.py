@@ -8,8 +8,10 @@
     prompt_tuning.py   a learned soft prompt fed through inputs_embeds
     prefix_tuning.py   learned per-layer key/value prefixes through the attention's extra_kv hook
     ia3.py             learned rescaling of keys, values and the FFN activation
-    io.py              save_adapter / load_adapter (adapter_model.safetensors + adapter_config.json);
-                       PeftModel.save_pretrained / PeftModel.from_pretrained call them
+    io.py              save_adapter / load_adapter (adapter_model.safetensors + adapter_config.json), in
+                       PEFT's layout or minifm's; PeftModel.save_pretrained / PeftModel.from_pretrained call them
+    hf_peft.py         PEFT's layout both ways: config fields and tensor keys (fused c_attn, prefix RoPE shift)
+    hf_names.py        minifm <-> transformers module names from the pretrained Rule rows; PEFT's name rules
 """
 from minifm.peft.config import (
     AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,

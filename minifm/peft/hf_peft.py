@@ -119,7 +119,7 @@ def to_peft(peft_model, adapter_name: str) -> tuple[dict, dict[str, np.ndarray]]
     elif isinstance(config, IA3Config):
         fields, tensors = _ia3_to_peft(peft_model, adapter_name, config, names)
     elif isinstance(config, PromptTuningConfig):
-        fields, tensors = _prompt_to_peft(peft_model, adapter_name, config, names)
+        fields, tensors = _prompt_to_peft(peft_model, adapter_name, config)
     elif isinstance(config, PrefixTuningConfig):
         fields, tensors = _prefix_to_peft(peft_model, adapter_name, config, names)
     else:
@@ -265,7 +265,7 @@ def _fused_ia3(hf_path: str, members: list[tuple], adapter_name: str):
     return vector.reshape(-1, 1), False  # (out, 1)
 
 
-def _prompt_to_peft(peft_model, adapter_name, config: PromptTuningConfig, names: HFNames):
+def _prompt_to_peft(peft_model, adapter_name, config: PromptTuningConfig):
     model_config = peft_model.base_model.config
     fields = {"num_virtual_tokens": config.num_virtual_tokens, "token_dim": model_config.n_embd,
               "num_transformer_submodules": 1, "num_attention_heads": model_config.n_head,
@@ -477,11 +477,10 @@ def _ia3_config_from_peft(data: dict, names: HFNames) -> IA3Config:
     hf_feedforward = {path for path in hf_paths if peft_target_matches(path, feedforward)} if feedforward else set()
     minifm_feedforward = {row.minifm for path in hf_feedforward for row in names.hf_module_rules[path]}
     target_names, depth = shortest_names(minifm_paths, names.linear_modules, name_matches)
-    feedforward_names = None
     if minifm_feedforward:
         feedforward_names, _ = shortest_names(minifm_feedforward, minifm_paths, name_matches, depth)
-    else:
-        feedforward_names = "$^"  # a regular expression that matches no module: no feed-forward scaling
+    else:  # None would mean minifm's default (fc_out, down_proj); a regular expression that matches no module:
+        feedforward_names = "$^"
     return IA3Config(target_modules=target_names, feedforward_modules=feedforward_names,
                      modules_to_save=_modules_to_save_from_peft(data.get("modules_to_save"), names))
 
@@ -528,8 +527,10 @@ def state_from_peft(tensors: dict[str, np.ndarray], peft_model, adapter_name: st
             state.update(_prompt_state_from_peft(key, tensor, peft_model, adapter_name))
             continue
         if not key.startswith(KEY_PREFIX):
+            valid = f"{PROMPT_KEY!r} or keys starting with {KEY_PREFIX!r}" if method in ("prompt", "prefix") \
+                else f"keys starting with {KEY_PREFIX!r}"
             raise KeyError(f"adapter key {key!r} is not a PEFT key of a {PEFT_TYPE_OF[method]} adapter "
-                           f"(they start with {KEY_PREFIX!r}{' or are ' + repr(PROMPT_KEY) if method in ('prompt', 'prefix') else ''})")
+                           f"(it has {valid})")
         path = key[len(KEY_PREFIX):]
         if path.endswith(LORA_A_SUFFIX) or path.endswith(LORA_B_SUFFIX):
             state.update(_lora_state_from_peft(key, path, tensor, names))
@@ -559,7 +560,8 @@ def _lora_state_from_peft(key: str, path: str, tensor: np.ndarray, names: HFName
         if is_A:  # the shared A: every part gets a copy
             state[f"base_model.{row.minifm}.lora_A.weight"] = (tensor, key)
         else:  # B's row block of this part
-            state[f"base_model.{row.minifm}.lora_B.weight"] = (tensor[row.part * part_rows:(row.part + 1) * part_rows], key)
+            block = tensor[row.part * part_rows:(row.part + 1) * part_rows]  # (out / parts, r)
+            state[f"base_model.{row.minifm}.lora_B.weight"] = (block, key)
     return state
 
 

@@ -1,6 +1,6 @@
 """Hugging Face PEFT interoperability: minifm adapters load with the real `peft`, and PEFT's with minifm.
 
-Base models: small random transformers models (a Llama with grouped-query attention, GPT-2), read by
+Base models: small random transformers models (a Llama with grouped-query attention, Qwen2, GPT-2), read by
 GPT.from_pretrained and exported again with GPT.save_pretrained; transformers loads that export. Each
 case runs both directions on the same base:
   minifm -> PEFT   get_peft_model (minifm), perturbed, save_pretrained (PEFT's layout), then
@@ -46,6 +46,8 @@ def _exported_base(tmp_path_factory, libraries, architecture: str):
     torch.manual_seed(0)
     if architecture == "llama":
         hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    elif architecture == "qwen2":  # a Llama with q/k/v biases
+        hf_model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**LLAMA))
     else:
         hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2, bos_token_id=0, eos_token_id=0))
     source = tmp_path_factory.mktemp(f"{architecture}_source")
@@ -57,7 +59,7 @@ def _exported_base(tmp_path_factory, libraries, architecture: str):
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory, libraries):
-    return {name: _exported_base(tmp_path_factory, libraries, name) for name in ("llama", "gpt2")}
+    return {name: _exported_base(tmp_path_factory, libraries, name) for name in ("llama", "qwen2", "gpt2")}
 
 
 def _ids(rng, batch=2, steps=7):
@@ -92,6 +94,12 @@ def _perturb_peft(libraries, peft_model, seed=0, scale=0.3):
                 param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
+def _saved(directory):
+    """(tensors, adapter_config.json dict) of an adapter directory."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    return load_file(str(directory / "adapter_model.safetensors")), config
+
+
 def minifm_to_peft(libraries, base, config, directory, rng, virtual_tokens=0):
     """(max |logit difference|, max |adapter effect|, saved tensors, saved config) of a minifm adapter run by peft."""
     peft = libraries[2]
@@ -107,8 +115,7 @@ def minifm_to_peft(libraries, base, config, directory, rng, virtual_tokens=0):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own deprecation
         theirs_model = peft.PeftModel.from_pretrained(_hf_model(libraries, base), directory).eval()
     theirs = _hf_logits(libraries, theirs_model, ids, virtual_tokens)
-    return (float(np.abs(ours - theirs).max()), float(np.abs(ours - plain).max()),
-            load_file(str(directory / "adapter_model.safetensors")), json.loads((directory / "adapter_config.json").read_text()))
+    return float(np.abs(ours - theirs).max()), float(np.abs(ours - plain).max()), *_saved(directory)
 
 
 def peft_to_minifm(libraries, base, peft_config, directory, rng, virtual_tokens=0):
@@ -122,8 +129,7 @@ def peft_to_minifm(libraries, base, peft_config, directory, rng, virtual_tokens=
     theirs = _hf_logits(libraries, theirs_model.eval(), ids, virtual_tokens)
     theirs_model.save_pretrained(directory)
     ours = PeftModel.from_pretrained(GPT.from_pretrained(base), directory)(ids).data
-    return (float(np.abs(ours - theirs).max()), float(np.abs(theirs - plain).max()),
-            load_file(str(directory / "adapter_model.safetensors")), json.loads((directory / "adapter_config.json").read_text()))
+    return float(np.abs(ours - theirs).max()), float(np.abs(theirs - plain).max()), *_saved(directory)
 
 
 def _peft_config(libraries, method: str, **fields):
@@ -133,13 +139,15 @@ def _peft_config(libraries, method: str, **fields):
     return classes[method](task_type="CAUSAL_LM", **fields)
 
 
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # (id, base, minifm config, (peft method, peft fields), prompt positions in PEFT's logits, equal shapes)
 CASES = [
     ("llama-lora-qv-r4", "llama", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
      ("lora", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])), 0, True),
-    ("llama-lora-attention-r3-alpha5", "llama", LoraConfig(r=3, lora_alpha=5, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-     ("lora", dict(r=3, lora_alpha=5, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])), 0, True),
-    ("llama-lora-all-linear-rslora", "llama", LoraConfig(r=2, lora_alpha=3, target_modules="all-linear", use_rslora=True),
+    ("llama-lora-attention-r3-alpha5", "llama", LoraConfig(r=3, lora_alpha=5, target_modules=ATTENTION),
+     ("lora", dict(r=3, lora_alpha=5, target_modules=ATTENTION)), 0, True),
+    ("llama-lora-all-linear-rslora", "llama",
+     LoraConfig(r=2, lora_alpha=3, target_modules="all-linear", use_rslora=True),
      ("lora", dict(r=2, lora_alpha=3, target_modules="all-linear", use_rslora=True)), 0, True),
     ("llama-lora-patterns-tokens-saved", "llama",
      LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 3},
@@ -147,9 +155,15 @@ CASES = [
      ("lora", dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 3},
                    alpha_pattern={"layers.1.self_attn.q_proj": 7}, trainable_token_indices=[3, 5],
                    modules_to_save=["input_layernorm"])), 0, True),
+    ("qwen2-lora-qk-biases", "qwen2", LoraConfig(r=2, target_modules=["q_proj", "k_proj"], bias="lora_only"),
+     ("lora", dict(r=2, target_modules=["q_proj", "k_proj"], bias="lora_only")), 0, True),
     ("llama-ia3", "llama", IA3Config(), ("ia3", {}), 0, True),
-    ("llama-prompt", "llama", PromptTuningConfig(num_virtual_tokens=3), ("prompt", dict(num_virtual_tokens=3)), 3, True),
-    ("llama-prefix", "llama", PrefixTuningConfig(num_virtual_tokens=3), ("prefix", dict(num_virtual_tokens=3)), 0, True),
+    ("qwen2-ia3-no-feedforward", "qwen2", IA3Config(target_modules=["k_proj", "v_proj"], feedforward_modules=["none"]),
+     ("ia3", dict(target_modules=["k_proj", "v_proj"], feedforward_modules=[])), 0, True),
+    ("llama-prompt", "llama", PromptTuningConfig(num_virtual_tokens=3),
+     ("prompt", dict(num_virtual_tokens=3)), 3, True),
+    ("llama-prefix", "llama", PrefixTuningConfig(num_virtual_tokens=3),
+     ("prefix", dict(num_virtual_tokens=3)), 0, True),
     # GPT-2: minifm's q and v LoRAs (two As) are one rank-8 LoRA on c_attn in PEFT's file; PEFT's c_attn
     # LoRA is minifm LoRAs on q, k and v sharing one A
     ("gpt2-lora-qv-vs-c_attn", "gpt2", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
@@ -194,7 +208,8 @@ def test_both_directions_give_the_same_logits_and_files(tmp_path, libraries, bas
 def test_gpt2_c_attn_lora_reads_as_q_k_v_sharing_one_A(tmp_path, libraries, bases):
     """PEFT's one A (r, d) and B (3d, r) on c_attn: minifm holds copies of A and B's three row blocks."""
     peft = libraries[2]
-    theirs = peft.get_peft_model(_hf_model(libraries, bases["gpt2"]), _peft_config(libraries, "lora", r=4, target_modules=["c_attn"]))
+    config = _peft_config(libraries, "lora", r=4, target_modules=["c_attn"])
+    theirs = peft.get_peft_model(_hf_model(libraries, bases["gpt2"]), config)
     _perturb_peft(libraries, theirs)
     theirs.save_pretrained(tmp_path)
     ours = PeftModel.from_pretrained(GPT.from_pretrained(bases["gpt2"]), tmp_path)
@@ -217,7 +232,8 @@ def test_gpt2_c_attn_lora_reads_as_q_k_v_sharing_one_A(tmp_path, libraries, base
 
 
 def test_gpt2_independent_q_v_loras_become_one_block_diagonal_lora(tmp_path, bases, rng):
-    model = get_peft_model(GPT.from_pretrained(bases["gpt2"]), LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "v_proj"]))
+    config = LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(GPT.from_pretrained(bases["gpt2"]), config)
     _perturb_minifm(model, rng)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -256,12 +272,12 @@ def test_layouts_auto_peft_and_minifm(tmp_path, bases, rng):
     save_adapter(lora, tmp_path / "old", layout="minifm")  # minifm's own layout, as runs before this wrote
     old_config = json.loads((tmp_path / "old" / "adapter_config.json").read_text())
     assert old_config["peft_type"] == "lora"
-    assert "base_model.blocks.0.attn.q_proj.lora_A.weight" in load_file(str(tmp_path / "old" / "adapter_model.safetensors"))
-    np.testing.assert_array_equal(PeftModel.from_pretrained(GPT.from_pretrained(bases["llama"]), tmp_path / "old")(ids).data,
-                                  expected)
+    assert "base_model.blocks.0.attn.q_proj.lora_A.weight" in _saved(tmp_path / "old")[0]
+    loaded = PeftModel.from_pretrained(GPT.from_pretrained(bases["llama"]), tmp_path / "old")
+    np.testing.assert_array_equal(loaded(ids).data, expected)
     save_adapter(lora, tmp_path / "new")  # auto: PEFT's layout
-    np.testing.assert_array_equal(PeftModel.from_pretrained(GPT.from_pretrained(bases["llama"]), tmp_path / "new")(ids).data,
-                                  expected)  # a Llama's names map one to one: bit for bit
+    loaded = PeftModel.from_pretrained(GPT.from_pretrained(bases["llama"]), tmp_path / "new")
+    np.testing.assert_array_equal(loaded(ids).data, expected)  # a Llama's names map one to one: bit for bit
 
     adapter = get_peft_model(GPT.from_pretrained(bases["llama"]), AdapterConfig(reduction_factor=4))
     save_adapter(adapter, tmp_path / "houlsby")  # auto: PEFT has no bottleneck adapter
@@ -311,6 +327,7 @@ def _edit_tensors(directory, change):
 
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 V_B = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+X_A = "base_model.model.model.layers.0.self_attn.x_proj.lora_A.weight"  # no such module
 
 
 @pytest.mark.parametrize("changes, error, message", [
@@ -334,9 +351,10 @@ def test_bad_configs_are_named(lora_dir, bases, changes, error, message):
 @pytest.mark.parametrize("change, error, message", [
     (lambda t: t.update({V_B: np.zeros((32, 2), np.float32)}), ValueError,
      f"adapter key '{V_B}'.*file has shape \\(32, 2\\), model has \\(16, 2\\)"),
-    (lambda t: t.update({"base_model.model.model.layers.0.self_attn.x_proj.lora_A.weight": np.zeros((2, 32), np.float32)}),
-     KeyError, "'model.layers.0.self_attn.x_proj' is not a module"),
-    (lambda t: t.update({"prompt_embeddings": np.zeros((2, 32), np.float32)}), KeyError, "'prompt_embeddings' is not a PEFT key"),
+    (lambda t: t.update({X_A: np.zeros((2, 32), np.float32)}), KeyError,
+     "'model.layers.0.self_attn.x_proj' is not a module"),
+    (lambda t: t.update({"prompt_embeddings": np.zeros((2, 32), np.float32)}), KeyError,
+     "'prompt_embeddings' is not a PEFT key"),
     (lambda t: t.pop(V_B), KeyError, f"lacks \\['{V_B}'\\]"),
 ])
 def test_bad_tensors_are_named(lora_dir, bases, change, error, message):
