@@ -18,9 +18,11 @@ using the exact bound (transformers' early_stopping="never" bound; its default h
 slightly earlier). With enough beams the search is therefore exact, which the tests check against
 brute-force enumeration on a tiny vocabulary.
 
-Simplifications: no beam sampling, no diverse/constrained beams; the repetition penalty is the only
-logits processor applied (to the log-softmax scores, as transformers does); the first step starts
-from one live beam per prompt (the others at -inf) so the beams are not copies of each other.
+Simplifications: no beam sampling, no diverse beams; the processors applied to the log-softmax
+scores are the repetition penalty and then the user's `logits_processor` list (as transformers
+does; a constraint that removes tokens gives them -inf, and -inf candidates are never taken); the
+first step starts from one live beam per prompt (the others at -inf) so the beams are not copies
+of each other.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class BeamHypotheses:
 def beam_search(stepper, ids: np.ndarray, mask: np.ndarray, *, num_beams: int, max_new_tokens: int,
                 length_penalty: float = 1.0, early_stopping: bool = False, num_return_sequences: int = 1,
                 stopper=None, pad_token_id: int = 0, repetition_penalty: float = 1.0,
-                output_scores: bool = False) -> GenerateOutput:
+                output_scores: bool = False, logits_processor=()) -> GenerateOutput:
     """Beam search over a stepper (see minifm.sampling.generate). Returns a GenerateOutput whose rows
     are the num_return_sequences best hypotheses of each prompt, best first, with sequences_scores."""
     batch, prompt_length = ids.shape
@@ -95,6 +97,8 @@ def beam_search(stepper, ids: np.ndarray, mask: np.ndarray, *, num_beams: int, m
         processed = token_logprobs
         if repetition_penalty != 1.0:
             processed = process_logits(token_logprobs, input_ids=stepper.ids, repetition_penalty=repetition_penalty)
+        if logits_processor:  # a LogitsProcessorList: the user's processors, in order
+            processed = logits_processor(stepper.ids, processed)
         if scores is not None:
             scores.append(np.asarray(processed, dtype=np.float32).copy())
         vocab = processed.shape[1]

@@ -31,6 +31,11 @@ Simplifications / deviations (documented):
     `eos_token_id` when no pad id is given, or 0).
   * `best_of=N` with `reward_model` (a callable `(sequences, attention_mask) -> rewards (n,)`)
     samples N completions per prompt and keeps the highest-reward one(s): best-of-N sampling.
+  * `logits_processor=[...]`: callables `(input_ids, scores) -> scores` (transformers' convention),
+    run after the repetition penalty and before the warpers, as transformers places them
+    (minifm.sampling.logits_processor); greedy, sampling and beam search alike. A processor with an
+    `eos_token_id` attribute (minifm's constraints) ends its text with that token, so generate's
+    `eos_token_id` must include it (else ValueError): the row then stops there.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from minifm.autograd.grad_mode import no_grad
 from minifm.autograd.tensor import Tensor, data_of
 from minifm.kernels.softmax import log_softmax
 from minifm.sampling.beam import beam_search
+from minifm.sampling.logits_processor import check_logits_processors
 from minifm.sampling.output import GenerateOutput, assemble_output
 from minifm.sampling.processors import greedy, process_logits, sample
 
@@ -283,7 +289,8 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
              stop=None, tokenizer=None, eos_token_id=None, pad_token_id: int | None = None,
              decoder_start_token_id: int | None = None, attention_mask=None, seed=None,
              use_cache: bool = True, output_scores: bool = False, return_logprobs: bool = False,
-             return_dict_in_generate: bool = False, best_of: int | None = None, reward_model=None, streamer=None):
+             return_dict_in_generate: bool = False, best_of: int | None = None, reward_model=None, streamer=None,
+             logits_processor=None):
     """Continue each prompt by up to `max_new_tokens` tokens (see the module docstring).
 
     Returns an int64 array (N, T0 + T_new) with N = batch * num_return_sequences (rows of one
@@ -303,6 +310,13 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
     if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"input_ids must be in [0, {vocab_size}), got values in [{ids.min()}, {ids.max()}]")
     stopper = StopChecker(eos_token_id, stop, tokenizer)
+    processors = check_logits_processors(logits_processor)
+    for index, processor in enumerate(processors):  # a constraint ends its text with its eos token
+        required = getattr(processor, "eos_token_id", None)
+        if required is not None and int(required) not in stopper.eos_ids:
+            raise ValueError(f"logits_processor[{index}] ({type(processor).__name__}) ends its text with token "
+                             f"{required}: pass eos_token_id={required} to generate so rows stop there "
+                             f"(got eos_token_id={eos_token_id!r})")
     encoder_decoder = is_encoder_decoder(model)
     if encoder_decoder:
         if decoder_start_token_id is None:
@@ -335,7 +349,8 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
                                      max_new_tokens=max_new_tokens, length_penalty=length_penalty,
                                      early_stopping=early_stopping, num_return_sequences=num_return_sequences,
                                      stopper=stopper, pad_token_id=output_pad,
-                                     repetition_penalty=repetition_penalty, output_scores=output_scores)
+                                     repetition_penalty=repetition_penalty, output_scores=output_scores,
+                                     logits_processor=processors)
             else:
                 copies = num_return_sequences if best_of is None else int(best_of)
                 if best_of is not None:
@@ -349,7 +364,7 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
                 result = _search(make_stepper(), ids_rep, mask_rep, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, rng=_make_rng(seed), stopper=stopper, pad_token_id=output_pad,
                                  output_scores=output_scores, want_logprobs=return_logprobs or best_of is not None,
-                                 streamer=streamer,
+                                 streamer=streamer, logits_processor=processors,
                                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, repetition_penalty=repetition_penalty)
                 if best_of is not None:
                     result = _keep_best_of(result, reward_model, ids.shape[0], copies, num_return_sequences)
@@ -364,10 +379,11 @@ def generate(model, input_ids, max_new_tokens: int = 20, *, do_sample: bool = Fa
 
 
 def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_token_id, output_scores,
-            want_logprobs=True, streamer=None, **processor_options) -> GenerateOutput:
+            want_logprobs=True, streamer=None, logits_processor=(), **processor_options) -> GenerateOutput:
     """Greedy decoding or sampling, one token per row per step, rows finishing independently."""
     batch = ids.shape[0]
     repetition_penalty = processor_options["repetition_penalty"]
+    warper_options = dict(processor_options, repetition_penalty=1.0)  # the warpers alone
     new_tokens = np.full((batch, max_new_tokens), pad_token_id, dtype=np.int64)  # (N, T_new)
     logprobs = np.zeros((batch, max_new_tokens), dtype=np.float64)  # (N, T_new)
     finished = np.zeros(batch, dtype=bool)
@@ -381,13 +397,19 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
             bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
             raise FloatingPointError(f"the model produced non-finite logits at generation step {step} (rows {bad})")
         context = stepper.ids  # (N, T) everything so far, for the repetition penalty
-        if do_sample:
+        if do_sample and not logits_processor:
             processed = process_logits(logits, input_ids=context, **processor_options)  # (N, V)
+            chosen = sample(processed, rng)  # (N,)
+        elif do_sample:  # transformers' order: repetition penalty, the user's processors, then the warpers
+            processed = process_logits(logits, input_ids=context, repetition_penalty=repetition_penalty)
+            processed = process_logits(logits_processor(context, processed), **warper_options)  # (N, V)
             chosen = sample(processed, rng)  # (N,)
         else:
             processed = logits
             if repetition_penalty != 1.0:
                 processed = process_logits(logits, input_ids=context, repetition_penalty=repetition_penalty)
+            if logits_processor:
+                processed = logits_processor(context, processed)
             chosen = greedy(processed)  # (N,)
         chosen = np.where(finished, pad_token_id, np.asarray(chosen, dtype=np.int64))  # (N,)
         new_tokens[:, step] = chosen
