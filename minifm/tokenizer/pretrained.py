@@ -61,7 +61,7 @@ from minifm.kernels import bpe as bpe_kernels
 from minifm.kernels._backend import compiled
 from minifm.pretrained.gguf import read_metadata
 from minifm.pretrained.registry import resolve_model_path
-from minifm.tokenizer.byte_level import BYTE_TO_UNICODE, is_byte_level_text, token_text_to_bytes
+from minifm.tokenizer.byte_level import BYTE_TO_UNICODE, decode_byte_level, is_byte_level_text, token_text_to_bytes
 from minifm.tokenizer.chat_template import render_chat_template
 from minifm.tokenizer.pretokenize import encode_pieces_cached
 from minifm.tokenizer.tokenizer_json import (
@@ -487,6 +487,20 @@ class PretrainedTokenizer:
         if token_id in self._added_decoded:
             return self._added_decoded[token_id]
         return self.model.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes `token_id` adds to decoded text (a byte-level tokenizer's token on its own, as its
+        ByteLevel decoder reads it: stand-in characters back to bytes, other text as UTF-8).
+        ValueError for an id outside the vocabulary or a tokenizer without a ByteLevel decoder."""
+        if self._decoder is not decode_byte_level:
+            raise ValueError(f"{self.source}: token_bytes needs a byte-level tokenizer (a ByteLevel decoder); this "
+                             f"one is {type(self.model).__name__}, whose tokens are not byte strings")
+        token = self.id_to_token(int(token_id))
+        if token is None:
+            raise ValueError(f"token id {token_id} is not in the vocabulary (size {self.vocab_size})")
+        if is_byte_level_text(token):
+            return token_text_to_bytes(token)
+        return token.encode("utf-8", "surrogatepass")
 
     @property
     def added_tokens(self) -> list[AddedToken]:
