@@ -3,6 +3,7 @@
     minifm chat --model smollm2-135m-instruct [--temperature 0.2 --top-p 0.9] [--system TEXT]
     minifm chat --model runs/lifecycle/sft                   (a minifm SFT / DPO / PPO run)
     printf 'What is 2+2?\\n/reset\\nName a colour.\\n' | minifm chat --model smollm2-135m-instruct
+    minifm chat --model smollm2-135m-instruct --json-schema answer.json     (every reply valid JSON)
 
 Each line you type is a user turn. The conversation so far goes through the model's own chat
 template (a real model's Jinja template, e.g. SmolLM2's ChatML, or minifm's <|user|>...<|end|>
@@ -10,6 +11,7 @@ template for its own runs) with the generation prompt, and the reply is sampled 
 end-of-turn token. Commands: /reset starts a new conversation, /exit (or Ctrl-D) quits; Ctrl-C
 cancels the reply being written. Works with piped stdin (no prompt is printed then). When the
 conversation outgrows the context, the oldest turns are dropped (the system message is kept).
+--regex PATTERN or --json-schema FILE constrains every reply (as in `minifm generate`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ import sys
 from dataclasses import dataclass
 
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
-from minifm.cli.generate import GenerateSettings, add_model_argument, check_generates, decoding_options
+from minifm.cli.generate import (
+    GenerateSettings, add_model_argument, add_structured_output_arguments, check_generates, decoding_options,
+    structured_output,
+)
 from minifm.runs import load_any
 from minifm.sampling.generate import generate
 from minifm.sampling.streamer import TextStreamer
@@ -42,6 +47,7 @@ class ChatSettings(GenerateSettings):
 def add_chat_arguments(parser) -> None:
     add_model_argument(parser)
     parser.add_argument("--system", default=None, help="a system message that starts every conversation")
+    add_structured_output_arguments(parser)
     add_dataclass_arguments(parser, ChatSettings, "decoding")
 
 
@@ -91,14 +97,18 @@ def run_chat(args) -> int:
     settings = settings_from(args, ChatSettings, file_values=config_values(args, field_names(ChatSettings)))
     if settings.num_beams != 1 or settings.num_return_sequences != 1:
         raise ValueError("chat streams one reply: --num-beams and --num-return-sequences must be 1")
+    make_constraint = structured_output(args)
     model, tokenizer = load_any(args.model)
     check_generates(model, args.model)
     end_id = end_of_turn_id(tokenizer)
+    processors = None if make_constraint is None else make_constraint(tokenizer, end_id)  # one for every reply
     conversation = Conversation(tokenizer, args.system, model.config.block_size, settings.max_new_tokens)
     interactive = sys.stdin.isatty()
     if interactive:
         print("minifm chat: type a message (/reset: new conversation, /exit or Ctrl-D: quit, Ctrl-C: cancel a reply)")
     options = decoding_options(settings)
+    if processors is not None:
+        options["logits_processor"] = processors
     while True:
         try:
             line = input("you> " if interactive else "")

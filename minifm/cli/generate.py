@@ -4,9 +4,13 @@
     minifm generate --model smollm2-135m-instruct --prompt "The capital of France is"
     minifm generate --model PATH --no-do-sample --num-beams 4     (a run, an HF directory or a .gguf)
     minifm generate --run DIR                      (no --prompt: an interactive prompt)
+    minifm generate --model M --prompt "Answer: " --regex "(yes|no)"       (structured output)
+    minifm generate --model M --prompt "{" --json-schema person.json       (JSON valid against the schema)
 
 --model and --run are the same option (--run is the older name); the prompt is continued as it is,
-without a chat template (`minifm chat` applies the model's template).
+without a chat template (`minifm chat` applies the model's template). --regex and --json-schema
+(one of them) constrain the generated text (minifm.sampling.constraints): the pattern or the schema
+file is checked before the model loads, a bad one is a one-line error.
 """
 from __future__ import annotations
 
@@ -17,13 +21,18 @@ except ImportError:  # not on every platform; the prompt then works without edit
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
 from minifm.config import ConfigBase
 from minifm.models import BERT, GPT, T5
 from minifm.peft import PeftModel
+from minifm.checkpoint import read_json_file
 from minifm.runs import load_any
+from minifm.sampling.constraints import TokenConstraint
 from minifm.sampling.generate import generate
+from minifm.sampling.json_schema import schema_to_regex
+from minifm.sampling.regex_automaton import compile_regex
 
 
 @dataclass
@@ -72,7 +81,46 @@ def add_generate_arguments(parser) -> None:
     parser.add_argument("--prompt", action="append", default=None,
                         help="a prompt (repeat for a batch); without it, an interactive prompt loop")
     parser.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    add_structured_output_arguments(parser)
     add_dataclass_arguments(parser, GenerateSettings, "decoding")
+
+
+def add_structured_output_arguments(parser) -> None:
+    """--regex PATTERN | --json-schema FILE (one of them): the generated text must match."""
+    group = parser.add_argument_group("structured output").add_mutually_exclusive_group()
+    group.add_argument("--regex", default=None, metavar="PATTERN",
+                       help="generate only text that fully matches this regular expression (Python syntax subset)")
+    group.add_argument("--json-schema", dest="json_schema", default=None, metavar="FILE",
+                       help="generate only JSON valid against the JSON Schema in this file (a subset: object, "
+                            "array, string, integer, number, boolean, null, enum)")
+
+
+def structured_output(args):
+    """From --regex / --json-schema: a function (tokenizer, eos id) -> generate's logits_processor list
+    (None without either flag). The pattern or schema is compiled here, before any model loads."""
+    if getattr(args, "regex", None) is not None:
+        flag, pattern = "--regex", args.regex
+    elif getattr(args, "json_schema", None) is not None:
+        flag = f"--json-schema {args.json_schema}"
+        if Path(args.json_schema).is_dir():
+            raise ValueError(f"{flag}: is a directory; give the JSON file of a schema")
+        try:
+            pattern = schema_to_regex(read_json_file(args.json_schema))
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{flag}: {error}") from None
+    else:
+        return None
+    try:
+        dfa = compile_regex(pattern)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+    def make(tokenizer, eos_token_id):
+        try:
+            return [TokenConstraint(dfa, tokenizer, eos_token_id=eos_token_id)]
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{flag}: {error}") from None
+    return make
 
 
 def check_generates(model, where: str) -> None:
@@ -96,11 +144,14 @@ def decoding_options(settings: GenerateSettings) -> dict:
 
 def run_generate(args) -> int:
     settings = settings_from(args, GenerateSettings, file_values=config_values(args, field_names(GenerateSettings)))
+    make_constraint = structured_output(args)
     model, tokenizer = load_any(args.model)
     check_generates(model, args.model)
     eos = end_token_id(tokenizer)
     options = dict(decoding_options(settings), stop=args.stop, tokenizer=tokenizer if args.stop else None,
                    eos_token_id=eos)
+    if make_constraint is not None:
+        options["logits_processor"] = make_constraint(tokenizer, eos)
     limit = getattr(model.config, "block_size", None)
 
     def complete(prompts: list[str]) -> list[str]:
