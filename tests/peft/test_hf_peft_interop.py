@@ -111,8 +111,8 @@ def minifm_to_peft(libraries, base, config, directory, rng, virtual_tokens=0):
         plain = model(ids).data
     model.save_pretrained(directory)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # peft warns about config fields it does not know: none may be left
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # transformers' own deprecation
+        # peft warns about config fields it does not know or has to correct (fan_in_fan_out): none may be left
+        warnings.filterwarnings("error", module=r"peft\.")
         theirs_model = peft.PeftModel.from_pretrained(_hf_model(libraries, base), directory).eval()
     theirs = _hf_logits(libraries, theirs_model, ids, virtual_tokens)
     return float(np.abs(ours - theirs).max()), float(np.abs(ours - plain).max()), *_saved(directory)
