@@ -15,8 +15,8 @@ exactly (see minifm/peft/layer.py); `merge_and_unload()` on the PeftModel merges
 wrappers. The low-rank branch is one fused Function (`LowRankDelta`) so its backward computes only
 what LoRA needs: gradients for A, B and the input, never for the frozen W.
 
-Simplifications: no fan_in_fan_out (weights are always (out, in), PyTorch's layout), no DoRA,
-no per-module rank or alpha patterns.
+Simplifications: no fan_in_fan_out (weights are always (out, in), PyTorch's layout), no DoRA.
+Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern) are chosen by LoraConfig.for_module.
 """
 from __future__ import annotations
 
