@@ -3,11 +3,15 @@
 tokenizer.json, and SmolLM2 itself); what the output holds (run, metrics.jsonl, summary.json, DIR/hf/ that
 transformers loads with the same logits, PEFT adapter files); a Ctrl-C'd run resumed bit for bit; and the
 errors that stop a run before any training, each one line on stderr with exit code 2."""
+import contextlib
+import io
 import json
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minifm import cli
 from minifm.models import GPT, GPTConfig
@@ -239,6 +243,42 @@ def test_a_malformed_line_stops_the_run_before_the_model_is_loaded(tmp_path, dat
     line = one_line_error(code, err)
     assert f"{path}:5: " in line and re.search(pattern, line), line
     assert not (tmp_path / "out").exists()
+
+
+# corruptions of one valid "messages" row, each with a word its error names
+CORRUPTIONS = [
+    (lambda row: json.dumps(row)[:-2], "invalid JSON"),
+    (lambda row: json.dumps({"messages": row["messages"][:1]}), "no assistant message"),
+    (lambda row: json.dumps({"messages": [row["messages"][0], {"role": "assistant"}]}), "content is missing"),
+    (lambda row: json.dumps({"messages": [{"role": "bot", "content": "x"}] + row["messages"]}), "role must be"),
+    (lambda row: json.dumps({"messages": row["messages"][:1] + [{"role": "assistant", "content": ""}]}), "is empty"),
+    (lambda row: json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b"}), "expected a"),
+]
+
+
+@settings(max_examples=15)
+@given(bad=st.lists(st.tuples(st.integers(0, 11), st.integers(0, len(CORRUPTIONS) - 1)), min_size=1, max_size=3,
+                    unique_by=lambda item: item[0]))
+def test_drawn_corruptions_exit_2_naming_the_first_bad_line_and_train_nothing(tmp_path_factory, data, bad):
+    folder = tmp_path_factory.mktemp("drawn")
+    rows = [json.loads(line) for line in data["messages"].read_text().splitlines()]
+    lines = [json.dumps(row) for row in rows]
+    for index, kind in bad:
+        lines[index] = CORRUPTIONS[kind][0](rows[index])
+    path = folder / "drawn.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        # the model does not exist: a data error first means the model was never loaded
+        code = cli.main(["sft", "--model", str(folder / "no-model"), "--data", str(path),
+                         "--out", str(folder / "out")])
+    line = one_line_error(code, stderr.getvalue())
+    first_index, first_kind = min(bad)
+    assert line.startswith(f"minifm sft: error: {path}:{first_index + 1}: ") and CORRUPTIONS[first_kind][1] in line
+    others = sorted(index + 1 for index, _ in bad if index != first_index)
+    assert (f"more malformed line{'s' if len(others) > 1 else ''}: {', '.join(map(str, others))})" in line) == bool(
+        others)
+    assert not (folder / "out").exists()
 
 
 def test_a_row_the_template_cannot_mask_stops_the_run_before_training(tmp_path, hf_model, data, capsys):

@@ -180,3 +180,40 @@ def test_evaluate_dpo_is_the_mean_of_the_pairs(tmp_path, tokenizer):
     margins = 0.5 * logits
     assert metrics["eval_rewards_margin"] == pytest.approx(margins.mean(), rel=1e-5, abs=1e-7)
     assert metrics["eval_rewards_accuracy"] == np.mean(margins > 0)
+
+
+def test_an_interrupted_dpo_run_resumes_bit_for_bit(tmp_path, tokenizer, monkeypatch):
+    rows = pair_rows(tmp_path)
+    dpo_config = dpo.DPOConfig(**dict(dpo.OWN_DATA_DEFAULTS, learning_rate=1e-2, max_steps=5,
+                                      per_device_train_batch_size=3, eval_steps=2, save_steps=1, disable_tqdm=True))
+
+    def fit(run_dir, resume=False, seed=3):
+        policy = tiny_gpt(tokenizer, seed=seed)
+        reference = tiny_gpt(tokenizer, seed=3)  # the reference is the starting policy, also after a resume
+        summary = dpo.train_dpo_on_rows(policy, tokenizer, rows[:8], rows[8:], dpo_config, ref_policy=reference,
+                                        run_dir=run_dir, resume=resume, log=lambda line: None)
+        return policy, summary
+
+    full_policy, full = fit(tmp_path / "full")
+    real_loss_fn = dpo.dpo_loss_fn
+
+    def interrupting_loss_fn(*args):
+        loss_fn, calls = real_loss_fn(*args), []
+
+        def wrapped(model, batch):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return loss_fn(model, batch)
+
+        wrapped.last_stats = {}
+        return wrapped
+
+    monkeypatch.setattr(dpo, "dpo_loss_fn", interrupting_loss_fn)
+    with pytest.raises(TrainingInterrupted):
+        fit(tmp_path / "cut")
+    monkeypatch.setattr(dpo, "dpo_loss_fn", real_loss_fn)
+    resumed_policy, resumed = fit(tmp_path / "cut", resume=True, seed=9)
+    assert resumed["eval"] == full["eval"] and resumed["eval_before"] == full["eval_before"]
+    for name, value in weights(resumed_policy).items():
+        np.testing.assert_array_equal(value, weights(full_policy)[name], err_msg=name)
