@@ -102,6 +102,10 @@ def prepare_stage(args, stage: str) -> tuple[dict, OwnData]:
 def read_own_data(own: OwnData, stage: str, seed: int) -> tuple[list, list]:
     """(train rows, held-out rows) of --data / --eval-data, every line of both checked first."""
     formats, purpose = STAGE_FORMATS[stage]
+    files = [("--data", own.data)] + ([("--eval-data", own.eval_data)] if own.eval_data is not None else [])
+    for flag, path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} does not exist or is not a file")
     rows = read_jsonl_records(own.data, formats, purpose)
     if not rows:
         raise ValueError(f"--data {own.data} holds no rows (empty or only blank lines)")
@@ -171,9 +175,9 @@ def finish(model, tokenizer, out: Path, checkpoint_folder: str, save_hf: bool = 
 def load_tinyworld_model(name_or_path: str):
     """(model, tokenizer) for the tinyworld path, which needs minifm's tokenizer and chat tokens."""
     model, tokenizer = load_any(name_or_path)
-    missing = [] if not uses_minifm_template(tokenizer) else [
-        token for token in CHAT_SPECIAL_TOKENS if token not in tokenizer.special_tokens]
-    if not uses_minifm_template(tokenizer) or missing:
+    chat_ready = uses_minifm_template(tokenizer) and all(
+        token in tokenizer.special_tokens for token in CHAT_SPECIAL_TOKENS)
+    if not chat_ready:
         raise ValueError(f"--model {name_or_path}: without --data the stage trains on tinyworld in minifm's chat "
                          f"format, which needs a model trained by minifm; give --data FILE.jsonl (TRL's fields)")
     return model, tokenizer
