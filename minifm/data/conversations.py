@@ -245,8 +245,9 @@ def chat_ids(tokenizer, messages, add_generation_prompt: bool = False, where: st
         else:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
     except Exception as error:  # a chat template is code of the model's authors: any failure is this row's
+        detail = " ".join(str(error).split())  # one line, whatever the template's message
         raise DataFormatError(f"{where}: the chat template cannot render this conversation "
-                              f"({type(error).__name__}: {error})") from None
+                              f"({type(error).__name__}: {detail})") from None
     return [int(i) for i in ids]
 
 
@@ -286,7 +287,8 @@ def assistant_turns(tokenizer, messages, where: str = "conversation") -> tuple[l
         start, stop = len(before), len(through)
         turn = full[start:stop]
         if end_token is not None and end_token in turn:
-            stop = start + len(turn) - turn[::-1].index(end_token)  # just after the last end-of-turn token
+            last_end = max(position for position, token in enumerate(turn) if token == end_token)
+            stop = start + last_end + 1  # what the template writes after the end token is not trained
         if stop <= start:
             raise DataFormatError(f"{where}: assistant message {index} renders to no tokens after the generation "
                                   "prompt; the chat template does not write it")
