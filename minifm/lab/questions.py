@@ -19,7 +19,8 @@ No arithmetic answer equals one of its own operands, so echoing the question nev
 
 `answer_key(question, reply)` is what two replies must share to "agree" (self-consistency and
 majority vote): the last number for arithmetic; for a factual question the accepted answer when
-the reply states it, else the reply's normalised text (wrong replies agree only when they say the same).
+the reply states it; else (no number, no accepted answer) the reply's normalised text, so wrong
+replies agree only when they say the same.
 """
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def answer_key(question: str, reply: str) -> str:
     entry = BY_TEXT[question]
     if entry.kind == "arithmetic":
         numbers = numbers_in(reply)
-        return f"{numbers[-1]:g}" if numbers else ""
+        return f"{numbers[-1]:g}" if numbers else fold(reply).rstrip(" .!?")
     for answer in entry.answers:
         if states(reply, answer):
             return entry.answers[0]

@@ -103,6 +103,8 @@ def summarise(draws: Draws) -> dict:
             "distinct_1": distinct[1], "distinct_2": distinct[2],
             "loglik_per_token": float(draws.logprob.sum() / max(draws.length.sum(), 1)),
             "mean_length": float(draws.length.mean()), "prompts": prompts, "samples": samples,
+            "per_prompt_accuracy": draws.correct.mean(axis=1).tolist(),  # for paired comparisons between rules
+            "per_prompt_majority": [bool(value) for value in majority],
             "examples": [{"prompt": draws.prompts[p], "replies": draws.replies[p][:3]} for p in range(2)]}
 
 
@@ -268,6 +270,23 @@ def above_temperature_curve(results: dict, label: str) -> float | None:
     return y - float(np.interp(x, xs, [point[1] for point in curve]))
 
 
+def temperature_curve_se(results: dict, label: str) -> float:
+    """A standard error for above_temperature_curve: the rule's and the interpolated curve's, combined as if
+    independent (they share the prompts, so this overstates it a little)."""
+    points = sorted((r["distinct_2"], r["accuracy_se"]) for name, r in results.items()
+                    if name.startswith(("greedy", "T=")))
+    curve_se = float(np.interp(results[label]["distinct_2"], [x for x, _ in points], [se for _, se in points]))
+    return float(np.hypot(results[label]["accuracy_se"], curve_se))
+
+
+def paired_gain(results: dict, rule: str, key: str, baseline: str) -> tuple[float, float] | None:
+    """Mean and standard error over prompts of (rule's per-prompt `key`) - (baseline's per-prompt accuracy)."""
+    if key not in results[rule] or "per_prompt_accuracy" not in results[baseline]:
+        return None
+    return mean_and_stderr(np.asarray(results[rule][key], dtype=np.float64)
+                           - np.asarray(results[baseline]["per_prompt_accuracy"], dtype=np.float64))
+
+
 def rule_rows(results: dict) -> list[list]:
     rows = []
     for label, r in results.items():
@@ -305,18 +324,27 @@ def verdict(results: dict, name: str) -> str:
                      "trade-off is not measurable, contrary to the chapter's claim.")
     else:
         parts.append("This does not show the chapter's trade-off.")
-    best_majority = max(results.items(), key=lambda item: item[1]["majority_accuracy"])
-    greedy = results.get("greedy (T=0)")
-    if greedy is not None:
-        gain = best_majority[1]["majority_accuracy"] - greedy["accuracy"]
-        parts.append(f"Majority vote over each prompt's samples is best at {best_majority[0]} "
-                     f"({best_majority[1]['majority_accuracy']:.3f}, {gain:+.3f} against greedy).")
+    best_majority = max(results, key=lambda label: results[label]["majority_accuracy"])
+    if "greedy (T=0)" in results:
+        samples = results[best_majority]["samples"]
+        gain = paired_gain(results, best_majority, "per_prompt_majority", "greedy (T=0)")
+        if gain is None:
+            gain = (results[best_majority]["majority_accuracy"] - results["greedy (T=0)"]["accuracy"], float("nan"))
+        beats = gain[0] > 2 * gain[1]
+        parts.append(f"Majority vote over {samples} samples is best at {best_majority} "
+                     f"({results[best_majority]['majority_accuracy']:.3f}, {gain[0]:+.3f} ± {gain[1]:.3f} against "
+                     f"greedy, paired over prompts): "
+                     + ("self-consistency beats greedy decoding here." if beats else
+                        "not distinguishable from greedy decoding with this many samples and prompts."))
+    comparisons = []
     for label in results:
         if label.startswith(("top-k", "top-p")):
             difference = above_temperature_curve(results, label)
             if difference is not None:
-                parts.append(f"{label} is {difference:+.3f} accuracy {'above' if difference >= 0 else 'below'} "
-                             f"temperature sampling at the same diversity.")
+                comparisons.append(f"{label} {difference:+.3f} ± {temperature_curve_se(results, label):.3f}")
+    if comparisons:
+        parts.append("Accuracy of truncated sampling minus temperature sampling's at the same distinct-2: "
+                     + ", ".join(comparisons) + ".")
     return " ".join(parts)
 
 

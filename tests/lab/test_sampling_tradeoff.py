@@ -70,3 +70,11 @@ def test_truncation_is_compared_with_temperature_at_the_same_diversity():
                                                                                         "accuracy": 0.0}}
     assert lab_sampling.above_temperature_curve(results, "top-p 0.8 (T=1)") == pytest.approx(0.1)
     assert lab_sampling.above_temperature_curve(results, "top-k 3 (T=1)") is None  # outside the curve's range
+
+
+def test_majority_vote_is_compared_with_greedy_prompt_by_prompt():
+    results = {"greedy (T=0)": {"per_prompt_accuracy": [1.0, 0.0, 0.0, 1.0]},
+               "T=0.5": {"per_prompt_majority": [True, True, False, True]}}
+    mean, stderr = lab_sampling.paired_gain(results, "T=0.5", "per_prompt_majority", "greedy (T=0)")
+    assert mean == pytest.approx(0.25) and stderr == pytest.approx(0.25)
+    assert lab_sampling.paired_gain({"a": {}, "b": {}}, "a", "per_prompt_majority", "b") is None
