@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import comb
 
+from minifm.data.tinyworld.tasks import strip_polite_prefix
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr
 from minifm.lab.own_model import TINY_OVERRIDES, OwnModels
 from minifm.lab.questions import QUESTIONS
@@ -83,23 +84,23 @@ def expected_best_of_n(scores: np.ndarray, values: np.ndarray, n: int) -> float:
     return float((weights * values[order]).sum())
 
 
-def majority_vote_value(keys: list[str], values: np.ndarray, subset: np.ndarray) -> float:
-    """The value of the majority-vote answer among the answers `subset` (indices, in the order drawn)."""
-    chosen = majority_vote([keys[i] for i in subset])
-    return float(values[subset[chosen]])
-
-
-def majority_vote_curve(keys: list[list[str]], values: np.ndarray, max_n: int, subsets: int,
-                        rng: np.random.Generator) -> np.ndarray:
-    """(P, max_n): for each prompt and N, the mean value of the majority answer over `subsets` random
-    N-subsets of the prompt's answers (N = M: all answers, in random orders for the tie-breaking)."""
-    prompts, total = values.shape
-    curve = np.zeros((prompts, max_n))
+def majority_vote_picks(keys: list[list[str]], max_n: int, subsets: int, rng: np.random.Generator) -> np.ndarray:
+    """(P, max_n, subsets) indices: for each prompt and N, the answer majority vote keeps in each of `subsets`
+    random N-subsets of the prompt's answers (N = M: all of them, in random orders for the tie-breaking)."""
+    prompts, total = len(keys), len(keys[0])
+    picks = np.zeros((prompts, max_n, subsets), dtype=np.int64)
     for p in range(prompts):
         for n in range(1, max_n + 1):
-            picks = [majority_vote_value(keys[p], values[p], rng.permutation(total)[:n]) for _ in range(subsets)]
-            curve[p, n - 1] = np.mean(picks)
-    return curve
+            for draw_index in range(subsets):
+                subset = rng.permutation(total)[:n]
+                picks[p, n - 1, draw_index] = subset[majority_vote([keys[p][i] for i in subset])]
+    return picks
+
+
+def majority_vote_curve(picks: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(P, max_n): the mean value of the kept answers over the random subsets. values: (P, M)."""
+    kept = np.take_along_axis(values[:, None, :], picks, axis=2)  # (P, max_n, subsets)
+    return kept.mean(axis=2)
 
 
 def best_of_n_probabilities(probabilities: np.ndarray, n: int) -> np.ndarray:
@@ -126,6 +127,15 @@ def selection_curves(scores: dict[str, np.ndarray], truth: np.ndarray, correct: 
     return curves
 
 
+def curve_changes(curve: np.ndarray) -> dict:
+    """For a (P, max_n) per-prompt curve: the N where its mean peaks, and (mean, paired s.e. over prompts) of
+    last - first and last - peak."""
+    peak = int(np.argmax(curve.mean(axis=0)))
+    return {"peak_n": peak + 1, "last_minus_first": mean_and_stderr(curve[:, -1] - curve[:, 0]),
+            "last_minus_peak": mean_and_stderr(curve[:, -1] - curve[:, peak]),
+            "peak_minus_first": mean_and_stderr(curve[:, peak] - curve[:, 0])}
+
+
 # ------------------------------------------------------------------ the experiment
 def run(lab: LabRun) -> None:
     s = lab.settings
@@ -144,8 +154,9 @@ def run(lab: LabRun) -> None:
             flat_prompts = [prompt for prompt in chunk for _ in range(s["max_samples"])]
             flat_replies = [reply for row in draws.replies for reply in row]
             learned = score_texts(reward_model, tokenizer, flat_prompts, flat_replies)
+            polite = [[strip_polite_prefix(reply)[1] for reply in row] for row in draws.replies]
             return {"reward": draws.reward.tolist(), "correct": draws.correct.tolist(), "keys": draws.keys,
-                    "logprob": draws.logprob.tolist(),
+                    "logprob": draws.logprob.tolist(), "polite": polite,
                     "learned": learned.reshape(len(chunk), s["max_samples"]).tolist(),
                     "examples": [{"prompt": chunk[0], "replies": draws.replies[0][:6]}]}
 
@@ -181,10 +192,9 @@ def analyse(lab: LabRun, tag: str, parts: list[dict], with_reward_model: bool) -
         learned = np.concatenate([np.array(part["learned"]) for part in parts])  # (P, M)
         scores = {"reward model": learned, **scores}
     curves = selection_curves(scores, truth, correct, max_n)
-    rng = np.random.default_rng(0)
-    curves["majority vote"] = {"reward": majority_vote_curve(keys, truth, max_n, lab.settings["vote_subsets"], rng),
-                               "accuracy": majority_vote_curve(keys, correct.astype(np.float64), max_n,
-                                                               lab.settings["vote_subsets"], rng)}
+    picks = majority_vote_picks(keys, max_n, lab.settings["vote_subsets"], np.random.default_rng(0))
+    curves["majority vote"] = {"reward": majority_vote_curve(picks, truth),
+                               "accuracy": majority_vote_curve(picks, correct.astype(np.float64))}
     summary = {"prompts": truth.shape[0], "samples": max_n, "choosers": {},
                "kl_bound": [best_of_n_kl_bound(n) for n in range(1, max_n + 1)],
                "examples": [part["examples"][0] for part in parts[:2]]}
@@ -199,15 +209,13 @@ def analyse(lab: LabRun, tag: str, parts: list[dict], with_reward_model: bool) -
         proxy = np.array([[expected_best_of_n(learned[p], learned[p], n) for n in range(1, max_n + 1)]
                           for p in range(truth.shape[0])])  # (P, max_n): the reward model's score of its own choice
         summary["proxy"] = proxy.mean(axis=0).tolist()
-        reward_curve = curves["reward model"]["reward"]  # (P, max_n)
-        best = int(np.argmax(reward_curve.mean(axis=0)))
-        summary["reward_model_peak_n"] = best + 1
-        summary["peak_minus_last"] = mean_and_stderr(reward_curve[:, best] - reward_curve[:, -1])
-        summary["last_minus_first"] = mean_and_stderr(reward_curve[:, -1] - reward_curve[:, 0])
-        oracle = curves["oracle (ground truth)"]["reward"]
-        summary["oracle_last_minus_first"] = mean_and_stderr(oracle[:, -1] - oracle[:, 0])
-    vote = curves["majority vote"]["accuracy"]
-    summary["vote_last_minus_first_accuracy"] = mean_and_stderr(vote[:, -1] - vote[:, 0])
+        polite = np.concatenate([np.array(part["polite"], dtype=np.float64) for part in parts])  # (P, M): 0/1
+        summary["polite_share"] = {name: [float(np.mean([expected_best_of_n(scores[name][p], polite[p], n)
+                                                          for p in range(truth.shape[0])]))
+                                          for n in range(1, max_n + 1)]
+                                   for name in ("reward model", "oracle (ground truth)")}
+    summary["changes"] = {name: {metric: curve_changes(curve[metric]) for metric in ("reward", "accuracy")}
+                          for name, curve in curves.items()}
     lab.log(f"{tag}: {truth.shape[0]} prompts x {max_n} samples analysed")
     return summary
 
@@ -249,6 +257,51 @@ def plot_over_optimisation(result: dict, path) -> None:
     save_figure(figure, path)
 
 
+def change_text(change: tuple[float, float], digits: str = "+.3f") -> str:
+    return f"{change[0]:{digits}} ± {change[1]:.3f}"
+
+
+def reward_model_reading(result: dict) -> str:
+    """What the reward model's choice does as N grows, for the true reward and for accuracy, checked against
+    paired standard errors; and its own score of its choice (the proxy)."""
+    last = result["samples"]
+    sentences = []
+    for metric, name in (("reward", "ground-truth reward"), ("accuracy", "accuracy")):
+        change = result["changes"]["reward model"][metric]
+        peak, drop, gain = change["peak_n"], change["last_minus_peak"], change["last_minus_first"]
+        if peak < last and -drop[0] > 2 * drop[1]:
+            sentences.append(f"its {name} is best at N = {peak} and then gets worse ({change_text(drop)} from there "
+                             f"to N = {last}; {change_text(gain)} from N = 1)")
+        elif peak < last:
+            sentences.append(f"its {name} stops improving at N = {peak} (N = {last} is {change_text(drop)} from "
+                             f"there, within noise; {change_text(gain)} from N = 1)")
+        else:
+            sentences.append(f"its {name} keeps improving up to N = {last} ({change_text(gain)} from N = 1)")
+    proxy = result["proxy"]
+    oracle = result["changes"]["oracle (ground truth)"]
+    polite = result["polite_share"]["reward model"]
+    accuracy_gain = result["changes"]["reward model"]["accuracy"]["last_minus_first"]
+    style = (": the reward model tells the style (tinyworld pays +0.2 for a polite opening) far better than the facts"
+             if polite[-1] - polite[0] > 0.1 and accuracy_gain[0] < 2 * accuracy_gain[1] else "")
+    return (f"Chosen by the reward model, " + "; ".join(sentences) + f", while the reward model's own score of its "
+            f"choice rises {proxy[0]:+.3f} -> {proxy[-1]:+.3f} and the share of polite answers among its choices "
+            f"goes {polite[0]:.2f} -> {polite[-1]:.2f}{style}. The oracle's choice (what the answers contain): ground-truth "
+            f"reward {change_text(oracle['reward']['last_minus_first'])} and accuracy "
+            f"{change_text(oracle['accuracy']['last_minus_first'])} from N = 1 to {last}.")
+
+
+def others_reading(result: dict, *names: str) -> str:
+    """Accuracy at N = 1 and N = max of the named choosers (and the oracle), with the paired change."""
+    last = result["samples"]
+    parts = []
+    for name in names + ("oracle (ground truth)",):
+        if name in result["choosers"]:
+            accuracy = result["choosers"][name]["accuracy"]
+            change = result["changes"][name]["accuracy"]["last_minus_first"]
+            parts.append(f"{name} {accuracy[0]:.3f} -> {accuracy[-1]:.3f} ({change_text(change)})")
+    return f"accuracy from N = 1 to {last}: " + ", ".join(parts) + "."
+
+
 def report(lab: LabRun, models: OwnModels, own: dict, smol: dict | None) -> None:
     n_values = list(range(1, own["samples"] + 1))
     plot_xy({name: (n_values, entry["reward"]) for name, entry in own["choosers"].items()},
@@ -256,27 +309,7 @@ def report(lab: LabRun, models: OwnModels, own: dict, smol: dict | None) -> None
             "N (answers drawn per prompt, log scale)", "mean ground-truth reward", logx=True)
     plot_over_optimisation(own, lab.path("over_optimisation_own.png"))
     choosers = list(own["choosers"])
-    peak = own["reward_model_peak_n"]
-    drop, drop_se = own["peak_minus_last"]
-    gain, gain_se = own["last_minus_first"]
-    oracle_gain, oracle_se = own["oracle_last_minus_first"]
-    vote_gain, vote_se = own["vote_last_minus_first_accuracy"]
-    last = own["samples"]
-    if peak < last and drop > 2 * drop_se:
-        rm_text = (f"The reward model's choice is best at N = {peak} and then gets worse: at N = {last} its ground-truth "
-                   f"reward is {drop:.3f} ± {drop_se:.3f} (paired s.e.) below that peak, while its own score of "
-                   f"the chosen answers keeps rising ({own['proxy'][0]:+.3f} -> {own['proxy'][-1]:+.3f}): "
-                   f"over-optimisation of the proxy, as Gao et al. found.")
-    elif peak < last:
-        rm_text = (f"The reward model's choice stops improving at N = {peak}; beyond it the ground-truth reward moves "
-                   f"by {-drop:+.3f} ± {drop_se:.3f} up to N = {last} (within noise), while the proxy keeps rising "
-                   f"({own['proxy'][0]:+.3f} -> {own['proxy'][-1]:+.3f}).")
-    else:
-        rm_text = (f"The reward model's choice keeps improving up to N = {last} ({gain:+.3f} ± {gain_se:.3f} over "
-                   f"N = 1); no over-optimisation shows at this N.")
-    shows = (f"{rm_text} Over the whole range, N = 1 -> {last}, the reward model's choice changes the ground-truth reward "
-             f"by {gain:+.3f} ± {gain_se:.3f}; the oracle's by {oracle_gain:+.3f} ± {oracle_se:.3f} (what the "
-             f"{last} answers contain); majority vote changes accuracy by {vote_gain:+.3f} ± {vote_se:.3f}.")
+    shows = reward_model_reading(own) + " The other choosers' " + others_reading(own, "majority vote", "likelihood")
     sections = [
         ("Question", f"Does drawing N answers and keeping one buy quality, and does it matter who chooses? "
                      f"(The chapter: \"{CLAIM}\".)"),
@@ -299,13 +332,11 @@ def report(lab: LabRun, models: OwnModels, own: dict, smol: dict | None) -> None
                  for name, entry in smol["choosers"].items()},
                 lab.path("accuracy_vs_n_smollm2.png"), "SmolLM2-135M-Instruct: accuracy of the kept answer",
                 "N (answers drawn per question, log scale)", "accuracy", logx=True)
-        smol_vote, smol_vote_se = smol["vote_last_minus_first_accuracy"]
         sections.append(("SmolLM2-135M-Instruct: accuracy of the kept answer",
                          markdown_table(["N", "KL bound"] + smol_choosers, curve_rows(smol, "accuracy"))
                          + "\n\n![SmolLM2 accuracy vs N](accuracy_vs_n_smollm2.png)"))
-        shows += (f" SmolLM2 ({smol['prompts']} questions x {smol['samples']} answers): majority vote changes accuracy "
-                  f"by {smol_vote:+.3f} ± {smol_vote_se:.3f} from N = 1 to {smol['samples']}; the oracle reaches "
-                  f"{smol['choosers']['oracle (ground truth)']['accuracy'][-1]:.3f}.")
+        shows += f" SmolLM2 ({smol['prompts']} questions x {smol['samples']} answers), " + others_reading(
+            smol, "majority vote", "likelihood")
     sections.append(("What it shows", shows))
     lab.write_report("Test-time compute: best-of-N, majority vote and the reward model's over-optimisation", sections,
                      {"own": own, "smollm2": smol, "models": models.figures})

@@ -52,7 +52,9 @@ def test_majority_vote_keeps_the_most_common_answer_and_breaks_ties_by_order():
 def test_majority_vote_curve_with_all_answers_agreeing_is_their_value():
     keys = [["a"] * 5, ["a", "b", "b", "b", "a"]]
     values = np.array([[1.0] * 5, [0.0, 1.0, 1.0, 1.0, 0.0]])
-    curve = ttc.majority_vote_curve(keys, values, 5, subsets=20, rng=np.random.default_rng(0))
+    picks = ttc.majority_vote_picks(keys, 5, subsets=20, rng=np.random.default_rng(0))
+    assert picks.shape == (2, 5, 20)
+    curve = ttc.majority_vote_curve(picks, values)
     assert curve.shape == (2, 5)
     assert np.allclose(curve[0], 1.0)
     assert curve[1, 4] == 1.0 and curve[1, 0] == pytest.approx(0.6, abs=0.25)  # N = 1: a random answer
@@ -86,3 +88,11 @@ def test_selection_curves_shapes_and_the_oracle_dominates():
     assert curves["oracle"]["reward"].shape == (5, 6)
     assert (curves["oracle"]["reward"] >= curves["noise"]["reward"] - 1e-12).all()
     assert np.all(np.diff(curves["oracle"]["reward"], axis=1) >= -1e-12)  # the oracle never gets worse with N
+
+
+def test_curve_changes_find_the_peak_and_pair_the_differences():
+    curve = np.array([[0.0, 2.0, 1.0], [0.0, 1.0, 0.0]])
+    change = ttc.curve_changes(curve)
+    assert change["peak_n"] == 2
+    assert change["last_minus_peak"][0] == pytest.approx(-1.0) and change["last_minus_peak"][1] == 0.0
+    assert change["last_minus_first"][0] == pytest.approx(0.5)
