@@ -11,6 +11,7 @@ tests and CI; the default presets are what docs/experiments.md reports.
     scaling.py        "model size depends on data and compute": L(N, D) fitted, compute-optimal size
     multilingual.py   "non-English languages are under-represented": tokens per word and loss per byte
     data_quality.py   "high-quality data improves performance": raw vs curated vs 2x parameters; misinformation
+    attention.py      "attention captures long-range dependencies": loss by position, passkey vs a sliding window
     sampling_tradeoff.py  (sampling) "lower temperature: more accurate, higher: more diverse": decoding sweeps
     test_time_compute.py  "sampling more and choosing buys quality": best-of-N, majority vote, over-optimisation
     confidence.py     "pre-trained probabilities are calibrated": ECE and AUROC before/after SFT and DPO
@@ -21,12 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from minifm.lab import (
-    alignment, confidence, data_quality, multilingual, sampling_tradeoff, scaling, test_time_compute,
+    alignment, attention, confidence, data_quality, multilingual, sampling_tradeoff, scaling, test_time_compute,
 )
 from minifm.lab.common import LabRun
 
 EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual, sampling_tradeoff, test_time_compute,
-                                                   confidence, alignment, data_quality)}
+                                                   confidence, alignment, data_quality, attention)}
 PRESET_NAMES = ("tiny", "default")
 
 
