@@ -382,6 +382,7 @@ class TrainingLoop:
         self.schedule = make_schedule(config)
         self.distributed_config = distributed
         self.world = world if world is not None else get_world(distributed)  # one process: rank 0 of 1
+        self.communication_stats = None  # several ranks: the last fit's DDP CommunicationStats
         self._interrupt_requested = False
         self._last_saved_step = None
 
@@ -412,6 +413,7 @@ class TrainingLoop:
     def _stop_data_parallel(self) -> None:
         steps = self.steps
         if getattr(steps, "ddp", None) is not None:
+            self.communication_stats = steps.ddp.stats  # what the gradient sync cost (benchmarks read it)
             steps.ddp.remove_hooks()
             steps.ddp = None
 
