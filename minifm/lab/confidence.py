@@ -14,10 +14,13 @@ The setup. Two ways to read a confidence off a model:
      document (after <|endoftext|>), the SFT and DPO models as the reply to the question in the chat
      format. The model's answer is the best-scored option, its confidence the softmax of the scores
      over the options. The same items for every model: before SFT, after SFT, after DPO.
-  2. free generation: the greedy reply to every held-out instruction, graded by tinyworld, with
-     confidence exp(sum of the reply's token log-probabilities): the probability of the reply as a
-     whole, its end token included (SFT and DPO; the pre-trained model does not answer in the chat
-     format at all). SmolLM2-135M-Instruct (when installed) answers the lab's 42 questions the same way.
+  2. free generation: the greedy reply to every held-out instruction, graded by tinyworld, with two
+     confidences: exp(sum of the reply's token log-probabilities), the probability of the reply as a
+     whole, its end token included; and the probability of its ANSWER: the same quantity summed over
+     the distinct replies, among the greedy one and samples at temperature 1, that give the same answer
+     in other words (`answer_probability`; "Sure! Mara lives in Tollby." and "Mara lives in Tollby."
+     are one answer). SFT and DPO; the pre-trained model does not answer in the chat format at all.
+     SmolLM2-135M-Instruct (when installed) answers the lab's 42 questions the same way.
 
 The measurement:
     reliability diagram   answers grouped into 10 equal-width confidence bins; per bin the mean
@@ -60,11 +63,11 @@ DEFAULT_MINUTES = 8
 
 PRESETS = {
     "tiny": dict(lifecycle="tiny", lifecycle_overrides=TINY_OVERRIDES,
-                 n_items=12, max_wrong_options=3, n_prompts=10, bins=10, bootstrap_resamples=50,
-                 smollm2_questions=2, smollm2_max_new_tokens=3),
+                 n_items=12, max_wrong_options=3, n_prompts=10, samples=4, bins=10, bootstrap_resamples=50,
+                 smollm2_questions=2, smollm2_samples=2, smollm2_max_new_tokens=3),
     "default": dict(lifecycle="default", lifecycle_overrides={},
-                    n_items=None, max_wrong_options=9, n_prompts=None, bins=10, bootstrap_resamples=1000,
-                    smollm2_questions=len(QUESTIONS), smollm2_max_new_tokens=12),
+                    n_items=None, max_wrong_options=9, n_prompts=None, samples=16, bins=10, bootstrap_resamples=1000,
+                    smollm2_questions=len(QUESTIONS), smollm2_samples=8, smollm2_max_new_tokens=12),
 }
 FAMILIES = ("fact", "counting", "arithmetic")  # translation's options make no sense without the question
 
@@ -217,6 +220,37 @@ def choose(scores: list[np.ndarray], items: list[dict]) -> tuple[np.ndarray, np.
     return np.array(confidence), np.array(correct, dtype=bool)
 
 
+# ------------------------------------------------------------------ confidence of a free reply
+def answer_probability(prompt: str, reply_tokens: list, logprobs: list[float], answer_key) -> float:
+    """P(the first reply's answer), as far as the replies show it: exp(log-probability) summed over the distinct
+    replies (by token ids) whose answer key is the first reply's; the first reply is the greedy one, the others
+    samples at temperature 1 whose sequence log-probabilities are the model's own. A lower bound, capped at 1."""
+    target = answer_key(prompt, reply_tokens[0][1])
+    counted = {}
+    for (tokens, text), logprob in zip(reply_tokens, logprobs):
+        if answer_key(prompt, text) == target:
+            counted[tuple(tokens)] = logprob
+    return min(1.0, float(sum(np.exp(logprob) for logprob in counted.values())))
+
+
+def reply_confidences(subject, prompts: list[str], samples: int, seed: int = 0) -> dict:
+    """The greedy reply of each prompt graded, with two confidences: its own sequence probability, and the
+    probability of its answer summed over its phrasings among `samples` samples (answer_probability)."""
+    greedy = draw(subject, prompts, 1, seed=seed, do_sample=False)
+    result = {"confidence": np.exp(greedy.logprob[:, 0]).tolist(), "correct": greedy.correct[:, 0].tolist(),
+              "examples": [{"prompt": p, "reply": r[0], "confidence": float(np.exp(l[0]))}
+                           for p, r, l in zip(prompts[:4], greedy.replies[:4], greedy.logprob[:4])]}
+    if samples > 0:
+        sampled = draw(subject, prompts, samples, seed=seed + 1, temperature=1.0, top_k=0)
+        summed = []
+        for p, prompt in enumerate(prompts):
+            replies = [(greedy.tokens[p][0], greedy.replies[p][0])] + list(zip(sampled.tokens[p], sampled.replies[p]))
+            logprobs = [greedy.logprob[p, 0]] + sampled.logprob[p].tolist()
+            summed.append(answer_probability(prompt, replies, logprobs, subject.answer_key))
+        result["answer_confidence"] = summed
+    return result
+
+
 # ------------------------------------------------------------------ the experiment
 def run(lab: LabRun) -> None:
     s = lab.settings
@@ -237,27 +271,16 @@ def run(lab: LabRun) -> None:
     for name in ("SFT", "DPO"):
         subject = tinyworld_subject(name, named[name][0], tokenizer)
         prompts = tinyworld_prompts(subject, s["n_prompts"])
-
-        def answer(subject=subject, prompts=prompts):
-            draws = draw(subject, prompts, 1, seed=0, do_sample=False)
-            return {"confidence": np.exp(draws.logprob[:, 0]).tolist(), "correct": draws.correct[:, 0].tolist(),
-                    "examples": [{"prompt": p, "reply": r[0], "confidence": float(np.exp(l[0]))}
-                                 for p, r, l in zip(prompts[:4], draws.replies[:4], draws.logprob[:4])]}
-
-        generation[name] = lab.sub_run(f"greedy answers {name} prompts={len(prompts)}", answer)
+        generation[name] = lab.sub_run(f"replies {name} prompts={len(prompts)} samples={s['samples']}",
+                                       lambda subject=subject, prompts=prompts: reply_confidences(
+                                           subject, prompts, s["samples"]))
     if s["smollm2_questions"] > 0:
         smol = smollm2_subject(lab, s["smollm2_max_new_tokens"])
         if smol is not None:
             questions = [q.text for q in QUESTIONS[:s["smollm2_questions"]]]
-
-            def answer_questions():
-                draws = draw(smol, questions, 1, seed=0, do_sample=False)
-                return {"confidence": np.exp(draws.logprob[:, 0]).tolist(), "correct": draws.correct[:, 0].tolist(),
-                        "examples": [{"prompt": p, "reply": r[0], "confidence": float(np.exp(l[0]))}
-                                     for p, r, l in zip(questions[:4], draws.replies[:4], draws.logprob[:4])]}
-
-            generation["SmolLM2-135M-Instruct"] = lab.sub_run(f"greedy answers smollm2 questions={len(questions)}",
-                                                              answer_questions)
+            generation["SmolLM2-135M-Instruct"] = lab.sub_run(
+                f"replies smollm2 questions={len(questions)} samples={s['smollm2_samples']}",
+                lambda: reply_confidences(smol, questions, s["smollm2_samples"]))
     report(lab, models, items, choice, generation)
 
 
@@ -292,68 +315,99 @@ def plot_reliability(table: dict, path, title: str) -> None:
 
 def report(lab: LabRun, models: OwnModels, items: list[dict], choice: dict, generation: dict) -> None:
     s = lab.settings
-    choice_table = summaries(choice, s["bins"], s["bootstrap_resamples"])
-    generation_table = summaries(generation, s["bins"], s["bootstrap_resamples"])
-    plot_reliability(choice_table, lab.path("reliability_choice.png"), "Multiple choice: reliability")
-    plot_reliability(generation_table, lab.path("reliability_generation.png"), "Greedy replies: reliability")
-
-    def pair(results, first, second, statistic):
-        return paired_difference((results[first]["confidence"], results[first]["correct"]),
-                                 (results[second]["confidence"], results[second]["correct"]), statistic,
-                                 s["bootstrap_resamples"])
+    summed = {name: {"confidence": r["answer_confidence"], "correct": r["correct"]}
+              for name, r in generation.items() if "answer_confidence" in r}
+    tables = {"multiple choice": summaries(choice, s["bins"], s["bootstrap_resamples"]),
+              "greedy replies": summaries(generation, s["bins"], s["bootstrap_resamples"]),
+              "answer probability": summaries(summed, s["bins"], s["bootstrap_resamples"])}
+    plot_reliability(tables["multiple choice"], lab.path("reliability_choice.png"), "Multiple choice: reliability")
+    plot_reliability(tables["greedy replies"], lab.path("reliability_generation.png"),
+                     "Greedy replies, sequence probability: reliability")
+    plot_reliability(tables["answer probability"], lab.path("reliability_answer.png"),
+                     "Greedy replies, answer probability: reliability")
 
     def ece(c, k):
         return expected_calibration_error(c, k, s["bins"])
 
-    changes = {"multiple choice, pre-trained -> SFT": (pair(choice, "pre-trained", "SFT", ece),
-                                                        pair(choice, "pre-trained", "SFT", auroc)),
-               "multiple choice, SFT -> DPO": (pair(choice, "SFT", "DPO", ece), pair(choice, "SFT", "DPO", auroc)),
-               "greedy replies, SFT -> DPO": (pair(generation, "SFT", "DPO", ece),
-                                              pair(generation, "SFT", "DPO", auroc))}
-    change_rows = [[name, f"{e[0]:+.3f} ± {e[1]:.3f}", f"{a[0]:+.3f} ± {a[1]:.3f}"]
-                   for name, (e, a) in changes.items()]
+    def change(results: dict, first: str, second: str) -> dict:
+        pair = ((results[first]["confidence"], results[first]["correct"]),
+                (results[second]["confidence"], results[second]["correct"]))
+        return {"ece": paired_difference(*pair, ece, s["bootstrap_resamples"]),
+                "auroc": paired_difference(*pair, auroc, s["bootstrap_resamples"])}
 
-    def reading(name: str) -> str:
-        (ece_change, ece_se), _ = changes[name]
-        if not np.isfinite(ece_se) or abs(ece_change) <= 2 * ece_se + 1e-12:
-            return f"{name}: ECE changes by {ece_change:+.3f} ± {ece_se:.3f}, within two standard errors"
-        return f"{name}: ECE {'rises' if ece_change > 0 else 'falls'} by {abs(ece_change):.3f} ± {ece_se:.3f}"
-
-    before, after_sft, after_dpo = (choice_table[name] for name in ("pre-trained", "SFT", "DPO"))
-    shows = (f"Multiple choice over the same {len(items)} held-out questions: ECE {before['ece']:.3f} before SFT, "
-             f"{after_sft['ece']:.3f} after SFT, {after_dpo['ece']:.3f} after DPO (accuracy {before['accuracy']:.3f}, "
-             f"{after_sft['accuracy']:.3f}, {after_dpo['accuracy']:.3f}; mean confidence {before['confidence']:.3f}, "
-             f"{after_sft['confidence']:.3f}, {after_dpo['confidence']:.3f}). "
-             + "; ".join(reading(name) for name in changes) + ". "
-             f"A confidence threshold separates right from wrong answers with AUROC {before['auroc']:.3f} / "
-             f"{after_sft['auroc']:.3f} / {after_dpo['auroc']:.3f} (multiple choice) and "
-             + " / ".join(f"{generation_table[name]['auroc']:.3f} ({name})" for name in generation_table)
-             + " (greedy replies). Where these numbers contradict the chapter's claim, the claim does not hold for "
-             "these models: read them as measured.")
+    changes = {"multiple choice, pre-trained -> SFT": change(choice, "pre-trained", "SFT"),
+               "multiple choice, SFT -> DPO": change(choice, "SFT", "DPO"),
+               "greedy replies (sequence probability), SFT -> DPO": change(generation, "SFT", "DPO")}
+    if "SFT" in summed and "DPO" in summed:
+        changes["greedy replies (answer probability), SFT -> DPO"] = change(summed, "SFT", "DPO")
+    change_rows = [[name, f"{c['ece'][0]:+.3f} ± {c['ece'][1]:.3f}", f"{c['auroc'][0]:+.3f} ± {c['auroc'][1]:.3f}"]
+                   for name, c in changes.items()]
+    shows = what_it_shows(tables, changes, len(items))
+    header = ["model", "questions", "accuracy", "mean confidence", "ECE ± s.e.", "AUROC ± s.e."]
     sections = [
         ("Question", f"Are the models' probabilities calibrated, before and after SFT and DPO, and does a threshold on "
                      f"the log-probability flag wrong answers? (The chapter: \"{CLAIM}\".)"),
         ("Setup", f"{models.describe()}; DPO from the SFT model (the lifecycle's dpo stage). Multiple choice: "
                   f"{len(items)} held-out tinyworld questions ({', '.join(FAMILIES)}), the right answer and up to "
-                  f"{s['max_wrong_options']} wrong ones each. Greedy replies: the held-out instructions (SFT, DPO)"
-                  + (f" and the lab's {s['smollm2_questions']} questions (SmolLM2)" if "SmolLM2-135M-Instruct"
-                     in generation else "")
+                  f"{s['max_wrong_options']} wrong ones each. Greedy replies: the held-out instructions (SFT, DPO; "
+                  f"{s['samples']} samples each for the answer probability)"
+                  + (f" and the lab's {s['smollm2_questions']} questions (SmolLM2, {s['smollm2_samples']} samples)"
+                     if "SmolLM2-135M-Instruct" in generation else "")
                   + f". {s['bins']} confidence bins; standard errors from {s['bootstrap_resamples']} bootstrap "
                     f"resamples of the questions."),
         ("Multiple choice (the option's sequence log-probability, softmax over the options)",
-         markdown_table(["model", "questions", "accuracy", "mean confidence", "ECE ± s.e.", "AUROC ± s.e."],
-                        summary_rows(choice_table)) + "\n\n![reliability, multiple choice](reliability_choice.png)"),
-        ("Greedy replies (confidence = exp of the reply's summed log-probability)",
-         markdown_table(["model", "questions", "accuracy", "mean confidence", "ECE ± s.e.", "AUROC ± s.e."],
-                        summary_rows(generation_table))
+         markdown_table(header, summary_rows(tables["multiple choice"]))
+         + "\n\n![reliability, multiple choice](reliability_choice.png)"),
+        ("Greedy replies: confidence = the reply's sequence probability, exp(sum of its log-probabilities)",
+         markdown_table(header, summary_rows(tables["greedy replies"]))
          + "\n\n![reliability, greedy replies](reliability_generation.png)"),
-        ("Changes (paired bootstrap over the same questions)",
-         markdown_table(["change", "ECE", "AUROC"], change_rows)),
+        ("Greedy replies: confidence = the answer's probability summed over its sampled phrasings",
+         markdown_table(header, summary_rows(tables["answer probability"]))
+         + "\n\n![reliability, answer probability](reliability_answer.png)"),
+        ("Changes (paired bootstrap over the same questions)", markdown_table(["change", "ECE", "AUROC"], change_rows)),
         ("What it shows", shows),
     ]
     lab.write_report("Confidence: calibration of sequence log-probabilities before and after SFT and DPO", sections,
-                     {"multiple_choice": choice_table,
-                      "greedy_replies": generation_table,
-                      "changes": {name: {"ece": e, "auroc": a} for name, (e, a) in changes.items()},
+                     {"tables": tables, "changes": changes,
                       "examples": {name: r.get("examples", []) for name, r in generation.items()},
                       "models": models.figures})
+
+
+def significant(change: tuple[float, float]) -> bool:
+    """Whether a (difference, standard error) is more than two standard errors from zero."""
+    return bool(np.isfinite(change[1]) and abs(change[0]) > 2 * change[1] + 1e-12)
+
+
+def what_it_shows(tables: dict, changes: dict, n_items: int) -> str:
+    """The readings the numbers support, each checked against its standard error."""
+    choice = tables["multiple choice"]
+    parts = [f"Multiple choice over the same {n_items} held-out questions: ECE "
+             + ", ".join(f"{choice[name]['ece']:.3f} ({name})" for name in choice)
+             + "; accuracy " + ", ".join(f"{choice[name]['accuracy']:.3f}" for name in choice)
+             + " against mean confidence " + ", ".join(f"{choice[name]['confidence']:.3f}" for name in choice) + "."]
+    for name, change in changes.items():
+        readings = []
+        for metric in ("ece", "auroc"):
+            value, stderr = change[metric]
+            label = "ECE" if metric == "ece" else "AUROC"
+            if not np.isfinite(value):
+                readings.append(f"{label} undefined (no right or no wrong answers)")
+            elif significant(change[metric]):
+                readings.append(f"{label} {'rises' if value > 0 else 'falls'} by {abs(value):.3f} ± {stderr:.3f}")
+            else:
+                readings.append(f"{label} {value:+.3f} ± {stderr:.3f} (within two standard errors)")
+        parts.append(f"{name}: " + ", ".join(readings) + ".")
+    replies, answers = tables["greedy replies"], tables["answer probability"]
+    for name in replies:
+        if name in answers:
+            parts.append(f"{name}'s greedy replies: accuracy {replies[name]['accuracy']:.3f}, sequence probability "
+                         f"{replies[name]['confidence']:.3f} on average (ECE {replies[name]['ece']:.3f}), answer "
+                         f"probability {answers[name]['confidence']:.3f} (ECE {answers[name]['ece']:.3f}).")
+    lowered = all(answers[name]["ece"] < replies[name]["ece"] for name in answers)
+    parts.append("A reply's own probability counts one phrasing of its answer (the SFT data teaches plain, polite "
+                 "and padded phrasings), so it can only understate the answer's probability; summing over the "
+                 "phrasings the model samples " + ("lowers the ECE of every model here." if lowered and answers else
+                                                   "does not lower the ECE of every model here.")
+                 + " Where these numbers contradict the chapter's claim, the claim does not hold for these models: "
+                   "read them as measured.")
+    return " ".join(parts)

@@ -70,3 +70,14 @@ def test_choose_takes_the_best_option_and_its_softmax():
     items = [{"options": ["a", "b"], "answer": 0}, {"options": ["a", "b", "c"], "answer": 0}]
     conf, right = confidence.choose([np.log([0.75, 0.25]), np.log([0.2, 0.2, 0.6])], items)
     assert conf == pytest.approx([0.75, 0.6]) and right.tolist() == [True, False]
+
+
+def test_answer_probability_sums_the_phrasings_of_the_greedy_answer_once_each():
+    def key(prompt, reply):
+        return reply.split()[-1]  # the last word is the answer
+
+    replies = [([1, 2], "lives Tollby"), ([3, 2], "Sure Tollby"), ([1, 2], "lives Tollby"), ([4], "Velmo")]
+    logprobs = [np.log(0.3), np.log(0.2), np.log(0.3), np.log(0.4)]
+    # the greedy reply (0.3) and its other phrasing (0.2); the repeated sample is the same sequence, Velmo differs
+    assert confidence.answer_probability("q", replies, logprobs, key) == pytest.approx(0.5)
+    assert confidence.answer_probability("q", replies[:1] * 5, [0.0] * 5, key) == 1.0
