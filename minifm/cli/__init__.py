@@ -23,7 +23,9 @@ Under `mpiexec -n N minifm ...` every rank runs the same command (minifm/distrib
 finds the ranks first (mpi4py is imported only then), sends the stdout of every rank but 0 to
 /dev/null (one writer), prints an error every rank raised together once (rank 0), and when a rank
 fails alone it prints its error with its rank and calls MPI_Abort with the exit code, so the
-others, which may be waiting for it in a collective, stop at once.
+others, which may be waiting for it in a collective, stop at once. Only the training commands of
+DATA_PARALLEL_COMMANDS run under mpiexec with several ranks; the others are refused (N copies of
+`minifm chat` or of the lifecycle's reports would only compete).
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ from minifm import __version__
 from minifm.cli import chat, convert, data, embed, generate, info, lab, lifecycle, post_training, pretrain
 from minifm.cli.common import OneLineErrorParser
 from minifm.config import ConfigError
-from minifm.distributed import DistributedError, get_world, is_raised_on_every_rank
+from minifm.distributed import DistributedError, get_world, is_raised_on_every_rank, raised_on_every_rank
 from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
+
+DATA_PARALLEL_COMMANDS = ("pretrain", "sft", "reward", "dpo")  # the ones that run under mpiexec -n N > 1
 
 COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + chat.COMMANDS
             + embed.COMMANDS + convert.COMMANDS + post_training.COMMANDS + lab.COMMANDS + info.COMMANDS)
@@ -94,6 +98,10 @@ def run_command(argv, world) -> tuple[int, BaseException | None]:
 
     name = f"minifm {args.command}"
     try:
+        if world.distributed and args.command not in DATA_PARALLEL_COMMANDS:
+            raise raised_on_every_rank(ValueError(
+                f"this command does not run data-parallel: under mpiexec with several processes (here {world.size}) "
+                f"only minifm {' | '.join(DATA_PARALLEL_COMMANDS)} do; run it without mpiexec"))
         return int(handler(args) or 0), None
     except TrainingInterrupted as interrupted:
         report(interrupted, f"\n{interrupted}")
@@ -127,4 +135,4 @@ def describe(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-__all__ = ["COMMANDS", "build_parser", "main", "run_command"]
+__all__ = ["COMMANDS", "DATA_PARALLEL_COMMANDS", "build_parser", "main", "run_command"]

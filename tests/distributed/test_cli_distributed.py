@@ -17,11 +17,11 @@ PRETRAIN = ["--corpus-bytes", "60000", "--vocab-size", "300", "--n-layer", "1", 
             "--block-size", "96", "--per-device-train-batch-size", "4", "--eval-steps", "0", "--disable-tqdm"]
 
 
-def minifm(*args, ranks: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+def minifm(*args, ranks: int = 2, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     prefix = [require_mpi(), "-n", str(ranks)] if ranks > 1 else []
     command = prefix + [sys.executable, "-m", "minifm.cli", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return result
 
@@ -55,3 +55,10 @@ def test_pretrain_sft_and_dpo_run_on_two_ranks_with_the_single_process_command(t
     dpo_rows = rows(tmp_path / "dpo")
     assert [row["step"] for row in dpo_rows] == [1, 2] and dpo_rows[0]["tokens"] == 2 * 4  # pairs of both ranks
     assert (tmp_path / "dpo" / "model.safetensors").is_file()
+
+
+def test_commands_that_do_not_train_are_refused_once_with_exit_code_2():
+    result = minifm("info", check=False, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("this command does not run data-parallel") == 1  # rank 0 says it, for both
+    assert "only minifm pretrain | sft | reward | dpo do" in result.stderr
