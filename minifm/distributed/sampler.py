@@ -35,7 +35,10 @@ number of ranks continues from. Drawing a batch is cheap beside a model step (sl
 for BERT), so the extra draws cost little.
 
 batch_digest(batch) hashes a batch (arrays, lists, dicts, numbers, strings) so the ranks can check
-that they draw the same stream (World.check_same); the loop does it on the first round.
+that they draw the same stream (World.check_same); the loop does it on the first round. It hashes
+every integer (token ids, lengths, labels), string and the structure, but of floating-point values
+only their dtype and shape: ranks on hosts with other CPUs may compute floats derived from a model
+(DPO's reference log-probabilities) with other rounding, which is not a different data stream.
 """
 from __future__ import annotations
 
@@ -112,8 +115,9 @@ class ShardedBatches:
 
 
 def batch_digest(batch) -> bytes:
-    """A SHA-256 digest of a batch's content: NumPy arrays (dtype, shape, bytes), lists, tuples, dicts,
-    strings, numbers and None; any other object by its type name only."""
+    """A SHA-256 digest of a batch's content: NumPy arrays (dtype, shape, and the values unless they are
+    floats), lists, tuples, dicts, strings, integers and None; floats and any other object by their
+    type only (see the module docstring)."""
     digest = hashlib.sha256()
     _feed(digest, batch)
     return digest.digest()
@@ -122,7 +126,8 @@ def batch_digest(batch) -> bytes:
 def _feed(digest, value) -> None:
     if isinstance(value, np.ndarray):
         digest.update(f"array{value.dtype.str}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
+        if value.dtype.kind != "f":
+            digest.update(np.ascontiguousarray(value).tobytes())
     elif isinstance(value, (list, tuple)):
         digest.update(f"{type(value).__name__}{len(value)}".encode())
         for item in value:
@@ -132,7 +137,9 @@ def _feed(digest, value) -> None:
         for key in sorted(value, key=repr):
             _feed(digest, key)
             _feed(digest, value[key])
-    elif isinstance(value, (str, bytes, int, float, bool, np.generic)) or value is None:
+    elif isinstance(value, (float, np.floating)):
+        digest.update(type(value).__name__.encode())
+    elif isinstance(value, (str, bytes, int, bool, np.generic)) or value is None:
         digest.update(f"{type(value).__name__}:{value!r}".encode())
     else:
         digest.update(f"object:{type(value).__name__}".encode())

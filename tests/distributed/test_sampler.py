@@ -104,3 +104,7 @@ def test_batch_digest_sees_every_part_of_a_batch():
     changed = (np.arange(6).reshape(3, 2),) + batch[1:]
     assert batch_digest(changed) != batch_digest(batch)
     assert batch_digest((batch[0], [{"prompt_length": 4, "chosen": [1, 2]}]) + batch[2:]) != batch_digest(batch)
+    # floats (a model's log-probabilities, rounded differently on another CPU) count by type and shape only
+    assert batch_digest(batch[:3] + (1.5000001, None)) == batch_digest(batch)
+    assert batch_digest(np.array([0.1, 0.2])) == batch_digest(np.array([0.1, 0.2 + 1e-16]))
+    assert batch_digest(np.array([0.1, 0.2])) != batch_digest(np.array([0.1, 0.2, 0.3]))
