@@ -3,7 +3,8 @@
 An MPI collective returns only when every rank has joined it. If one rank hangs (an endless loop,
 a dead network link, a process stopped in a debugger) or left without joining (an error caught
 and ignored on that rank alone), the others would wait forever. Every wait of minifm.distributed
-(an Allreduce, a Bcast, the Wait of a non-blocking Iallreduce) runs inside `watchdog.waiting(what)`:
+(an Allreduce, a Bcast, the Wait of a non-blocking Iallreduce) runs inside `watchdog.waiting(what)`,
+except the wait for rank 0's own work in World.share_from_root (a tokenizer trained on rank 0):
 
     main thread                          watchdog thread (a daemon, started on the first wait)
     with watchdog.waiting("allreduce"):  every poll_s: is a wait under way, and longer than timeout_s?

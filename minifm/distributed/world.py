@@ -18,13 +18,17 @@ Nothing is ever pickled: mpi4py's lowercase methods (comm.bcast, comm.allreduce 
 unpickle what another process sent, so they are not used; structured data travels as JSON bytes.
 
 Every wait runs under the watchdog (minifm/distributed/watchdog.py): a rank that waits longer than
-timeout_s in one collective stops every rank with a message saying where it waited.
+timeout_s in one collective stops every rank with a message saying where it waited. One wait is
+not timed: the other ranks' wait for root's work in share_from_root (rank 0 training a tokenizer on
+a large corpus may take longer than any timeout; it is working, not stuck, and if it fails it says
+so or ends the job).
 
 A World of one process (`World()`, no communicator) is what a run without mpiexec gets: rank 0 of
 1, every collective returns its input, and mpi4py is never imported.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -100,11 +104,12 @@ class World:
                 self.MPI.Request.Waitall(requests)
 
     # ------------------------------------------------------------------ broadcasts and messages
-    def broadcast_(self, array: np.ndarray, root: int = 0, what: str = "a broadcast") -> np.ndarray:
-        """Overwrite `array` on every rank with root's (in place; the same shape and dtype on every rank)."""
+    def broadcast_(self, array: np.ndarray, root: int = 0, what: str = "a broadcast", timed: bool = True) -> np.ndarray:
+        """Overwrite `array` on every rank with root's (in place; the same shape and dtype on every rank).
+        timed=False: no watchdog on this wait."""
         if self.comm is not None:
             _check_buffer(array, "broadcast_")
-            with self.watchdog.waiting(what):
+            with self.watchdog.waiting(what) if timed else contextlib.nullcontext():
                 self.comm.Bcast(array, root=root)
         return array
 
@@ -153,7 +158,7 @@ class World:
                 error = caught
                 header[0] = 1
                 payload = json.dumps({"class": type(caught).__name__, "message": str(caught)}).encode("utf-8")
-        self.broadcast_(header, root, what)
+        self.broadcast_(header, root, what, timed=False)  # the others wait while root works: not a hang
         payload = self.broadcast_bytes(payload, root, what)
         if header[0] == 0:
             return payload
