@@ -73,10 +73,14 @@ def test_bucketed_overlapped_allreduce_equals_the_plain_one(tmp_path):
     assert result["rank0_only_local"] == [2.0, 2.0, 2.0] and result["rank0_only_grad"] == [1.0, 1.0, 1.0]
 
 
-def test_zero_stage_1_equals_plain_data_parallel_and_saves_the_same_files(tmp_path):
+def test_zero_stage_1_equals_plain_data_parallel_saves_the_same_files_and_resumes(tmp_path):
     plain, zero = tmp_path / "plain", tmp_path / "zero"
     run_ranks("train_tiny.py", "--results", plain, "--run-dir", plain / "run", "--steps", 4)
-    run_ranks("train_tiny.py", "--results", zero, "--run-dir", zero / "run", "--zero", 1, "--steps", 4)
+    # ZeRO-1, crashed after its step-2 checkpoint (gathered on rank 0) and resumed (broadcast, re-sharded)
+    crashed = run_ranks("train_tiny.py", "--results", zero, "--run-dir", zero / "run", "--zero", 1, "--steps", 4,
+                        "--save-steps", 2, "--fail-rank", 0, "--fail-step", 3, check=False)
+    assert crashed.returncode != 0 and read_train_state(zero / "run")["step"] == 2
+    run_ranks("train_tiny.py", "--results", zero, "--run-dir", zero / "run", "--zero", 1, "--steps", 4, "--resume")
     for rank in (0, 1):
         assert max_difference(params(plain, rank), params(zero, rank)) == 0.0
     # the state is sharded: each rank holds some of the parameters' moments, together all of them
