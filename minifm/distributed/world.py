@@ -45,6 +45,13 @@ SHARED_ERROR_CLASSES = {cls.__name__: cls for cls in (
     DistributedError)}
 
 
+class _Completed:
+    """The request of a non-blocking collective over one process: complete from the start."""
+
+
+COMPLETED = _Completed()
+
+
 class World:
     """This process's place among the ranks of a job, and the collectives between them (see the module docstring)."""
 
@@ -89,19 +96,23 @@ class World:
         """Start summing `buffer` over the ranks in place, without waiting; returns the MPI request.
         The buffer must be neither read nor written until wait_all() has returned for the request."""
         _check_buffer(buffer, "iallreduce_")
+        if self.comm is None:
+            return COMPLETED  # the sum over one process is the buffer itself
         return self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
 
     def test_all(self, requests: list) -> bool:
         """Let MPI move pending non-blocking operations on (MPICH progresses them only inside MPI calls);
         True when every request has completed."""
-        if not requests:
+        pending = [request for request in requests if request is not COMPLETED]
+        if not pending:
             return True
-        return bool(self.MPI.Request.Testall(requests))
+        return bool(self.MPI.Request.Testall(pending))
 
     def wait_all(self, requests: list, what: str) -> None:
-        if requests:
+        pending = [request for request in requests if request is not COMPLETED]
+        if pending:
             with self.watchdog.waiting(what):
-                self.MPI.Request.Waitall(requests)
+                self.MPI.Request.Waitall(pending)
 
     # ------------------------------------------------------------------ broadcasts and messages
     def broadcast_(self, array: np.ndarray, root: int = 0, what: str = "a broadcast", timed: bool = True) -> np.ndarray:

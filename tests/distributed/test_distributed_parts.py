@@ -107,6 +107,17 @@ def test_the_world_of_one_process_returns_its_inputs():
     world.barrier()
 
 
+def test_ddp_over_one_process_leaves_the_gradients_as_they_are():
+    from minifm.distributed import DistributedDataParallel
+
+    first, second = Parameter(np.arange(3.0)), Parameter(np.ones((2, 2)))
+    ddp = DistributedDataParallel([first, second], World(), bucket_cap_mb=1e-5)  # a bucket per parameter
+    ((first * first).sum() + (second * 3.0).sum()).backward()
+    ddp.finish_gradient_sync()
+    assert np.array_equal(first.grad, [0.0, 2.0, 4.0]) and np.array_equal(second.grad, np.full((2, 2), 3.0))
+    assert ddp.stats.buckets_sent_in_backward == 2
+
+
 # ---------------------------------------------------------------------------- buckets, partition, checksum
 def test_buckets_take_parameters_in_reverse_order_up_to_the_cap_one_dtype_each():
     params = [Parameter(np.zeros(100, np.float32)) for _ in range(5)] + [Parameter(np.zeros(10, np.float64))]
