@@ -128,11 +128,12 @@ def test_a_crash_resumes_from_the_last_periodic_checkpoint(uninterrupted, tmp_pa
 
 def test_a_real_sigint_finishes_the_step_then_saves(tmp_path):
     model = make_model()
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under `nohup ... &`
     with pytest.raises(TrainingInterrupted) as caught:
         train(model, FailAt(5, "sigint"), random_batches, config(), run_dir=tmp_path, stage="pretrain")
     assert caught.value.step == 3  # the signal arrived during step 3, which completed first
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the loop puts the caller's handler back
 
 
 def test_sigterm_finishes_the_step_then_saves(tmp_path):

@@ -104,6 +104,7 @@ def test_ctrl_c_between_iterations_then_resume_is_bit_exact(uninterrupted, stop_
     """A real SIGINT during iteration `stop_after`: that iteration finishes, is saved, and the resumed
     run ends with the uninterrupted run's records and weights."""
     kind = uninterrupted["kind"]
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under `nohup ... &`
     with tempfile.TemporaryDirectory() as run_dir:
         def press_ctrl_c(record):
             if record["iteration"] == stop_after:
@@ -112,7 +113,7 @@ def test_ctrl_c_between_iterations_then_resume_is_bit_exact(uninterrupted, stop_
         with pytest.raises(TrainingInterrupted) as caught:
             make_trainer(kind).train(run_dir=run_dir, log=press_ctrl_c)
         assert caught.value.step == stop_after
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is handler_before  # the caller's handler is back
 
         resumed = make_trainer(kind)
         history = resumed.train(run_dir=run_dir, resume=True)
