@@ -10,6 +10,8 @@ Environment switches:
   MINIFM_BUILD_ONLY=a,b   compile only csrc/a.pyx and csrc/b.pyx (development convenience).
   MINIFM_NO_NATIVE=1      do not pass -march=native (for wheels meant for other machines).
 
+Every kernel compiles with -fno-trapping-math, so that its exp loops vectorise (see _extensions).
+
 OpenMP is used when the compiler accepts -fopenmp; otherwise the kernels build single-threaded.
 """
 import os
@@ -72,6 +74,11 @@ def _extensions():
 
     debug = os.environ.get("MINIFM_DEBUG_BUILD") == "1"
     compile_args = ["-O3"] if not debug else ["-O0", "-g"]
+    # Without it GCC treats every float comparison as able to trap (-ftrapping-math, its default), so it
+    # will not turn the clamps and NaN checks of _common.pxd's exp into vector selects, and every loop
+    # calling exp (softmax, cross-entropy, GELU, attention) stays scalar. The kernels never enable FP
+    # traps, and the flag changes no result of an operation (only which instructions compute it).
+    compile_args.append("-fno-trapping-math")
     if os.environ.get("MINIFM_NO_NATIVE") != "1" and _compiler_accepts(
         ["-march=native"], "int main(void){return 0;}"
     ):

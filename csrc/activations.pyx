@@ -27,10 +27,10 @@ measured on a 4e6-point grid over [-20, 20]: 1.6e-7.
 NaN stays NaN; x = +inf gives +inf; x = -inf gives NaN (-inf * 0), as the reference does.
 
 SwiGLU's gate, silu_mul_forward: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, one pass
-(the NumPy route takes ~8 passes and temporaries: 15% of a 512-token SmolLM2 prefill). Computed in
-double with _common.pxd's vectorisable exp (exp_for_float for float32 results, the degree-12 exp for
-float64), so the loop is pure arithmetic. exp overflows to +inf for gate below -709 and the output
-is then -0 * up; a NaN gate gives NaN.
+(the NumPy route takes ~8 passes and temporaries: 15% of a 512-token SmolLM2 prefill). The loop is
+_common.pxd's silu_mul (an `omp simd` loop: Cython cannot emit the pragma, and without it GCC left
+this loop scalar), in the element type with _common.pxd's exp (float32: ~1 ulp). exp overflows to
++inf for gate below -88 (float32) / -709 (float64) and the output is then -0 * up; a NaN gate gives NaN.
 """
 from cython.parallel cimport prange
 from libc.math cimport erfc, exp, sqrt
@@ -153,19 +153,6 @@ def gelu_forward_with_derivative(const real[::1] x, real[::1] out, real[::1] dyd
             _forward_derivative_block(&x[start], &out[start], &dydx[start], min(<Py_ssize_t>BLOCK, n - start))
 
 
-cdef void _silu_mul_block(const real* gate, const real* up, real* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double g
-    if real is float:
-        for j in range(n):
-            g = gate[j]
-            out[j] = <float>(g / (1.0 + vec.exp_for_float(-g)) * up[j])
-    else:
-        for j in range(n):
-            g = gate[j]
-            out[j] = g / (1.0 + vec.fast_exp(-g)) * up[j]
-
-
 def silu_mul_forward(const real[::1] gate, const real[::1] up, real[::1] out):
     """out[j] = gate[j] / (1 + exp(-gate[j])) * up[j] for flat contiguous arrays of equal length."""
     cdef Py_ssize_t n = gate.shape[0], blocks, block, start
@@ -178,4 +165,4 @@ def silu_mul_forward(const real[::1] gate, const real[::1] up, real[::1] out):
         for block in prange(blocks, schedule="static",
                             num_threads=vec.threads_for(blocks, NS_PER_SILU_ELEMENT * n)):
             start = block * BLOCK
-            _silu_mul_block(&gate[start], &up[start], &out[start], min(<Py_ssize_t>BLOCK, n - start))
+            vec.silu_mul(&gate[start], &up[start], &out[start], min(<Py_ssize_t>BLOCK, n - start))

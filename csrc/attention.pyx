@@ -9,7 +9,8 @@ elements apart and consecutive heads `head stride` apart, so the usual transpose
 of size Tq x Tk is ever allocated: each thread owns a few tiles of BLOCK_Q x BLOCK_K scores and
 walks the key axis block by block.
 
-Forward, per (batch, head) pair (prange) and per block of BLOCK_Q query rows:
+Forward, per (batch, head, block of BLOCK_Q query rows) work item (prange, the blocks that see the
+most keys first, so that two threads finish together even with 9 heads):
     running max m = -inf, running sum l = 0, accumulator acc = 0            (BLOCK_Q, D)
     for each key block:  S = scale * Q K^T (BLAS gemm), masked entries -inf
         m_new = max(m, rowmax S);  P = exp(S - m_new);  alpha = exp(m - m_new)
@@ -315,7 +316,8 @@ def attention_forward(const real[:, :, :, :] q, const real[:, :, :, :] k, const 
     q, k, v and out need only their last axis contiguous (see the module docstring)."""
     cdef Py_ssize_t batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], d = q.shape[3]
     cdef Py_ssize_t kv_heads = k.shape[1], tk = k.shape[2], group = heads // kv_heads
-    cdef Py_ssize_t pair, b, h, g
+    cdef Py_ssize_t query_blocks = (tq + BLOCK_Q - 1) // BLOCK_Q
+    cdef Py_ssize_t item, pair, block, b, h, g, i0, rows
     cdef bint has_mask = key_mask is not None
     cdef const uint8_t* mask_row
     cdef real* scores
@@ -330,20 +332,25 @@ def attention_forward(const real[:, :, :, :] q, const real[:, :, :, :] k, const 
     v_layout = _layout(v.strides, v.shape, sizeof(real), "v")
     out_layout = _layout(out.strides, out.shape, sizeof(real), "out")
     with nogil:
-        for pair in prange(batch * heads, schedule="dynamic",
-                           num_threads=vec.threads_for(batch * heads, NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
+        for item in prange(batch * heads * query_blocks, schedule="dynamic",
+                           num_threads=vec.threads_for(batch * heads * query_blocks,
+                                                       NS_PER_SCORE_DIM * batch * heads * tq * tk * d)):
+            block = query_blocks - 1 - item // (batch * heads)  # last query blocks (most keys) first
+            pair = item % (batch * heads)
             b = pair // heads
             h = pair % heads
             g = h // group
+            i0 = block * BLOCK_Q
+            rows = min(<Py_ssize_t>BLOCK_Q, tq - i0)
             scores = <real*>malloc(BLOCK_Q * BLOCK_K * sizeof(real))
             acc = <real*>malloc(BLOCK_Q * d * sizeof(real))
             run_max = <double*>malloc(BLOCK_Q * sizeof(double))
             run_sum = <double*>malloc(BLOCK_Q * sizeof(double))
             mask_row = &key_mask[b, 0] if has_mask and tk > 0 else NULL
-            _forward_head(&q[b, h, 0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
-                          &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, 0, 0], &lse[b, h, 0],
+            _forward_head(&q[b, h, i0, 0], &k[b, g, 0, 0] if tk > 0 else NULL,
+                          &v[b, g, 0, 0] if tk > 0 else NULL, &out[b, h, i0, 0], &lse[b, h, i0],
                           q_layout.row, k_layout.row, v_layout.row, out_layout.row,
-                          tq, tk, d, <real>scale, causal, q_offset, mask_row,
+                          rows, tk, d, <real>scale, causal, q_offset + i0, mask_row,
                           scores, acc, run_max, run_sum)
             free(scores)
             free(acc)
