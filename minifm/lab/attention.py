@@ -39,7 +39,7 @@ import numpy as np
 import minifm.functional as F
 from minifm.autograd.grad_mode import no_grad
 from minifm.data.tinyworld import clean_corpus
-from minifm.lab.common import LabRun, markdown_table, mean_and_stderr
+from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.models import GPT, GPTConfig
 from minifm.train.config import TrainConfig
 from minifm.train.loop import train
@@ -61,7 +61,7 @@ PRESETS = {
                  passkey_steps=8, passkey_batch=8, queries_per_sequence=4, n_values=8, n_fillers=8,
                  n_eval_sequences=40, distance_bin=4, seeds=1),
     "default": dict(corpus_bytes=400_000, held_out_bytes=60_000, vocab_size=512, block_size=96, batch_size=16,
-                    n_layer=2, n_head=4, n_embd=64, lm_steps=250, learning_rate=3e-3, window=8, passkey_length=64,
+                    n_layer=2, n_head=4, n_embd=64, lm_steps=800, learning_rate=3e-3, window=8, passkey_length=64,
                     passkey_steps=200, passkey_batch=32, queries_per_sequence=6, n_values=16, n_fillers=16,
                     n_eval_sequences=1000, distance_bin=4, seeds=2),
 }
@@ -211,13 +211,14 @@ def run(lab: LabRun) -> None:
                             s["block_size"], eos, "held-out")
     models = {"full attention": None, f"window {s['window']}": s["window"]}
     positions, passkeys = {}, {}
+    fingerprint = settings_fingerprint(s)  # in every key: changed settings never reuse a kept result
     for label, window in models.items():
         for seed in range(s["seeds"]):
-            key = f"loss-by-position window={window} seed={seed}"
+            key = f"loss-by-position window={window} seed={seed} settings={fingerprint}"
             positions.setdefault(label, []).append(lab.sub_run(key, lambda key=key, window=window, seed=seed:
                                                                position_loss_run(lab, key, window, seed, tokenizer,
                                                                                  train_windows, held_out_windows)))
-            key = f"passkey window={window} seed={seed}"
+            key = f"passkey window={window} seed={seed} settings={fingerprint}"
             passkeys.setdefault(label, []).append(lab.sub_run(key, lambda key=key, window=window, seed=seed:
                                                               passkey_run(lab, key, window, seed)))
     report(lab, positions, passkeys)

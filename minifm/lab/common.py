@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -111,6 +112,16 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
     if values.size < 2:
         return float(values.mean()), 0.0
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """Eight hex digits naming a preset's values (the seed count aside, which only adds sub-runs).
+
+    An experiment whose keys do not spell out every setting puts this in each key (and run directory), so
+    that a run with changed settings never reuses a result kept under the same words.
+    """
+    named = {key: value for key, value in settings.items() if key != "seeds"}
+    return f"{zlib.crc32(json.dumps(named, sort_keys=True).encode('utf-8')):08x}"
 
 
 def quiet(_text: str) -> None:

@@ -53,7 +53,7 @@ from minifm.data import tinyworld
 from minifm.data.conversations import prompt_ids, response_ids
 from minifm.data.tinyworld import Document, clean_corpus, default_world, generate_documents
 from minifm.data.tinyworld import sentences
-from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, quiet
+from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, quiet, settings_fingerprint
 from minifm.lifecycle.evaluation import fitting, generate_responses
 from minifm.models.sizes import param_count
 from minifm.train.config import TrainConfig
@@ -78,9 +78,9 @@ PRESETS = {
                  block_size=48, batch_size=8, n_layer=1, n_head=2, n_embd=16, wide_n_embd=24, steps=12,
                  learning_rate=3e-3, sft_steps=4, sft_batch_size=8, n_sft_train=64, n_sft_eval=40,
                  max_new_tokens=12, misinformation_shares=[0.0, 0.05, 0.2], n_targets=3, seeds=1),
-    "default": dict(corpus_bytes=400_000, noise=0.4, held_out_bytes=50_000, tokenizer_bytes=200_000,
+    "default": dict(corpus_bytes=800_000, noise=0.4, held_out_bytes=50_000, tokenizer_bytes=200_000,
                     vocab_size=512, block_size=64, batch_size=16, n_layer=2, n_head=4, n_embd=64, wide_n_embd=96,
-                    steps=300, learning_rate=3e-3, sft_steps=80, sft_batch_size=16, n_sft_train=None,
+                    steps=800, learning_rate=3e-3, sft_steps=120, sft_batch_size=16, n_sft_train=None,
                     n_sft_eval=None, max_new_tokens=24, misinformation_shares=[0.0, 0.05, 0.2], n_targets=6,
                     seeds=2),
 }
@@ -313,6 +313,7 @@ def run(lab: LabRun) -> None:
     tokenizer = train_tokenizer(clean_corpus(size_bytes=s["tokenizer_bytes"], seed=TOKENIZER_SEED), s["vocab_size"])
     held_out = clean_corpus(size_bytes=s["held_out_bytes"], seed=HELD_OUT_SEED)
     targets, controls = targets_and_controls(s["n_targets"])
+    fingerprint = settings_fingerprint(s)  # in every key: changed settings never reuse a kept result
     results = {}
     for seed in range(s["seeds"]):
         documents = generate_documents(size_bytes=s["corpus_bytes"], seed=seed, noise=s["noise"])
@@ -331,7 +332,7 @@ def run(lab: LabRun) -> None:
                 training_sets["curated-half"] = (half, s["n_embd"], 0)
                 training_sets["raw-2x-params"] = (planted_texts, s["wide_n_embd"], 0)
             for condition, (texts, width, planted_in_training) in training_sets.items():
-                key = f"{condition} planted={share:g} seed={seed}"
+                key = f"{condition} planted={share:g} seed={seed} settings={fingerprint}"
 
                 def train(texts=texts, width=width, key=key, seed=seed, fine_tune=share == 0,
                           planted_in_training=planted_in_training):
@@ -433,7 +434,7 @@ def report(lab: LabRun, results: dict) -> None:
         for label, which in (("planted facts", "targets"), ("untouched facts (control)", "controls")):
             means, stderrs = [], []
             for share in shares:
-                mean, stderr = stat(condition, share, lambda r: r[which]["false_preferred"])
+                mean, stderr = stat(condition, share, lambda r: r[which]["mean_margin"])
                 means.append(mean)
                 stderrs.append(stderr)
             name = f"{condition}: {label}"
@@ -443,15 +444,16 @@ def report(lab: LabRun, results: dict) -> None:
             targets = stat(condition, share, lambda r: r["targets"]["false_preferred"])
             controls = stat(condition, share, lambda r: r["controls"]["false_preferred"])
             margin = stat(condition, share, lambda r: r["targets"]["mean_margin"])
-            first = runs(condition, share)[0]
+            control_margin = stat(condition, share, lambda r: r["controls"]["mean_margin"])
             in_training = np.mean([r["planted_in_training"] for r in runs(condition, share)])
             misinformation_rows.append([condition, f"{100 * share:g}%", f"{in_training:.0f} of "
                                         f"{np.mean([r['training_documents'] for r in runs(condition, share)]):.0f}",
-                                        f"{targets[0]:.3f} ± {targets[1]:.3f}", f"{margin[0]:+.2f}",
-                                        f"{controls[0]:.3f} ± {controls[1]:.3f}"])
-    plot_xy(series, lab.path("misinformation.png"), title="How often the false town is preferred",
+                                        f"{targets[0]:.3f} ± {targets[1]:.3f}", f"{margin[0]:+.2f} ± {margin[1]:.2f}",
+                                        f"{controls[0]:.3f} ± {controls[1]:.3f}",
+                                        f"{control_margin[0]:+.2f} ± {control_margin[1]:.2f}"])
+    plot_xy(series, lab.path("misinformation.png"), title="Log-likelihood of the false town minus the true one",
             xlabel="share of documents with a planted false town (%)",
-            ylabel="false completion preferred (share of comparisons)", errors=errors)
+            ylabel="margin, false - true (nats; > 0: the lie wins)", errors=errors)
 
     planted_runs = [r for r in results.values() if r["condition"] == "raw" and r["share"] > 0]
     kept_share = (np.mean([r["planted_kept_by_curation"] / r["planted"] for r in planted_runs])
@@ -461,19 +463,37 @@ def report(lab: LabRun, results: dict) -> None:
     first_raw = runs("raw", 0.0)[0]
     all_kept = np.mean([r["documents_kept"] / r["documents_in_corpus"] for r in results.values()])
     kept_documents = np.mean([r["documents_kept"] for r in runs("curated", 0.0)])
+    size_ratio = runs("raw-2x-params", 0.0)[0]["params"] / first_raw["params"]
+    bought = (raw_loss - curated_loss) / (raw_loss - wide_loss) if raw_loss != wide_loss else float("nan")
     verdicts = [
         f"curated data {'lowers' if curated_loss < raw_loss else 'does not lower'} the held-out loss "
         f"({raw_loss:.3f} -> {curated_loss:.3f} nats/token)",
         f"the curated model {'beats' if curated_loss < wide_loss else 'does not beat'} the raw model with "
-        f"{runs('raw-2x-params', 0.0)[0]['params'] / first_raw['params']:.1f}x the parameters ({wide_loss:.3f})",
+        f"{size_ratio:.1f}x the parameters ({wide_loss:.3f}); curation buys {bought:.0%} of the loss that "
+        f"{size_ratio:.1f}x the parameters buy",
         f"half of the curated data gives {half_loss:.3f} ({'worse' if half_loss > curated_loss else 'no worse'} "
         f"than all of it)",
     ]
     supported = bool(curated_loss < raw_loss and curated_loss < wide_loss)
+    claim = ("The result supports the claim at this scale: the curated data beats twice the parameters."
+             if supported else
+             "The result does not support the claim at this scale: curated data beats raw data at the same size, "
+             "but not a model with twice the parameters." if curated_loss < raw_loss else
+             "The result does not support the claim at this scale.")
+    graded_best = max(graded_bars[condition][0] for condition in CONDITIONS)
+    downstream = (f" Downstream, no model answers more than {graded_best:.1%} of the held-out instructions exactly "
+                  f"(too small and too briefly trained to recall facts word for word), so the comparison rests on "
+                  f"the ranked accuracy: "
+                  if graded_best < 0.05 else " Downstream, graded accuracy: "
+                  + ", ".join(f"{c} {graded_bars[c][0]:.3f}" for c in CONDITIONS) + "; ranked accuracy: ")
+    downstream += ", ".join(f"{c} {ranked_bars[c][0]:.3f}" for c in CONDITIONS) + " (chance 0.2)."
     top_share = max(shares)
     raw_top = stat("raw", top_share, lambda r: r["targets"]["false_preferred"])[0]
     curated_top = stat("curated", top_share, lambda r: r["targets"]["false_preferred"])[0]
     raw_zero = stat("raw", 0.0, lambda r: r["targets"]["false_preferred"])[0] if 0.0 in shares else float("nan")
+    curated_zero = stat("curated", 0.0, lambda r: r["targets"]["false_preferred"])[0] if 0.0 in shares else float("nan")
+    margins = {condition: [stat(condition, share, lambda r: r["targets"]["mean_margin"])[0] for share in shares]
+               for condition in ("raw", "curated")}
     sections = [
         ("Question", f"Does a model trained on curated text beat one trained on the raw crawl at the same compute, "
                      f"even one twice as large? Does curation remove planted misinformation? (The chapter: "
@@ -497,17 +517,19 @@ def report(lab: LabRun, results: dict) -> None:
                            f"truth; the margin is the mean log-likelihood difference (false - true, nats); the control "
                            f"asks the same about people whose facts were never touched.\n\n"
          + markdown_table(["training data", "planted", "planted documents in training",
-                           "false preferred (planted facts)", "margin", "false preferred (control)"],
-                          misinformation_rows)
+                           "false preferred (planted facts)", "margin (planted)", "false preferred (control)",
+                           "margin (control)"], misinformation_rows)
          + "\n\n![misinformation](misinformation.png)\n\n"
          + f"Curation kept {kept_share:.0%} of the planted documents: the rules judge form (length, punctuation, "
            f"stop words, repetition, boilerplate), and a planted document has the form of a clean one."),
         ("What it shows",
-         "; ".join(verdicts) + ". " + ("The result supports the claim at this scale."
-                                       if supported else "This result does not support the claim at this scale.")
-         + f" With {100 * top_share:g}% of documents planted, the model prefers the false town in "
-           f"{raw_top:.0%} of comparisons trained on raw text and {curated_top:.0%} trained on curated text "
-           f"(with nothing planted: {raw_zero:.0%}). "
+         "; ".join(verdicts) + ". " + claim + downstream
+         + f" Misinformation: with {100 * top_share:g}% of documents planted, the false town wins "
+           f"{raw_top:.0%} of the comparisons for the model trained on raw text (nothing planted: {raw_zero:.0%}) and "
+           f"{curated_top:.0%} on curated text (nothing planted: {curated_zero:.0%}); the log-likelihood margin of "
+           f"the false town moves " + "; ".join(f"{condition}: " + " -> ".join(f"{m:+.2f}" for m in margins[condition])
+                                                for condition in margins)
+         + f" nats as the planted share grows ({', '.join(f'{100 * share:g}%' for share in shares)}). "
          + (f"Curation kept {kept_share:.0%} of the planted documents against {all_kept:.0%} of all documents: it does "
             f"not remove misinformation (the heuristic rules cannot see whether a fluent sentence is true), and by "
             f"dropping junk it raises the planted share of what remains."

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from minifm import cli
 from minifm.lab import EXPERIMENTS, run_experiment
 from minifm.lab import scaling
-from minifm.lab.common import LabRun, markdown_table, mean_and_stderr
+from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.models.sizes import param_count
 
 
@@ -85,3 +85,11 @@ def test_the_command(tmp_path, capsys):
     assert "--list" in capsys.readouterr().err
     assert cli.main(["lab", "scaling", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_settings_fingerprint_changes_with_any_setting_but_not_with_the_seed_count():
+    base = {"steps": 10, "width": 16, "seeds": 1}
+    assert settings_fingerprint(base) == settings_fingerprint(dict(base, seeds=3))
+    assert settings_fingerprint(base) == settings_fingerprint({"width": 16, "steps": 10})  # order does not matter
+    assert len({settings_fingerprint(base), settings_fingerprint(dict(base, steps=11)),
+                settings_fingerprint(dict(base, width=[16]))}) == 3
