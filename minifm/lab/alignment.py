@@ -61,7 +61,7 @@ from minifm.train.ppo import PPOConfig
 NAME = "alignment"
 CLAIM = "preference tuning makes a model's outputs better"
 SUMMARY = "reward model vs pairs and backbone; PPO / PPO-ptx / GRPO / DPO at matched compute over seeds; over-optimisation"
-DEFAULT_MINUTES = 15
+DEFAULT_MINUTES = 12
 
 PRESETS = {
     "tiny": dict(lifecycle="tiny", lifecycle_overrides=TINY_OVERRIDES,
@@ -280,30 +280,37 @@ def method_table(baseline: list[dict], methods: dict) -> tuple[list[list], dict]
 
 
 def plot_overoptimisation(overoptimised: dict, methods: dict, path) -> None:
-    """Rollout proxy (learned) and true reward against the rollouts' KL from the SFT model."""
+    """Two panels: the unleashed PPO run's proxy and true reward per iteration; and the true reward of every
+    run's rollouts against their KL from the SFT model (each point one iteration's rollouts)."""
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.6, 4.0))
+    figure, (by_iteration, by_kl) = plt.subplots(1, 2, figsize=(11.0, 4.0))
     history = overoptimised["history"]
-    kl = [row["kl"] for row in history]
-    axis.plot(kl, [row["ground_truth_reward_mean"] for row in history], "s-", markersize=3, color="C1",
-              label="true reward, PPO without KL penalty")
-    for method, seeds in methods.items():
-        if method in ("PPO", "PPO-ptx", "GRPO"):
-            points = [(row["kl"], row["ground_truth_reward_mean"]) for run in seeds for row in run["history"]]
-            if points:
-                axis.plot(*zip(*points), ".", alpha=0.5, label=f"true reward, {method} rollouts (all seeds)")
-    axis.set_xlabel("KL(policy || SFT) of the rollouts, per answer (nats)")
-    axis.set_ylabel("true (ground-truth) reward of the rollouts")
-    proxy = axis.twinx()
-    proxy.plot(kl, [row["reward_mean"] for row in history], "--", color="grey",
-               label="proxy (reward model), PPO without KL penalty")
+    iterations = [row["iteration"] for row in history]
+    by_iteration.plot(iterations, [row["ground_truth_reward_mean"] for row in history], "s-", markersize=3,
+                      color="C1", label="true reward")
+    by_iteration.set_xlabel("PPO iteration (no KL penalty, no ptx)")
+    by_iteration.set_ylabel("true (ground-truth) reward of the rollouts")
+    proxy = by_iteration.twinx()
+    proxy.plot(iterations, [row["reward_mean"] for row in history], "--", color="grey", label="proxy (reward model)")
     proxy.set_ylabel("learned reward (proxy, arbitrary scale)")
-    lines, labels = axis.get_legend_handles_labels()
+    lines, labels = by_iteration.get_legend_handles_labels()
     proxy_lines, proxy_labels = proxy.get_legend_handles_labels()
-    axis.legend(lines + proxy_lines, labels + proxy_labels, loc="upper center", bbox_to_anchor=(0.5, -0.18),
-                fontsize=8, frameon=False)
-    axis.set_title("Over-optimisation: proxy and true reward as the policy moves away")
-    axis.grid(alpha=0.3)
+    by_iteration.legend(lines + proxy_lines, labels + proxy_labels, loc="lower center", fontsize=8)
+    by_iteration.set_title("Proxy up, true reward down")
+    by_iteration.grid(alpha=0.3)
+    by_kl.plot([row["kl"] for row in history], [row["ground_truth_reward_mean"] for row in history], "s",
+               markersize=4, color="C1", label="PPO without KL penalty")
+    for index, method in enumerate(name for name in methods if name in ("PPO", "PPO-ptx", "GRPO")):
+        points = [(row["kl"], row["ground_truth_reward_mean"]) for run in methods[method] for row in run["history"]]
+        if points:
+            xs, ys = zip(*points)
+            by_kl.plot(xs, ys, ".", alpha=0.5, color=f"C{index + 2}", label=f"{method} with its KL penalty, all seeds")
+    by_kl.set_xlabel("KL(policy || SFT) of the rollouts, per answer (nats)")
+    by_kl.set_ylabel("true reward of the rollouts")
+    by_kl.set_title("True reward against KL, every iteration")
+    by_kl.grid(alpha=0.3)
+    by_kl.legend(fontsize=8)
+    figure.tight_layout()
     save_figure(figure, path)
 
 
@@ -348,9 +355,13 @@ def report(lab: LabRun, models: OwnModels, reward_cells: dict, baseline: list[di
                  f"{over_sft:+.3f} ± {over_se:.3f} (paired over prompts) against the SFT model.")
     better = [name for name in names if figures[name]["vs_sft"]["mean"] > 2 * figures[name]["vs_sft"]["se"] > 0]
     best = max(names, key=lambda name: figures[name]["reward"])
+    separated = [f"{name} {c['mean']:+.3f} ± {c['se']:.3f}" for name, c in comparisons.items()
+                 if abs(c["mean"]) > 2 * c["se"] > 0]
     shows = ("Methods whose true reward rises over the SFT model by more than two standard errors over seeds: "
              + (", ".join(better) if better else "none") + f". Highest mean true reward: {best} "
              f"({figures[best]['vs_sft']['mean']:+.3f} ± {figures[best]['vs_sft']['se']:.3f} over SFT). "
+             "Pairwise differences beyond two standard errors over seeds: "
+             + (", ".join(separated) if separated else "none") + " (3 seeds: read the p-values with care). "
              f"{over_text} Where a number contradicts the chapter's claim, the claim does not hold at this scale: "
              f"read it as measured.")
     reward_sentence = ""
