@@ -144,3 +144,14 @@ def test_the_readme_layout_lists_every_source_file():
 def test_every_file_of_the_readme_layout_exists():
     absent = sorted(path for path in readme_layout_paths() if not (ROOT / path).exists())
     assert not absent, f"README.md's Layout tree lists files that do not exist: {absent}"
+
+
+def test_every_test_module_has_a_unique_file_name():
+    # pytest's default "prepend" import mode imports each test file as a top-level module named after
+    # its file, so tests/lab/test_attention.py and tests/kernels/test_attention.py cannot both be
+    # collected (a CI run stopped at collection on exactly that).
+    by_name: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        by_name.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not clashes, f"test files share a module name: {clashes}"
