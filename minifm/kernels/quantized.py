@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from minifm.kernels._backend import compiled
+from minifm.kernels.threads import follow_load, single_threaded_scipy_blas
 from minifm.pretrained.quants import FORMATS, QuantizedTensor, dequantize
 
 # The block formats the compiled kernels read. F32 / F16 go through BLAS after a conversion.
@@ -76,17 +77,24 @@ def _as_float(weight: QuantizedTensor) -> np.ndarray:
     return dequantize(weight.data, weight.type, weight.name).reshape(weight.shape)  # (N, K)
 
 
+def _reference(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
+    # A damaged block's non-finite scale gives non-finite outputs without a floating-point warning, as on
+    # the compiled path and in dequantize (the checkpoint readers refuse non-finite weights, naming them).
+    with np.errstate(invalid="ignore", over="ignore"):
+        return [np.ascontiguousarray(x @ _as_float(weight).T) for weight in weights]  # (M, N_i) each
+
+
 def reference_matmul(x: np.ndarray, weight: QuantizedTensor) -> np.ndarray:
     """x @ dequantize(weight)^T: x float32 (M, K), weight logical (N, K) -> float32 (M, N). The oracle."""
     _check(x, (weight,))
-    return np.ascontiguousarray(x @ _as_float(weight).T)  # (M, N)
+    return _reference(x, (weight,))[0]
 
 
 def reference_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
     """[reference_matmul(x, W) for W in weights]."""
     weights = tuple(weights)
     _check(x, weights)
-    return [np.ascontiguousarray(x @ _as_float(weight).T) for weight in weights]  # (M, N_i) each
+    return _reference(x, weights)
 
 
 def _compiled_applies(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> bool:
@@ -101,10 +109,12 @@ def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> lis
     datas = tuple(np.ascontiguousarray(weight.data).reshape(weight.shape[0], -1) for weight in weights)
     types = tuple(FORMATS[weight.type].ggml_type for weight in weights)
     if x.shape[0] <= MAX_ROWS:
+        follow_load()  # the kernels' thread count follows the machine's load (minifm.kernels.threads)
         module.decode_products(x, datas, types, outs, PARALLEL_BYTES)
     else:
-        for data, ggml_type, out in zip(datas, types, outs):
-            module.prefill_product(x, data, ggml_type, out)
+        with single_threaded_scipy_blas():  # the tiles' sgemm calls come from the OpenMP threads
+            for data, ggml_type, out in zip(datas, types, outs):
+                module.prefill_product(x, data, ggml_type, out)
     return list(outs)
 
 
@@ -115,7 +125,7 @@ def quantized_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> lis
     _check(x, weights)
     if _compiled_applies(x, weights):
         return _compiled_products(x, weights)
-    return [np.ascontiguousarray(x @ _as_float(weight).T) for weight in weights]  # (M, N_i) each
+    return _reference(x, weights)
 
 
 def quantized_matmul(x: np.ndarray, weight: QuantizedTensor) -> np.ndarray:

@@ -1,0 +1,216 @@
+"""quantized kernels (x @ W^T with W in GGUF Q8_0 / Q4_0 / Q4_1 blocks): compiled == NumPy reference on drawn
+shapes and drawn raw blocks (every finite f16 scale, subnormal to 65504), both paths == the product with
+`gguf.quants.dequantize`, the same bits on one and two threads and alone or together, the forced reference
+path, and bad arguments named.
+
+Tolerance (`_tolerance`): the kernels and the reference both sum K float32 products, in different orders
+(the fused kernel: 32 partial sums per block position, added pairwise; the reference: BLAS). Any order of
+a float32 sum of K terms is within gamma_K = K u / (1 - K u) (u = 2^-24) times sum_k |x_k w_k| of the
+exact sum, so two orders differ by at most 2 gamma_K sum_k |x_k w_k|. Q4_1 adds one rounding: the kernels
+compute d q + m with one fused multiply-add where dequantize rounds d q first, an error of at most
+u |d q| per weight, so Q4_1's sum uses |d q| + |m| in place of |w|. The bound is computed per output in
+float64; a wrong nibble order, block offset or scale would miss by a relative O(1), not O(K u).
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_helpers import compiled_path
+from minifm.kernels import _backend, quantized, threads
+from minifm.pretrained.quants import FORMATS, QuantizedTensor, dequantize
+
+TYPES = ("Q8_0", "Q4_0", "Q4_1")
+U = 2.0 ** -24  # float32's unit roundoff
+
+
+def _random_blocks(rng, type_name, rows, width, finite=True):
+    """Random stored rows (rows, width) in `type_name`: random quant bytes and f16 scales drawn
+    uniformly over the bit patterns (every exponent: zero, subnormal, 6e-8 .. 65504, either sign)."""
+    fmt = FORMATS[type_name]
+    blocks = rng.integers(0, 256, size=(rows, width // 32, fmt.block_bytes), dtype=np.uint8)
+    scale_count = 2 if type_name == "Q4_1" else 1  # d, and m for Q4_1
+    bits = rng.integers(0, 0x7C00 if finite else 0x10000, size=(rows, width // 32, scale_count), dtype=np.uint16)
+    bits |= rng.integers(0, 2, size=bits.shape, dtype=np.uint16) << 15  # sign
+    blocks[:, :, :2 * scale_count] = bits.view(np.uint8).reshape(rows, width // 32, 2 * scale_count)
+    return QuantizedTensor(type_name, (rows, width), blocks.reshape(rows, -1))
+
+
+def _magnitude(weight: QuantizedTensor) -> np.ndarray:
+    """|w| per weight (float64), with |d q| + |m| for Q4_1 (see the module docstring)."""
+    if weight.type != "Q4_1":
+        return np.abs(weight.dequantize().astype(np.float64))
+    blocks = weight.data.reshape(weight.shape[0], -1, 20)  # (N, K / 32, 20)
+    d = blocks[..., 0:2].copy().view("<f2").astype(np.float64)  # (N, K / 32, 1)
+    m = blocks[..., 2:4].copy().view("<f2").astype(np.float64)
+    q = np.concatenate([blocks[..., 4:] & 0x0F, blocks[..., 4:] >> 4], axis=-1)  # (N, K / 32, 32)
+    return (np.abs(d * q) + np.abs(m)).reshape(weight.shape)
+
+
+def _tolerance(x, weight):
+    """Per-output bound (M, N) on |kernel - reference| (module docstring), plus the smallest subnormal."""
+    width = x.shape[1]
+    gamma = width * U / (1 - width * U)
+    return 2 * gamma * (np.abs(x.astype(np.float64)) @ _magnitude(weight).T) + 1e-45
+
+
+def _assert_close(ours, truth, x, weight):
+    assert ours.dtype == np.float32 and ours.shape == truth.shape and ours.flags.c_contiguous
+    gap = np.abs(ours.astype(np.float64) - truth.astype(np.float64))
+    bound = _tolerance(x, weight)
+    assert np.all(gap <= bound), f"worst gap {gap.max()} vs bound {bound.flat[np.argmax(gap - bound)]}"
+
+
+@st.composite
+def product_cases(draw):
+    """(x (M, K), [W_i (N_i, K)]): M 1..9 (the fused kernel up to MAX_ROWS, the tiled one above), K a multiple
+    of 32 up to 640 or 1024..1088, 1-3 weights of 1..70 rows each in a drawn type, x scaled by 1e-3..1e3."""
+    rows = draw(st.integers(1, 9))
+    width = 32 * draw(st.integers(1, 20) | st.integers(32, 34))
+    types = draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=3))
+    sizes = [draw(st.integers(1, 70)) for _ in types]
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    scale = 10.0 ** draw(st.integers(-3, 3))
+    x = (rng.standard_normal((rows, width)) * scale).astype(np.float32)
+    weights = [_random_blocks(rng, type_name, size, width) for type_name, size in zip(types, sizes)]
+    return x, weights
+
+
+@given(case=product_cases())
+def test_compiled_matches_reference(case):
+    x, weights = case
+    expected = [quantized.reference_matmul(x, weight) for weight in weights]
+    with compiled_path("quantized"):
+        together = quantized.quantized_products(x, weights)
+        alone = [quantized.quantized_matmul(x, weight) for weight in weights]
+    for ours, single, truth, weight in zip(together, alone, expected, weights):
+        _assert_close(ours, truth, x, weight)
+        np.testing.assert_array_equal(ours, single)  # a weight's result does not depend on its companions
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("rows", [1, 3, 7])
+def test_matches_gguf_dequantize_product(type_name, rows, kernel_path, rng):
+    """Weights quantized by the gguf package from float32 values; the product with gguf's own dequantization."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
+
+    ggml_type = gguf.GGMLQuantizationType[type_name]
+    values = rng.standard_normal((96, 576)).astype(np.float32)  # (N, K)
+    weight = QuantizedTensor(type_name, values.shape, gguf_quantize(values, ggml_type))
+    np.testing.assert_array_equal(weight.dequantize(), gguf_dequantize(weight.data, ggml_type))
+    x = rng.standard_normal((rows, 576)).astype(np.float32)
+    theirs = x @ gguf_dequantize(weight.data, ggml_type).T  # (M, N)
+    _assert_close(quantized.quantized_matmul(x, weight), theirs, x, weight)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 12])
+def test_same_bits_on_any_thread_count_and_alone_or_together(rows, rng):
+    """Packed weights above PARALLEL_BYTES, so two threads split them (rows <= MAX_ROWS: the fused kernel;
+    12 rows: the tiled one, whose tiles the two threads share); 193 rows leave a short last tile."""
+    x = rng.standard_normal((rows, 576)).astype(np.float32)
+    weights = [_random_blocks(rng, type_name, size, 576) for type_name, size in
+               (("Q8_0", 384), ("Q4_0", 193), ("Q4_1", 200))]
+    assert sum(weight.nbytes for weight in weights) >= quantized.PARALLEL_BYTES
+    previous = threads.num_threads()
+    runs = []  # one list of outputs per (thread count, together or alone)
+    try:
+        with compiled_path("quantized"):
+            for count in (1, 2):
+                threads.set_num_threads(count)
+                runs.append(quantized.quantized_products(x, weights))
+                runs.append([quantized.quantized_matmul(x, weight) for weight in weights])
+    finally:
+        threads.set_num_threads(previous)
+    for run in runs[1:]:
+        for ours, first in zip(run, runs[0]):
+            np.testing.assert_array_equal(ours, first)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_non_finite_scales_give_non_finite_outputs(type_name, kernel_path, rng):
+    """A damaged block (inf or NaN scale) makes its outputs non-finite on both paths, never a quiet number."""
+    weight = _random_blocks(rng, type_name, 8, 64)
+    data = weight.data.copy()
+    data[3, 0:2] = np.array([np.inf], dtype="<f2").view(np.uint8)
+    data[5, 0:2] = np.array([np.nan], dtype="<f2").view(np.uint8)
+    weight = QuantizedTensor(type_name, weight.shape, data)
+    for rows in (2, 6):  # the fused kernel and the tiled one
+        result = quantized.quantized_matmul(rng.standard_normal((rows, 64)).astype(np.float32), weight)
+        assert not np.isfinite(result[:, [3, 5]]).any()
+        assert np.isfinite(result[:, [0, 1, 2, 4, 6, 7]]).all()
+
+
+def test_forced_reference_is_the_reference(rng):
+    """With the kernels forced to NumPy every product is reference_matmul's, bit for bit."""
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    weights = [_random_blocks(rng, type_name, 10, 64) for type_name in TYPES]
+    previous = _backend.reference_forced()
+    _backend.use_reference(True)
+    try:
+        assert quantized._compiled_applies(x, weights) is False
+        for ours, weight in zip(quantized.quantized_products(x, weights), weights):
+            np.testing.assert_array_equal(ours, quantized.reference_matmul(x, weight))
+    finally:
+        _backend.use_reference(previous)
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16"])
+def test_float_stored_weights(type_name, kernel_path, rng):
+    values = rng.standard_normal((24, 40)).astype(np.float32)  # (N, K): no block size for float types
+    stored = values if type_name == "F32" else values.astype(np.float16)
+    weight = QuantizedTensor(type_name, values.shape, np.ascontiguousarray(stored).view(np.uint8))
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    np.testing.assert_allclose(quantized.quantized_matmul(x, weight), x @ stored.astype(np.float32).T,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_empty_input_rows(kernel_path, rng):
+    weight = _random_blocks(rng, "Q8_0", 5, 64)
+    assert quantized.quantized_matmul(np.zeros((0, 64), np.float32), weight).shape == (0, 5)
+
+
+def test_portable_f16_conversion_is_exact():
+    """The f16 -> float32 conversion the kernels use on machines without F16C, on all 65536 bit patterns."""
+    with compiled_path("quantized") as module:
+        bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+        ours = np.array([module.f16_bits_to_float(int(b)) for b in bits], dtype=np.float32)
+    theirs = bits.view("<f2").astype(np.float32)
+    assert np.array_equal(np.isnan(ours), np.isnan(theirs))
+    finite = ~np.isnan(theirs)
+    np.testing.assert_array_equal(ours[finite].view(np.uint32), theirs[finite].view(np.uint32))
+
+
+def test_bad_arguments_are_named(rng):
+    weight = _random_blocks(rng, "Q4_0", 4, 64)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    with pytest.raises(TypeError, match="x must be float32.*float64"):
+        quantized.quantized_matmul(x.astype(np.float64), weight)
+    with pytest.raises(TypeError, match="x must be a numpy array.*list"):
+        quantized.quantized_matmul(x.tolist(), weight)
+    with pytest.raises(ValueError, match=r"x must be 2-D.*\(64,\)"):
+        quantized.quantized_matmul(x[0], weight)
+    with pytest.raises(ValueError, match=r"weight .* logical shape \(N, 96\).*\(4, 64\)"):
+        quantized.quantized_matmul(rng.standard_normal((2, 96)).astype(np.float32), weight)
+    with pytest.raises(TypeError, match="weight must be a QuantizedTensor, got ndarray"):
+        quantized.quantized_matmul(x, weight.dequantize())
+    with pytest.raises(TypeError, match=r"weights\[1\] .* stored as Q5_0"):
+        quantized.quantized_products(x, [weight, QuantizedTensor("Q5_0", (4, 64), np.zeros((4, 44), np.uint8))])
+    with pytest.raises(TypeError, match="stored as BF16"):
+        quantized.quantized_matmul(x, QuantizedTensor("BF16", (4, 64), np.zeros((4, 128), np.uint8)))
+    with pytest.raises(ValueError, match=r"logical shape \(N, 64\).*\(2, 4, 64\)"):
+        quantized.quantized_matmul(x, QuantizedTensor("Q4_0", (2, 4, 64), np.zeros((2, 4, 36), np.uint8)))
+
+
+def test_compiled_entry_points_check_their_arguments(rng):
+    weight = _random_blocks(rng, "Q8_0", 4, 64)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    with compiled_path("quantized") as module:
+        out = np.empty((2, 4), np.float32)
+        with pytest.raises(ValueError, match="GGML type 9"):
+            module.decode_products(x, (weight.data,), (9,), (out,), 0)
+        with pytest.raises(ValueError, match=r"outs\[0\] has shape \(2, 3\)"):
+            module.decode_products(x, (weight.data,), (8,), (np.empty((2, 3), np.float32),), 0)
+        with pytest.raises(ValueError, match="do not hold 96 values"):
+            module.prefill_product(rng.standard_normal((6, 96)).astype(np.float32), weight.data, 8,
+                                   np.empty((6, 4), np.float32))
