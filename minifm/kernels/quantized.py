@@ -10,6 +10,20 @@ minifm/pretrained/quants.py for the block layouts):
 `reference_matmul` is that definition, written out: dequantize the whole weight to float32, then one
 BLAS product. It is the oracle the tests compare the compiled kernels against.
 
+With `quantize_input=True` the input is first rounded to 8 bits per block of 32 values, as llama.cpp
+does for its CPU dot products (its "Q8_0 activations"), and the product is that of the rounded x:
+
+    amax = max |x[m, 32b : 32b + 32]|,   dx = amax / 127,   xq = rint(x * (127 / amax))  in -127..127
+    out = (xq * dx) @ dequantize(W)^T                                   (`quantize_input_q8` + the above)
+
+The compiled decoding kernel then multiplies 8-bit weights (or 4-bit) with 8-bit inputs in integer
+arithmetic (exact) and scales each block's sum once: about 2x faster than widening every weight to
+float32 for Q4_0 / Q4_1 at one input row (docs/performance.md, "Quantized decoding"). The rounding
+moves each x by at most dx / 2, so the result moves from the float32-input product by at most
+sum_b dx_b / 2 * sum_(k in block b) |W[n, k]| (measured: ~5e-3 of the largest output on random
+weights); the kernel still equals its own reference, `reference_matmul(..., quantize_input=True)`, up
+to float32 rounding. Off by default: the float32-input product is the exact definition above.
+
 The compiled kernels never hold the whole float32 weight:
 
   * decoding (M <= MAX_ROWS): a fused dequantize-and-dot reads each packed block once, turns its 32
@@ -20,7 +34,7 @@ The compiled kernels never hold the whole float32 weight:
     differs from the reference only by the float32 summation order;
   * prefill (more rows): a tile of weight rows is dequantized into a float32 scratch buffer small
     enough for L2 and multiplied with all M input rows by BLAS (sgemm), so prefill is one pass over
-    the weight rather than M matvecs.
+    the weight rather than M matvecs. (With quantize_input the rounded x, xq * dx, goes in.)
 
 Both compute every output on one thread in an order fixed by the shapes, so the result does not
 depend on the thread count.
@@ -72,29 +86,56 @@ def _check(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> None:
                              f"x of shape {x.shape}, got {weight.shape}")
 
 
+def quantize_input_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x float32 (M, K) rounded to 8 bits per block of 32 values: (xq int8 (M, K), dx float32 (M, K / 32)),
+    x ~ xq * dx (module docstring). A block holding inf or NaN gets xq = 0 and dx = NaN."""
+    rows, width = x.shape
+    if width % 32:
+        raise ValueError(f"quantize_input needs x's columns in whole blocks of 32 values, got shape {x.shape}")
+    blocks = x.reshape(rows, width // 32, 32)  # (M, K / 32, 32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        finite = np.isfinite(blocks).all(axis=-1, keepdims=True)  # (M, K / 32, 1)
+        amax = np.where(finite, np.abs(blocks).max(axis=-1, keepdims=True), np.float32(0))  # (M, K / 32, 1)
+        inverse = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+        rounded = np.rint(np.where(finite, blocks * inverse, np.float32(0)))  # (M, K / 32, 32) in -127..127
+        dx = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    return rounded.astype(np.int8).reshape(rows, width), dx.reshape(rows, width // 32)
+
+
+def _rounded_input(x: np.ndarray) -> np.ndarray:
+    """xq * dx (M, K) float32: the input that quantize_input=True multiplies."""
+    xq, dx = quantize_input_q8(x)
+    with np.errstate(invalid="ignore"):
+        return (xq.reshape(*dx.shape, 32) * dx[..., None]).astype(np.float32).reshape(x.shape)  # (M, K)
+
+
 def _as_float(weight: QuantizedTensor) -> np.ndarray:
     """The float32 values (N, K) of `weight`."""
     return dequantize(weight.data, weight.type, weight.name).reshape(weight.shape)  # (N, K)
 
 
-def _reference(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
+def _reference(x: np.ndarray, weights: Sequence[QuantizedTensor], quantize_input: bool) -> list[np.ndarray]:
+    if quantize_input:
+        x = _rounded_input(x)  # (M, K)
     # A damaged block's non-finite scale gives non-finite outputs without a floating-point warning, as on
     # the compiled path and in dequantize (the checkpoint readers refuse non-finite weights, naming them).
     with np.errstate(invalid="ignore", over="ignore"):
         return [np.ascontiguousarray(x @ _as_float(weight).T) for weight in weights]  # (M, N_i) each
 
 
-def reference_matmul(x: np.ndarray, weight: QuantizedTensor) -> np.ndarray:
-    """x @ dequantize(weight)^T: x float32 (M, K), weight logical (N, K) -> float32 (M, N). The oracle."""
+def reference_matmul(x: np.ndarray, weight: QuantizedTensor, *, quantize_input: bool = False) -> np.ndarray:
+    """x @ dequantize(weight)^T: x float32 (M, K), weight logical (N, K) -> float32 (M, N). The oracle.
+    quantize_input: round x to 8 bits per block first (module docstring)."""
     _check(x, (weight,))
-    return _reference(x, (weight,))[0]
+    return _reference(x, (weight,), quantize_input)[0]
 
 
-def reference_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
-    """[reference_matmul(x, W) for W in weights]."""
+def reference_products(x: np.ndarray, weights: Sequence[QuantizedTensor], *,
+                       quantize_input: bool = False) -> list[np.ndarray]:
+    """[reference_matmul(x, W, quantize_input=...) for W in weights]."""
     weights = tuple(weights)
     _check(x, weights)
-    return _reference(x, weights)
+    return _reference(x, weights, quantize_input)
 
 
 def _compiled_applies(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> bool:
@@ -102,7 +143,7 @@ def _compiled_applies(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> bool
             and all(weight.type in BLOCK_TYPES and weight.shape[0] > 0 for weight in weights))
 
 
-def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
+def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor], quantize_input: bool) -> list[np.ndarray]:
     module = compiled("quantized")
     x = np.ascontiguousarray(x)  # (M, K)
     outs = tuple(np.empty((x.shape[0], weight.shape[0]), dtype=np.float32) for weight in weights)  # (M, N_i)
@@ -110,25 +151,32 @@ def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> lis
     types = tuple(FORMATS[weight.type].ggml_type for weight in weights)
     if x.shape[0] <= MAX_ROWS:
         follow_load()  # the kernels' thread count follows the machine's load (minifm.kernels.threads)
-        module.decode_products(x, datas, types, outs, PARALLEL_BYTES)
+        module.decode_products(x, datas, types, outs, PARALLEL_BYTES, quantize_input)
     else:
+        if quantize_input:
+            x = _rounded_input(x)  # (M, K): prefill multiplies the rounded input in float32
         with single_threaded_scipy_blas():  # the tiles' sgemm calls come from the OpenMP threads
             for data, ggml_type, out in zip(datas, types, outs):
                 module.prefill_product(x, data, ggml_type, out)
-    return list(outs)
+    return list(outs)  # (M, N_i) each
 
 
-def quantized_products(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> list[np.ndarray]:
+def quantized_products(x: np.ndarray, weights: Sequence[QuantizedTensor], *,
+                       quantize_input: bool = False) -> list[np.ndarray]:
     """[x @ dequantize(W)^T for W in weights]: several weights sharing one input (q/k/v, gate/up) in one
-    call. x float32 (M, K); each W logical (N_i, K) -> float32 (M, N_i) arrays."""
+    call. x float32 (M, K); each W logical (N_i, K) -> float32 (M, N_i) arrays. quantize_input: round x to
+    8 bits per block of 32 first, llama.cpp's faster and less accurate product (module docstring)."""
     weights = tuple(weights)
     _check(x, weights)
+    if quantize_input and x.shape[1] % 32:
+        raise ValueError(f"quantize_input needs x's columns in whole blocks of 32 values, got shape {x.shape}")
     if _compiled_applies(x, weights):
-        return _compiled_products(x, weights)
-    return _reference(x, weights)
+        return _compiled_products(x, weights, quantize_input)
+    return _reference(x, weights, quantize_input)
 
 
-def quantized_matmul(x: np.ndarray, weight: QuantizedTensor) -> np.ndarray:
+def quantized_matmul(x: np.ndarray, weight: QuantizedTensor, *, quantize_input: bool = False) -> np.ndarray:
     """x @ dequantize(weight)^T: x float32 (M, K), weight logical (N, K) in Q8_0/Q4_0/Q4_1 (or F32/F16)
-    -> float32 (M, N). The compiled kernel when built; the NumPy reference otherwise."""
-    return quantized_products(x, (weight,))[0]
+    -> float32 (M, N). The compiled kernel when built; the NumPy reference otherwise. quantize_input:
+    see quantized_products."""
+    return quantized_products(x, (weight,), quantize_input=quantize_input)[0]

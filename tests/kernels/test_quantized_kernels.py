@@ -1,15 +1,21 @@
 """quantized kernels (x @ W^T with W in GGUF Q8_0 / Q4_0 / Q4_1 blocks): compiled == NumPy reference on drawn
-shapes and drawn raw blocks (every finite f16 scale, subnormal to 65504), both paths == the product with
-`gguf.quants.dequantize`, the same bits on one and two threads and alone or together, the forced reference
-path, and bad arguments named.
+shapes and drawn raw blocks (every finite f16 scale, subnormal to 65504), with float32 inputs and with inputs
+rounded to 8 bits per block (quantize_input=True); both paths == the product with `gguf.quants.dequantize`;
+the same bits on one and two threads and alone or together; the forced reference path; bad arguments named.
 
 Tolerance (`_tolerance`): the kernels and the reference both sum K float32 products, in different orders
 (the fused kernel: 32 partial sums per block position, added pairwise; the reference: BLAS). Any order of
 a float32 sum of K terms is within gamma_K = K u / (1 - K u) (u = 2^-24) times sum_k |x_k w_k| of the
 exact sum, so two orders differ by at most 2 gamma_K sum_k |x_k w_k|. Q4_1 adds one rounding: the kernels
 compute d q + m with one fused multiply-add where dequantize rounds d q first, an error of at most
-u |d q| per weight, so Q4_1's sum uses |d q| + |m| in place of |w|. The bound is computed per output in
-float64; a wrong nibble order, block offset or scale would miss by a relative O(1), not O(K u).
+u |d q| per weight, so Q4_1's sum uses |d q| + |m| in place of |w|. With quantize_input the kernel sums
+d dx sum(q xq) and subtracts 8 d dx sum(xq) (Q4_0) or adds m dx sum(xq) (Q4_1) per block, two sums that
+may cancel, so the magnitudes are |d| (|q| + 8) (Q4_0) and |d q| + |m| (Q4_1) times |xq dx|, and K + 4
+roundings (the products d dx, the block sums). The bound is computed per output in float64; a wrong
+nibble order, block offset or scale would miss by a relative O(1), not O(K u).
+
+quantize_input's own effect (reference with rounded x vs reference with x) is bounded by how far the
+rounding moves x: at most dx / 2 per value, so sum_b dx_b / 2 * sum_(k in b) |w_k| per output.
 """
 import numpy as np
 import pytest
@@ -37,28 +43,41 @@ def _random_blocks(rng, type_name, rows, width, finite=True):
 
 
 def _magnitude(weight: QuantizedTensor) -> np.ndarray:
-    """|w| per weight (float64), with |d q| + |m| for Q4_1 (see the module docstring)."""
-    if weight.type != "Q4_1":
+    """Per weight (float64): |w|, |d| (|q| + 8) for Q4_0, |d q| + |m| for Q4_1 (see the module docstring)."""
+    if weight.type == "Q8_0":
         return np.abs(weight.dequantize().astype(np.float64))
-    blocks = weight.data.reshape(weight.shape[0], -1, 20)  # (N, K / 32, 20)
+    offset = 2 if weight.type == "Q4_0" else 4
+    blocks = weight.data.reshape(weight.shape[0], -1, FORMATS[weight.type].block_bytes)  # (N, K / 32, bytes)
     d = blocks[..., 0:2].copy().view("<f2").astype(np.float64)  # (N, K / 32, 1)
+    nibbles = blocks[..., offset:]
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).astype(np.float64)  # (N, K / 32, 32)
+    if weight.type == "Q4_0":
+        return (np.abs(d) * (q + 8)).reshape(weight.shape)
     m = blocks[..., 2:4].copy().view("<f2").astype(np.float64)
-    q = np.concatenate([blocks[..., 4:] & 0x0F, blocks[..., 4:] >> 4], axis=-1)  # (N, K / 32, 32)
     return (np.abs(d * q) + np.abs(m)).reshape(weight.shape)
 
 
 def _tolerance(x, weight):
     """Per-output bound (M, N) on |kernel - reference| (module docstring), plus the smallest subnormal."""
-    width = x.shape[1]
-    gamma = width * U / (1 - width * U)
+    terms = x.shape[1] + 4
+    gamma = terms * U / (1 - terms * U)
     return 2 * gamma * (np.abs(x.astype(np.float64)) @ _magnitude(weight).T) + 1e-45
 
 
-def _assert_close(ours, truth, x, weight):
+def _assert_within(ours, truth, bound):
     assert ours.dtype == np.float32 and ours.shape == truth.shape and ours.flags.c_contiguous
     gap = np.abs(ours.astype(np.float64) - truth.astype(np.float64))
-    bound = _tolerance(x, weight)
     assert np.all(gap <= bound), f"worst gap {gap.max()} vs bound {bound.flat[np.argmax(gap - bound)]}"
+
+
+def _assert_close(ours, truth, x, weight):
+    _assert_within(ours, truth, _tolerance(x, weight))
+
+
+def _rounded(x):
+    """x rounded as quantize_input rounds it: xq * dx (float32)."""
+    xq, dx = quantized.quantize_input_q8(x)
+    return (xq.reshape(*dx.shape, 32) * dx[..., None]).astype(np.float32).reshape(x.shape)
 
 
 @st.composite
@@ -88,6 +107,34 @@ def test_compiled_matches_reference(case):
         np.testing.assert_array_equal(ours, single)  # a weight's result does not depend on its companions
 
 
+@given(case=product_cases())
+def test_compiled_matches_reference_with_quantized_input(case):
+    x, weights = case
+    expected = [quantized.reference_matmul(x, weight, quantize_input=True) for weight in weights]
+    with compiled_path("quantized"):
+        together = quantized.quantized_products(x, weights, quantize_input=True)
+        alone = [quantized.quantized_matmul(x, weight, quantize_input=True) for weight in weights]
+    rounded = _rounded(x)
+    for ours, single, truth, weight in zip(together, alone, expected, weights):
+        _assert_close(ours, truth, rounded, weight)
+        np.testing.assert_array_equal(ours, single)
+
+
+@given(case=product_cases())
+def test_quantized_input_moves_the_product_by_at_most_its_rounding(case):
+    """Reference with rounded x vs reference with x: within sum_b dx_b / 2 * sum |w| (plus float rounding)."""
+    x, weights = case
+    xq, dx = quantized.quantize_input_q8(x)
+    assert xq.dtype == np.int8 and np.abs(xq.astype(np.int32)).max() <= 127
+    steps = np.repeat(dx.astype(np.float64), 32, axis=1)  # (M, K): dx of each value's block
+    assert np.all(np.abs(_rounded(x).astype(np.float64) - x) <= steps * (0.5 + 1e-6))
+    for weight in weights:
+        bound = (steps / 2) @ np.abs(weight.dequantize().astype(np.float64)).T  # (M, N)
+        bound += _tolerance(x, weight) + _tolerance(_rounded(x), weight)
+        _assert_within(quantized.reference_matmul(x, weight, quantize_input=True),
+                       quantized.reference_matmul(x, weight), bound)
+
+
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows", [1, 3, 7])
 def test_matches_gguf_dequantize_product(type_name, rows, kernel_path, rng):
@@ -104,8 +151,9 @@ def test_matches_gguf_dequantize_product(type_name, rows, kernel_path, rng):
     _assert_close(quantized.quantized_matmul(x, weight), theirs, x, weight)
 
 
+@pytest.mark.parametrize("quantize_input", [False, True])
 @pytest.mark.parametrize("rows", [1, 2, 4, 12])
-def test_same_bits_on_any_thread_count_and_alone_or_together(rows, rng):
+def test_same_bits_on_any_thread_count_and_alone_or_together(rows, quantize_input, rng):
     """Packed weights above PARALLEL_BYTES, so two threads split them (rows <= MAX_ROWS: the fused kernel;
     12 rows: the tiled one, whose tiles the two threads share); 193 rows leave a short last tile."""
     x = rng.standard_normal((rows, 576)).astype(np.float32)
@@ -118,8 +166,9 @@ def test_same_bits_on_any_thread_count_and_alone_or_together(rows, rng):
         with compiled_path("quantized"):
             for count in (1, 2):
                 threads.set_num_threads(count)
-                runs.append(quantized.quantized_products(x, weights))
-                runs.append([quantized.quantized_matmul(x, weight) for weight in weights])
+                runs.append(quantized.quantized_products(x, weights, quantize_input=quantize_input))
+                runs.append([quantized.quantized_matmul(x, weight, quantize_input=quantize_input)
+                             for weight in weights])
     finally:
         threads.set_num_threads(previous)
     for run in runs[1:]:
@@ -136,9 +185,24 @@ def test_non_finite_scales_give_non_finite_outputs(type_name, kernel_path, rng):
     data[5, 0:2] = np.array([np.nan], dtype="<f2").view(np.uint8)
     weight = QuantizedTensor(type_name, weight.shape, data)
     for rows in (2, 6):  # the fused kernel and the tiled one
-        result = quantized.quantized_matmul(rng.standard_normal((rows, 64)).astype(np.float32), weight)
-        assert not np.isfinite(result[:, [3, 5]]).any()
-        assert np.isfinite(result[:, [0, 1, 2, 4, 6, 7]]).all()
+        for quantize_input in (False, True):
+            x = rng.standard_normal((rows, 64)).astype(np.float32)
+            result = quantized.quantized_matmul(x, weight, quantize_input=quantize_input)
+            assert not np.isfinite(result[:, [3, 5]]).any()
+            assert np.isfinite(result[:, [0, 1, 2, 4, 6, 7]]).all()
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("quantize_input", [False, True])
+def test_non_finite_inputs_give_non_finite_outputs(bad, quantize_input, kernel_path, rng):
+    """An inf or NaN in x never comes out as a finite number (rounding x to 8 bits must not hide it)."""
+    weight = _random_blocks(rng, "Q4_1", 8, 64)
+    for rows in (3, 6):
+        x = rng.standard_normal((rows, 64)).astype(np.float32)
+        x[1, 40] = bad
+        result = quantized.quantized_matmul(x, weight, quantize_input=quantize_input)
+        assert not np.isfinite(result[1]).any()
+        assert np.isfinite(np.delete(result, 1, axis=0)).all()
 
 
 def test_forced_reference_is_the_reference(rng):
@@ -198,6 +262,9 @@ def test_bad_arguments_are_named(rng):
         quantized.quantized_products(x, [weight, QuantizedTensor("Q5_0", (4, 64), np.zeros((4, 44), np.uint8))])
     with pytest.raises(TypeError, match="stored as BF16"):
         quantized.quantized_matmul(x, QuantizedTensor("BF16", (4, 64), np.zeros((4, 128), np.uint8)))
+    with pytest.raises(ValueError, match=r"whole blocks of 32 values.*\(2, 40\)"):
+        quantized.quantized_matmul(rng.standard_normal((2, 40)).astype(np.float32),
+                                   QuantizedTensor("F32", (3, 40), np.zeros((3, 160), np.uint8)), quantize_input=True)
     with pytest.raises(ValueError, match=r"logical shape \(N, 64\).*\(2, 4, 64\)"):
         quantized.quantized_matmul(x, QuantizedTensor("Q4_0", (2, 4, 64), np.zeros((2, 4, 36), np.uint8)))
 
