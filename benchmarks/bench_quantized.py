@@ -3,6 +3,7 @@
     python benchmarks/bench_quantized.py               # 1 and 2 threads, decode and prefill (~5 minutes)
     python benchmarks/bench_quantized.py --quick       # fewer repeats, one thread count
     python benchmarks/bench_quantized.py --threads 2 --skip-prefill
+    python benchmarks/bench_quantized.py --threads 1 --clock cpu   # CPU time of the calling thread
 
 Shapes: the Linear layers of SmolLM2-135M (hidden 576, MLP 1536, 3 kv heads of 64, vocabulary 49152),
 as (N, K) = (out, in): 576x576 (q, o), 192x576 (k, v), 1536x576 (gate, up), 576x1536 (down), 49152x576
@@ -23,11 +24,20 @@ so a change of the machine's load hits every column alike.
 Prefill (M = 512 rows): the tiled kernel (dequantize a tile, sgemm) vs the reference vs float32 BLAS
 (minifm.kernels.threads.matmul, which the float32 Linear layer uses) vs torch, with GFLOP/s (2 M N K).
 
-The summary line adds up one decoding step's products of SmolLM2-135M (30 layers of q, k, v, o, gate,
+A summary adds up one decoding step's products of SmolLM2-135M (30 layers of q, k, v, o, gate,
 up, down, plus the head), weighted by each shape's measured time: the matrix-product time per token and
 the tokens/s it allows (attention, norms and Python are not included), and the bytes per token that
-decode must read, against the bandwidth the float32 matvec of the largest matrix reaches.
+decode must read, against the bandwidth the float32 matvec of the largest matrix reaches. Those per-shape
+times call one weight again and again, so small weights are read from cache; the "whole decoding step"
+table instead runs one step's 211 products over 30 distinct layers of random weights (84 MB in Q4_1, 538
+MB in float32: more than the caches hold), as a model does, Python overheads included.
 Also printed: the machine (lscpu's model name, usable cores), load averages before and after.
+
+--clock cpu times each call by the CPU time of the calling thread (time.thread_time) instead of the wall
+clock: on a machine whose other processes keep the load above its core count, the wall clock mostly
+measures how long the scheduler kept this process waiting, while the CPU time measures the work (cache
+and memory-bandwidth contention from the neighbours still count). Only meaningful with one thread, where
+every library computes in the calling thread: the script refuses it otherwise.
 """
 from __future__ import annotations
 
@@ -83,6 +93,9 @@ def random_weight(type_name: str, rows: int, width: int, rng) -> QuantizedTensor
     return QuantizedTensor(type_name, (rows, width), blocks.reshape(rows, -1))
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.thread_time
+
+
 def interleaved_medians(fns: dict, rounds: int, budget_s: float) -> dict:
     """Median seconds per call of each function, calling them in turn (one warm-up each), `rounds`
     rounds or until budget_s seconds have passed (at least 3 rounds)."""
@@ -94,9 +107,9 @@ def interleaved_medians(fns: dict, rounds: int, budget_s: float) -> dict:
         if done >= 3 and time.perf_counter() - started > budget_s:
             break
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(CLOCK() - t0)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -178,6 +191,48 @@ def summarize(fused, q8):
           f"token would take the MB column / {bandwidth / 1e9:.1f} GB/s")
 
 
+def bench_step(rounds, budget_s, rng):
+    """One decoding step's products over a whole model's worth of distinct weights (nothing stays in cache)."""
+    print("\n### A whole SmolLM2-135M decoding step's matrix products, 30 distinct layers + head, M = 1\n")
+    print("Per layer: q, k, v in one quantized_products call, o, gate and up in one call, down; then the head."
+          " Float32 runs the same sequence with matvec_many. Median ms per step (wall or CPU, as the clock).\n")
+    print(f"| {'weights':<26} | {'MB read / step':>14} | {'ms / step':>9} | {'steps/s':>7} | {'GB/s':>6} |")
+    print("|" + "|".join("-" * width for width in (28, 16, 11, 9, 8)) + "|")
+    x576 = rng.standard_normal((1, 576)).astype(np.float32)  # (1, hidden)
+    x1536 = rng.standard_normal((1, 1536)).astype(np.float32)  # (1, intermediate)
+    shapes = {"q": (576, 576), "k": (192, 576), "v": (192, 576), "o": (576, 576), "gate": (1536, 576),
+              "up": (1536, 576), "down": (576, 1536)}
+
+    def run(label, make, products, head_type=None):
+        layers = [{name: make(shape) for name, shape in shapes.items()} for _ in range(30)]
+        head = make((49152, 576)) if head_type is None else random_weight(head_type, 49152, 576, rng)
+
+        def step():
+            for layer in layers:
+                products(x576, [layer["q"], layer["k"], layer["v"]])
+                products(x576, [layer["o"]])
+                products(x576, [layer["gate"], layer["up"]])
+                products(x1536, [layer["down"]])
+            products(x576, [head])
+
+        nbytes = sum(w.nbytes for layer in layers for w in layer.values()) + head.nbytes
+        seconds = interleaved_medians({label: step}, max(5, rounds // 3), budget_s)[label]
+        print(f"| {label:<26} | {nbytes / 1e6:>14.1f} | {seconds * 1e3:>9.2f} | {1 / seconds:>7.1f} | "
+              f"{nbytes / seconds / 1e9:>6.1f} |", flush=True)
+
+    run("float32 (matvec_many)", lambda shape: (rng.standard_normal(shape) * 0.02).astype(np.float32),
+        matvec.matvec_many)
+    for type_name in TYPES:
+        for quantize_input in (False, True):
+            run(f"{type_name} {'q8-input' if quantize_input else 'fused'}",
+                lambda shape, t=type_name: random_weight(t, *shape, rng),
+                lambda x, ws, q=quantize_input: quantized.quantized_products(x, ws, quantize_input=q))
+    for quantize_input in (False, True):
+        run(f"Q4_1 file {'q8-input' if quantize_input else 'fused'}",
+            lambda shape: random_weight("Q4_1", *shape, rng),
+            lambda x, ws, q=quantize_input: quantized.quantized_products(x, ws, quantize_input=q), head_type="Q8_0")
+
+
 def bench_prefill(rounds, budget_s, rng, rows_in=512):
     print(f"\n### Prefill, M = {rows_in}: median ms (GFLOP/s)\n")
     print(f"| {'N x K':<11} | {'type':<5} | {'q-tiled':>15} | {'reference':>15} | {'f32 BLAS':>15} | "
@@ -213,7 +268,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, and only the thread count given")
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts (default 1,2)")
     parser.add_argument("--skip-prefill", action="store_true")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: time.perf_counter; cpu: the calling thread's CPU time (one thread only)")
     args = parser.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        if args.threads.strip() != "1":
+            parser.error("--clock cpu needs --threads 1 (other threads' CPU time is not counted)")
+        CLOCK = time.thread_time
     rounds, budget_s = (7, 3.0) if args.quick else (31, 20.0)
     counts = [int(count) for count in args.threads.split(",") if count]
     if args.quick:
@@ -223,7 +285,7 @@ def main():
     print(f"machine: {machine_description()}")
     print(f"minifm kernels: backend={info['backend']} openmp={info['openmp']} quantized compiled={compiled}; "
           f"torch {torch.__version__ if torch else 'not installed'}; numpy {np.__version__}; "
-          f"rounds up to {rounds} (median); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"rounds up to {rounds} (median); clock {args.clock}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
     if not compiled:
         print("warning: minifm.kernels._quantized is not built; the quantized columns are the NumPy reference")
@@ -238,6 +300,7 @@ def main():
                   f"load {os.getloadavg()[0]:.1f}")
             fused, q8 = bench_decode(rounds, budget_s, rng)
             summarize(fused, q8)
+            bench_step(rounds, budget_s, rng)
             if not args.skip_prefill:
                 bench_prefill(max(3, rounds // 4), budget_s, rng)
     finally:
