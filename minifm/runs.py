@@ -15,15 +15,19 @@ produces one, and every reader uses the rules here:
                  base model, frozen, when the run is loaded
 
 `save_run(model, tokenizer, directory)` writes a finished model so that `load_run(directory)`
-gives it back; a PEFT-wrapped model also writes its adapter alone (adapter_config.json +
+gives it back (a quantized GPT keeps its Q8_0 / Q4_0 / Q4_1 blocks: model.safetensors holds them as
+uint8 arrays under the weights' usual names, config.json names the formats, see minifm/nn/quantized.py); a PEFT-wrapped model also writes its adapter alone (adapter_config.json +
 adapter_model.safetensors, the small file to share); LoRA and IA3 are merged first.
 
 The tokenizer file is minifm's own BPE format (a trained run) or a Hugging Face tokenizer.json (a
 run converted from a real model); `load_tokenizer` tells them apart by the file's `format` key.
 
-`load_any(name_or_path)` is what the commands that use a model (generate, chat, embed, convert) call:
-a run directory, a Hugging Face directory, a .gguf file, or a known short name
-(minifm/pretrained/registry.py), each with its tokenizer.
+`load_any(name_or_path, dtype="float32")` is what the commands that use a model (generate, chat, embed,
+convert, quantize, the training stages) call: a run directory, a Hugging Face directory, a .gguf
+file, or a known short name (minifm/pretrained/registry.py), each with its tokenizer. The default
+float32 is what training and export need; generate and chat pass None (their --dtype default), which
+keeps the model as stored: a GGUF's own quantized formats, a run as saved. "q8_0" | "q4_0" | "q4_1"
+quantize a GPT (GPT.from_pretrained for real checkpoints, GPT.convert_weights for runs).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from minifm.checkpoint import (
     save_checkpoint,
 )
 from minifm.models import BERT, GPT, T5, BERTConfig, GPTConfig, RewardModel, T5Config, ValueModel
+from minifm.nn import init
 from minifm.peft import PeftModel, from_pretrained, save_adapter
 from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer import BPETokenizer
@@ -54,6 +59,9 @@ def model_from_record(record: dict, where: str = "checkpoint"):
         raise ValueError(f"{where}: the checkpoint record has no model_config")
     if class_name in BACKBONES:
         model_class, config_class = BACKBONES[class_name]
+        if config.get("weight_dtype") or config.get("embedding_dtype"):  # quantized: the checkpoint fills every
+            with init.skipped_initialisation():                          # block, so nothing is drawn or quantized
+                return model_class(config_class.from_dict(config))
         return model_class(config_class.from_dict(config))
     if class_name in HEADS:
         return HEADS[class_name](GPT(GPTConfig.from_dict(config)))
@@ -96,17 +104,28 @@ def load_run(directory):
     return model, load_tokenizer(find_tokenizer(directory))
 
 
-def load_any(name_or_path):
-    """(model, tokenizer) from a run directory, a Hugging Face directory, a .gguf file or a known short name."""
+def load_any(name_or_path, dtype: str | None = "float32"):
+    """(model, tokenizer) from a run directory, a Hugging Face directory, a .gguf file or a known short name.
+
+    dtype "float32" (the default: what training and export need) dequantizes quantized weights; None
+    keeps the model as stored (a GGUF's own formats, a run as saved); "q8_0" | "q4_0" | "q4_1" quantizes
+    a GPT's Linear weights and token embedding (GPT.from_pretrained, GPT.convert_weights)."""
     path = resolve_model_path(name_or_path)
     if path.is_dir() and has_checkpoint(path):
-        return load_run(path)
+        model, tokenizer = load_run(path)
+        quantized = getattr(getattr(model, "config", None), "quantized", False)
+        if dtype is not None and (dtype != "float32" or quantized):
+            if type(model) is not GPT:
+                raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds a "
+                                 f"{type(model).__name__}")
+            model.convert_weights(dtype)
+        return model, tokenizer
     if path.is_file() and path.suffix == ".gguf":
-        return GPT.from_pretrained(path), tokenizer_from_pretrained(path)
+        return GPT.from_pretrained(path, dtype=dtype), tokenizer_from_pretrained(path)
     if path.is_dir() and (path / "config.json").is_file():
         architectures = read_json_file(path / "config.json").get("architectures") or []
         model_class = BERT if any(name.startswith("Bert") for name in architectures) else GPT
-        return model_class.from_pretrained(path), tokenizer_from_pretrained(path)
+        return model_class.from_pretrained(path, dtype=dtype), tokenizer_from_pretrained(path)
     raise ValueError(f"{name_or_path} is not a run directory (no {TRAIN_STATE_FILE}), a Hugging Face directory "
                      f"(no config.json) or a .gguf file")
 

@@ -23,7 +23,7 @@ MY_STAGES = "curate,tokenizer,pretrain,sampling"
 
 def test_every_lifecycle_step_has_a_subcommand():
     assert set(SUBCOMMANDS) == {"lifecycle", "curate", "tokenize", "pretrain", "generate", "chat", "embed", "convert",
-                                "sft", "reward", "ppo", "dpo", "lab", "info"}
+                                "quantize", "sft", "reward", "ppo", "dpo", "lab", "info"}
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS + [None])
@@ -45,7 +45,8 @@ def required_arguments(command: str, tmp_path) -> list[str]:
     out = ["--out", str(tmp_path / "out")]
     model = ["--model", str(tmp_path)]
     return {"generate": ["--run", str(tmp_path)], "chat": model, "embed": model + ["some text"],
-            "convert": [str(tmp_path), str(tmp_path / "out")], "sft": model + out, "reward": model + out, "dpo": model + out,
+            "convert": [str(tmp_path), str(tmp_path / "out")], "quantize": [str(tmp_path), "--dtype", "q8_0"] + out,
+            "sft": model + out, "reward": model + out, "dpo": model + out,
             "ppo": model + out + ["--reward-model", str(tmp_path)], "pretrain": out, "tokenize": out,
             "lifecycle": out}.get(command, [])
 

@@ -8,6 +8,7 @@
     chat.py            minifm chat         chat with a model through its own chat template, replies streamed
     embed.py           minifm embed        sentence vectors and cosine similarities (all-minilm-l6-v2)
     convert.py         minifm convert      GGUF / Hugging Face checkpoints <-> minifm run directories
+    quantize.py        minifm quantize     a GPT's weights as Q8_0 / Q4_0 / Q4_1 blocks, in a new run directory
     lab.py             minifm lab          the chapter's claims as experiments (minifm/lab/)
     post_training.py   minifm sft | reward | ppo | dpo   the post-training stages on a run directory
     info.py            minifm info         version, kernel backend, a tiny forward/backward
@@ -34,7 +35,7 @@ import sys
 import warnings
 
 from minifm import __version__
-from minifm.cli import chat, convert, data, embed, generate, info, lab, lifecycle, post_training, pretrain
+from minifm.cli import chat, convert, data, embed, generate, info, lab, lifecycle, post_training, pretrain, quantize
 from minifm.cli.common import OneLineErrorParser
 from minifm.config import ConfigError
 from minifm.distributed import DistributedError, get_world, is_raised_on_every_rank, raised_on_every_rank
@@ -43,7 +44,8 @@ from minifm.train.loop import NonFiniteLossError, TrainingInterrupted
 DATA_PARALLEL_COMMANDS = ("pretrain", "sft", "reward", "dpo")  # the ones that run under mpiexec -n N > 1
 
 COMMANDS = (lifecycle.COMMANDS + data.COMMANDS + pretrain.COMMANDS + generate.COMMANDS + chat.COMMANDS
-            + embed.COMMANDS + convert.COMMANDS + post_training.COMMANDS + lab.COMMANDS + info.COMMANDS)
+            + embed.COMMANDS + convert.COMMANDS + quantize.COMMANDS + post_training.COMMANDS + lab.COMMANDS
+            + info.COMMANDS)
 
 
 def build_parser() -> OneLineErrorParser:

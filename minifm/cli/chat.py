@@ -1,6 +1,7 @@
 """`minifm chat`: talk to a chat model, its reply streamed token by token.
 
     minifm chat --model smollm2-135m-instruct [--temperature 0.2 --top-p 0.9] [--system TEXT]
+    minifm chat --model smollm2-135m-instruct --dtype float32      (default: the file's own Q4_1 weights)
     minifm chat --model runs/lifecycle/sft                   (a minifm SFT / DPO / PPO run)
     printf 'What is 2+2?\\n/reset\\nName a colour.\\n' | minifm chat --model smollm2-135m-instruct
     minifm chat --model smollm2-135m-instruct --json-schema answer.json     (every reply valid JSON)
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
 from minifm.cli.generate import (
-    GenerateSettings, add_model_argument, add_structured_output_arguments, check_generates, decoding_options,
-    structured_output,
+    GenerateSettings, add_dtype_argument, add_model_argument, add_structured_output_arguments, check_generates,
+    decoding_options, structured_output,
 )
 from minifm.runs import load_any
 from minifm.sampling.generate import generate
@@ -46,6 +47,7 @@ class ChatSettings(GenerateSettings):
 
 def add_chat_arguments(parser) -> None:
     add_model_argument(parser)
+    add_dtype_argument(parser)
     parser.add_argument("--system", default=None, help="a system message that starts every conversation")
     add_structured_output_arguments(parser)
     add_dataclass_arguments(parser, ChatSettings, "decoding")
@@ -98,7 +100,7 @@ def run_chat(args) -> int:
     if settings.num_beams != 1 or settings.num_return_sequences != 1:
         raise ValueError("chat streams one reply: --num-beams and --num-return-sequences must be 1")
     make_constraint = structured_output(args)
-    model, tokenizer = load_any(args.model)
+    model, tokenizer = load_any(args.model, dtype=args.dtype)  # default: as stored (SmolLM2: its Q4_1)
     check_generates(model, args.model)
     end_id = end_of_turn_id(tokenizer)
     processors = None if make_constraint is None else make_constraint(tokenizer, end_id)  # one for every reply

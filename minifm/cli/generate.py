@@ -6,11 +6,14 @@
     minifm generate --run DIR                      (no --prompt: an interactive prompt)
     minifm generate --model M --prompt "Answer: " --regex "(yes|no)"       (structured output)
     minifm generate --model M --prompt "{" --json-schema person.json       (JSON valid against the schema)
+    minifm generate --model smollm2-135m-instruct --dtype float32 --prompt "Hi"   (weights dequantized)
 
 --model and --run are the same option (--run is the older name); the prompt is continued as it is,
 without a chat template (`minifm chat` applies the model's template). --regex and --json-schema
 (one of them) constrain the generated text (minifm.sampling.constraints): the pattern or the schema
-file is checked before the model loads, a bad one is a one-line error.
+file is checked before the model loads, a bad one is a one-line error. --dtype (also in `minifm chat`)
+picks the weights' storage: by default the model runs as stored (a GGUF's own quantized formats, e.g.
+SmolLM2's Q4_1; a run as saved); float32 dequantizes, q8_0 | q4_0 | q4_1 quantize on load.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
 from minifm.config import ConfigBase
 from minifm.models import BERT, GPT, T5
+from minifm.models.pretrained import QUANTIZED_DTYPES
 from minifm.peft import PeftModel
 from minifm.checkpoint import read_json_file
 from minifm.runs import load_any
@@ -70,6 +74,14 @@ def add_model_argument(parser) -> None:
                              "file, or a short name: smollm2-135m-instruct, all-minilm-l6-v2")
 
 
+def add_dtype_argument(parser) -> None:
+    """--dtype float32|q8_0|q4_0|q4_1 (default: the model as stored)."""
+    parser.add_argument("--dtype", choices=("float32",) + QUANTIZED_DTYPES, default=None,
+                        help="store the weights as this type (default: as the model is stored: a GGUF's own "
+                             "quantized format, e.g. q4_1 for smollm2-135m-instruct; float32 for a Hugging Face "
+                             "directory; a run as saved)")
+
+
 def end_token_id(tokenizer) -> int | None:
     """The id that ends a reply: the tokenizer's eos token (a real model's), else minifm's <|endoftext|>."""
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -78,6 +90,7 @@ def end_token_id(tokenizer) -> int | None:
 
 def add_generate_arguments(parser) -> None:
     add_model_argument(parser)
+    add_dtype_argument(parser)
     parser.add_argument("--prompt", action="append", default=None,
                         help="a prompt (repeat for a batch); without it, an interactive prompt loop")
     parser.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
@@ -145,7 +158,7 @@ def decoding_options(settings: GenerateSettings) -> dict:
 def run_generate(args) -> int:
     settings = settings_from(args, GenerateSettings, file_values=config_values(args, field_names(GenerateSettings)))
     make_constraint = structured_output(args)
-    model, tokenizer = load_any(args.model)
+    model, tokenizer = load_any(args.model, dtype=args.dtype)
     check_generates(model, args.model)
     eos = end_token_id(tokenizer)
     options = dict(decoding_options(settings), stop=args.stop, tokenizer=tokenizer if args.stop else None,

@@ -19,6 +19,13 @@ generator from the same seed, `model.rng`, drives every Dropout.
 Config fields beyond the core ones (vocab_size ... tie_weights), all with defaults: mlp_ratio=4.0, mlp_hidden=None
 (explicit FFN width), rope_base=10000.0, norm_eps=None (1e-5 LayerNorm / 1e-6 RMSNorm),
 init_std=0.02, seed=0, dtype="float32" ("float64" for exact-math tests).
+
+Quantized weights (minifm/nn/quantized.py): weight_dtype="q8_0" | "q4_0" | "q4_1" stores every Linear of
+the blocks (and an untied lm_head) as frozen GGUF blocks, embedding_dtype the same for the token
+embedding, which a tied model also uses as its output head (rows dequantized for the lookup, the
+quantized product for the logits). None (the default) keeps them in `dtype`. Quantized models
+compute in float32 and are frozen (every parameter requires_grad=False; adapters train on top). A GPT built with them quantizes its GPT-2 initialisation; GPT.from_pretrained
+and run directories fill them with the stored blocks instead.
 """
 from __future__ import annotations
 
@@ -33,8 +40,12 @@ from minifm.models.config import (
 )
 from minifm.nn.attention import KVCache
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
-from minifm.models.pretrained import load_pretrained, save_pretrained
+from minifm.models.pretrained import EMBEDDING_DTYPE, load_pretrained, save_pretrained
+from minifm.nn import init
 from minifm.nn.module import Module
+from minifm.nn.quantized import (
+    QuantizedEmbedding, check_weight_type, convert_linears, empty_quantized_linears,
+)
 from minifm.sampling.generate import generate
 
 
@@ -62,9 +73,32 @@ class GPTConfig(TransformerConfigBase):
     seed: int = 0
     dtype: str = "float32"
     qkv_bias: bool | None = None  # q/k/v biases apart from `bias` (Qwen2: True with bias=False); None = bias
+    weight_dtype: str | None = None  # "q8_0" | "q4_0" | "q4_1": Linear weights kept quantized; None = dtype
+    embedding_dtype: str | None = None  # the same for the token embedding (and a tied head); None = dtype
 
     def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
+        for field in ("weight_dtype", "embedding_dtype"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            check_weight_type(value, f"GPTConfig.{field}")
+            if value != value.lower():
+                raise ValueError(f"GPTConfig.{field} is spelt in lower case ({value.lower()!r}), got {value!r}")
+            widths = {"n_embd": self.n_embd} if field == "embedding_dtype" else \
+                {"n_embd": self.n_embd, "the FFN width": self.ffn_hidden}
+            for width_name, width in widths.items():
+                if width % 32:
+                    raise ValueError(f"GPTConfig.{field}={value!r} stores rows in blocks of 32 values: {width_name} "
+                                     f"must be a multiple of 32, got {width}")
+            if self.dtype != "float32":
+                raise ValueError(f"GPTConfig.{field}={value!r} needs dtype 'float32' (quantized weights compute in "
+                                 f"float32), got dtype {self.dtype!r}")
+
+    @property
+    def quantized(self) -> bool:
+        """True when some weights are kept in a quantized block format."""
+        return self.weight_dtype is not None or self.embedding_dtype is not None
 
 
 class GPT(Module):
@@ -85,12 +119,55 @@ class GPT(Module):
         if not config.tie_weights:
             self.lm_head = Linear(d, config.vocab_size, bias=False)
         self.rng = initialise_weights(self, config, config.n_layer)  # GPT-2 init; drives every Dropout
+        if config.quantized:
+            self._quantize_weights(config)
+
+    def _quantize_weights(self, config: GPTConfig) -> None:
+        """Swap the Linear layers (weight_dtype) and the embedding (embedding_dtype) for frozen quantized
+        ones: the initialised values quantized, or zero blocks when the initialisation was skipped
+        (a checkpoint fills them next, and the float layers' np.empty memory is never read). Every
+        parameter is frozen: training such a model means adapters (minifm/nn/quantized.py)."""
+        skipped = init._skipping  # True inside init.skipped_initialisation()
+        if config.weight_dtype is not None:
+            swap = empty_quantized_linears if skipped else convert_linears
+            swap(self, config.weight_dtype)
+        if config.embedding_dtype is not None:
+            if skipped:
+                self.wte = QuantizedEmbedding(config.vocab_size, config.n_embd, config.embedding_dtype)
+            else:
+                self.wte = QuantizedEmbedding.from_embedding(self.wte, config.embedding_dtype, "wte.weight")
+        self.requires_grad_(False)  # a quantized model is a frozen base (nn/quantized.py, "Training")
 
     # ------------------------------------------------------------------ forward
     @classmethod
     def from_pretrained(cls, path, dtype: str | None = None) -> "GPT":
-        """A GPT holding a real checkpoint: a Hugging Face directory or a .gguf file (minifm/models/pretrained.py)."""
+        """A GPT holding a real checkpoint: a Hugging Face directory or a .gguf file (minifm/models/pretrained.py).
+
+        dtype: "float32" | "float64" | "q8_0" | "q4_0" | "q4_1"; None = the file's own (a GGUF's
+        quantized weights kept as stored; float32 for a Hugging Face directory)."""
         return load_pretrained(cls, GPTConfig, "gpt", path, dtype)
+
+    def convert_weights(self, dtype: str) -> "GPT":
+        """Store the weights as `dtype`, in place, and return self (as GPT.from_pretrained would load them):
+        "q8_0" | "q4_0" | "q4_1" quantizes every Linear weight, and the token embedding (the head of a tied
+        model) to Q8_0 (models/pretrained.py EMBEDDING_DTYPE); layers already in their format keep their
+        blocks, others are requantized from their float32 values; every parameter is then frozen.
+        "float32" dequantizes every quantized layer back into float32 layers, all parameters trainable."""
+        if dtype not in ("float32", "q8_0", "q4_0", "q4_1"):
+            raise ValueError(f"dtype must be one of ['float32', 'q8_0', 'q4_0', 'q4_1'], got {dtype!r}")
+        if self.config.dtype != "float32":
+            raise ValueError(f"convert_weights({dtype!r}) needs a float32 model, this one is {self.config.dtype}")
+        weight_type = None if dtype == "float32" else dtype
+        embedding_type = None if dtype == "float32" else EMBEDDING_DTYPE
+        convert_linears(self, weight_type)
+        current = self.wte.weight_type.lower() if isinstance(self.wte, QuantizedEmbedding) else None
+        if current != embedding_type:
+            table = self.wte.to_embedding() if current else self.wte
+            self.wte = table if embedding_type is None else \
+                QuantizedEmbedding.from_embedding(table, embedding_type, "wte.weight")
+        self.config.weight_dtype, self.config.embedding_dtype = weight_type, embedding_type
+        self.requires_grad_(weight_type is None)  # quantized: a frozen base (nn/quantized.py, "Training")
+        return self
 
     def save_pretrained(self, directory):
         """Write this model as a Hugging Face directory (config.json + model.safetensors) that transformers loads."""
@@ -138,6 +215,8 @@ class GPT(Module):
     def logits_from_hidden(self, hidden):
         """Apply the output head to final hidden states (B, T, d) -> (B, T, vocab)."""
         if self.config.tie_weights:
+            if isinstance(self.wte, QuantizedEmbedding):
+                return self.wte.logits(hidden)  # the quantized table as the head
             return F.linear(hidden, self.wte.weight)
         return self.lm_head(hidden)
 

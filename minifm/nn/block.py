@@ -22,7 +22,9 @@ the same Function forwards on raw NumPy arrays, skipping Tensor/Function bookkee
 Python-level autograd calls per block per token during KV-cached decoding). It covers everything a
 Llama-style decoder needs: RoPE (the same cos/sin tables and `_Rotate` forward as the attention
 module), GQA, RMSNorm, SwiGLU (the fused SiluMul forward), q/k/v biases, padding masks and the KV cache.
-The numbers are identical: the same kernels run in the same order.
+The numbers are identical: the same kernels run in the same order. Frozen quantized projections
+(minifm/nn/quantized.py QuantizedLinear) run on the fast path too: their products go through
+minifm.kernels.quantized, q/k/v and gate/up as one quantized_products call each.
 """
 from __future__ import annotations
 
@@ -33,11 +35,15 @@ from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.ops import attention as attention_ops
 from minifm.autograd.ops import elementwise, linalg, normalization
 from minifm.autograd.tensor import Tensor
+from minifm.kernels.quantized import quantized_products
 from minifm.kernels.threads import matmul_weights
 from minifm.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding, _Rotate
 from minifm.nn.layers import Dropout, LayerNorm, Linear, RMSNorm, make_norm
 from minifm.nn.mlp import MLP, SwiGLU, make_mlp
 from minifm.nn.module import Module
+from minifm.nn.quantized import QuantizedLinear
+
+PROJECTION_TYPES = (Linear, QuantizedLinear)  # the exact types the inference fast path runs
 
 
 def _norm_array(norm: Module, x: np.ndarray) -> np.ndarray:
@@ -49,18 +55,26 @@ def _norm_array(norm: Module, x: np.ndarray) -> np.ndarray:
     return normalization.RMSNorm.forward(Context(), x, weight, norm.eps)
 
 
-def _linear_array(layer: Linear, x: np.ndarray) -> np.ndarray:
-    """layer(x) on a raw array: the fused Linear Function's forward."""
+def _linear_array(layer: Linear | QuantizedLinear, x: np.ndarray) -> np.ndarray:
+    """layer(x) on a raw array: the fused Linear Function's forward (or the quantized layer's)."""
+    if type(layer) is QuantizedLinear:
+        return layer.forward_array(x)
     bias = None if layer.bias is None else layer.bias.data
     return linalg.Linear.forward(Context(), x, layer.weight.data, bias)
 
 
-def _linears_array(layers: tuple[Linear, ...], x: np.ndarray) -> list[np.ndarray]:
+def _linears_array(layers: tuple, x: np.ndarray) -> list[np.ndarray]:
     """[layer(x) for layer in layers] on a raw array x (..., in), the same numbers as _linear_array:
     the rows of x times each weight (threads.matmul_weights, one parallel region for all of them
     when the matvec kernel takes the products), then each bias added, as linalg.Linear computes it."""
     rows = x.reshape(-1, x.shape[-1])  # (N, in)
-    outs = matmul_weights(rows, [layer.weight.data for layer in layers])  # (N, out_i) each
+    kinds = {type(layer) for layer in layers}
+    if kinds == {QuantizedLinear}:
+        outs = quantized_products(rows, [layer.quantized_weight for layer in layers])  # (N, out_i) each
+    elif kinds == {Linear}:
+        outs = matmul_weights(rows, [layer.weight.data for layer in layers])  # (N, out_i) each
+    else:  # a mix of float and quantized projections: one at a time
+        return [_linear_array(layer, x) for layer in layers]
     results = []
     for layer, out in zip(layers, outs):
         out = out.reshape(*x.shape[:-1], out.shape[-1])  # (..., out_i)
@@ -148,7 +162,7 @@ class TransformerBlock(Module):
         else:
             return False
         projections = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj) + mlp_layers
-        return all(type(layer) is Linear for layer in projections)
+        return all(type(layer) in PROJECTION_TYPES for layer in projections)
 
     def _inference_forward(self, x, positions, key_padding_mask, cache, layer_index):
         """The general forward's arithmetic on raw arrays (see the module docstring); x (B, T, dim)."""

@@ -1,4 +1,4 @@
-"""GGML tensor formats (the storage types of GGUF files) turned back into float32, in NumPy.
+"""GGML tensor formats (the storage types of GGUF files): float32 to blocks and back, in NumPy.
 
 A GGUF tensor of logical shape (..., n) is stored row by row; a row of n values is n / block_size
 consecutive blocks, and a block is the unit that shares one scale. All numbers are little-endian;
@@ -27,12 +27,33 @@ reference's, and no floating-point warning is raised. The checkpoint readers ref
 weight they return (minifm/pretrained/pretrained_checkpoint.py), naming the tensor. Subnormal f16
 scales are ordinary numbers here: f16 -> float32 conversion is exact for them.
 
+Quantizing (`quantize(values, type_name)`, float32 -> blocks) follows ggml's reference quantizers
+(quantize_row_*_ref in ggml-quants.c), as the `gguf` package's `gguf.quants.quantize` writes them in
+NumPy, and gives the same bytes (the tests compare them on drawn arrays). For one block of 32 values x:
+
+    Q8_0   d = max|x| / 127            q[i] = round(x[i] / d), halves away from zero      (-127..127)
+    Q4_0   d = x[j] / -8, x[j] the value of largest magnitude (its sign kept)
+                                       q[i] = min(15, trunc(x[i] / d + 8.5))              (0..15)
+    Q4_1   d = (max x - min x) / 15, m = min x
+                                       q[i] = min(15, trunc((x[i] - m) / d + 0.5))        (0..15)
+
+"/ d" is a product with the float32 reciprocal 1/d (0 when d == 0, so an all-zero block is exact),
+computed from the float32 d before d is rounded to f16 for storage; that rounding (relative 2^-11)
+is why a value can come back one rounding step away from the nearest grid point. Round trip bounds,
+per block: Q8_0 |x - x'| <= d/2 + 128 |d - d16|, Q4_0 |x - x'| <= d + 8 |d - d16| (the grid point of
+trunc(. + 8.5) is within one step, and the q = 15 clamp keeps the largest value within one step),
+Q4_1 |x - x'| <= d/2 + 15 |d - d16| + |m - m16| (tests/pretrained/test_quantize.py checks them with
+a small float32 slack). Each block's scale must fit an f16 (|d| <= 65504, so |x| up to about 8.3e6
+for Q8_0, 5.2e5 for Q4_0, and |min x| <= 65504 for Q4_1): a block that would store an infinite
+scale, or any NaN or infinite input, is refused with a ValueError naming the tensor.
+
 Also here: `QuantizedTensor`, a tensor kept in its stored form (block bytes, type, logical shape), so
 a caller can hold weights quantized and dequantize them when needed.
 
-Simplifications: only the six formats above are decoded; the K-quants (Q2_K..Q6_K), Q5_0/Q5_1,
-the i-quants and others raise UnsupportedTensorTypeError naming the tensor and its type. Quantizing
-(float32 -> blocks) is not implemented here; the tests use the `gguf` package's quantizer.
+Simplifications: only the six formats above are decoded and only Q8_0, Q4_0 and Q4_1 are encoded
+(F32/F16/BF16 are stored float types, not quantized); the K-quants (Q2_K..Q6_K), Q5_0/Q5_1, the
+i-quants and others raise UnsupportedTensorTypeError naming the tensor and its type. No importance
+matrix (llama.cpp's imatrix) and no search for a better scale: the plain reference quantizers.
 """
 from __future__ import annotations
 
@@ -95,6 +116,52 @@ def _decode_q4_1(blocks: np.ndarray, out: np.ndarray) -> None:
     out += m  # x = d * q + m, rounded after the product
 
 
+# ---------------------------------------------------------------------------- encoding one format
+# Each encoder turns `values` (n_blocks, 32) float32 into the blocks' bytes (n_blocks, block_bytes)
+# uint8, with the same float32 operations in the same order as gguf.quants (module docstring).
+def _f16_bytes(column: np.ndarray) -> np.ndarray:
+    """A float32 column (n, 1) rounded to f16 (nearest, ties to even) as its 2 little-endian bytes (n, 2)."""
+    return column.astype("<f2").view(np.uint8)
+
+
+def _reciprocal(d: np.ndarray) -> np.ndarray:
+    """1 / d, and 0 where d == 0 (an all-equal block then quantizes to q = the offset, exactly)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, np.float32(0), np.float32(1) / d)
+
+
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero (C's roundf), as ggml and gguf.quants do it."""
+    magnitude = np.abs(values)
+    floor = np.floor(magnitude)
+    return np.sign(values) * (floor + np.floor(2 * (magnitude - floor)))
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """4-bit values (n, 32) uint8 into (n, 16) bytes: q[j] in the low nibble, q[j + 16] in the high one."""
+    return q[:, :16] | (q[:, 16:] << np.uint8(4))
+
+
+def _encode_q8_0(values: np.ndarray) -> np.ndarray:
+    d = np.abs(values).max(axis=1, keepdims=True) / np.float32(127)  # (n, 1)
+    q = _round_half_away(values * _reciprocal(d))  # (n, 32) in -127..127
+    return np.concatenate([_f16_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
+
+
+def _encode_q4_0(values: np.ndarray) -> np.ndarray:
+    largest = np.abs(values).argmax(axis=1)[:, None]  # (n, 1): index of the largest magnitude
+    d = np.take_along_axis(values, largest, axis=1) / np.float32(-8)  # (n, 1), sign of that value kept
+    q = np.trunc(values * _reciprocal(d) + np.float32(8.5)).astype(np.uint8).clip(0, 15)  # (n, 32)
+    return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
+
+
+def _encode_q4_1(values: np.ndarray) -> np.ndarray:
+    low = values.min(axis=1, keepdims=True)  # (n, 1)
+    d = (values.max(axis=1, keepdims=True) - low) / np.float32(15)  # (n, 1)
+    q = np.trunc((values - low) * _reciprocal(d) + np.float32(0.5)).astype(np.uint8).clip(0, 15)  # (n, 32)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(low), _pack_nibbles(q)], axis=1)
+
+
 @dataclass(frozen=True)
 class BlockFormat:
     name: str  # the GGML type name, as gguf.GGMLQuantizationType spells it
@@ -102,15 +169,16 @@ class BlockFormat:
     block_size: int  # values per block
     block_bytes: int  # bytes per block
     decode: Callable[[np.ndarray, np.ndarray], None]
+    encode: Callable[[np.ndarray], np.ndarray] | None = None  # None: a float type, not quantized here
 
 
 FORMATS: dict[str, BlockFormat] = {
     fmt.name: fmt for fmt in (
         BlockFormat("F32", 0, 1, 4, _decode_f32),
         BlockFormat("F16", 1, 1, 2, _decode_f16),
-        BlockFormat("Q4_0", 2, 32, 18, _decode_q4_0),
-        BlockFormat("Q4_1", 3, 32, 20, _decode_q4_1),
-        BlockFormat("Q8_0", 8, 32, 34, _decode_q8_0),
+        BlockFormat("Q4_0", 2, 32, 18, _decode_q4_0, _encode_q4_0),
+        BlockFormat("Q4_1", 3, 32, 20, _decode_q4_1, _encode_q4_1),
+        BlockFormat("Q8_0", 8, 32, 34, _decode_q8_0, _encode_q8_0),
         BlockFormat("BF16", 30, 1, 2, _decode_bf16),
     )
 }
@@ -160,6 +228,49 @@ def dequantize(data: np.ndarray, type_name: str, name: str = "<unnamed>") -> np.
             stop = start + BLOCKS_PER_SLICE
             fmt.decode(blocks[start:stop], values[start:stop])
     return values.reshape(*data.shape[:-1], row_values)
+
+
+QUANTIZED_TYPES = tuple(name for name, fmt in FORMATS.items() if fmt.encode is not None)  # Q4_0, Q4_1, Q8_0
+
+
+def quantize(values, type_name: str, name: str = "<unnamed>") -> "QuantizedTensor":
+    """`values` (..., n) float32 (n a multiple of 32) stored as `type_name` ("Q8_0", "Q4_0" or "Q4_1",
+    any case): a QuantizedTensor of the same logical shape whose bytes equal gguf.quants.quantize's.
+
+    NaN or infinite values, and blocks whose f16 scale would overflow, are a ValueError naming the
+    tensor (see the module docstring for the ranges).
+    """
+    type_name = str(type_name).upper()
+    fmt = FORMATS.get(type_name)
+    if fmt is None or fmt.encode is None:
+        raise ValueError(f"tensor {name!r}: type_name must be one of {list(QUANTIZED_TYPES)}, got {type_name!r}")
+    values = np.asarray(values)
+    if values.dtype.kind not in "fiu":
+        raise TypeError(f"tensor {name!r}: quantize takes real numbers, got dtype {values.dtype}")
+    if values.ndim == 0:
+        raise ValueError(f"tensor {name!r}: quantize needs at least one axis, got a scalar")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    row_bytes = stored_row_bytes(type_name, values.shape[-1], name)  # checks whole blocks per row
+    finite = np.isfinite(values)
+    if not finite.all():
+        first = np.unravel_index(int(np.argmin(finite)), values.shape)
+        raise ValueError(f"tensor {name!r} has {values.size - np.count_nonzero(finite)} non-finite value(s), "
+                         f"the first at {tuple(int(i) for i in first)}: {values[first]!r}; cannot quantize")
+    blocks = values.reshape(-1, fmt.block_size)  # (n_blocks, 32)
+    data = np.empty((blocks.shape[0], fmt.block_bytes), dtype=np.uint8)  # (n_blocks, block_bytes)
+    # an f16 overflow is found and named just below; a block of float32 subnormals has 1/d = inf, which
+    # makes NaN codes whose casts gguf.quants makes alike (they decode to 0: its f16 scale is 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, blocks.shape[0], BLOCKS_PER_SLICE):
+            stop = start + BLOCKS_PER_SLICE
+            data[start:stop] = fmt.encode(blocks[start:stop])
+    scales = data[:, :4 if type_name == "Q4_1" else 2].copy().view("<f2")  # (n_blocks, 1 or 2): d [, m]
+    if not np.isfinite(scales).all():
+        block = int(np.argmin(np.isfinite(scales).all(axis=1)))
+        raise ValueError(f"tensor {name!r}: block {block} (values {block * 32}..{block * 32 + 31} in row order) "
+                         f"needs a scale beyond f16's range (largest magnitude "
+                         f"{float(np.abs(blocks[block]).max()):.6g}); {type_name} cannot hold it")
+    return QuantizedTensor(type_name, values.shape, data.reshape(*values.shape[:-1], row_bytes), name)
 
 
 @dataclass(frozen=True, eq=False)

@@ -27,7 +27,8 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    return GPT.from_pretrained(smollm2_gguf), tokenizer_from_pretrained(smollm2_gguf)
+    # float32, as transformers' GGUF loader gives it (the file's own Q4_1 is tests/models/test_quantized_gpt.py's)
+    return GPT.from_pretrained(smollm2_gguf, dtype="float32"), tokenizer_from_pretrained(smollm2_gguf)
 
 
 def _hf_logits(model, ids, mask=None):
