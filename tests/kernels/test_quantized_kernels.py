@@ -229,6 +229,19 @@ def test_float_stored_weights(type_name, kernel_path, rng):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [2, 6])
+def test_read_only_weights_and_strided_input(rows, kernel_path, rng):
+    """Weights as a GGUF reader gives them (read-only views of a mapped file) and x a strided view."""
+    weight = _random_blocks(rng, "Q4_1", 40, 96)
+    data = weight.data.copy()
+    data.flags.writeable = False
+    read_only = QuantizedTensor("Q4_1", weight.shape, data)
+    wide = rng.standard_normal((rows, 192)).astype(np.float32)
+    x = wide[:, ::2]  # (rows, 96), not contiguous
+    ours = quantized.quantized_matmul(x, read_only)
+    _assert_close(ours, quantized.reference_matmul(np.ascontiguousarray(x), weight), x, weight)
+
+
 def test_empty_input_rows(kernel_path, rng):
     weight = _random_blocks(rng, "Q8_0", 5, 64)
     assert quantized.quantized_matmul(np.zeros((0, 64), np.float32), weight).shape == (0, 5)
