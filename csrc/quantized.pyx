@@ -16,8 +16,8 @@ decode_products: few input rows (decoding, M <= MAX_ROWS), fused dequantize-and-
 block is read once; its 32 weights are turned into float32 in registers (minifm_decode_block) and
 multiplied into 32 running partial sums per input row, one per position in the block, so the
 multiply-adds vectorise (four 8-float AVX2 registers per row) and consecutive blocks do not wait on
-one chain of additions. At the end of a row the 32 partial sums are added pairwise (16, 8, .., 1
-lanes). Memory delivers only the packed bytes, 34/18/20 per 32 weights instead of 128 in float32.
+one chain of additions. At the end of a row the 32 partial sums are added pairwise in a fixed order
+(the four vectors, then the 8 lanes). Memory delivers only the packed bytes, 34/18/20 per 32 weights instead of 128 in float32.
 x stays float32, so the result differs from the reference only by the float32 rounding of a
 different summation order (and, for Q4_1, d * q + m rounded once by a fused multiply-add where
 dequantize rounds twice).
@@ -36,8 +36,8 @@ the OpenMP threads in equal contiguous parts; each output is computed by one thr
 fixed by K, so the result does not depend on the thread count or on which weights come together.
 
 prefill_product: many input rows (prefill), dequantize a tile of weight rows into a float32 scratch
-buffer (about TILE_BYTES, the size of a core's L2 here) and multiply it with all M input rows by one BLAS sgemm
-(scipy's OpenBLAS, which the caller keeps on one thread: minifm.kernels.threads.single_threaded_scipy_blas);
+buffer (about TILE_BYTES, the size of a core's L2 here) and multiply it with all M input rows by one
+BLAS sgemm (scipy's OpenBLAS, kept on one thread by the caller: threads.single_threaded_scipy_blas);
 tiles are split across the OpenMP threads, each with its own scratch buffer. The weight is read once
 per call, not once per input row, and BLAS's blocked product does the arithmetic.
 
@@ -105,10 +105,10 @@ cdef extern from *:
     #endif
     }
 
-    /* GCC/Clang vector types: eight floats (one AVX register; two SSE registers elsewhere) and the
-       Written with these rather than plain loops
-       because GCC's auto-vectoriser kept the 32 partial sums in memory and unpacked nibbles with
-       scalar inserts (measured 1.6 weights/ns on Q4_0 against 5 for the vector-type code). */
+    /* A GCC/Clang vector type: eight floats (one AVX register; two SSE registers elsewhere). The
+       fused kernel is written with it rather than with plain loops because GCC's auto-vectoriser kept
+       the 32 partial sums in memory and unpacked nibbles with scalar inserts (measured 1.6 weights/ns
+       on Q4_0 against about 5 for this code). */
     typedef float minifm_v8f __attribute__((vector_size(32)));
 
     static inline minifm_v8f minifm_splat(float value) {
