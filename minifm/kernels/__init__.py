@@ -20,6 +20,9 @@
                                                    parallel region, same bits on any thread count
     rotary.py         <-> csrc/rotary.pyx         RoPE's rotation of (B, heads, T, D) rows, one pass,
                                                    transposed views read and written in place
+    quantized.py      <-> csrc/quantized.pyx      x @ W^T with W in GGUF blocks (Q8_0, Q4_0, Q4_1):
+                                                   fused dequantize-and-dot for a few rows, a
+                                                   dequantized tile per sgemm for many
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

@@ -36,6 +36,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "adam",
     "matvec",
     "rotary",
+    "quantized",
 )
 
 _modules: dict[str, ModuleType | None] = {}
