@@ -127,7 +127,8 @@ class _QuantizedWeightMixin:
 
     @property
     def _name(self) -> str:
-        return type(self).__name__
+        """The weight's name in errors: the checkpoint tensor it came from, else the layer's class."""
+        return getattr(self, "tensor_name", None) or type(self).__name__
 
     def load_blocks(self, tensor: QuantizedTensor, where: str = "weight") -> None:
         """Take a copy of `tensor`'s blocks as the weight: its type and logical shape must be the layer's."""
@@ -135,6 +136,7 @@ class _QuantizedWeightMixin:
             raise ValueError(f"{where}: {tensor.type} of shape {tuple(tensor.shape)} cannot fill a {self.weight_type} "
                              f"{type(self).__name__} of shape {self.logical_shape}")
         self.weight = np.array(tensor.data, dtype=np.uint8, order="C")  # a copy: the file may close
+        self.tensor_name = tensor.name
 
     def dequantized_weight(self) -> np.ndarray:
         """The float32 values (rows, columns) of the weight: a new array."""
@@ -170,6 +172,7 @@ class QuantizedLinear(_QuantizedWeightMixin, Module):
         out_features, in_features = weight.shape
         layer = cls(in_features, out_features, bias=bias is not None, weight_type=weight.type,
                     data=np.ascontiguousarray(weight.data))
+        layer.tensor_name = weight.name
         if bias is not None:
             layer.bias.data = np.asarray(bias, dtype=np.float32).reshape(out_features).copy()
         return layer
@@ -228,7 +231,9 @@ class QuantizedEmbedding(_QuantizedWeightMixin, Module):
     @classmethod
     def from_quantized(cls, weight: QuantizedTensor) -> "QuantizedEmbedding":
         rows, columns = weight.shape
-        return cls(rows, columns, weight_type=weight.type, data=np.ascontiguousarray(weight.data))
+        table = cls(rows, columns, weight_type=weight.type, data=np.ascontiguousarray(weight.data))
+        table.tensor_name = weight.name
+        return table
 
     @classmethod
     def from_embedding(cls, embedding: Embedding, weight_type: str, name: str = "weight") -> "QuantizedEmbedding":
