@@ -9,6 +9,7 @@ from minifm.cli import chat as chat_command
 from minifm.cli import quantize as quantize_command
 from minifm.models import GPT, GPTConfig
 from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
+from minifm.pretrained.gguf import GGUFCheckpoint
 from minifm.pretrained.quants import quantize
 from minifm.runs import load_any, load_run, save_run
 from minifm.tokenizer import BPETokenizer
@@ -56,6 +57,34 @@ def test_quantize_a_run_and_load_it_back(float_run, tmp_path, capsys):
     assert cli.main(["quantize", str(out), "--dtype", "q8_0", "--out", str(again)]) == 0
     for name, array in load_run(again)[0].state_dict().items():
         np.testing.assert_array_equal(array, model.state_dict()[name], err_msg=name)
+
+
+def test_a_hugging_face_directory_source(float_run, tmp_path):
+    model, tokenizer = load_run(float_run)
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    assert cli.main(["quantize", str(tmp_path / "hf"), "--dtype", "q4_1", "--out", str(tmp_path / "q41")]) == 0
+    quantized, _ = load_run(tmp_path / "q41")
+    assert (quantized.config.weight_dtype, quantized.config.embedding_dtype) == ("q4_1", "q8_0")
+    np.testing.assert_array_equal(quantized.blocks[0].attn.q_proj.weight,
+                                  quantize(model.blocks[0].attn.q_proj.weight.data, "q4_1").data)
+
+
+def test_the_gguf_source_keeps_its_own_blocks(smollm2_gguf, tmp_path):
+    """SmolLM2's Q4_1 file quantized to q4_1: its Linear blocks and its Q8_0 embedding are copied as they are
+    (compared with the file's stored bytes, in Hugging Face row order), and the tokenizer comes along."""
+    out = tmp_path / "smollm2-q4_1"
+    assert cli.main(["quantize", "smollm2-135m-instruct", "--dtype", "q4_1", "--out", str(out)]) == 0
+    saved, tokenizer = load_run(out)
+    assert (saved.config.weight_dtype, saved.config.embedding_dtype) == ("q4_1", "q8_0")
+    pairs = {"blocks.0.attn.q_proj.weight": "model.layers.0.self_attn.q_proj.weight",
+             "blocks.29.mlp.down_proj.weight": "model.layers.29.mlp.down_proj.weight",
+             "wte.weight": "model.embed_tokens.weight"}
+    state = saved.state_dict()
+    with GGUFCheckpoint(smollm2_gguf) as checkpoint:
+        for name, hf_name in pairs.items():
+            np.testing.assert_array_equal(state[name], checkpoint.tensor(hf_name, dequantize=False).data, err_msg=name)
+    assert tokenizer.decode(tokenizer.encode("Hello, world")) == "Hello, world"
 
 
 def test_default_output_is_beside_a_run_and_under_runs_for_real_models(float_run, tmp_path, monkeypatch):
