@@ -13,6 +13,7 @@ tests and CI; the default presets are what docs/experiments.md reports.
     data_quality.py   "high-quality data improves performance": raw vs curated vs 2x parameters; misinformation
     attention.py      "attention captures long-range dependencies": loss by position, passkey vs a sliding window
     sampling_tradeoff.py  (sampling) "lower temperature: more accurate, higher: more diverse": decoding sweeps
+    structured_outputs.py  (structured) "constrained decoding makes outputs parse": validity, accuracy, mask cost
     test_time_compute.py  "sampling more and choosing buys quality": best-of-N, majority vote, over-optimisation
     confidence.py     "pre-trained probabilities are calibrated": ECE and AUROC before/after SFT and DPO
     alignment.py      "preference tuning makes outputs better": reward models, PPO / GRPO / DPO, over-optimisation
@@ -24,10 +25,12 @@ from pathlib import Path
 from minifm.lab import (
     alignment, attention, confidence, data_quality, multilingual, sampling_tradeoff, scaling, test_time_compute,
 )
+from minifm.lab import structured_outputs
 from minifm.lab.common import LabRun
 
 EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual, sampling_tradeoff, test_time_compute,
                                                    confidence, alignment, data_quality, attention)}
+EXPERIMENTS[structured_outputs.NAME] = structured_outputs
 PRESET_NAMES = ("tiny", "default")
 
 
