@@ -12,6 +12,7 @@ tests and CI; the default presets are what docs/experiments.md reports.
     multilingual.py   "non-English languages are under-represented": tokens per word and loss per byte
     data_quality.py   "high-quality data improves performance": raw vs curated vs 2x parameters; misinformation
     attention.py      "attention captures long-range dependencies": loss by position, passkey vs a sliding window
+    architectures.py  encoder vs decoder vs encoder-decoder at matched size and compute: next token, blank, translation
     sampling_tradeoff.py  (sampling) "lower temperature: more accurate, higher: more diverse": decoding sweeps
     structured_outputs.py  (structured) "constrained decoding makes outputs parse": validity, accuracy, mask cost
     test_time_compute.py  "sampling more and choosing buys quality": best-of-N, majority vote, over-optimisation
@@ -23,13 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from minifm.lab import (
-    alignment, attention, confidence, data_quality, multilingual, sampling_tradeoff, scaling, test_time_compute,
+    alignment, architectures, attention, confidence, data_quality, multilingual, sampling_tradeoff, scaling,
+    test_time_compute,
 )
 from minifm.lab import structured_outputs
 from minifm.lab.common import LabRun
 
 EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual, sampling_tradeoff, test_time_compute,
-                                                   confidence, alignment, data_quality, attention)}
+                                                   confidence, alignment, data_quality, attention, architectures)}
 EXPERIMENTS[structured_outputs.NAME] = structured_outputs
 PRESET_NAMES = ("tiny", "default")
 
