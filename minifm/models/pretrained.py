@@ -16,13 +16,12 @@ dtype (GPT only for the quantized ones):
                 the file stores them in (SmolLM2-135M-Instruct.Q4_1.gguf: Q4_1 Linear weights, a Q8_0
                 embedding that is also its tied output head); float32 for float files and HF directories
     "float32"   every weight dequantized to float32 (as before quantized loading existed); "float64" too
-    "q8_0" | "q4_0" | "q4_1"   every Linear weight in that format, the token embedding (also the output
-                head of a tied model) in Q8_0 (EMBEDDING_DTYPE: llama.cpp's 4-bit files keep the table at
-                8 bits too, as SmolLM2's Q4_1 file does; on SmolLM2 a Q4_0 table and head made held-out
-                perplexity +39% over float32, against +20% with the Q8_0 one, tests/models/
-                test_quantized_gpt.py); each weight kept as
-                stored when the file holds that very format, else quantized on load from the float32
-                values (from a Hugging Face directory, or requantized from a GGUF's dequantized values)
+    "q8_0" | "q4_0" | "q4_1"   every Linear weight in that format, and the token embedding (also the
+                output head of a tied model) in Q8_0 (EMBEDDING_DTYPE), as llama.cpp's 4-bit files keep it
+                (SmolLM2's Q4_1 file too): on SmolLM2 a Q4_0 table and head made held-out perplexity +39%
+                over float32, a Q8_0 one +20% (tests/models/test_quantized_gpt.py). A weight the file
+                holds in that very format keeps its stored blocks; any other is quantized on load from
+                its float32 values (a Hugging Face directory, or a GGUF's dequantized values)
 A GGUF whose Linear weights mix quantized formats loads with dtype=None in the most common one (the
 others requantized from their values). Quantized weights live in frozen layers (minifm/nn/quantized.py):
 their bytes are copied from the file one tensor at a time and no float32 copy of them is made; the
@@ -32,10 +31,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +44,7 @@ from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
 from minifm.pretrained.architectures import architecture_module, checkpoint_name, hf_export, pretrained_weights
 from minifm.pretrained.checkpoint_files import read_checkpoint
 from minifm.pretrained.name_maps import load_tensor
-from minifm.pretrained.quants import QUANTIZED_TYPES, quantize
+from minifm.pretrained.quants import QUANTIZED_TYPES, check_finite_scales, quantize
 
 FLOAT_DTYPES = ("float32", "float64")
 QUANTIZED_DTYPES = ("q8_0", "q4_0", "q4_1")  # quants.QUANTIZED_TYPES in lower case
@@ -69,10 +67,9 @@ def load_pretrained(model_class, config_class, family: str, path: str | os.PathL
         config = config_class.from_dict(fields)
         with init.skipped_initialisation():
             model = model_class(config)
-        loaded = set()
-        blocks = _quantized_layers(model)  # minifm name -> layer keeping that weight quantized
-        used = set()
-        for name, hf_name in _load_quantized(module, config.to_dict(), checkpoint, blocks):
+        loaded, used = set(), set()  # minifm names filled, checkpoint names read
+        quantized_layers = _quantized_layers(model)  # minifm name -> the layer keeping that weight quantized
+        for name, hf_name in _load_quantized(module, config.to_dict(), checkpoint, quantized_layers):
             loaded.add(name)
             used.add(hf_name)
         parameters = dict(model.named_parameters())
@@ -134,6 +131,7 @@ def _load_quantized(module, config: dict, checkpoint, layers: dict) -> Iterator[
         plain = not rule.transpose and rule.parts == 1
         if plain and checkpoint.stored_type(hf_name) == layer.weight_type:
             blocks = checkpoint.tensor(hf_name, dequantize=False)
+            check_finite_scales(blocks)  # the float path's check_finite, for blocks kept as they are
         else:
             blocks = quantize(load_tensor(rule, checkpoint.tensor(hf_name)), layer.weight_type, rule.minifm)
         layer.load_blocks(blocks, f"tensor {hf_name!r} for minifm's {rule.minifm!r}")

@@ -18,9 +18,9 @@ Training: the weights are frozen. Autograd gives the gradient with respect to th
 grad_x = grad_y @ dequantize(W) (computed a slice of rows at a time, so backward holds one slice of
 float32 weights, not the matrix), and for the bias when it requires grad. So adapters placed around
 or before these layers (LoRA-style float32 branches, prompt tuning) train through them, the QLoRA
-recipe. There is no weight gradient: `requires_grad_(True)` on these layers raises, and a model
-loaded quantized has every parameter frozen (models/pretrained.py), so a full fine-tune of it stops
-at once with "no trainable parameters" instead of silently training only the norms. To fine-tune
+recipe. There is no weight gradient: `requires_grad_(True)` on these layers raises, and a GPT with
+quantized weights has every parameter frozen (models/gpt.py), so a full fine-tune of it stops at
+once with "no trainable parameters" instead of silently training only the norms. To fine-tune
 every weight, load the model in float32 (dtype="float32").
 
 Simplifications: no weight gradient (see above); an embedding lookup carries no gradient either; the

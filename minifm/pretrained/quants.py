@@ -24,7 +24,8 @@ Non-finite scales (a damaged file) follow IEEE arithmetic and are not refused he
 its block NaN; an infinite `d` makes +-inf values, and NaN where q (or q - 8) is 0, as inf * 0 is;
 an infinite m makes the block +-inf (NaN where d*q is the opposite infinity). The bits equal the
 reference's, and no floating-point warning is raised. The checkpoint readers refuse any non-finite
-weight they return (minifm/pretrained/pretrained_checkpoint.py), naming the tensor. Subnormal f16
+weight they return (minifm/pretrained/pretrained_checkpoint.py), naming the tensor; blocks kept in their
+stored form are checked by `check_finite_scales` (models/pretrained.py calls it on every one it keeps). Subnormal f16
 scales are ordinary numbers here: f16 -> float32 conversion is exact for them.
 
 Quantizing (`quantize(values, type_name)`, float32 -> blocks) follows ggml's reference quantizers
@@ -271,6 +272,20 @@ def quantize(values, type_name: str, name: str = "<unnamed>") -> "QuantizedTenso
                          f"needs a scale beyond f16's range (largest magnitude "
                          f"{float(np.abs(blocks[block]).max()):.6g}); {type_name} cannot hold it")
     return QuantizedTensor(type_name, values.shape, data.reshape(*values.shape[:-1], row_bytes), name)
+
+
+def check_finite_scales(tensor: "QuantizedTensor") -> None:
+    """ValueError naming the tensor when a Q8_0 / Q4_0 / Q4_1 block stores a NaN or infinite scale (d, or
+    Q4_1's m): a damaged file, whose blocks would give non-finite values (see above). Reads only the scales."""
+    if tensor.type not in QUANTIZED_TYPES:
+        return
+    fmt = FORMATS[tensor.type]
+    blocks = np.ascontiguousarray(tensor.data).reshape(-1, fmt.block_bytes)  # (n_blocks, block_bytes)
+    scales = blocks[:, :4 if tensor.type == "Q4_1" else 2].copy().view("<f2")  # (n_blocks, 1 or 2)
+    finite = np.isfinite(scales).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"tensor {tensor.name!r} ({tensor.type}) has {int((~finite).sum())} block(s) with a NaN or "
+                         f"infinite scale, the first is block {int(np.argmin(finite))}; the file is damaged")
 
 
 @dataclass(frozen=True, eq=False)

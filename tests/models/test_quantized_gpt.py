@@ -23,7 +23,10 @@ from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear, packed_nbyt
 from minifm.pretrained.gguf import open_reader
 from minifm.pretrained.quants import quantize
 from minifm.runs import load_any, load_run, save_run
+from minifm.tokenizer import BPETokenizer
 from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
+from minifm.train.config import TrainConfig
+from minifm.train.loop import make_optimizer
 
 HELD_OUT_TEXTS = (
     # Lewis Carroll, Alice's Adventures in Wonderland (1865), chapter 1, first three paragraphs (public domain)
@@ -202,9 +205,6 @@ def test_convert_weights_back_to_float32_is_trainable_again():
 
 
 def test_a_quantized_run_round_trips_and_full_fine_tuning_is_refused(tmp_path):
-    from minifm.train.loop import make_optimizer  # the loop's own check: no trainable parameters
-    from minifm.train.config import TrainConfig
-
     model = tiny_llama().convert_weights("q4_0")
     save_run(model, _tiny_tokenizer(), tmp_path / "run")
     assert has_checkpoint(tmp_path / "run")
@@ -212,13 +212,11 @@ def test_a_quantized_run_round_trips_and_full_fine_tuning_is_refused(tmp_path):
     ids = np.array([[1, 2, 3]])
     with mf.no_grad():
         np.testing.assert_array_equal(loaded(ids).data, model(ids).data)
-    with pytest.raises(ValueError, match="no trainable parameters"):
+    with pytest.raises(ValueError, match="no trainable parameters"):  # the training loop's own check
         make_optimizer(loaded, TrainConfig())
 
 
 def _tiny_tokenizer():
-    from minifm.tokenizer import BPETokenizer
-
     return BPETokenizer.train(["a small text for a small tokenizer"] * 4, vocab_size=260)
 
 

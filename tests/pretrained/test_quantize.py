@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minifm.pretrained.quants import QUANTIZED_TYPES, QuantizedTensor, quantize
+from minifm.pretrained.quants import QUANTIZED_TYPES, QuantizedTensor, check_finite_scales, quantize
 from oracles import require
 
 gguf = require("gguf")
@@ -132,3 +132,15 @@ def test_bad_type_names_are_refused():
         quantize(np.zeros((1, 32), dtype=np.float32), "Q5_K")
     with pytest.raises(TypeError, match="real numbers"):
         quantize(np.array([["a"] * 32]), "Q8_0")
+
+
+@pytest.mark.parametrize("type_name, scale_bytes", [("Q8_0", (0, 2)), ("Q4_0", (0, 2)), ("Q4_1", (2, 4))])
+def test_blocks_with_a_non_finite_scale_are_named(type_name, scale_bytes):
+    stored = quantize(np.linspace(-1, 1, 3 * 64, dtype=np.float32).reshape(3, 64), type_name, name="w")
+    check_finite_scales(stored)  # a healthy tensor passes
+    damaged = stored.data.copy()
+    start, stop = scale_bytes
+    damaged[1, 20 if type_name == "Q4_1" else (34 if type_name == "Q8_0" else 18):][start:stop] = \
+        np.array([np.nan], dtype="<f2").view(np.uint8)  # the second block of row 1
+    with pytest.raises(ValueError, match=r"tensor 'w' \(" + type_name + r"\) has 1 block\(s\).*block 3"):
+        check_finite_scales(QuantizedTensor(type_name, stored.shape, damaged, "w"))
