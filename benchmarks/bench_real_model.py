@@ -6,7 +6,10 @@ Models (float32, batch 1), the same weights in both libraries:
            embeddings, vocabulary 49152), its weights copied by name into a minifm GPT of the same config
   --gguf   the real SmolLM2-135M-Instruct GGUF (minifm's short name smollm2-135m-instruct): minifm's
            GPT.from_pretrained(file, dtype="float32") and transformers' AutoModelForCausalLM.from_pretrained(
-           folder, gguf_file=name, dtype=torch.float32), each timed from the file to a model ready to run
+           folder, gguf_file=name, dtype=torch.float32), each timed from the file to a model ready to run;
+           with --dtype stored minifm keeps the file's own blocks (Q4_1 Linear weights, Q8_0 embedding and
+           head: minifm/nn/quantized.py) while transformers runs its float32 dequantization of them, the
+           same values, so the logits check below holds for both
 Before anything is timed, both models' logits on one 32-token prompt must agree (max |difference| at most
 1e-4 of the largest logit); the script stops otherwise.
 
@@ -29,6 +32,7 @@ float32 matrix-vector product (NumPy's BLAS on --threads threads, 4096 x 16384) 
     python benchmarks/bench_real_model.py                  # random weights, the full table (~5 min)
     python benchmarks/bench_real_model.py --quick          # 2 repeats, 128-token prefill, 32 decode steps
     python benchmarks/bench_real_model.py --gguf           # the real SmolLM2 GGUF in both (+ ~2 min to load)
+    python benchmarks/bench_real_model.py --gguf --dtype stored   # minifm runs the GGUF's Q4_1 blocks as they are
     python benchmarks/bench_real_model.py --threads 1      # both libraries on one thread
     python benchmarks/bench_real_model.py --profile        # also cProfile minifm's generate (top costs)
 
@@ -151,13 +155,14 @@ def minifm_copy_of(hf_model) -> GPT:
     return model.eval()
 
 
-def load_gguf_models():
-    """(minifm GPT, transformers model, minifm load seconds, transformers load seconds) from the real GGUF."""
+def load_gguf_models(dtype: str):
+    """(minifm GPT, transformers model, minifm load seconds, transformers load seconds) from the real GGUF;
+    minifm's in `dtype` ("float32", or "stored": the file's own block formats), transformers' in float32."""
     from minifm.pretrained.registry import resolve_model_path
 
     path = resolve_model_path("smollm2-135m-instruct")
     started = time.perf_counter()
-    ours = GPT.from_pretrained(path, dtype="float32").eval()
+    ours = GPT.from_pretrained(path, dtype=None if dtype == "stored" else dtype).eval()
     ours_seconds = time.perf_counter() - started
     started = time.perf_counter()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
@@ -248,6 +253,8 @@ def profile_generate(model: GPT, prompt: np.ndarray, steps: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gguf", action="store_true", help="load the real SmolLM2-135M-Instruct GGUF in both")
+    parser.add_argument("--dtype", choices=("float32", "stored"), default="float32",
+                        help="with --gguf: minifm's weights in float32 or in the file's own quantized blocks")
     parser.add_argument("--threads", type=int, default=None, help="threads for both libraries (default: usable cores)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512, help="prompt tokens of the prefill figure")
@@ -256,6 +263,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of minifm's generate")
     parser.add_argument("--skip-bandwidth", action="store_true", help="do not measure the read bandwidth")
     args = parser.parse_args()
+    if args.dtype != "float32" and not args.gguf:
+        parser.error("--dtype stored needs --gguf (the random model has no stored blocks)")
     if args.quick:
         args.repeats, args.prefill, args.decode = 2, 128, 32
     threads = args.threads or minifm_threads.usable_cores()
@@ -269,8 +278,9 @@ def main():
           f"numpy {np.__version__}; {minifm.kernels.backend_info()}")
 
     if args.gguf:
-        ours, theirs, ours_load, theirs_load = load_gguf_models()
-        print(f"load (GGUF file -> model ready, float32): minifm {ours_load:.1f} s, transformers {theirs_load:.1f} s")
+        ours, theirs, ours_load, theirs_load = load_gguf_models(args.dtype)
+        print(f"load (GGUF file -> model ready; minifm {args.dtype}, transformers float32): minifm {ours_load:.1f} s, "
+              f"transformers {theirs_load:.1f} s")
     else:
         theirs = random_transformers_model()
         ours = minifm_copy_of(theirs)
