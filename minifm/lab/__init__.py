@@ -18,6 +18,7 @@ tests and CI; the default presets are what docs/experiments.md reports.
     test_time_compute.py  "sampling more and choosing buys quality": best-of-N, majority vote, over-optimisation
     confidence.py     "pre-trained probabilities are calibrated": ECE and AUROC before/after SFT and DPO
     alignment.py      "preference tuning makes outputs better": reward models, PPO / GRPO / DPO, over-optimisation
+    peft_real.py      (peft-real) "PEFT nearly matches full fine-tuning": SmolLM2-135M, LoRA / adapters / prompt / prefix / IA3
 """
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ from minifm.lab import (
     test_time_compute,
 )
 from minifm.lab import structured_outputs
+from minifm.lab import peft_real
 from minifm.lab.common import LabRun
 
 EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual, sampling_tradeoff, test_time_compute,
                                                    confidence, alignment, data_quality, attention, architectures)}
 EXPERIMENTS[structured_outputs.NAME] = structured_outputs
+EXPERIMENTS[peft_real.NAME] = peft_real
 PRESET_NAMES = ("tiny", "default")
 
 
