@@ -174,8 +174,13 @@ class GPT(Module):
         return save_pretrained(self, "gpt", directory)
 
     def forward(self, input_ids=None, attention_mask=None, cache: KVCache | None = None, inputs_embeds=None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, logits_to_keep: int = 0):
         """Logits (B, T, vocab) for the new tokens (and the final hidden states if return_hidden).
+
+        logits_to_keep (transformers' name and meaning): 0 = every position's logits; k > 0 = only the
+        last k positions' (B, k, vocab), which is what generation needs after a prompt: the output head
+        (vocab x n_embd, the largest matrix of a small model) then runs on k rows instead of T. The
+        hidden states returned with return_hidden are always every position's.
 
         input_ids (B, T) integers, or inputs_embeds (B, T, n_embd) instead of the token lookup.
         attention_mask (B, cached + T): 1 = real token, 0 = padding (left padding allowed).
@@ -184,6 +189,9 @@ class GPT(Module):
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if isinstance(logits_to_keep, (bool, np.bool_)) or not isinstance(logits_to_keep, (int, np.integer)) \
+                or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if input_ids is not None:
             input_ids = check_ids("input_ids", input_ids)
             batch, steps = input_ids.shape
@@ -207,7 +215,8 @@ class GPT(Module):
         for index, block in enumerate(self.blocks):
             x = block(x, positions=positions, key_padding_mask=key_padding_mask, cache=cache, layer_index=index)
         hidden = self.norm_f(x)  # (B, T, d)
-        logits = self.logits_from_hidden(hidden)  # (B, T, vocab)
+        kept = hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]  # (B, T or k, d)
+        logits = self.logits_from_hidden(kept)  # (B, T or k, vocab)
         if cache is not None:
             cache.advance(steps)
         return (logits, hidden) if return_hidden else logits

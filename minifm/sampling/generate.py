@@ -39,6 +39,8 @@ Simplifications / deviations (documented):
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from minifm.autograd.grad_mode import no_grad
@@ -167,15 +169,20 @@ class DecoderStepper:
         self.max_length = max_length
         self.use_cache = use_cache and hasattr(model, "make_cache")
         self.cache = None
+        # the prompt's forward needs only the last position's logits: ask for just those when the model
+        # takes transformers' logits_to_keep (minifm's GPT does; wrappers without it compute them all)
+        forward = getattr(model, "forward", None)
+        takes_option = forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+        self.last_only = {"logits_to_keep": 1} if takes_option else {}
 
     def start(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         self.ids, self.mask = ids, mask  # (B, T0)
         self.prompt_ids, self.prompt_mask = ids, mask  # what the returned sequences start with
         if self.use_cache:
             self.cache = self.model.make_cache(ids.shape[0], self.max_length)
-            logits = self.model(ids, attention_mask=mask, cache=self.cache)  # (B, T0, V)
+            logits = self.model(ids, attention_mask=mask, cache=self.cache, **self.last_only)  # (B, 1 or T0, V)
         else:
-            logits = self.model(ids, attention_mask=mask)  # (B, T0, V)
+            logits = self.model(ids, attention_mask=mask, **self.last_only)  # (B, 1 or T0, V)
         return np.asarray(logits.data[:, -1, :])  # (B, V)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -185,7 +192,7 @@ class DecoderStepper:
         if self.use_cache:
             logits = self.model(column, attention_mask=self.mask, cache=self.cache)  # (B, 1, V)
         else:
-            logits = self.model(self.ids, attention_mask=self.mask)  # (B, T+1, V)
+            logits = self.model(self.ids, attention_mask=self.mask, **self.last_only)  # (B, 1 or T+1, V)
         return np.asarray(logits.data[:, -1, :])  # (B, V)
 
     def reorder(self, index: np.ndarray) -> None:

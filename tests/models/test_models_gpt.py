@@ -281,3 +281,23 @@ def test_to_dict_is_plain_json():
 
     config = GPTConfig(**BASE)
     assert json.loads(json.dumps(config.to_dict())) == dataclasses.asdict(config)
+
+
+@pytest.mark.parametrize("keep", [1, 3, 7, 9])
+def test_logits_to_keep_gives_the_last_positions_of_the_full_forward(keep, rng):
+    # transformers' meaning: k > 0 keeps the last k positions (all of them when k >= T); 0 keeps every one
+    model, config = make(**VARIANTS["rope-rms-swiglu-gqa-untied"])
+    ids = rng.integers(0, config.vocab_size, size=(2, 7))
+    full = model(ids).data  # (2, 7, V)
+    kept, hidden = model(ids, logits_to_keep=keep, return_hidden=True)
+    # the same numbers up to the summation order of a product over fewer rows (BLAS or the matvec kernel)
+    np.testing.assert_allclose(kept.data, full[:, -keep:], rtol=0, atol=1e-12)
+    assert hidden.shape == (2, 7, config.n_embd)  # the hidden states stay every position's
+    np.testing.assert_array_equal(model(ids, logits_to_keep=0).data, full)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_logits_to_keep_refuses_what_is_not_a_count(bad, rng):
+    model, config = make()
+    with pytest.raises(ValueError, match="logits_to_keep must be an integer >= 0.*got"):
+        model(rng.integers(0, config.vocab_size, size=(1, 4)), logits_to_keep=bad)
