@@ -83,10 +83,13 @@ from minifm.data.tinyworld.tasks import fact_tasks, grade
 from minifm.data.tinyworld.world import World
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.lifecycle.peft_comparison import lora_verdict, optimizer_state_bytes
+from minifm.models import GPT, GPTConfig
 from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from minifm.pretrained.registry import resolve_model_path
 from minifm.sampling.generate import generate
 from minifm.train.loop import make_optimizer, train
 from minifm.train.plots import pyplot, save_figure
+from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
 from minifm.train.sft import SFTConfig, sft_loss
 
 NAME = "peft-real"
@@ -324,10 +327,6 @@ class PeakRSS:
 def load_base(name: str, tiny_model: dict | None = None):
     """(SmolLM2 as a float32 GPT, its tokenizer); with tiny_model, a random GPT of SmolLM2's layout and vocabulary
     at the sizes given (the tiny preset) instead of the real weights."""
-    from minifm.models import GPT, GPTConfig
-    from minifm.pretrained.registry import resolve_model_path
-    from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
-
     path = resolve_model_path(name)
     tokenizer = tokenizer_from_pretrained(path)
     if tiny_model is None:

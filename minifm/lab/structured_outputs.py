@@ -66,11 +66,7 @@ from minifm.lab import questions
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.lab.own_model import TINY_OVERRIDES, OwnModels
 from minifm.lab.questions import QUESTIONS
-from minifm.lab.subjects import (
-    SMOLLM2, SMOLLM2_END, Draws, Subject, chatml_reply, draw, question_reward, tinyworld_prompts, tinyworld_subject,
-)
-from minifm.pretrained.registry import ModelNotInstalledError, resolve_model_path
-from minifm.runs import load_any
+from minifm.lab.subjects import Draws, Subject, draw, smollm2_subject, tinyworld_prompts, tinyworld_subject
 from minifm.sampling.constraints import TokenAutomaton, TokenConstraint, TokenVocabulary, token_byte_strings
 from minifm.sampling.json_schema import schema_to_regex
 from minifm.sampling.regex_automaton import ByteDFA, compile_regex
@@ -345,14 +341,7 @@ def smollm2_json_question(tokenizer, question: str) -> list[int]:
 
 def smollm2_json_subject(lab: LabRun, max_new_tokens: int) -> Subject | None:
     """SmolLM2-135M-Instruct asked for JSON, or None (logged) when it is not installed; loaded on first use."""
-    try:
-        resolve_model_path(SMOLLM2)
-    except ModelNotInstalledError as missing:
-        lab.log(f"SmolLM2 part skipped: {missing}")
-        return None
-    return Subject("SmolLM2-135M-Instruct", lambda: load_any(SMOLLM2), smollm2_json_question, chatml_reply,
-                   grade=questions.grade_answer, reward=question_reward, answer_key=questions.answer_key,
-                   end_token=SMOLLM2_END, pad_token=SMOLLM2_END, max_new_tokens=max_new_tokens, rows_per_call=128)
+    return smollm2_subject(lab, max_new_tokens, question=smollm2_json_question)
 
 
 # ------------------------------------------------------------------ the experiment

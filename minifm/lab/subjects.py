@@ -140,15 +140,16 @@ def question_reward(question: str, reply: str) -> float:
     return 1.0 if questions.grade_answer(question, reply) else -1.0
 
 
-def smollm2_subject(lab, max_new_tokens: int = 12) -> Subject | None:
+def smollm2_subject(lab, max_new_tokens: int = 12, question=None) -> Subject | None:
     """SmolLM2-135M-Instruct on the lab's questions, or None (logged) when its package is not installed.
-    The model is loaded when a sub-run first needs it."""
+    The model is loaded when a sub-run first needs it. `question(tokenizer, text) -> prompt ids` (default
+    chatml_question: the question as the only user turn) is how each question is put to it."""
     try:
         resolve_model_path(SMOLLM2)
     except ModelNotInstalledError as missing:
         lab.log(f"SmolLM2 part skipped: {missing}")
         return None
-    return Subject("SmolLM2-135M-Instruct", lambda: load_any(SMOLLM2), chatml_question, chatml_reply,
+    return Subject("SmolLM2-135M-Instruct", lambda: load_any(SMOLLM2), question or chatml_question, chatml_reply,
                    grade=questions.grade_answer, reward=question_reward, answer_key=questions.answer_key,
                    end_token=SMOLLM2_END, pad_token=SMOLLM2_END, max_new_tokens=max_new_tokens, rows_per_call=128)
 
