@@ -12,7 +12,7 @@ arrays through mpi4py's buffer-based (uppercase) methods:
     share_from_root(produce)    root computes bytes (or fails); every rank gets them (or the same error)
     check_same(what, digest)    every rank's digest against rank 0's; a DistributedError naming the
                                 ranks that differ, raised on every rank
-    abort(code, message)        print, then MPI_Abort: every process of the job ends at once
+    abort(code, message)        print, then MPI_Abort: every process of the job ends at once (os._exit if it hangs)
 
 Nothing is ever pickled: mpi4py's lowercase methods (comm.bcast, comm.allreduce of Python objects)
 unpickle what another process sent, so they are not used; structured data travels as JSON bytes.
@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -206,12 +209,29 @@ class World:
                 pass
         if self.comm is None:
             raise SystemExit(code)
-        self.comm.Abort(int(code) if 0 < int(code) < 256 else 1)
+        code = int(code) if 0 < int(code) < 256 else 1
+        # MPI_Abort ends this process through the C library's exit(), whose exit handlers (the BLAS and
+        # OpenMP thread pools') were seen to hang now and then when the call comes from the watchdog's
+        # thread while the main thread sits in MPI: the job then never ended (a CI run waited 120 s). If
+        # this process is still alive ABORT_GRACE_S later it ends itself with os._exit (no handlers);
+        # mpiexec treats that as a crashed rank and stops the others.
+        threading.Thread(target=_exit_after, args=(ABORT_GRACE_S, code), name="minifm-abort-fallback",
+                         daemon=True).start()
+        self.comm.Abort(code)
 
     def _on_timeout(self, what: str, waited_s: float) -> None:
         self.abort(1, f"minifm: {self.describe()} waited {waited_s:.0f} s in {what} for the other ranks "
                       f"(timeout MINIFM_DIST_TIMEOUT={self.timeout_s:g} s): a rank has crashed or hangs; "
                       "stopping every rank")
+
+
+ABORT_GRACE_S = 5.0  # how long World.abort lets MPI_Abort end the process before os._exit does
+
+
+def _exit_after(seconds: float, code: int) -> None:
+    """End the process with os._exit(code) after `seconds`: World.abort's fallback if MPI_Abort hangs."""
+    time.sleep(seconds)
+    os._exit(code)
 
 
 def _check_buffer(array, where: str) -> None:
