@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minifm.autograd.function import Function
+from minifm.autograd.function import Context, Function
 from minifm.autograd.tensor import Tensor, data_of
 from minifm.kernels.quantized import quantized_matmul, quantized_products
 from minifm.nn.layers import Embedding, Linear
@@ -198,21 +198,11 @@ class QuantizedLinear(_QuantizedWeightMixin, Module):
     def forward_array(self, x: np.ndarray) -> np.ndarray:
         """forward on a raw float32 array (..., in) -> (..., out), no autograd (the block's fast path)."""
         bias = None if self.bias is None else self.bias.data
-        return QuantizedLinearFunction.forward(_NO_GRAD, x, bias, weight=self.quantized_weight)
+        return QuantizedLinearFunction.forward(Context(), x, bias, weight=self.quantized_weight)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weight_type={self.weight_type}")
-
-
-class _NoGradContext:
-    """A throwaway ctx for calling a Function's forward on raw arrays (nothing is kept for a backward)."""
-
-    def __setattr__(self, name, value):
-        pass
-
-
-_NO_GRAD = _NoGradContext()
 
 
 class QuantizedEmbedding(_QuantizedWeightMixin, Module):
