@@ -17,8 +17,7 @@ Figures, each the median of --repeats runs (the libraries alternate inside every
 same background load; "x HF" is minifm's speed over transformers'):
   prefill   tokens/s of one forward over a --prefill-token prompt (512). Row "all logits": both compute the
             logits of every position (a plain forward in both). Row "last logits": only the last position's
-            (transformers' logits_to_keep=1, what its generate does; minifm the same when GPT.forward takes
-            logits_to_keep, else all positions, and the row says so)
+            (logits_to_keep=1 in both, what both libraries' generate does)
   decode    tokens/s of --decode (128) greedy steps after a 16-token prompt: a loop of one-token forwards
             with the KV cache and an argmax (the prompt's forward is not timed)
   generate  tokens/s of a whole greedy generate() of --decode new tokens after a 16-token prompt:
@@ -181,14 +180,9 @@ def logits_gap(ours: GPT, theirs, prompt: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------ the timed work
-def keeps_last_logits(model: GPT) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 def minifm_prefill(model: GPT, prompt: np.ndarray, last_only: bool) -> None:
-    options = {"logits_to_keep": 1} if last_only and keeps_last_logits(model) else {}
     with minifm.no_grad():
-        model(prompt, **options)
+        model(prompt, logits_to_keep=1 if last_only else 0)
 
 
 def transformers_prefill(model, prompt: np.ndarray, last_only: bool) -> None:
@@ -332,8 +326,6 @@ def main():
         ratio = statistics.median(mine) / statistics.median(hf)
         runs = " ".join(f"{value:.1f}" for value in mine)
         print(f"{key:<22} {statistics.median(mine):>9.1f} {statistics.median(hf):>13.1f} {ratio:>5.2f}x   {runs}")
-    if not keeps_last_logits(ours):
-        print("(minifm's GPT.forward has no logits_to_keep: its 'last logits' prefill computes every position's)")
     if not args.skip_bandwidth:
         bound = bound_bandwidth / weight_bytes  # tokens/s
         print(f"decode vs the BLAS-matvec bandwidth bound ({bound:.1f} tokens/s): "
