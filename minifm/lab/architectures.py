@@ -117,11 +117,11 @@ LEFT_CONTEXTS = (1, 2, 4, 8, 16, 32, 48)   # blanks after this many tokens of th
 
 PRESETS = {
     "tiny": dict(corpus_bytes=40_000, held_out_bytes=8_000, vocab_size=300, block_size=48, batch_size=8, n_layer=2,
-                 n_head=2, n_embd=16, gpt_steps=8, learning_rate={"gpt": 3e-3, "bert": 3e-3, "t5": 3e-3},
+                 n_head=2, n_embd=16, pos="learned", gpt_steps=8, learning_rate={"gpt": 3e-3, "bert": 3e-3, "t5": 3e-3},
                  mlm_probability=0.4, noise_density=0.3, n_eval_windows=16, translation_worlds=2,
                  translation_steps=6, translation_batch=8, n_translation_test=16, speed_steps=1, seeds=1),
     "default": dict(corpus_bytes=500_000, held_out_bytes=60_000, vocab_size=512, block_size=64, batch_size=16,
-                    n_layer=4, n_head=4, n_embd=48, gpt_steps=900,
+                    n_layer=4, n_head=4, n_embd=48, pos="learned", gpt_steps=900,
                     learning_rate={"gpt": 3e-3, "bert": 3e-3, "t5": 3e-3},
                     mlm_probability=0.4, noise_density=0.3, n_eval_windows=200, translation_worlds=20,
                     translation_steps=150, translation_batch=32, n_translation_test=200, speed_steps=4, seeds=2),
@@ -133,7 +133,7 @@ TRANSLATION_LR = 1e-3      # the same fine-tuning for all three
 # ------------------------------------------------------------------ matching size and compute
 def pretrain_config(arch: str, s: dict, n_layer: int, n_embd: int, n_head: int, seed: int = 0) -> PretrainConfig:
     return PretrainConfig(arch=arch, curate=False, vocab_size=s["vocab_size"], block_size=s["block_size"],
-                          n_layer=n_layer, n_head=n_head, n_embd=n_embd, pos="rope", model_seed=seed,
+                          n_layer=n_layer, n_head=n_head, n_embd=n_embd, pos=s["pos"], model_seed=seed,
                           eval_batches=4, mlm_probability=s["mlm_probability"], noise_density=s["noise_density"],
                           mean_span_length=MEAN_SPAN_LENGTH)
 
@@ -143,12 +143,14 @@ def model_config(config: PretrainConfig, tokenizer):
     return build_model(config, tokenizer.vocab_size, tokenizer.special_tokens).config
 
 
-def heads_for(width: int, most: int) -> int:
-    """The most attention heads (at most `most`) that split `width` into even head dimensions (rotary needs pairs)."""
+def heads_for(width: int, most: int, pos: str) -> int:
+    """The most attention heads (at most `most`) that split `width` into equal head dimensions, each of an even
+    size if the positions are rotary (RoPE rotates pairs of dimensions)."""
+    head_multiple = 2 if pos == "rope" else 1
     for heads in range(most, 0, -1):
-        if width % (2 * heads) == 0:
+        if width % (head_multiple * heads) == 0:
             return heads
-    raise ValueError(f"width {width} cannot be split into heads of even size")
+    raise ValueError(f"width {width} cannot be split into heads{' of even size' if pos == 'rope' else ''}")
 
 
 def matched_configs(s: dict, tokenizer, seed: int = 0) -> dict[str, PretrainConfig]:
@@ -162,7 +164,7 @@ def matched_configs(s: dict, tokenizer, seed: int = 0) -> dict[str, PretrainConf
     target = param_count(model_config(configs["gpt"], tokenizer))
     candidates = []
     for width in range(2, 2 * n_embd + 1, 2):
-        candidate = pretrain_config("t5", s, n_layer // 2, width, heads_for(width, n_head), seed)
+        candidate = pretrain_config("t5", s, n_layer // 2, width, heads_for(width, n_head, s["pos"]), seed)
         gap = abs(param_count(model_config(candidate, tokenizer)) / target - 1)
         candidates.append((gap > MATCH_TOLERANCE, -candidate.n_head if gap <= MATCH_TOLERANCE else 0, gap, width,
                            candidate))

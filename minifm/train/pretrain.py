@@ -79,7 +79,7 @@ class PretrainConfig(ConfigBase):
     n_embd: int = 128               # model width
     n_kv_head: int | None = None    # key/value heads for grouped-query attention (unset: n_head)
     dropout: float = 0.0            # dropout probability
-    pos: str = "learned"            # GPT/BERT: "learned" | "rope"
+    pos: str = "learned"            # positions, every arch: "learned" (absolute table) | "rope"
     norm: str = "layernorm"         # "layernorm" | "rmsnorm"
     mlp: str = "gelu"               # "gelu" | "swiglu"
     mlm_probability: float = 0.15   # BERT: share of tokens selected for masking
@@ -120,7 +120,7 @@ def build_model(config: PretrainConfig, vocab_size: int, special_tokens: dict | 
     if config.arch == "bert":
         return BERT(BERTConfig(pos=config.pos, **common))
     pad = (special_tokens or {}).get("<|pad|>", 0)
-    return T5(T5Config(pad_token_id=pad, decoder_start_token_id=pad, **common))
+    return T5(T5Config(pos=config.pos, pad_token_id=pad, decoder_start_token_id=pad, **common))
 
 
 # ---------------------------------------------------------------------------------------- objectives

@@ -26,8 +26,10 @@ def test_default_preset_matches_parameters_within_the_tolerance(tokenizer):
     for name in ("bert", "t5"):
         assert abs(counts[name] / counts["gpt"] - 1) <= arch.MATCH_TOLERANCE, (name, counts)
     t5 = configs["t5"]
-    assert t5.n_layer == arch.PRESETS["default"]["n_layer"] // 2 and (t5.n_embd // t5.n_head) % 2 == 0
-    assert t5.n_head > 1  # among the widths within the tolerance, the one with the most heads
+    assert t5.n_layer == arch.PRESETS["default"]["n_layer"] // 2 and t5.n_embd % t5.n_head == 0
+    assert t5.n_head == configs["gpt"].n_head  # among the widths within the tolerance, the one with the most heads
+    rotary = arch.matched_configs(dict(arch.PRESETS["default"], pos="rope"), tokenizer)["t5"]
+    assert rotary.pos == "rope" and (rotary.n_embd // rotary.n_head) % 2 == 0  # RoPE rotates pairs of dimensions
     with pytest.raises(ValueError, match="n_layer must be even"):
         arch.matched_configs(dict(arch.PRESETS["default"], n_layer=3), tokenizer)
 

@@ -169,6 +169,16 @@ def test_masked_lm_and_span_corruption_objectives_train_and_evaluate(arch, texts
     assert first == second  # the held-out masking / corruption is fixed
 
 
+@pytest.mark.parametrize("arch", ["gpt", "bert", "t5"])
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_build_model_gives_every_architecture_the_configured_positions(arch, pos, tokenizer):
+    config = PretrainConfig(arch=arch, pos=pos, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    model = build_model(config, tokenizer.vocab_size, tokenizer.special_tokens)
+    assert model.config.pos == pos
+    tables = [name for name, _ in model.named_parameters() if "wpe" in name]
+    assert bool(tables) == (pos == "learned")    # an absolute position table exists only for learned positions
+
+
 def test_causal_batches_cover_every_window_once_per_epoch():
     windows = np.arange(10 * 5).reshape(10, 5)
     objective = CausalLMObjective(windows, windows, batch_size=2, eval_batches=1)
