@@ -13,7 +13,10 @@ wrapped layer: r * (in + out).
 `merge()` folds scaling * B A into W so inference costs nothing extra; `unmerge()` restores W
 exactly (see minifm/peft/layer.py); `merge_and_unload()` on the PeftModel merges and removes the
 wrappers. The low-rank branch is one fused Function (`LowRankDelta`) so its backward computes only
-what LoRA needs: gradients for A, B and the input, never for the frozen W.
+what LoRA needs: gradients for A, B and the input, never for the frozen W. Its products go through
+minifm.kernels.threads.matmul like every Linear layer's, so the thin (N, r) products run on one BLAS
+thread: on two threads beside other busy processes OpenBLAS took ~20 ms for a 1024 x 576 @ 576 x 16
+product that takes 0.4 ms on one (benchmarks/bench_finetune_step.py).
 
 Simplifications: no fan_in_fan_out (weights are always (out, in), PyTorch's layout), no DoRA.
 Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern) are chosen by LoraConfig.for_module.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.autograd import Function
+from minifm.kernels.threads import matmul
 from minifm.nn import Linear
 import minifm.functional as F
 from minifm.peft.config import LoraConfig
@@ -41,8 +45,9 @@ class LowRankDelta(Function):
         rank, in_features = lora_A.shape
         out_features = lora_B.shape[0]
         x_rows = x.reshape(-1, in_features)  # (N, in)
-        hidden = x_rows @ lora_A.T  # (N, r)
-        out = (hidden @ lora_B.T) * scaling  # (N, out)
+        hidden = matmul(x_rows, lora_A.T)  # (N, r)
+        out = matmul(hidden, lora_B.T)  # (N, out)
+        out *= out.dtype.type(scaling)
         ctx.x_rows, ctx.hidden, ctx.lora_A, ctx.lora_B = x_rows, hidden, lora_A, lora_B
         ctx.scaling, ctx.x_shape = scaling, x.shape
         return out.reshape(*x.shape[:-1], out_features)
@@ -50,15 +55,18 @@ class LowRankDelta(Function):
     @staticmethod
     def backward(ctx, grad):
         out_features = ctx.lora_B.shape[0]
-        grad_rows = grad.reshape(-1, out_features) * ctx.scaling  # (N, out)
-        grad_hidden = grad_rows @ ctx.lora_B  # (N, r)
+        grad_rows = grad.reshape(-1, out_features)  # (N, out)
+        scaling = grad_rows.dtype.type(ctx.scaling)
+        grad_hidden = matmul(grad_rows, ctx.lora_B)  # (N, r)
+        grad_hidden *= scaling  # scaling applied to the (N, r) product, not to the (N, out) gradient
         grad_x = grad_A = grad_B = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_hidden @ ctx.lora_A).reshape(ctx.x_shape)  # (..., in)
+            grad_x = matmul(grad_hidden, ctx.lora_A).reshape(ctx.x_shape)  # (..., in)
         if ctx.needs_input_grad[1]:
-            grad_A = grad_hidden.T @ ctx.x_rows  # (r, in)
+            grad_A = matmul(grad_hidden.T, ctx.x_rows)  # (r, in)
         if ctx.needs_input_grad[2]:
-            grad_B = grad_rows.T @ ctx.hidden  # (out, r)
+            grad_B = matmul(grad_rows.T, ctx.hidden)  # (out, r)
+            grad_B *= scaling
         return grad_x, grad_A, grad_B
 
 
