@@ -23,6 +23,10 @@
     quantized.py      <-> csrc/quantized.pyx      x @ W^T with W in GGUF blocks (Q8_0, Q4_0, Q4_1):
                                                    fused dequantize-and-dot for a few rows, a
                                                    dequantized tile per sgemm for many
+    decode_step.py    <-> csrc/decode_step.pyx    one KV-cached decoding step of a Llama block (batch 1,
+                                                   float32) in one call; its matrix-vector products
+                                                   stream the weights 4 rows a pass (AVX2), rows split
+                                                   across threads, same bits on any thread count
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

@@ -37,6 +37,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "matvec",
     "rotary",
     "quantized",
+    "decode_step",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import minifm.functional as F
+from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.tensor import Tensor, data_of
+from minifm.kernels import decode_step
 from minifm.models.config import (
     TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
@@ -226,6 +228,10 @@ class GPT(Module):
         if self.config.tie_weights:
             if isinstance(self.wte, QuantizedEmbedding):
                 return self.wte.logits(hidden)  # the quantized table as the head
+            if hidden.shape[:2] == (1, 1) and not is_grad_enabled():
+                # one decoded token: the streaming matrix-vector product (minifm/kernels/decode_step.py)
+                row = decode_step.matvec(hidden.data.reshape(-1), self.wte.weight.data)  # (vocab,)
+                return Tensor._from_array(row.reshape(1, 1, -1))
             return F.linear(hidden, self.wte.weight)
         return self.lm_head(hidden)
 

@@ -25,6 +25,12 @@ module), GQA, RMSNorm, SwiGLU (the fused SiluMul forward), q/k/v biases, padding
 The numbers are identical: the same kernels run in the same order. Frozen quantized projections
 (minifm/nn/quantized.py QuantizedLinear) run on the fast path too: their products go through
 minifm.kernels.quantized, q/k/v and gate/up as one quantized_products call each.
+
+One-token decoding step: when the fast path gets one float32 token of one sequence with a KV cache, no
+padding mask and a Llama-style block (RMSNorm, RoPE, causal attention, SwiGLU, bias-free float32 Linear
+layers), the whole block is one call of minifm.kernels.decode_step.decode_layer (`_decode_step_array`):
+the same arithmetic with its products streaming the weights at the memory bandwidth. Its numbers differ
+from the general path's by float32 rounding only (sums in another order).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.ops import attention as attention_ops
 from minifm.autograd.ops import elementwise, linalg, normalization
 from minifm.autograd.tensor import Tensor
+from minifm.kernels import decode_step
 from minifm.kernels.quantized import quantized_products
 from minifm.kernels.threads import matmul_weights
 from minifm.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding, _Rotate
@@ -170,6 +177,9 @@ class TransformerBlock(Module):
         if x.ndim != 3 or x.shape[-1] != attn.embed_dim:
             raise ValueError(f"attention input must be (B, T, {attn.embed_dim}), got {x.shape}")
         batch, steps, _ = x.shape
+        if steps == 1 and batch == 1 and key_padding_mask is None and self._can_run_decode_step(x, positions, cache,
+                                                                                                layer_index):
+            return self._decode_step_array(x, cache, layer_index)
         head_dim = attn.head_dim
         h = _norm_array(self.norm1, x)  # (B, T, dim)
         q, k, v = _linears_array((attn.q_proj, attn.k_proj, attn.v_proj), h)  # (B, T, H*D), (B, T, Hkv*D) x 2
@@ -198,6 +208,35 @@ class TransformerBlock(Module):
         x = x + _linear_array(attn.o_proj, out)
         h = _norm_array(self.norm2, x)  # (B, T, dim)
         return x + self._mlp_array(h)
+
+    def _can_run_decode_step(self, x: np.ndarray, positions, cache: KVCache | None, layer_index: int) -> bool:
+        """True when decode_step.decode_layer computes this one-token step (see the module docstring)."""
+        attn, mlp = self.attn, self.mlp
+        if cache is None or cache.keys[layer_index] is None or cache.length >= cache.max_length \
+                or x.dtype != np.float32 or attn.rope is None or not attn.causal:
+            return False
+        if positions is not None and int(np.asarray(positions).reshape(-1)[0]) != cache.length:
+            return False
+        if type(self.norm1) is not RMSNorm or type(self.norm2) is not RMSNorm or type(mlp) is not SwiGLU \
+                or self.norm1.eps != self.norm2.eps:
+            return False
+        layers = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        return all(type(layer) is Linear and layer.bias is None and layer.weight.data.dtype == np.float32
+                   for layer in layers)
+
+    def _decode_step_array(self, x: np.ndarray, cache: KVCache, layer_index: int) -> np.ndarray:
+        """The block on one token x (1, 1, dim) by decode_step.decode_layer; writes the cache at cache.length."""
+        attn, mlp = self.attn, self.mlp
+        position = cache.length
+        cos, sin = attn.rope.cos_sin(np.arange(position, position + 1), np.float32)  # (1, 1, 1, D/2) each
+        weights = decode_step.LayerWeights(
+            self.norm1.weight.data, attn.q_proj.weight.data, attn.k_proj.weight.data, attn.v_proj.weight.data,
+            attn.o_proj.weight.data, self.norm2.weight.data, mlp.gate_proj.weight.data, mlp.up_proj.weight.data,
+            mlp.down_proj.weight.data, self.norm1.eps, attn.num_heads)
+        out = x.reshape(-1).copy()  # (dim,): the residual stream, updated in place
+        decode_step.decode_layer(out, weights, cache.keys[layer_index][0], cache.values[layer_index][0], position,
+                                 cos.reshape(-1), sin.reshape(-1))
+        return out.reshape(x.shape)
 
     def _mlp_array(self, h: np.ndarray) -> np.ndarray:
         """The MLP's forward on a raw array h (B, T, dim) -> (B, T, dim), as MLP / SwiGLU compute it."""
