@@ -39,9 +39,12 @@ over a few hundred positions are microseconds).
 cimport cython
 from libc.math cimport sqrt
 
+cimport _common  # its C primitives come first in the generated file: the block below calls minifm_silu_mul_f
+
 cdef extern from *:
     """
     #include <math.h>
+    #include <sched.h>
     #if MINIFM_OPENMP
     #include <omp.h>
     static int minifm_ds_max_threads(void) { return omp_get_max_threads(); }
@@ -54,22 +57,30 @@ cdef extern from *:
     #else
     #define MINIFM_DS_AVX2 0
     #endif
+    #if defined(__x86_64__) || defined(__i386__)
+    #define MINIFM_DS_PAUSE() __builtin_ia32_pause()
+    #else
+    #define MINIFM_DS_PAUSE() ((void)0)
+    #endif
 
     #define MINIFM_DS_ROW_BLOCK 4
+    /* A thread waiting at a barrier spins this many pause instructions (~0.1 ms) before yielding its core. */
+    #define MINIFM_DS_SPINS 4096
 
     /* sum of the 8 lanes in the fixed order ((0+1)+(2+3))+((4+5)+(6+7)) */
     static inline float minifm_ds_lanes8(const float* l) {
         return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
     }
 
-    /* out[r] (+)= sum_j x[j] * w[r * k + j] for the `rows` (1..4) rows at w; 8 lanes per row, then the tail */
-    static inline void minifm_ds_rows(const float* x, const float* w, Py_ssize_t k, int rows, float* out,
-                                      int accumulate) {
+    /* out[r] (+)= sum_j x[j] * w[r * stride + j], j < k, for the `rows` (1..4) rows at w: 8 lanes per row,
+       then the tail; 4 rows share each loaded piece of x */
+    static inline void minifm_ds_rows(const float* x, const float* w, Py_ssize_t k, Py_ssize_t stride, int rows,
+                                      float* out, int accumulate) {
         Py_ssize_t body = k - k % 8, j;
         float lanes[MINIFM_DS_ROW_BLOCK][8];
     #if MINIFM_DS_AVX2
         if (rows == 4) {
-            const float *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
+            const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (j = 0; j < body; j += 8) {
                 __m256 xv = _mm256_loadu_ps(x + j);
@@ -84,7 +95,7 @@ cdef extern from *:
             _mm256_storeu_ps(lanes[3], s3);
         } else {
             for (int r = 0; r < rows; r++) {
-                const float* wr = w + r * k;
+                const float* wr = w + r * stride;
                 __m256 s = _mm256_setzero_ps();
                 for (j = 0; j < body; j += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(wr + j), _mm256_loadu_ps(x + j), s);
                 _mm256_storeu_ps(lanes[r], s);
@@ -92,14 +103,14 @@ cdef extern from *:
         }
     #else
         for (int r = 0; r < rows; r++) {
-            const float* wr = w + r * k;
+            const float* wr = w + r * stride;
             for (int lane = 0; lane < 8; lane++) lanes[r][lane] = 0.0f;
             for (j = 0; j < body; j += 8)
                 for (int lane = 0; lane < 8; lane++) lanes[r][lane] = fmaf(wr[j + lane], x[j + lane], lanes[r][lane]);
         }
     #endif
         for (int r = 0; r < rows; r++) {
-            const float* wr = w + r * k;
+            const float* wr = w + r * stride;
             float tail = 0.0f;
             for (j = body; j < k; j++) tail += x[j] * wr[j];
             float total = minifm_ds_lanes8(lanes[r]) + tail;
@@ -107,28 +118,64 @@ cdef extern from *:
         }
     }
 
-    /* outs[i][r] (+)= (weights[i] x)[r] for `count` weights (sizes[i], k) that share the input x (k,):
-       their blocks of MINIFM_DS_ROW_BLOCK rows as one range split across `threads` threads */
-    static void minifm_ds_matvec(const float* x, Py_ssize_t k, int count, const float* const* weights,
-                                 const Py_ssize_t* sizes, float* const* outs, int accumulate, int threads) {
-        Py_ssize_t first_block[9], total = 0;
+    /* [begin, end): thread `id` of `threads`'s equal contiguous share of `total` items */
+    static inline void minifm_ds_share(Py_ssize_t total, int id, int threads, Py_ssize_t* begin, Py_ssize_t* end) {
+        *begin = total * id / threads;
+        *end = total * (id + 1) / threads;
+    }
+
+    /* Thread id's share of outs[i][r] (+)= (weights[i] x)[r] for `count` (<= 3) weights (sizes[i], k) that
+       share the input x (k,): their blocks of MINIFM_DS_ROW_BLOCK rows are one range split in equal parts */
+    static void minifm_ds_matvec_part(const float* x, Py_ssize_t k, int count, const float* const* weights,
+                                      const Py_ssize_t* sizes, float* const* outs, int accumulate, int id,
+                                      int threads) {
+        Py_ssize_t first_block[4], total = 0, begin, end;
         for (int i = 0; i < count; i++) {
             first_block[i] = total;
             total += (sizes[i] + MINIFM_DS_ROW_BLOCK - 1) / MINIFM_DS_ROW_BLOCK;
         }
         first_block[count] = total;
-        #if MINIFM_OPENMP
-        #pragma omp parallel for schedule(static) num_threads(threads)
-        #endif
-        for (Py_ssize_t block = 0; block < total; block++) {
-            int i = 0;
+        minifm_ds_share(total, id, threads, &begin, &end);
+        int i = 0;
+        for (Py_ssize_t block = begin; block < end; block++) {
             while (block >= first_block[i + 1]) i++;
             Py_ssize_t row = (block - first_block[i]) * MINIFM_DS_ROW_BLOCK;
             Py_ssize_t left = sizes[i] - row;
             int rows = left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK;
-            minifm_ds_rows(x, weights[i] + row * k, k, rows, outs[i] + row, accumulate);
+            minifm_ds_rows(x, weights[i] + row * k, k, k, rows, outs[i] + row, accumulate);
         }
+    }
+
+    /* out (+)= weight x for weight (n, k) on `threads` threads */
+    static void minifm_ds_matvec(const float* x, const float* weight, Py_ssize_t n, Py_ssize_t k, float* out,
+                                 int accumulate, int threads) {
+        #if MINIFM_OPENMP
+        #pragma omp parallel num_threads(threads)
+        minifm_ds_matvec_part(x, k, 1, &weight, &n, &out, accumulate, omp_get_thread_num(), omp_get_num_threads());
+        #else
         (void)threads;
+        minifm_ds_matvec_part(x, k, 1, &weight, &n, &out, accumulate, 0, 1);
+        #endif
+    }
+
+    /* The threads of one parallel region wait here for each other: a counter and a phase number, spinning
+       (a waiting thread is usually a few microseconds behind), then yielding the core when the wait is long
+       (another process holds it). OpenMP's own barrier sleeps at once under OMP_WAIT_POLICY=PASSIVE, and
+       waking a sleeping thread costs tens of microseconds: 8 of them per layer would cost more than they
+       separate. */
+    typedef struct { int arrived; int phase; } minifm_ds_barrier;
+
+    static void minifm_ds_wait(minifm_ds_barrier* barrier, int threads) {
+        if (threads == 1) return;
+        int phase = __atomic_load_n(&barrier->phase, __ATOMIC_ACQUIRE);
+        if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == threads) {
+            __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&barrier->phase, phase + 1, __ATOMIC_RELEASE);
+            return;
+        }
+        for (long spins = 0; __atomic_load_n(&barrier->phase, __ATOMIC_ACQUIRE) == phase; spins++) {
+            if (spins < MINIFM_DS_SPINS) MINIFM_DS_PAUSE(); else sched_yield();
+        }
     }
 
     /* y = x * (1 / sqrt(sum(x^2) / n + eps)) * weight, the sum in double */
@@ -152,52 +199,137 @@ cdef extern from *:
         }
     }
 
-    /* out_i = softmax(q_i . keys[g]^T * scale) @ values[g] over the first `length` cached positions of
-       kv head g = i / (heads / kv_heads); keys/values (kv_heads, stride, d); scores (length,) is scratch */
-    static void minifm_ds_attend(const float* q, const float* keys, const float* values, Py_ssize_t heads,
-                                 Py_ssize_t kv_heads, Py_ssize_t d, Py_ssize_t stride, Py_ssize_t length,
-                                 float scale, float* scores, float* out) {
-        Py_ssize_t group = heads / kv_heads;
-        for (Py_ssize_t h = 0; h < heads; h++) {
-            const float* qh = q + h * d;
-            const float* kh = keys + (h / group) * stride * d;
-            const float* vh = values + (h / group) * stride * d;
-            float* oh = out + h * d;
-            float top = -INFINITY;
-            for (Py_ssize_t t = 0; t < length; t++) {
-                const float* kt = kh + t * d;
-                float dot = 0.0f;
-                for (Py_ssize_t j = 0; j < d; j++) dot += qh[j] * kt[j];
-                scores[t] = dot * scale;
-                top = scores[t] > top ? scores[t] : top;
-            }
-            double total = 0.0;
-            for (Py_ssize_t t = 0; t < length; t++) {
-                scores[t] = expf(scores[t] - top);
-                total += scores[t];
-            }
-            float inverse = (float)(1.0 / total);
-            for (Py_ssize_t j = 0; j < d; j++) oh[j] = 0.0f;
-            for (Py_ssize_t t = 0; t < length; t++) {
-                const float* vt = vh + t * d;
-                float p = scores[t] * inverse;
-                for (Py_ssize_t j = 0; j < d; j++) oh[j] += p * vt[j];
+    /* out_h = softmax(q_h . keys_g^T * scale) @ values_g over `length` cached positions, keys_g and values_g
+       (length, d) rows at `keys` / `values` (row stride d); scores (length,) is scratch. The q . k products
+       go four positions at a time through minifm_ds_rows. */
+    static void minifm_ds_attend_head(const float* q, const float* keys, const float* values, Py_ssize_t d,
+                                      Py_ssize_t length, float scale, float* scores, float* out) {
+        Py_ssize_t t, j;
+        for (t = 0; t < length; t += MINIFM_DS_ROW_BLOCK) {
+            Py_ssize_t left = length - t;
+            minifm_ds_rows(q, keys + t * d, d, d, left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK,
+                           scores + t, 0);
+        }
+        float top = -INFINITY;
+        for (t = 0; t < length; t++) {
+            scores[t] *= scale;
+            top = scores[t] > top ? scores[t] : top;
+        }
+        double total = 0.0;
+        for (t = 0; t < length; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
+        float inverse = (float)(1.0 / total);
+        for (j = 0; j < d; j++) out[j] = 0.0f;
+        for (t = 0; t < length; t++) {
+            const float* row = values + t * d;
+            float p = scores[t] * inverse;
+            #pragma omp simd
+            for (j = 0; j < d; j++) out[j] += p * row[j];
+        }
+    }
+
+    /* Everything decode_layer needs (see the Cython function's docstring for the shapes). */
+    typedef struct {
+        Py_ssize_t width, heads, kv_heads, head_dim, hidden, stride, position;
+        double eps;
+        const float *norm1, *wq, *wk, *wv, *wo, *norm2, *wgate, *wup, *wdown, *cos, *sin;
+        float *x, *cache_k, *cache_v;
+        float *q, *k, *v, *attended, *gate, *up, *h, *scores;  /* scratch; scores (heads, position + 1) */
+    } minifm_ds_layer;
+
+    /* One thread's part of the layer (id of `threads`); `barrier` separates the phases. */
+    static void minifm_ds_layer_part(const minifm_ds_layer* a, minifm_ds_barrier* barrier, int id, int threads) {
+        Py_ssize_t q_size = a->heads * a->head_dim, kv_size = a->kv_heads * a->head_dim, begin, end;
+        Py_ssize_t length = a->position + 1, group = a->heads / a->kv_heads;
+        if (id == 0) minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, a->h);
+        minifm_ds_wait(barrier, threads);
+        {
+            const float* weights[3] = {a->wq, a->wk, a->wv};
+            Py_ssize_t sizes[3] = {q_size, kv_size, kv_size};
+            float* outs[3] = {a->q, a->k, a->v};
+            minifm_ds_matvec_part(a->h, a->width, 3, weights, sizes, outs, 0, id, threads);
+        }
+        minifm_ds_wait(barrier, threads);
+        if (id == 0) {
+            minifm_ds_rope(a->q, a->heads, a->head_dim, a->cos, a->sin);
+            minifm_ds_rope(a->k, a->kv_heads, a->head_dim, a->cos, a->sin);
+            for (Py_ssize_t g = 0; g < a->kv_heads; g++) {
+                Py_ssize_t at = (g * a->stride + a->position) * a->head_dim;
+                for (Py_ssize_t j = 0; j < a->head_dim; j++) {
+                    a->cache_k[at + j] = a->k[g * a->head_dim + j];
+                    a->cache_v[at + j] = a->v[g * a->head_dim + j];
+                }
             }
         }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_share(a->heads, id, threads, &begin, &end);
+        for (Py_ssize_t h = begin; h < end; h++) {
+            Py_ssize_t cached = (h / group) * a->stride * a->head_dim;
+            minifm_ds_attend_head(a->q + h * a->head_dim, a->cache_k + cached, a->cache_v + cached, a->head_dim,
+                                  length, (float)(1.0 / sqrt((double)a->head_dim)), a->scores + h * length,
+                                  a->attended + h * a->head_dim);
+        }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_matvec_part(a->attended, q_size, 1, &a->wo, &a->width, &a->x, 1, id, threads);
+        minifm_ds_wait(barrier, threads);
+        if (id == 0) minifm_ds_rmsnorm(a->x, a->norm2, a->width, a->eps, a->h);
+        minifm_ds_wait(barrier, threads);
+        {
+            const float* weights[2] = {a->wgate, a->wup};
+            Py_ssize_t sizes[2] = {a->hidden, a->hidden};
+            float* outs[2] = {a->gate, a->up};
+            minifm_ds_matvec_part(a->h, a->width, 2, weights, sizes, outs, 0, id, threads);
+        }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_share(a->hidden, id, threads, &begin, &end);
+        minifm_silu_mul_f(a->gate + begin, a->up + begin, a->gate + begin, end - begin);  /* as SiluMul */
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_matvec_part(a->gate, a->hidden, 1, &a->wdown, &a->width, &a->x, 1, id, threads);
+    }
+
+    /* The whole layer in one parallel region of `threads` threads. */
+    static void minifm_ds_decode_layer(const minifm_ds_layer* a, int threads) {
+        minifm_ds_barrier barrier = {0, 0};
+        #if MINIFM_OPENMP
+        #pragma omp parallel num_threads(threads)
+        minifm_ds_layer_part(a, &barrier, omp_get_thread_num(), omp_get_num_threads());
+        #else
+        (void)threads;
+        minifm_ds_layer_part(a, &barrier, 0, 1);
+        #endif
     }
     """
     int max_threads "minifm_ds_max_threads"() noexcept nogil
-    int ROW_BLOCK "MINIFM_DS_ROW_BLOCK"
-    void ds_matvec "minifm_ds_matvec"(const float* x, Py_ssize_t k, int count, const float* const* weights,
-                                      const Py_ssize_t* sizes, float* const* outs, int accumulate,
-                                      int threads) noexcept nogil
-    void ds_rmsnorm "minifm_ds_rmsnorm"(const float* x, const float* weight, Py_ssize_t n, double eps,
-                                        float* y) noexcept nogil
-    void ds_rope "minifm_ds_rope"(float* v, Py_ssize_t heads, Py_ssize_t d, const float* c,
-                                  const float* s) noexcept nogil
-    void ds_attend "minifm_ds_attend"(const float* q, const float* keys, const float* values, Py_ssize_t heads,
-                                      Py_ssize_t kv_heads, Py_ssize_t d, Py_ssize_t stride, Py_ssize_t length,
-                                      float scale, float* scores, float* out) noexcept nogil
+    void ds_matvec "minifm_ds_matvec"(const float* x, const float* weight, Py_ssize_t n, Py_ssize_t k, float* out,
+                                      int accumulate, int threads) noexcept nogil
+    ctypedef struct ds_layer "minifm_ds_layer":
+        Py_ssize_t width, heads, kv_heads, head_dim, hidden, stride, position
+        double eps
+        const float* norm1
+        const float* wq
+        const float* wk
+        const float* wv
+        const float* wo
+        const float* norm2
+        const float* wgate
+        const float* wup
+        const float* wdown
+        const float* cos
+        const float* sin
+        float* x
+        float* cache_k
+        float* cache_v
+        float* q
+        float* k
+        float* v
+        float* attended
+        float* gate
+        float* up
+        float* h
+        float* scores
+    void ds_decode_layer "minifm_ds_decode_layer"(const ds_layer* layer, int threads) noexcept nogil
     bint AVX2 "MINIFM_DS_AVX2"
 
 # The product runs on the OpenMP budget's threads when its weights hold at least this many bytes, else on
@@ -229,14 +361,11 @@ cdef void _check_vector(const float[::1] vector, Py_ssize_t size, str name) exce
 def matvec_rows(const float[::1] x, const float[:, ::1] weight, float[::1] out, bint accumulate=False):
     """out (+)= weight @ x for x (K,), weight (N, K), out (N,), all float32 and C-contiguous."""
     cdef Py_ssize_t rows = weight.shape[0], k = weight.shape[1]
-    cdef const float* weight_data
-    cdef float* out_data
     if x.shape[0] != k or k == 0 or rows == 0:
         raise ValueError(f"weight must be (N > 0, {x.shape[0]}) with K > 0, got {tuple(weight.shape)[:2]}")
     _check_vector(out, rows, "out")
-    weight_data, out_data = &weight[0, 0], &out[0]
     with nogil:
-        ds_matvec(&x[0], k, 1, &weight_data, &rows, &out_data, accumulate, _threads_for(rows * k * 4))
+        ds_matvec(&x[0], &weight[0, 0], rows, k, &out[0], accumulate, _threads_for(rows * k * 4))
 
 
 @cython.boundscheck(False)
@@ -252,23 +381,13 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     wq (H*D, E), wk and wv (G*D, E), wo (E, H*D), wgate and wup (F, E), wdown (E, F); norm1, norm2 (E,);
     cache_k, cache_v (G, max_length, D) with position < max_length: this token's key and value are stored
     at `position`, and attention reads positions 0..position; cos, sin (D/2,) this position's RoPE row;
-    scratch at least (H + 2G) * D + H * D + 2F + E + position + 1 floats. Everything float32.
+    scratch at least 2 H*D + 2 G*D + 2 F + E + H (position + 1) floats. Everything float32.
     """
+    cdef ds_layer layer
     cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
     cdef Py_ssize_t head_dim = cache_k.shape[2], hidden = wgate.shape[0]
     cdef Py_ssize_t q_size = heads * head_dim, kv_size = kv_heads * head_dim
-    cdef const float* weights[3]
-    cdef float* outs[3]
-    cdef Py_ssize_t sizes[3]
-    cdef float* q
-    cdef float* k
-    cdef float* v
-    cdef float* attended
-    cdef float* gate
-    cdef float* up
-    cdef float* h
-    cdef float* scores
-    cdef Py_ssize_t need = q_size + 2 * kv_size + q_size + 2 * hidden + width + position + 1, j
+    cdef Py_ssize_t need = 2 * q_size + 2 * kv_size + 2 * hidden + width + heads * (position + 1)
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
         raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
                          f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
@@ -289,45 +408,19 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     _check_vector(sin, head_dim // 2, "sin")
     if scratch.shape[0] < need:
         raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
-    q = &scratch[0]
-    k = q + q_size
-    v = k + kv_size
-    attended = v + kv_size
-    gate = attended + q_size
-    up = gate + hidden
-    h = up + hidden
-    scores = h + width
+    layer.width, layer.heads, layer.kv_heads, layer.head_dim = width, heads, kv_heads, head_dim
+    layer.hidden, layer.stride, layer.position, layer.eps = hidden, length, position, eps
+    layer.norm1, layer.wq, layer.wk, layer.wv, layer.wo = &norm1[0], &wq[0, 0], &wk[0, 0], &wv[0, 0], &wo[0, 0]
+    layer.norm2, layer.wgate, layer.wup, layer.wdown = &norm2[0], &wgate[0, 0], &wup[0, 0], &wdown[0, 0]
+    layer.cos, layer.sin, layer.x = &cos[0], &sin[0], &x[0]
+    layer.cache_k, layer.cache_v = &cache_k[0, 0, 0], &cache_v[0, 0, 0]
+    layer.q = &scratch[0]
+    layer.k = layer.q + q_size
+    layer.v = layer.k + kv_size
+    layer.attended = layer.v + kv_size
+    layer.gate = layer.attended + q_size
+    layer.up = layer.gate + hidden
+    layer.h = layer.up + hidden
+    layer.scores = layer.h + width
     with nogil:
-        ds_rmsnorm(&x[0], &norm1[0], width, eps, h)
-        weights[0], weights[1], weights[2] = &wq[0, 0], &wk[0, 0], &wv[0, 0]
-        outs[0], outs[1], outs[2] = q, k, v
-        sizes[0], sizes[1], sizes[2] = q_size, kv_size, kv_size
-        ds_matvec(h, width, 3, weights, sizes, outs, 0, _threads_for((q_size + 2 * kv_size) * width * 4))
-        ds_rope(q, heads, head_dim, &cos[0], &sin[0])
-        ds_rope(k, kv_heads, head_dim, &cos[0], &sin[0])
-        for j in range(kv_heads):
-            memcpy_floats(&cache_k[j, position, 0], k + j * head_dim, head_dim)
-            memcpy_floats(&cache_v[j, position, 0], v + j * head_dim, head_dim)
-        ds_attend(q, &cache_k[0, 0, 0], &cache_v[0, 0, 0], heads, kv_heads, head_dim, length, position + 1,
-                  <float>(1.0 / sqrt(<double>head_dim)), scores, attended)
-        weights[0], outs[0], sizes[0] = &wo[0, 0], &x[0], width
-        ds_matvec(attended, q_size, 1, weights, sizes, outs, 1, _threads_for(width * q_size * 4))
-        ds_rmsnorm(&x[0], &norm2[0], width, eps, h)
-        weights[0], weights[1] = &wgate[0, 0], &wup[0, 0]
-        outs[0], outs[1] = gate, up
-        sizes[0], sizes[1] = hidden, hidden
-        ds_matvec(h, width, 2, weights, sizes, outs, 0, _threads_for(2 * hidden * width * 4))
-        for j in range(hidden):
-            gate[j] = gate[j] / (<float>1.0 + expf(-gate[j])) * up[j]  # silu(gate) * up, as SiluMul
-        weights[0], outs[0], sizes[0] = &wdown[0, 0], &x[0], width
-        ds_matvec(gate, hidden, 1, weights, sizes, outs, 1, _threads_for(width * hidden * 4))
-
-
-cdef extern from "math.h":
-    float expf(float) noexcept nogil
-
-
-cdef inline void memcpy_floats(float* target, const float* source, Py_ssize_t count) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(count):
-        target[j] = source[j]
+        ds_decode_layer(&layer, _threads_for((2 * q_size + 2 * kv_size + 3 * hidden) * width * 4))

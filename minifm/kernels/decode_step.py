@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minifm.kernels import threads
 from minifm.kernels._backend import compiled
 
 
@@ -107,8 +108,10 @@ def decode_layer(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_
     if kernel is None or not applies(x, layer, cache_k, cache_v):
         decode_layer_reference(x, layer, cache_k, cache_v, position, cos, sin)
         return
+    threads.follow_load()  # the OpenMP thread count follows the load, as threads.matmul's products do
     q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
-    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + x.shape[0] + position + 1, dtype=np.float32)
+    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + x.shape[0] + layer.heads * (position + 1),
+                       dtype=np.float32)
     kernel.decode_layer(x, *layer[:9], cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
                         np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
 
@@ -120,6 +123,7 @@ def matvec(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     if kernel is None or x.ndim != 1 or weight.ndim != 2 or not _float32_contiguous(x, weight) \
             or weight.shape[1] != x.shape[0] or weight.size == 0:
         return matvec_reference(x, weight)
+    threads.follow_load()
     out = np.empty(weight.shape[0], dtype=np.float32)  # (N,)
     kernel.matvec_rows(x, weight, out)
     return out
