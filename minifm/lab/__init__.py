@@ -19,6 +19,7 @@ tests and CI; the default presets are what docs/experiments.md reports.
     confidence.py     "pre-trained probabilities are calibrated": ECE and AUROC before/after SFT and DPO
     alignment.py      "preference tuning makes outputs better": reward models, PPO / GRPO / DPO, over-optimisation
     peft_real.py      (peft-real) "PEFT nearly matches full fine-tuning": SmolLM2-135M, LoRA / adapters / prompt / prefix / IA3
+    alignment_real.py (alignment-real) "preference tuning makes outputs better" on SmolLM2-135M: SFT, DPO, PPO-ptx
 """
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ from minifm.lab import (
 )
 from minifm.lab import structured_outputs
 from minifm.lab import peft_real
+from minifm.lab import alignment_real
 from minifm.lab.common import LabRun
 
 EXPERIMENTS = {module.NAME: module for module in (scaling, multilingual, sampling_tradeoff, test_time_compute,
                                                    confidence, alignment, data_quality, attention, architectures)}
 EXPERIMENTS[structured_outputs.NAME] = structured_outputs
 EXPERIMENTS[peft_real.NAME] = peft_real
+EXPERIMENTS[alignment_real.NAME] = alignment_real
 PRESET_NAMES = ("tiny", "default")
 
 
