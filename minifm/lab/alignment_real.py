@@ -204,6 +204,16 @@ def reward_model_from(sft, settings: dict) -> RewardModel:
     return reward_model
 
 
+def value_model_from(reward_model) -> ValueModel:
+    """PPO's critic: a copy of the reward model (TRL's start) whose LoRA and head train; its base stays frozen."""
+    value_model = ValueModel.from_reward_model(reward_model)
+    value_model.requires_grad_(False)
+    for name, p in value_model.named_parameters():
+        if ".lora_" in name or name.startswith("value_head."):
+            p.requires_grad = True
+    return value_model
+
+
 class Timer:
     """Wall and CPU seconds of a block (CPU: the process's, every thread)."""
 
@@ -445,11 +455,7 @@ def train_ppo_policy(sft, reward_model, tokenizer, train_prompts: list[str], dem
                      seed: int):
     """PPO-ptx from a fresh LoRA on the SFT model, against the reward model, its value model a copy of it."""
     policy = with_lora(sft, settings, seed)
-    value_model = ValueModel.from_reward_model(reward_model)
-    value_model.requires_grad_(False)
-    for name, p in value_model.named_parameters():  # the critic trains its own LoRA and head, as the reward model
-        if "lora_" in name or name.startswith("value_head"):
-            p.requires_grad = True
+    value_model = value_model_from(reward_model)
 
     def ground_truth(prompt_indices, responses):
         return np.array([tinyworld.ground_truth_reward(train_prompts[i], reply_text(tokenizer, r))

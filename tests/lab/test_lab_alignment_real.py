@@ -136,6 +136,24 @@ def test_reward_model_metrics_equal_a_direct_computation(tokenizer):
     assert metrics["n_pairs"] == 10
 
 
+def test_the_value_model_trains_its_own_lora_and_head_only():
+    reward_model = lab.reward_model_from(tiny_gpt(), SETTINGS)
+    rng = np.random.default_rng(4)
+    for p in reward_model.parameters():  # a trained reward model: LoRA's B and the head no longer 0
+        if p.requires_grad:
+            p.data[...] = rng.normal(0, 0.3, p.data.shape)
+    reward_model.requires_grad_(False)
+    value_model = lab.value_model_from(reward_model)
+    trainable = {name for name, p in value_model.named_parameters() if p.requires_grad}
+    lora_names = {name.replace("score_head", "value_head") for name, p in reward_model.named_parameters()
+                  if ".lora_" in name or name.startswith("score_head.")}
+    assert trainable == lora_names and len(trainable) == 2 * 4 * 2 + 2  # A and B of q, k, v, o in 2 layers; head
+    assert not any(p.requires_grad for p in reward_model.parameters())  # the reward model stays frozen
+    ids = np.random.default_rng(0).integers(0, 40, size=(2, 7))
+    with no_grad():  # the critic starts as the reward model read at every position
+        assert np.allclose(value_model(ids).data[:, -1], reward_model(ids).data)
+
+
 def test_verdict_words():
     def figure(per_seed):
         return {"seeds": len(per_seed), "vs_sft": paired_over_seeds([0.0] * len(per_seed), per_seed)}
