@@ -21,8 +21,10 @@ arithmetic (exact) and scales each block's sum once: about 2x faster than wideni
 float32 for Q4_0 / Q4_1 at one input row (docs/performance.md, "Quantized decoding"). The rounding
 moves each x by at most dx / 2, so the result moves from the float32-input product by at most
 sum_b dx_b / 2 * sum_(k in block b) |W[n, k]| (measured on SmolLM2-135M's weights and normed
-embeddings: 0.5-1.3% of the outputs' RMS, against ~1e-7 without it); the kernel still equals its own reference, `reference_matmul(..., quantize_input=True)`, up
-to float32 rounding. Off by default: the float32-input product is the exact definition above.
+embeddings: 0.5-1.3% of the outputs' RMS, against ~1e-7 without it; SmolLM2's held-out perplexity
++0.41%, tests/models/test_quantized_gpt.py); the kernel still equals its own reference,
+`reference_matmul(..., quantize_input=True)`, up to float32 rounding. Off by default: the float32-input
+product is the exact definition above; a model turns it on with GPT.use_int8_activations (nn/quantized.py).
 
 The compiled kernels never hold the whole float32 weight:
 
@@ -103,7 +105,7 @@ def quantize_input_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rounded.astype(np.int8).reshape(rows, width), dx.reshape(rows, width // 32)
 
 
-def _rounded_input(x: np.ndarray) -> np.ndarray:
+def rounded_input(x: np.ndarray) -> np.ndarray:
     """xq * dx (M, K) float32: the input that quantize_input=True multiplies."""
     xq, dx = quantize_input_q8(x)
     with np.errstate(invalid="ignore"):
@@ -117,7 +119,7 @@ def _as_float(weight: QuantizedTensor) -> np.ndarray:
 
 def _reference(x: np.ndarray, weights: Sequence[QuantizedTensor], quantize_input: bool) -> list[np.ndarray]:
     if quantize_input:
-        x = _rounded_input(x)  # (M, K)
+        x = rounded_input(x)  # (M, K)
     # A damaged block's non-finite scale gives non-finite outputs without a floating-point warning, as on
     # the compiled path and in dequantize (the checkpoint readers refuse non-finite weights, naming them).
     with np.errstate(invalid="ignore", over="ignore"):
@@ -157,7 +159,7 @@ def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor], quanti
         module.decode_products(x, datas, types, outs, PARALLEL_BYTES, quantize_input)
     else:
         if quantize_input:
-            x = _rounded_input(x)  # (M, K): prefill multiplies the rounded input in float32
+            x = rounded_input(x)  # (M, K): prefill multiplies the rounded input in float32
         with single_threaded_scipy_blas():  # the tiles' sgemm calls come from the OpenMP threads
             for data, ggml_type, out in zip(datas, types, outs):
                 module.prefill_product(x, data, ggml_type, out)

@@ -23,7 +23,9 @@ init_std=0.02, seed=0, dtype="float32" ("float64" for exact-math tests).
 Quantized weights (minifm/nn/quantized.py): weight_dtype="q8_0" | "q4_0" | "q4_1" stores every Linear of
 the blocks (and an untied lm_head) as frozen GGUF blocks, embedding_dtype the same for the token
 embedding, which a tied model also uses as its output head (rows dequantized for the lookup, the
-quantized product for the logits). None (the default) keeps them in `dtype`. Quantized models
+quantized product for the logits). None (the default) keeps them in `dtype`. int8_activations=True
+rounds the inputs of those quantized products to int8 per block of 32, as llama.cpp does (faster
+decoding, a small rounding error; nn/quantized.py); `use_int8_activations` switches it on a built model. Quantized models
 compute in float32 and are frozen (every parameter requires_grad=False; adapters train on top). A GPT built with them quantizes its GPT-2 initialisation; GPT.from_pretrained
 and run directories fill them with the stored blocks instead.
 """
@@ -46,7 +48,7 @@ from minifm.models.pretrained import EMBEDDING_DTYPE, load_pretrained, save_pret
 from minifm.nn import init
 from minifm.nn.module import Module
 from minifm.nn.quantized import (
-    QuantizedEmbedding, check_weight_type, convert_linears, empty_quantized_linears,
+    QuantizedEmbedding, check_weight_type, convert_linears, empty_quantized_linears, set_int8_activations,
 )
 from minifm.sampling.generate import generate
 
@@ -77,6 +79,7 @@ class GPTConfig(TransformerConfigBase):
     qkv_bias: bool | None = None  # q/k/v biases apart from `bias` (Qwen2: True with bias=False); None = bias
     weight_dtype: str | None = None  # "q8_0" | "q4_0" | "q4_1": Linear weights kept quantized; None = dtype
     embedding_dtype: str | None = None  # the same for the token embedding (and a tied head); None = dtype
+    int8_activations: bool = False  # quantized products round their inputs to int8 (llama.cpp's); needs quantized weights
 
     def validate(self) -> None:  # after ConfigBase's type checks
         self.check_shared_fields()  # positive sizes, choices, heads, dropout (TransformerConfigBase)
@@ -96,6 +99,10 @@ class GPTConfig(TransformerConfigBase):
             if self.dtype != "float32":
                 raise ValueError(f"GPTConfig.{field}={value!r} needs dtype 'float32' (quantized weights compute in "
                                  f"float32), got dtype {self.dtype!r}")
+
+        if self.int8_activations and not self.quantized:
+            raise ValueError("GPTConfig.int8_activations=True rounds the inputs of quantized products: it needs "
+                             "weight_dtype or embedding_dtype, got neither")
 
     @property
     def quantized(self) -> bool:
@@ -138,6 +145,7 @@ class GPT(Module):
                 self.wte = QuantizedEmbedding(config.vocab_size, config.n_embd, config.embedding_dtype)
             else:
                 self.wte = QuantizedEmbedding.from_embedding(self.wte, config.embedding_dtype, "wte.weight")
+        set_int8_activations(self, config.int8_activations)
         self.requires_grad_(False)  # a quantized model is a frozen base (nn/quantized.py, "Training")
 
     # ------------------------------------------------------------------ forward
@@ -168,7 +176,19 @@ class GPT(Module):
             self.wte = table if embedding_type is None else \
                 QuantizedEmbedding.from_embedding(table, embedding_type, "wte.weight")
         self.config.weight_dtype, self.config.embedding_dtype = weight_type, embedding_type
+        self.config.int8_activations = self.config.int8_activations and weight_type is not None
+        set_int8_activations(self, self.config.int8_activations)  # the new quantized layers too
         self.requires_grad_(weight_type is None)  # quantized: a frozen base (nn/quantized.py, "Training")
+        return self
+
+    def use_int8_activations(self, enabled: bool = True) -> "GPT":
+        """Round the inputs of every quantized product to int8 per block of 32 (llama.cpp's faster products;
+        the module docstring), or multiply them in float32 again (enabled=False). Returns self."""
+        if enabled and not self.config.quantized:
+            raise ValueError("use_int8_activations(True) rounds the inputs of quantized products, and this model "
+                             "has no quantized weights: load it with a quantized dtype (e.g. 'q8_0') first")
+        self.config.int8_activations = bool(enabled)
+        set_int8_activations(self, self.config.int8_activations)
         return self
 
     def save_pretrained(self, directory):

@@ -76,11 +76,13 @@ def _linears_array(layers: tuple, x: np.ndarray) -> list[np.ndarray]:
     when the matvec kernel takes the products), then each bias added, as linalg.Linear computes it."""
     rows = x.reshape(-1, x.shape[-1])  # (N, in)
     kinds = {type(layer) for layer in layers}
-    if kinds == {QuantizedLinear}:
-        outs = quantized_products(rows, [layer.quantized_weight for layer in layers])  # (N, out_i) each
+    input_rounding = {getattr(layer, "quantize_input", False) for layer in layers}
+    if kinds == {QuantizedLinear} and len(input_rounding) == 1:
+        outs = quantized_products(rows, [layer.quantized_weight for layer in layers],
+                                  quantize_input=input_rounding.pop())  # (N, out_i) each
     elif kinds == {Linear}:
         outs = matmul_weights(rows, [layer.weight.data for layer in layers])  # (N, out_i) each
-    else:  # a mix of float and quantized projections: one at a time
+    else:  # a mix of float and quantized projections (or of input roundings): one at a time
         return [_linear_array(layer, x) for layer in layers]
     results = []
     for layer, out in zip(layers, outs):

@@ -18,6 +18,7 @@ from minifm.nn import Embedding, Linear
 from minifm.nn.quantized import (
     QuantizedEmbedding, QuantizedLinear, convert_linears, empty_quantized_linears, packed_nbytes,
 )
+from minifm.kernels.quantized import rounded_input, reference_matmul
 from minifm.pretrained.quants import quantize
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1")
@@ -214,3 +215,60 @@ def test_the_block_fast_path_runs_quantized_projections(weight_dtype, rng):
         steps += [model(ids[:, t:t + 1], cache=cache).data[:, -1] for t in range(5, 9)]
     np.testing.assert_allclose(fast, recorded, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.stack(steps, 1), recorded[:, 4:9], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ int8 activations (llama.cpp's products)
+@given(case=linear_cases())
+def test_int8_activations_compute_the_rounded_input_product(case):
+    """With quantize_input the layer computes reference_matmul(x, W, quantize_input=True): the input rounded
+    to int8 per block of 32, times the dequantized weight, within the float32 reordering bound; the rounding
+    itself moves each output by at most sum over blocks of dx / 2 * sum |w| (dx = max |x_block| / 127)."""
+    type_name, x, weight, bias = case
+    quantized, reference = _layers(type_name, weight, bias)
+    quantized.quantize_input = True
+    rows = x.reshape(-1, x.shape[-1])  # (N, in)
+    ours = quantized(mf.tensor(x)).data.reshape(rows.shape[0], -1)  # (N, out)
+    expected = reference_matmul(rows, quantized.quantized_weight, quantize_input=True)  # (N, out)
+    if bias is not None:
+        expected = expected + bias
+    rounded = rounded_input(rows)  # (N, in): what the kernel multiplies
+    assert (np.abs(ours - expected) <= _reorder_bound(rounded, reference.weight.data)).all()
+    blocks = np.abs(rows.astype(np.float64)).reshape(rows.shape[0], -1, 32).max(axis=-1) / 127  # (N, in / 32)
+    weight_sums = np.abs(reference.weight.data.astype(np.float64)).reshape(weight.shape[0], -1, 32).sum(-1)
+    rounding_bound = blocks / 2 @ weight_sums.T  # (N, out)
+    exact = reference(mf.tensor(x)).data.reshape(rows.shape[0], -1)
+    assert (np.abs(ours - exact) <= rounding_bound + _reorder_bound(rows, reference.weight.data)).all()
+    with mf.no_grad():
+        np.testing.assert_array_equal(quantized.forward_array(x).reshape(ours.shape), ours)
+
+
+def test_int8_activations_on_a_gpt_fast_path_equal_the_general_path_and_switch_off_again(rng):
+    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp="swiglu",
+                       pos="rope", norm="rmsnorm", bias=False, mlp_hidden=96, weight_dtype="q4_1",
+                       embedding_dtype="q8_0", int8_activations=True)
+    model = GPT(config)
+    layers = [m for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))]
+    assert len(layers) == 2 * 7 + 1 and all(layer.quantize_input for layer in layers)
+    ids = rng.integers(0, 40, size=(2, 9))
+    recorded = model(ids).data  # the general (autograd) path
+    with mf.no_grad():
+        fast = model(ids).data  # the block's raw-array path: q/k/v and gate/up in one call each
+    np.testing.assert_allclose(fast, recorded, rtol=1e-5, atol=1e-5)
+    model.use_int8_activations(False)
+    exact = model(ids).data
+    assert not any(layer.quantize_input for layer in layers) and not model.config.int8_activations
+    assert 0 < np.abs(exact - recorded).max() < 0.05 * np.abs(exact).max()  # rounding moved them, a little
+    model.use_int8_activations(True)
+    np.testing.assert_array_equal(model(ids).data, recorded)
+    model.convert_weights("q8_0")  # the new Q8_0 layers keep the model's setting
+    assert all(m.quantize_input for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding)))
+    model.convert_weights("float32")
+    assert model.config.int8_activations is False
+
+
+def test_int8_activations_need_quantized_weights():
+    with pytest.raises(ValueError, match="int8_activations=True .* needs weight_dtype or embedding_dtype"):
+        GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32, int8_activations=True)
+    model = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(ValueError, match=r"use_int8_activations\(True\) .* no quantized weights"):
+        model.use_int8_activations()
