@@ -5,36 +5,43 @@ One KV-cached decoding step of a Llama-style pre-norm block for ONE sequence and
 in one call instead of ~25 NumPy/kernel calls, and the matrix-vector product that dominates it:
 
     h = rmsnorm(x) * norm1                                    x (E,), the residual stream, updated in place
-    q, k, v = Wq h, Wk h, Wv h                                 (H*D,), (G*D,), (G*D,)   one parallel region
+    q, k, v = Wq h, Wk h, Wv h                                 (H*D,), (G*D,), (G*D,)   one product
     q, k = rope(q, position), rope(k, position)                rotate-half pairs (j, j + D/2) of each head
     cache_k[:, position], cache_v[:, position] = k, v           caches (G, max_length, D)
     a_i = softmax(q_i . cache_k[g(i), :position+1] / sqrt(D)) @ cache_v[g(i), :position+1]   g(i) = i // (H/G)
-    x += Wo a                                                  one parallel region
+    x += Wo a
     h = rmsnorm(x) * norm2
-    gate, up = Wgate h, Wup h                                  one parallel region
-    x += Wdown (silu(gate) * up)                               one parallel region
+    gate, up = Wgate h, Wup h                                  one product
+    x += Wdown (silu(gate) * up)
 
 rmsnorm(x) = x * (1 / sqrt(sum(x^2) / E + eps)), the sum in double, as csrc/normalization.pyx computes it.
 
-The matrix-vector products (`matvec_rows`) are what a decoding step costs: they read every weight once and
-do one multiply-add per weight, so their speed is the memory bandwidth. The design for that:
+The matrix-vector products are what a decoding step costs: they read every weight once and do one
+multiply-add per weight, so their speed is the memory bandwidth. The design for that:
 
-  * the output rows of all the weights of one call (q, k, v; gate, up) are one range of blocks of
-    ROW_BLOCK = 4 rows, split across the OpenMP threads in equal contiguous parts (static schedule): each
-    thread streams one long run of memory, and a second core adds bandwidth;
-  * a block of 4 rows is read in one pass with 4 running 8-float AVX2 sums, one per row, that share each
-    loaded 8-float piece of x (x stays in L1): 4 independent multiply-add chains, no horizontal sum per
-    row until the end, then the 4 sums reduced together (hadd);
-  * every output is summed in one fixed order, its 8 lanes ((0+1)+(2+3))+((4+5)+(6+7)) then the tail of
-    K mod 8 columns: a row's result does not depend on whether it is computed in a block of 4 or alone
-    (the last rows of a weight), on the thread count, or on which weights share the call;
+  * the output rows of all the weights of one product (q, k, v; gate, up) are one range of blocks of
+    ROW_BLOCK = 4 rows, split across the threads in equal contiguous parts: each thread streams one long
+    run of memory, and a second core adds bandwidth;
+  * a row narrower than WIDE = 1024 values is read alone, as one sequential stream, with four 8-float AVX2
+    running sums over consecutive 32-float pieces (independent multiply-add chains; x stays in L1). Four
+    such rows at once are four short streams that the hardware prefetcher must find again every 4 rows:
+    measured on SmolLM2's 576-wide rows (one thread, CPU time, a busy host) 7.5-8.9 GB/s alone against
+    5.8 four at a time, and NumPy's BLAS 5.4-6.3. Wider rows go four at a time, one running sum per row,
+    the four sharing each loaded piece of x (10.6 against 8.4 GB/s on 16,384-wide rows);
+  * every output is summed in an order fixed by its row's width only, so a result does not depend on the
+    thread count, on its place in a block or on which weights share the call;
   * a residual add (x += W a) is folded into the product: each output row adds its sum to x[r], which the
     product does not read.
 
-Without AVX2 + FMA the same order is written in plain C (GCC vectorises it where it can). Simplifications:
+The layer runs in ONE OpenMP parallel region: its phases (norm, q/k/v, RoPE and the cache write,
+attention with the heads split across the threads, o, norm, gate/up, SiLU, down) are separated by a
+barrier that spins ~0.1 ms before yielding the core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a
+thread that leaves a parallel region sleeps, and waking it costs 10-25 us here: with one region per
+product that was 121 wake-ups per token. The short serial phases (norms, RoPE) run on thread 0.
+
+Without AVX2 + FMA the same orders are written in plain C (GCC vectorises what it can). Simplifications:
 float32 only; batch 1, one token; no biases, no padding mask, no sliding window (the caller checks and
-takes the general path otherwise); the attention over the cache runs on one thread (SmolLM2's 9 heads
-over a few hundred positions are microseconds).
+takes the general path otherwise).
 """
 cimport cython
 from libc.math cimport sqrt
@@ -64,6 +71,8 @@ cdef extern from *:
     #endif
 
     #define MINIFM_DS_ROW_BLOCK 4
+    /* Rows of at least this many values are read four at a time (see minifm_ds_rows). */
+    #define MINIFM_DS_WIDE 1024
     /* A thread waiting at a barrier spins this many pause instructions (~0.1 ms) before yielding its core. */
     #define MINIFM_DS_SPINS 4096
 
@@ -72,12 +81,52 @@ cdef extern from *:
         return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
     }
 
-    /* out[r] (+)= sum_j x[j] * w[r * stride + j], j < k, for the `rows` (1..4) rows at w: 8 lanes per row,
-       then the tail; 4 rows share each loaded piece of x */
+    /* sum_j x[j] * w[j], j < k, for rows narrower than MINIFM_DS_WIDE: four 8-float running sums over
+       consecutive 32-float pieces (the row is read as one sequential stream, and the multiply-adds do not
+       wait for each other), added (0+1)+(2+3), then 8-float pieces into the first, its 8 lanes added in
+       the fixed order, then the tail */
+    static inline float minifm_ds_dot(const float* x, const float* w, Py_ssize_t k) {
+        Py_ssize_t j = 0;
+        float lanes[8], tail = 0.0f;
+    #if MINIFM_DS_AVX2
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (; j + 32 <= k; j += 32) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 16), _mm256_loadu_ps(x + j + 16), s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 24), _mm256_loadu_ps(x + j + 24), s3);
+        }
+        s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+        for (; j + 8 <= k; j += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), s0);
+        _mm256_storeu_ps(lanes, s0);
+    #else
+        float s[4][8] = {{0}};
+        for (; j + 32 <= k; j += 32)
+            for (int p = 0; p < 4; p++)
+                for (int lane = 0; lane < 8; lane++)
+                    s[p][lane] = fmaf(w[j + 8 * p + lane], x[j + 8 * p + lane], s[p][lane]);
+        for (int lane = 0; lane < 8; lane++) lanes[lane] = (s[0][lane] + s[1][lane]) + (s[2][lane] + s[3][lane]);
+        for (; j + 8 <= k; j += 8)
+            for (int lane = 0; lane < 8; lane++) lanes[lane] = fmaf(w[j + lane], x[j + lane], lanes[lane]);
+    #endif
+        for (; j < k; j++) tail += x[j] * w[j];
+        return minifm_ds_lanes8(lanes) + tail;
+    }
+
+    /* out[r] (+)= sum_j x[j] * w[r * stride + j], j < k, for the `rows` (1..4) rows at w. Narrow rows go one
+       after the other through minifm_ds_dot; rows of at least MINIFM_DS_WIDE values four at a time, one
+       8-float running sum per row, the four sharing each loaded piece of x (a lone row in the same order) */
     static inline void minifm_ds_rows(const float* x, const float* w, Py_ssize_t k, Py_ssize_t stride, int rows,
                                       float* out, int accumulate) {
         Py_ssize_t body = k - k % 8, j;
         float lanes[MINIFM_DS_ROW_BLOCK][8];
+        if (k < MINIFM_DS_WIDE) {
+            for (int r = 0; r < rows; r++) {
+                float total = minifm_ds_dot(x, w + r * stride, k);
+                out[r] = accumulate ? out[r] + total : total;
+            }
+            return;
+        }
     #if MINIFM_DS_AVX2
         if (rows == 4) {
             const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;

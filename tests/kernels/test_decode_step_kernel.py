@@ -17,8 +17,9 @@ def _random(rng, *shape, scale=0.3):
 
 @st.composite
 def matvec_cases(draw):
-    """(x (K,), W (N, K)): K in 1..40 (all tail, or a few 8-float pieces) or 560..600; N in 1..70."""
-    width = draw(st.integers(1, 40) | st.integers(560, 600))
+    """(x (K,), W (N, K)): K in 1..80 (tails, 8- and 32-float pieces) or 1020..1100 (rows of at least 1024
+    values go four at a time); N in 1..70."""
+    width = draw(st.integers(1, 80) | st.integers(1020, 1100))
     rows = draw(st.integers(1, 70))
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     return _random(rng, width, scale=1.0), _random(rng, rows, width, scale=1.0)
