@@ -5,7 +5,7 @@ import pytest
 
 import minifm as mf
 from minifm import cli
-from minifm.cli import chat as chat_command
+from minifm.cli import generate as generate_command
 from minifm.cli import quantize as quantize_command
 from minifm.models import GPT, GPTConfig
 from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
@@ -119,16 +119,34 @@ def test_generate_takes_a_dtype(float_run, capsys):
     assert "invalid choice" in _parser_error(args + ["--dtype", "int4"], capsys)
 
 
+def test_generate_with_int8_activations_needs_quantized_weights(float_run, monkeypatch, capsys):
+    loaded = []
+    real_load_any = generate_command.load_any
+    monkeypatch.setattr(generate_command, "load_any",
+                        lambda name, dtype: loaded.append(real_load_any(name, dtype=dtype)) or loaded[-1])
+    args = ["generate", "--model", str(float_run), "--prompt", "the", "--max-new-tokens", "3", "--seed", "0"]
+    assert cli.main(args + ["--dtype", "q8_0", "--int8-activations"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    model = loaded[-1][0]
+    assert model.config.int8_activations and all(layer.quantize_input for layer in model.modules()
+                                                 if isinstance(layer, (QuantizedLinear, QuantizedEmbedding)))
+    assert cli.main(args + ["--dtype", "float32", "--int8-activations"]) == 2
+    assert "--int8-activations rounds the inputs of quantized products" in _error_line(capsys)
+    assert len(loaded) == 1  # refused before loading
+    assert cli.main(args + ["--int8-activations"]) == 2  # a float run as saved
+    assert "has no quantized weights" in _error_line(capsys)
+
+
 def test_chat_runs_smollm2_in_its_own_q4_1_by_default(smollm2_gguf, monkeypatch, capsys):
     loaded = []
-    real_load_any = chat_command.load_any
+    real_load_any = generate_command.load_any  # chat loads through generate.load_for_generation
 
     def spy(name, dtype="float32"):
         model, tokenizer = real_load_any(name, dtype=dtype)
         loaded.append(model)
         return model, tokenizer
 
-    monkeypatch.setattr(chat_command, "load_any", spy)
+    monkeypatch.setattr(generate_command, "load_any", spy)
     monkeypatch.setattr("sys.stdin", _Lines("What is the capital of France?\n"))
     assert cli.main(["chat", "--model", "smollm2-135m-instruct", "--max-new-tokens", "12", "--seed", "0"]) == 0
     assert "Paris" in capsys.readouterr().out

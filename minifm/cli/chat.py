@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from minifm.cli.common import Command, add_dataclass_arguments, config_values, field_names, settings_from
 from minifm.cli.generate import (
     GenerateSettings, add_dtype_argument, add_model_argument, add_structured_output_arguments, check_generates,
-    decoding_options, structured_output,
+    decoding_options, load_for_generation, structured_output,
 )
-from minifm.runs import load_any
 from minifm.sampling.generate import generate
 from minifm.sampling.streamer import TextStreamer
 from minifm.tokenizer.chat import apply_chat_template
@@ -100,7 +99,7 @@ def run_chat(args) -> int:
     if settings.num_beams != 1 or settings.num_return_sequences != 1:
         raise ValueError("chat streams one reply: --num-beams and --num-return-sequences must be 1")
     make_constraint = structured_output(args)
-    model, tokenizer = load_any(args.model, dtype=args.dtype)  # default: as stored (SmolLM2: its Q4_1)
+    model, tokenizer = load_for_generation(args)  # default: as stored (SmolLM2: its Q4_1)
     check_generates(model, args.model)
     end_id = end_of_turn_id(tokenizer)
     processors = None if make_constraint is None else make_constraint(tokenizer, end_id)  # one for every reply

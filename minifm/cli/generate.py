@@ -14,6 +14,8 @@ without a chat template (`minifm chat` applies the model's template). --regex an
 file is checked before the model loads, a bad one is a one-line error. --dtype (also in `minifm chat`)
 picks the weights' storage: by default the model runs as stored (a GGUF's own quantized formats, e.g.
 SmolLM2's Q4_1; a run as saved); float32 dequantizes, q8_0 | q4_0 | q4_1 quantize on load.
+--int8-activations rounds the inputs of the quantized products to int8 per block of 32, as llama.cpp
+does (faster decoding; SmolLM2's held-out perplexity +0.4%; GPT.use_int8_activations).
 """
 from __future__ import annotations
 
@@ -80,6 +82,23 @@ def add_dtype_argument(parser) -> None:
                         help="store the weights as this type (default: as the model is stored: a GGUF's own "
                              "quantized format, e.g. q4_1 for smollm2-135m-instruct; float32 for a Hugging Face "
                              "directory; a run as saved)")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="round the inputs of quantized products to int8 per block of 32, as llama.cpp does: "
+                             "faster decoding, a small rounding error (needs quantized weights)")
+
+
+def load_for_generation(args):
+    """(model, tokenizer) of --model in --dtype, with --int8-activations applied."""
+    if args.int8_activations and args.dtype == "float32":  # known before a slow load
+        raise ValueError("--int8-activations rounds the inputs of quantized products: it needs quantized weights, "
+                         "got --dtype float32 (use q8_0, q4_0 or q4_1, or leave --dtype out for a GGUF's own)")
+    model, tokenizer = load_any(args.model, dtype=args.dtype)
+    if args.int8_activations:
+        if not getattr(getattr(model, "config", None), "quantized", False):
+            raise ValueError(f"--int8-activations rounds the inputs of quantized products: {args.model} in dtype "
+                             f"{args.dtype or 'as stored'} has no quantized weights (use --dtype q8_0, q4_0 or q4_1)")
+        model.use_int8_activations(True)
+    return model, tokenizer
 
 
 def end_token_id(tokenizer) -> int | None:
@@ -158,7 +177,7 @@ def decoding_options(settings: GenerateSettings) -> dict:
 def run_generate(args) -> int:
     settings = settings_from(args, GenerateSettings, file_values=config_values(args, field_names(GenerateSettings)))
     make_constraint = structured_output(args)
-    model, tokenizer = load_any(args.model, dtype=args.dtype)
+    model, tokenizer = load_for_generation(args)
     check_generates(model, args.model)
     eos = end_token_id(tokenizer)
     options = dict(decoding_options(settings), stop=args.stop, tokenizer=tokenizer if args.stop else None,
