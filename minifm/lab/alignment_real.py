@@ -67,7 +67,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import resource
 import time
 
 import numpy as np
@@ -498,7 +497,7 @@ def method_figures(baseline: list[dict], methods: dict) -> dict:
 
 
 def plot_results(untuned: dict, baseline: list[dict], methods: dict, figures: dict, path) -> None:
-    """Left: mean true reward per policy (± s.e. over seeds) with each seed's value. Right: the PPO-ptx rollouts'
+    """Left: mean true reward per policy (± s.e. over seeds) with each seed's value beside it. Right: the PPO-ptx rollouts'
     learned and true reward per iteration, one line per seed."""
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2))
@@ -507,13 +506,13 @@ def plot_results(untuned: dict, baseline: list[dict], methods: dict, figures: di
                                                                             for m in figures]
     for index, (name, values) in enumerate(zip(names, per_seed)):
         mean, se = mean_and_stderr(values)
-        left.bar(index, mean, yerr=se, capsize=4, color=f"C{index}", alpha=0.6)
-        left.plot([index] * len(values), values, "k.", markersize=6)
-    left.axhline(0, color="grey", linewidth=0.8)
+        left.errorbar(index, mean, yerr=se, fmt="s", markersize=8, capsize=5, color=f"C{index}")
+        left.plot(np.full(len(values), index + 0.12), values, "k.", markersize=6)
+    left.axhline(mean_and_stderr(per_seed[1])[0], color="C1", linestyle=":", linewidth=1, label="SFT mean")
     left.set_xticks(range(len(names)))
     left.set_xticklabels(names)
     left.set_ylabel("true reward of sampled answers, held-out prompts")
-    left.set_title("True reward (bars: mean ± s.e. over seeds; dots: seeds)")
+    left.set_title("True reward (squares: mean ± s.e. over seeds; dots: seeds)")
     left.grid(alpha=0.3, axis="y")
     for index, run in enumerate(methods.get("PPO-ptx", [])):
         history = run["history"]
@@ -523,6 +522,7 @@ def plot_results(untuned: dict, baseline: list[dict], methods: dict, figures: di
         right.plot(iterations, [row["reward_mean"] for row in history], "--", color=f"C{index}",
                    label=f"learned reward, seed {index}")
     right.set_xlabel("PPO-ptx iteration")
+    right.xaxis.get_major_locator().set_params(integer=True)
     right.set_ylabel("mean reward of the iteration's rollouts")
     right.set_title("PPO-ptx rollouts (train prompts)")
     right.grid(alpha=0.3)
@@ -555,6 +555,11 @@ def report(lab: LabRun, sft_run: dict, reward_run: dict, untuned: dict, baseline
            n_prompts: int) -> None:
     s = lab.settings
     figures = method_figures(baseline, methods)
+    every = [untuned, sft_run, reward_run] + baseline + [run for runs in methods.values() for run in runs]
+    total_wall = sum(run["seconds"] for run in every)
+    total_cpu = sum(run.get(key, 0.0) for run in every + [run["evaluation"] for runs in methods.values()
+                                                            for run in runs]
+                    for key in ("train_cpu_seconds", "eval_cpu_seconds"))
     plot_results(untuned, baseline, methods, figures, lab.path("alignment_real.png"))
     sft_rewards = [run["reward"] for run in baseline]
     sft_mean, sft_se = mean_and_stderr(sft_rewards)
@@ -610,7 +615,7 @@ def report(lab: LabRun, sft_run: dict, reward_run: dict, untuned: dict, baseline
              f"DPO: beta {s['dpo']['beta']:g}, lr {s['dpo']['learning_rate']:g}, batch "
              f"{s['dpo']['per_device_train_batch_size']} pairs, {dpo_config(s, 0).max_steps} steps (matched to PPO). "
              f"PPO-ptx: {s['ppo']['max_steps']} iterations of {s['ppo']['per_device_train_batch_size']} rollouts "
-             f"(up to {s['ppo']['response_length']} tokens), {s['ppo']['num_ppo_epochs']} epochs, kl_coef "
+             f"(up to {s['ppo']['response_length']} tokens), {s['ppo']['num_ppo_epochs']} epoch(s), kl_coef "
              f"{s['ppo']['kl_coef']:g}, ptx_coef {s['ppo']['ptx_coef']:g}, lr {s['ppo']['learning_rate']:g}. "
              f"Judged on {n_prompts} held-out instructions x {s['eval_samples']} answer(s) sampled at temperature "
              f"{s['ppo']['temperature']:g} (up to {s['max_new_tokens']} tokens), evaluation seed = training seed; "
@@ -618,7 +623,8 @@ def report(lab: LabRun, sft_run: dict, reward_run: dict, untuned: dict, baseline
              f"Times: wall and CPU seconds of training (mean over seeds; 2 cores, shared: the mean 1-minute load "
              f"average at the methods' ends was "
              f"{np.mean([f['load_average'] for f in figures.values()]) if figures else float('nan'):.1f}). "
-             f"Peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.0f} MiB.")
+             f"Every sub-run together (loading, training, evaluation): {total_wall / 60:.1f} min of wall time"
+             f"{f', {total_cpu / 60:.1f} CPU-minutes of training and evaluation' if total_cpu else ''}.")
     example_lines = [f"- {name}: {e['prompt']!r} -> {e['reply']!r} (true reward {e['true_reward']:+.2f})"
                      for name, e in [("untuned", untuned["examples"][0]), ("SFT", baseline[0]["examples"][0])]
                      + [(m, methods[m][0]["evaluation"]["examples"][0]) for m in figures]]
