@@ -26,7 +26,10 @@ Also printed: the machine (lscpu's model name, usable cores), load averages befo
 (torch.set_num_threads and minifm.kernels.threads.set_num_threads, both --threads; default every usable
 core), and the memory-bandwidth bound of decoding: the weight bytes one decoded token reads (every
 parameter once: the tied embedding is the output head) over the read bandwidth measured here with a large
-float32 matrix-vector product (NumPy's BLAS on --threads threads, 4096 x 16384) and a plain sum over 1 GB.
+float32 matrix-vector product (NumPy's BLAS on --threads threads, 4096 x 16384) and a plain sum over 1 GB,
+and minifm's decode speed as a fraction of that bound: against the bound measured once before the repeats,
+and against the bound measured again right after each repeat's decode (the same product, median of 3), so
+that on a shared host each repeat is compared with the bandwidth it had.
 
     python benchmarks/bench_real_model.py                  # random weights, the full table (~5 min)
     python benchmarks/bench_real_model.py --quick          # 2 repeats, 128-token prefill, 32 decode steps
@@ -34,6 +37,7 @@ float32 matrix-vector product (NumPy's BLAS on --threads threads, 4096 x 16384) 
     python benchmarks/bench_real_model.py --gguf --dtype stored   # minifm runs the GGUF's Q4_1 blocks as they are
     python benchmarks/bench_real_model.py --threads 1      # both libraries on one thread
     python benchmarks/bench_real_model.py --profile        # also cProfile minifm's generate (top costs)
+    python benchmarks/bench_real_model.py --gguf --decode-only   # decode figures only (and the bound beside them)
 
 Simplifications: batch 1 only; the random model's greedy tokens are compared and reported, not required
 to match (near-ties of random logits may break either way).
@@ -90,12 +94,21 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def read_bandwidths(threads: int) -> dict[str, float]:
-    """Bytes/s read by: NumPy's BLAS matrix-vector product of a 4096 x 16384 float32 matrix on `threads`
-    threads, minifm's matvec kernel on the same matrix, and np.sum over a 1 GB float32 array (one thread)."""
+def blas_matvec_bandwidth(matrix: np.ndarray, vector: np.ndarray, threads: int, repeats: int) -> float:
+    """Bytes/s read by NumPy's BLAS computing matrix @ vector on `threads` threads (median of `repeats`)."""
     from threadpoolctl import threadpool_limits
 
-    from minifm.kernels import matvec
+    with threadpool_limits(limits=threads, user_api="blas"):
+        return matrix.nbytes / median_seconds(lambda: np.dot(matrix, vector), repeats)
+
+
+def read_bandwidths(threads: int) -> dict[str, float]:
+    """Bytes/s read by: NumPy's BLAS matrix-vector product of a 4096 x 16384 float32 matrix on `threads`
+    threads, minifm's two matvec kernels on the same matrix (matvec: any few rows; decode_step: the one-token
+    decoding step's), and np.sum over a 1 GB float32 array (one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from minifm.kernels import decode_step, matvec
 
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((4096, 16384), dtype=np.float32)  # 268 MB
@@ -104,10 +117,12 @@ def read_bandwidths(threads: int) -> dict[str, float]:
         blas = matrix.nbytes / median_seconds(lambda: np.dot(matrix, vector), 7)
     rows = vector[None, :]  # (1, 16384)
     kernel = matrix.nbytes / median_seconds(lambda: matvec.matvec(rows, matrix), 7)
+    streaming = matrix.nbytes / median_seconds(lambda: decode_step.matvec(vector, matrix), 7)
     del matrix
     block = np.ones(256 * 1024 * 1024, dtype=np.float32)  # 1 GiB
     summed = block.nbytes / median_seconds(lambda: block.sum(), 5)
-    return {"BLAS matvec 4096x16384": blas, "minifm matvec kernel 4096x16384": kernel, "np.sum over 1 GiB": summed}
+    return {"BLAS matvec 4096x16384": blas, "minifm matvec kernel 4096x16384": kernel,
+            "minifm decode_step.matvec 4096x16384": streaming, "np.sum over 1 GiB": summed}
 
 
 # ------------------------------------------------------------------------------------------ the models
@@ -256,6 +271,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 repeats, 128-token prefill, 32 decode steps")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of minifm's generate")
     parser.add_argument("--skip-bandwidth", action="store_true", help="do not measure the read bandwidth")
+    parser.add_argument("--decode-only", action="store_true", help="time decode only (no prefill, no generate)")
     args = parser.parse_args()
     if args.dtype != "float32" and not args.gguf:
         parser.error("--dtype stored needs --gguf (the random model has no stored blocks)")
@@ -293,14 +309,18 @@ def main():
             print(f"read bandwidth, {name}: {value / 1e9:.1f} GB/s")
         print(f"weights read per decoded token: {weight_bytes / 1e6:.0f} MB -> bandwidth bound "
               f"{bound_bandwidth / weight_bytes:.1f} tokens/s (BLAS matvec), "
-              f"{max(bandwidths.values()) / weight_bytes:.1f} tokens/s (best of the three)")
+              f"{max(bandwidths.values()) / weight_bytes:.1f} tokens/s (best of the four)")
 
     prefill_prompt = rng.integers(0, ours.config.vocab_size, size=(1, args.prefill))
     decode_prompt = rng.integers(0, ours.config.vocab_size, size=(1, DECODE_PROMPT))
-    figures = {key: ([], []) for key in ("prefill all logits", "prefill last logits", "decode", "generate")}
-    agreement = []
+    keys = ("decode",) if args.decode_only else ("prefill all logits", "prefill last logits", "decode", "generate")
+    figures = {key: ([], []) for key in keys}
+    agreement, bounds_beside = [], []  # the bound (tokens/s) measured right after each repeat's decode
+    probe = None if args.skip_bandwidth else rng.standard_normal((4096, 16384), dtype=np.float32)  # 268 MB
     for repeat in range(args.repeats):
         for last_only, key in ((False, "prefill all logits"), (True, "prefill last logits")):
+            if args.decode_only:
+                break
             figures[key][0].append(args.prefill / median_seconds(lambda: minifm_prefill(ours, prefill_prompt, last_only), 1))
             figures[key][1].append(args.prefill / median_seconds(
                 lambda: transformers_prefill(theirs, prefill_prompt, last_only), 1))
@@ -309,6 +329,13 @@ def main():
         figures["decode"][0].append(args.decode / our_seconds)
         figures["decode"][1].append(args.decode / their_seconds)
         agreement.append(next((i for i, (a, b) in enumerate(zip(our_tokens, their_tokens)) if a != b), args.decode))
+        if probe is not None:
+            bounds_beside.append(blas_matvec_bandwidth(probe, probe[0], threads, 3) / weight_bytes)
+        if args.decode_only:
+            print(f"repeat {repeat + 1}: decode {args.decode / our_seconds:.1f} / {args.decode / their_seconds:.1f} "
+                  f"tok/s (minifm / transformers)" + (f", bound beside {bounds_beside[-1]:.1f} tok/s" if probe is not None
+                                                     else "") + f", load {os.getloadavg()[0]:.1f}", flush=True)
+            continue
         figures["generate"][0].append(args.decode / median_seconds(
             lambda: minifm_generate_call(ours, decode_prompt, args.decode), 1))
         figures["generate"][1].append(args.decode / median_seconds(
@@ -331,6 +358,10 @@ def main():
         print(f"decode vs the BLAS-matvec bandwidth bound ({bound:.1f} tokens/s): "
               f"minifm {statistics.median(figures['decode'][0]) / bound:.0%}, "
               f"transformers {statistics.median(figures['decode'][1]) / bound:.0%}")
+        fractions = [mine / beside for mine, beside in zip(figures["decode"][0], bounds_beside)]
+        print(f"minifm decode over the bound measured right after it, per repeat: "
+              f"{' '.join(f'{value:.0%}' for value in fractions)} (median {statistics.median(fractions):.0%}; "
+              f"bounds {' '.join(f'{value:.1f}' for value in bounds_beside)} tokens/s)")
     print(f"greedy tokens equal to transformers' for the first {min(agreement)}-{max(agreement)} of {args.decode} steps")
     print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
     if args.profile:

@@ -33,11 +33,12 @@ multiply-add per weight, so their speed is the memory bandwidth. The design for 
   * a residual add (x += W a) is folded into the product: each output row adds its sum to x[r], which the
     product does not read.
 
-The layer runs in ONE OpenMP parallel region: its phases (norm, q/k/v, RoPE and the cache write,
-attention with the heads split across the threads, o, norm, gate/up, SiLU, down) are separated by a
-barrier that spins ~0.1 ms before yielding the core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a
+The layer runs in ONE OpenMP parallel region with four barriers (after q/k/v, attention, o and gate/up;
+minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before yielding the core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a
 thread that leaves a parallel region sleeps, and waking it costs 10-25 us here: with one region per
-product that was 121 wake-ups per token. The short serial phases (norms, RoPE) run on thread 0.
+product that was 121 wake-ups per token. Each barrier is a point where a thread whose partner lost its core
+to another process waits a scheduler time slice: on a busy host, fewer threads are faster
+(minifm.kernels.threads follows the load by default).
 
 Without AVX2 + FMA the same orders are written in plain C (GCC vectorises what it can). Simplifications:
 float32 only; batch 1, one token; no biases, no padding mask, no sliding window (the caller checks and
@@ -285,54 +286,62 @@ cdef extern from *:
         double eps;
         const float *norm1, *wq, *wk, *wv, *wo, *norm2, *wgate, *wup, *wdown, *cos, *sin;
         float *x, *cache_k, *cache_v;
-        float *q, *k, *v, *attended, *gate, *up, *h, *scores;  /* scratch; scores (heads, position + 1) */
+        float *q, *k, *v, *attended, *gate, *up, *scores;  /* scratch; scores (heads, position + 1) */
     } minifm_ds_layer;
 
-    /* One thread's part of the layer (id of `threads`); `barrier` separates the phases. */
+    /* out[r] (+)= (w x)[r] for the rows r in [first, last) of w (rows of k values), 4 rows a block */
+    static void minifm_ds_row_range(const float* x, const float* w, Py_ssize_t k, Py_ssize_t first, Py_ssize_t last,
+                                    float* out, int accumulate) {
+        for (Py_ssize_t row = first; row < last; row += MINIFM_DS_ROW_BLOCK) {
+            Py_ssize_t left = last - row;
+            minifm_ds_rows(x, w + row * k, k, k, left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK,
+                           out + row, accumulate);
+        }
+    }
+
+    /* One thread's part of the layer (id of `threads`). Four barriers: after q/k/v, after attention, after
+       o (x complete), after gate/up; every other step needs only what the same thread computed:
+         * each thread normalises x into its own h (E values: cheaper than a barrier);
+         * the key/value heads are split across the threads: a thread rotates its kv heads' keys, stores
+           them and the values in the cache, rotates the query heads that read them and attends;
+         * gate and up are split by the same rows, so a thread applies SiLU to the rows it computed. */
     static void minifm_ds_layer_part(const minifm_ds_layer* a, minifm_ds_barrier* barrier, int id, int threads) {
         Py_ssize_t q_size = a->heads * a->head_dim, kv_size = a->kv_heads * a->head_dim, begin, end;
-        Py_ssize_t length = a->position + 1, group = a->heads / a->kv_heads;
-        if (id == 0) minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, a->h);
-        minifm_ds_wait(barrier, threads);
+        Py_ssize_t length = a->position + 1, group = a->heads / a->kv_heads, d = a->head_dim;
+        float h[a->width];  /* this thread's normalised x */
+        minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, h);
         {
             const float* weights[3] = {a->wq, a->wk, a->wv};
             Py_ssize_t sizes[3] = {q_size, kv_size, kv_size};
             float* outs[3] = {a->q, a->k, a->v};
-            minifm_ds_matvec_part(a->h, a->width, 3, weights, sizes, outs, 0, id, threads);
+            minifm_ds_matvec_part(h, a->width, 3, weights, sizes, outs, 0, id, threads);
         }
         minifm_ds_wait(barrier, threads);
-        if (id == 0) {
-            minifm_ds_rope(a->q, a->heads, a->head_dim, a->cos, a->sin);
-            minifm_ds_rope(a->k, a->kv_heads, a->head_dim, a->cos, a->sin);
-            for (Py_ssize_t g = 0; g < a->kv_heads; g++) {
-                Py_ssize_t at = (g * a->stride + a->position) * a->head_dim;
-                for (Py_ssize_t j = 0; j < a->head_dim; j++) {
-                    a->cache_k[at + j] = a->k[g * a->head_dim + j];
-                    a->cache_v[at + j] = a->v[g * a->head_dim + j];
-                }
+        minifm_ds_share(a->kv_heads, id, threads, &begin, &end);
+        for (Py_ssize_t g = begin; g < end; g++) {
+            float* key = a->k + g * d;
+            minifm_ds_rope(key, 1, d, a->cos, a->sin);
+            Py_ssize_t cached = g * a->stride * d;
+            for (Py_ssize_t j = 0; j < d; j++) {
+                a->cache_k[cached + a->position * d + j] = key[j];
+                a->cache_v[cached + a->position * d + j] = a->v[g * d + j];
             }
-        }
-        minifm_ds_wait(barrier, threads);
-        minifm_ds_share(a->heads, id, threads, &begin, &end);
-        for (Py_ssize_t h = begin; h < end; h++) {
-            Py_ssize_t cached = (h / group) * a->stride * a->head_dim;
-            minifm_ds_attend_head(a->q + h * a->head_dim, a->cache_k + cached, a->cache_v + cached, a->head_dim,
-                                  length, (float)(1.0 / sqrt((double)a->head_dim)), a->scores + h * length,
-                                  a->attended + h * a->head_dim);
+            for (Py_ssize_t head = g * group; head < (g + 1) * group; head++) {
+                minifm_ds_rope(a->q + head * d, 1, d, a->cos, a->sin);
+                minifm_ds_attend_head(a->q + head * d, a->cache_k + cached, a->cache_v + cached, d, length,
+                                      (float)(1.0 / sqrt((double)d)), a->scores + head * length,
+                                      a->attended + head * d);
+            }
         }
         minifm_ds_wait(barrier, threads);
         minifm_ds_matvec_part(a->attended, q_size, 1, &a->wo, &a->width, &a->x, 1, id, threads);
         minifm_ds_wait(barrier, threads);
-        if (id == 0) minifm_ds_rmsnorm(a->x, a->norm2, a->width, a->eps, a->h);
-        minifm_ds_wait(barrier, threads);
-        {
-            const float* weights[2] = {a->wgate, a->wup};
-            Py_ssize_t sizes[2] = {a->hidden, a->hidden};
-            float* outs[2] = {a->gate, a->up};
-            minifm_ds_matvec_part(a->h, a->width, 2, weights, sizes, outs, 0, id, threads);
-        }
-        minifm_ds_wait(barrier, threads);
-        minifm_ds_share(a->hidden, id, threads, &begin, &end);
+        minifm_ds_rmsnorm(a->x, a->norm2, a->width, a->eps, h);
+        minifm_ds_share((a->hidden + MINIFM_DS_ROW_BLOCK - 1) / MINIFM_DS_ROW_BLOCK, id, threads, &begin, &end);
+        begin *= MINIFM_DS_ROW_BLOCK;
+        end = end * MINIFM_DS_ROW_BLOCK < a->hidden ? end * MINIFM_DS_ROW_BLOCK : a->hidden;
+        minifm_ds_row_range(h, a->wgate, a->width, begin, end, a->gate, 0);
+        minifm_ds_row_range(h, a->wup, a->width, begin, end, a->up, 0);
         minifm_silu_mul_f(a->gate + begin, a->up + begin, a->gate + begin, end - begin);  /* as SiluMul */
         minifm_ds_wait(barrier, threads);
         minifm_ds_matvec_part(a->gate, a->hidden, 1, &a->wdown, &a->width, &a->x, 1, id, threads);
@@ -376,7 +385,6 @@ cdef extern from *:
         float* attended
         float* gate
         float* up
-        float* h
         float* scores
     void ds_decode_layer "minifm_ds_decode_layer"(const ds_layer* layer, int threads) noexcept nogil
     bint AVX2 "MINIFM_DS_AVX2"
@@ -407,14 +415,16 @@ cdef void _check_vector(const float[::1] vector, Py_ssize_t size, str name) exce
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def matvec_rows(const float[::1] x, const float[:, ::1] weight, float[::1] out, bint accumulate=False):
-    """out (+)= weight @ x for x (K,), weight (N, K), out (N,), all float32 and C-contiguous."""
+def matvec_rows(const float[::1] x, const float[:, ::1] weight, float[::1] out, bint accumulate=False,
+                int threads=0):
+    """out (+)= weight @ x for x (K,), weight (N, K), out (N,), all float32 and C-contiguous; on `threads`
+    threads (0: the OpenMP budget's when the weight holds at least PARALLEL_BYTES bytes, else one)."""
     cdef Py_ssize_t rows = weight.shape[0], k = weight.shape[1]
     if x.shape[0] != k or k == 0 or rows == 0:
         raise ValueError(f"weight must be (N > 0, {x.shape[0]}) with K > 0, got {tuple(weight.shape)[:2]}")
     _check_vector(out, rows, "out")
     with nogil:
-        ds_matvec(&x[0], &weight[0, 0], rows, k, &out[0], accumulate, _threads_for(rows * k * 4))
+        ds_matvec(&x[0], &weight[0, 0], rows, k, &out[0], accumulate, threads or _threads_for(rows * k * 4))
 
 
 @cython.boundscheck(False)
@@ -424,19 +434,20 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
                  const float[:, ::1] wgate, const float[:, ::1] wup, const float[:, ::1] wdown,
                  float[:, :, ::1] cache_k, float[:, :, ::1] cache_v, Py_ssize_t position,
                  const float[::1] cos, const float[::1] sin, double eps, Py_ssize_t heads,
-                 float[::1] scratch):
+                 float[::1] scratch, int threads=0):
     """One decoding step of a pre-norm Llama block on x (E,) in place (see the module docstring).
 
     wq (H*D, E), wk and wv (G*D, E), wo (E, H*D), wgate and wup (F, E), wdown (E, F); norm1, norm2 (E,);
     cache_k, cache_v (G, max_length, D) with position < max_length: this token's key and value are stored
     at `position`, and attention reads positions 0..position; cos, sin (D/2,) this position's RoPE row;
-    scratch at least 2 H*D + 2 G*D + 2 F + E + H (position + 1) floats. Everything float32.
+    scratch at least 2 H*D + 2 G*D + 2 F + H (position + 1) floats. Everything float32. Runs on `threads`
+    threads (0: the OpenMP budget's when the weights hold at least PARALLEL_BYTES bytes, else one).
     """
     cdef ds_layer layer
     cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
     cdef Py_ssize_t head_dim = cache_k.shape[2], hidden = wgate.shape[0]
     cdef Py_ssize_t q_size = heads * head_dim, kv_size = kv_heads * head_dim
-    cdef Py_ssize_t need = 2 * q_size + 2 * kv_size + 2 * hidden + width + heads * (position + 1)
+    cdef Py_ssize_t need = 2 * q_size + 2 * kv_size + 2 * hidden + heads * (position + 1)
     if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
         raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
                          f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
@@ -455,6 +466,8 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     _check_weight(wdown, width, hidden, "wdown")
     _check_vector(cos, head_dim // 2, "cos")
     _check_vector(sin, head_dim // 2, "sin")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
     if scratch.shape[0] < need:
         raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
     layer.width, layer.heads, layer.kv_heads, layer.head_dim = width, heads, kv_heads, head_dim
@@ -469,7 +482,6 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     layer.attended = layer.v + kv_size
     layer.gate = layer.attended + q_size
     layer.up = layer.gate + hidden
-    layer.h = layer.up + hidden
-    layer.scores = layer.h + width
+    layer.scores = layer.up + hidden
     with nogil:
-        ds_decode_layer(&layer, _threads_for((2 * q_size + 2 * kv_size + 3 * hidden) * width * 4))
+        ds_decode_layer(&layer, threads or _threads_for((2 * q_size + 2 * kv_size + 3 * hidden) * width * 4))

@@ -110,8 +110,7 @@ def decode_layer(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_
         return
     threads.follow_load()  # the OpenMP thread count follows the load, as threads.matmul's products do
     q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
-    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + x.shape[0] + layer.heads * (position + 1),
-                       dtype=np.float32)
+    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
     kernel.decode_layer(x, *layer[:9], cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
                         np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
 

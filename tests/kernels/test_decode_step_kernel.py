@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kernel_helpers import compiled_path
 from oracles import require
-from minifm.kernels import decode_step, threads
+from minifm.kernels import decode_step
 
 
 def _random(rng, *shape, scale=0.3):
@@ -40,17 +40,14 @@ def test_matvec_compiled_matches_reference(case):
 @settings(max_examples=30)
 def test_matvec_rows_are_independent_of_blocks_and_threads(case):
     x, weight = case
-    with compiled_path("decode_step"):
-        previous = threads.num_threads()
-        try:
-            threads.set_num_threads(1)
-            one = decode_step.matvec(x, weight)
-            threads.set_num_threads(2)
-            two = decode_step.matvec(x, weight)
-        finally:
-            threads.set_num_threads(previous)
+    with compiled_path("decode_step") as kernel:
+        one, two, three = (np.empty(weight.shape[0], dtype=np.float32) for _ in range(3))
+        kernel.matvec_rows(x, weight, one, threads=1)
+        kernel.matvec_rows(x, weight, two, threads=2)
+        kernel.matvec_rows(x, weight, three, threads=3)
         alone = np.concatenate([decode_step.matvec(x, weight[row:row + 1]) for row in range(weight.shape[0])])
     np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, three)
     np.testing.assert_array_equal(one, alone)
 
 
@@ -97,6 +94,25 @@ def test_decode_layer_compiled_matches_reference(case):
     np.testing.assert_allclose(cache_k, expected_k, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cache_v, expected_v, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(x, expected_x, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected_x).max()))
+
+
+@given(case=layer_cases())
+@settings(max_examples=30)
+def test_decode_layer_gives_the_same_bits_on_one_two_and_three_threads(case):
+    x, layer, cache_k, cache_v, position, cos, sin = case
+    results = []
+    scratch = np.empty(2 * layer.wq.shape[0] + 2 * layer.wk.shape[0] + 2 * layer.wgate.shape[0]
+                       + layer.heads * (position + 1), dtype=np.float32)
+    with compiled_path("decode_step") as kernel:
+        for count in (1, 2, 3):
+            state = (x.copy(), cache_k.copy(), cache_v.copy())
+            kernel.decode_layer(state[0], *layer[:9], state[1], state[2], position, cos, sin, layer.eps, layer.heads,
+                                scratch, threads=count)
+            results.append(state)
+    for one, other in zip(results[0], results[1]):
+        np.testing.assert_array_equal(one, other)
+    for one, other in zip(results[0], results[2]):
+        np.testing.assert_array_equal(one, other)
 
 
 def test_reference_equals_torch_llama_arithmetic():
