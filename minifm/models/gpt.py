@@ -43,6 +43,7 @@ from minifm.models.config import (
     TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
 from minifm.nn.attention import KVCache
+from minifm.nn.checkpoint import checkpoint
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
 from minifm.models.pretrained import EMBEDDING_DTYPE, load_pretrained, save_pretrained
 from minifm.nn import init
@@ -112,6 +113,10 @@ class GPTConfig(TransformerConfigBase):
 
 class GPT(Module):
     """Decoder-only language model (see the module docstring)."""
+
+    # transformers' name: when True, training forwards keep only each block's input and recompute the
+    # block's activations in backward (minifm/nn/checkpoint.py); set by gradient_checkpointing_enable()
+    gradient_checkpointing = False
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -235,6 +240,9 @@ class GPT(Module):
             x = x + self.wpe(positions)  # (B, T, d)
         x = self.drop(x)
         for index, block in enumerate(self.blocks):
+            if self.gradient_checkpointing and cache is None:
+                x = checkpoint(block, x, positions=positions, key_padding_mask=key_padding_mask)
+                continue
             x = block(x, positions=positions, key_padding_mask=key_padding_mask, cache=cache, layer_index=index)
         hidden = self.norm_f(x)  # (B, T, d)
         kept = hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]  # (B, T or k, d)
@@ -242,6 +250,13 @@ class GPT(Module):
         if cache is not None:
             cache.advance(steps)
         return (logits, hidden) if return_hidden else logits
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in backward instead of keeping them (transformers' name)."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
 
     def logits_from_hidden(self, hidden):
         """Apply the output head to final hidden states (B, T, d) -> (B, T, vocab)."""
