@@ -38,6 +38,7 @@ Also printed: the machine, load averages before and after, library versions.
     python benchmarks/bench_finetune_step.py --gguf           # the real SmolLM2 weights in both
     python benchmarks/bench_finetune_step.py --skip-memory    # time only
     python benchmarks/bench_finetune_step.py --profile lora   # also cProfile one minifm step
+    python benchmarks/bench_finetune_step.py --gradient-checkpointing   # both recompute activations in backward
 
 Simplifications: float32 only; no padding (every token is a label); dropout 0; the memory children use
 random weights even with --gguf unless --gguf is given to them too (it is passed on).
@@ -106,6 +107,8 @@ def minifm_lora_config(args) -> "LoraConfig":
 
 def minifm_trainer(model, kind: str, args):
     """(model to train, step function returning the loss, {name: trained parameter}) for minifm."""
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if kind == "lora":
         model = get_peft_model(model, minifm_lora_config(args))
     else:
@@ -133,6 +136,8 @@ def torch_lora_config(args):
 
 def torch_trainer(model, kind: str, args):
     """(model to train, step function returning the loss, {name: trained parameter}) for transformers (+ peft)."""
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if kind == "lora":
         model = peft.get_peft_model(model, torch_lora_config(args))
     else:
@@ -286,7 +291,8 @@ def measure_memory(side: str, kind: str, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", side, "--child-kind", kind,
                "--threads", str(args.threads), "--batch", str(args.batch), "--tokens", str(args.tokens),
                "--rank", str(args.rank), "--alpha", str(args.alpha), "--memory-steps", str(args.memory_steps),
-               "--targets", *args.targets] + (["--gguf"] if args.gguf else [])
+               "--targets", *args.targets] + (["--gguf"] if args.gguf else []) \
+        + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the {side} {kind} memory child failed:\n{done.stderr[-3000:]}")
@@ -342,6 +348,9 @@ def main():
     parser.add_argument("--alpha", type=int, default=32)
     parser.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
     parser.add_argument("--gguf", action="store_true", help="the real SmolLM2-135M-Instruct weights in both")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="both sides recompute each block's activations in backward (minifm: "
+                             "GPT.gradient_checkpointing_enable(); transformers: the same, non-reentrant)")
     parser.add_argument("--skip-memory", action="store_true", help="no memory children")
     parser.add_argument("--skip-timing", action="store_true", help="memory children only")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps each memory child runs")
@@ -364,7 +373,8 @@ def main():
           f"{minifm.kernels.backend_info()}")
     print(f"weights: {'SmolLM2-135M-Instruct GGUF (float32)' if args.gguf else 'random, SmolLM2-135M shape'}; "
           f"batch {args.batch} x {args.tokens} tokens; AdamW {ADAMW}; LoRA r={args.rank} alpha={args.alpha} "
-          f"dropout 0 on {' '.join(args.targets)}")
+          f"dropout 0 on {' '.join(args.targets)}; gradient checkpointing "
+          f"{'on (both)' if args.gradient_checkpointing else 'off'}")
 
     memory = {}
     if not args.skip_memory:
