@@ -20,25 +20,29 @@ The matrix-vector products are what a decoding step costs: they read every weigh
 multiply-add per weight, so their speed is the memory bandwidth. The design for that:
 
   * the output rows of all the weights of one product (q, k, v; gate, up) are one range of blocks of
-    ROW_BLOCK = 4 rows, split across the threads in equal contiguous parts: each thread streams one long
-    run of memory, and a second core adds bandwidth;
-  * a row narrower than WIDE = 1024 values is read alone, as one sequential stream, with four 8-float AVX2
-    running sums over consecutive 32-float pieces (independent multiply-add chains; x stays in L1). Four
-    such rows at once are four short streams that the hardware prefetcher must find again every 4 rows:
-    measured on SmolLM2's 576-wide rows (one thread, CPU time, a busy host) 7.5-8.9 GB/s alone against
-    5.8 four at a time, and NumPy's BLAS 5.4-6.3. Wider rows go four at a time, one running sum per row,
-    the four sharing each loaded piece of x (10.6 against 8.4 GB/s on 16,384-wide rows);
-  * every output is summed in an order fixed by its row's width only, so a result does not depend on the
-    thread count, on its place in a block or on which weights share the call;
+    ROW_BLOCK = 4 rows, split across the threads in equal contiguous parts (a second core adds bandwidth);
+  * a thread cuts its part of a weight in four quarters and reads them side by side: row i of each
+    quarter together, one 8-float AVX2 running sum per row, the four sharing each loaded piece of x (which
+    stays in L1). The memory is then read as four long sequential streams, which the hardware prefetcher
+    follows. Four neighbouring rows at a time are four streams of one row each (2.3 KB for SmolLM2's
+    576-wide rows) that the prefetcher must find again every 4 rows, and one row at a time is one stream.
+    Measured on SmolLM2's shapes (30 layers + head, one thread, GB/s per CPU second, a busy host, medians
+    of 5): quarters 13.2, four neighbouring rows 9.8 (one row at a time with four running sums 7.9 in an
+    earlier run where four neighbours read 6.4), NumPy's BLAS one product at a time 7.8, and BLAS on a
+    4096 x 16384 matrix (the bound's yardstick) 13.5;
+  * every output is summed in one order, fixed by the width only (lane i of the running sum holds the
+    columns j = i mod 8; the 8 lanes are added ((0+1)+(2+3))+((4+5)+(6+7)), then the tail of K mod 8
+    columns), so a result does not depend on the thread count, on which rows share its pass or on which
+    weights share the call;
   * a residual add (x += W a) is folded into the product: each output row adds its sum to x[r], which the
     product does not read.
 
 The layer runs in ONE OpenMP parallel region with four barriers (after q/k/v, attention, o and gate/up;
-minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before yielding the core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a
-thread that leaves a parallel region sleeps, and waking it costs 10-25 us here: with one region per
-product that was 121 wake-ups per token. Each barrier is a point where a thread whose partner lost its core
-to another process waits a scheduler time slice: on a busy host, fewer threads are faster
-(minifm.kernels.threads follows the load by default).
+minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before yielding the
+core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a thread that leaves a parallel region sleeps, and
+waking it costs 10-25 us here: with one region per product that was 121 wake-ups per token. Each barrier
+is a point where a thread whose partner lost its core to another process waits a scheduler time slice:
+on a busy host, fewer threads are faster (minifm.kernels.threads follows the load by default).
 
 Without AVX2 + FMA the same orders are written in plain C (GCC vectorises what it can). Simplifications:
 float32 only; batch 1, one token; no biases, no padding mask, no sliding window (the caller checks and
@@ -72,8 +76,6 @@ cdef extern from *:
     #endif
 
     #define MINIFM_DS_ROW_BLOCK 4
-    /* Rows of at least this many values are read four at a time (see minifm_ds_rows). */
-    #define MINIFM_DS_WIDE 1024
     /* A thread waiting at a barrier spins this many pause instructions (~0.1 ms) before yielding its core. */
     #define MINIFM_DS_SPINS 4096
 
@@ -82,55 +84,16 @@ cdef extern from *:
         return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
     }
 
-    /* sum_j x[j] * w[j], j < k, for rows narrower than MINIFM_DS_WIDE: four 8-float running sums over
-       consecutive 32-float pieces (the row is read as one sequential stream, and the multiply-adds do not
-       wait for each other), added (0+1)+(2+3), then 8-float pieces into the first, its 8 lanes added in
-       the fixed order, then the tail */
-    static inline float minifm_ds_dot(const float* x, const float* w, Py_ssize_t k) {
-        Py_ssize_t j = 0;
-        float lanes[8], tail = 0.0f;
-    #if MINIFM_DS_AVX2
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (; j + 32 <= k; j += 32) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), s1);
-            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 16), _mm256_loadu_ps(x + j + 16), s2);
-            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 24), _mm256_loadu_ps(x + j + 24), s3);
-        }
-        s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-        for (; j + 8 <= k; j += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), s0);
-        _mm256_storeu_ps(lanes, s0);
-    #else
-        float s[4][8] = {{0}};
-        for (; j + 32 <= k; j += 32)
-            for (int p = 0; p < 4; p++)
-                for (int lane = 0; lane < 8; lane++)
-                    s[p][lane] = fmaf(w[j + 8 * p + lane], x[j + 8 * p + lane], s[p][lane]);
-        for (int lane = 0; lane < 8; lane++) lanes[lane] = (s[0][lane] + s[1][lane]) + (s[2][lane] + s[3][lane]);
-        for (; j + 8 <= k; j += 8)
-            for (int lane = 0; lane < 8; lane++) lanes[lane] = fmaf(w[j + lane], x[j + lane], lanes[lane]);
-    #endif
-        for (; j < k; j++) tail += x[j] * w[j];
-        return minifm_ds_lanes8(lanes) + tail;
-    }
-
-    /* out[r] (+)= sum_j x[j] * w[r * stride + j], j < k, for the `rows` (1..4) rows at w. Narrow rows go one
-       after the other through minifm_ds_dot; rows of at least MINIFM_DS_WIDE values four at a time, one
-       8-float running sum per row, the four sharing each loaded piece of x (a lone row in the same order) */
-    static inline void minifm_ds_rows(const float* x, const float* w, Py_ssize_t k, Py_ssize_t stride, int rows,
-                                      float* out, int accumulate) {
+    /* *out[r] (+)= sum_j x[j] * w[r][j], j < k, for `rows` (1..4) rows anywhere in memory: one 8-float running
+       sum per row (lane i holds the products of the columns j = i mod 8), the rows sharing each loaded piece
+       of x; then the 8 lanes in the fixed order, then the k mod 8 tail. The same order for 1 row as for 4. */
+    static inline void minifm_ds_rows(const float* x, const float* const* w, Py_ssize_t k, int rows,
+                                      float* const* out, int accumulate) {
         Py_ssize_t body = k - k % 8, j;
         float lanes[MINIFM_DS_ROW_BLOCK][8];
-        if (k < MINIFM_DS_WIDE) {
-            for (int r = 0; r < rows; r++) {
-                float total = minifm_ds_dot(x, w + r * stride, k);
-                out[r] = accumulate ? out[r] + total : total;
-            }
-            return;
-        }
     #if MINIFM_DS_AVX2
         if (rows == 4) {
-            const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+            const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (j = 0; j < body; j += 8) {
                 __m256 xv = _mm256_loadu_ps(x + j);
@@ -145,26 +108,43 @@ cdef extern from *:
             _mm256_storeu_ps(lanes[3], s3);
         } else {
             for (int r = 0; r < rows; r++) {
-                const float* wr = w + r * stride;
                 __m256 s = _mm256_setzero_ps();
-                for (j = 0; j < body; j += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(wr + j), _mm256_loadu_ps(x + j), s);
+                for (j = 0; j < body; j += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + j), _mm256_loadu_ps(x + j), s);
                 _mm256_storeu_ps(lanes[r], s);
             }
         }
     #else
         for (int r = 0; r < rows; r++) {
-            const float* wr = w + r * stride;
             for (int lane = 0; lane < 8; lane++) lanes[r][lane] = 0.0f;
             for (j = 0; j < body; j += 8)
-                for (int lane = 0; lane < 8; lane++) lanes[r][lane] = fmaf(wr[j + lane], x[j + lane], lanes[r][lane]);
+                for (int lane = 0; lane < 8; lane++) lanes[r][lane] = fmaf(w[r][j + lane], x[j + lane], lanes[r][lane]);
         }
     #endif
         for (int r = 0; r < rows; r++) {
-            const float* wr = w + r * stride;
             float tail = 0.0f;
-            for (j = body; j < k; j++) tail += x[j] * wr[j];
+            for (j = body; j < k; j++) tail += x[j] * w[r][j];
             float total = minifm_ds_lanes8(lanes[r]) + tail;
-            out[r] = accumulate ? out[r] + total : total;
+            *out[r] = accumulate ? *out[r] + total : total;
+        }
+    }
+
+    /* out[r] (+)= sum_j x[j] * w[r * k + j] for the rows r in [first, last) of w (rows of k values): the range
+       cut in four quarters that are read side by side, row i of each quarter together (minifm_ds_rows), so
+       that the memory is read as four long sequential streams; the last (last - first) mod 4 rows alone. */
+    static void minifm_ds_row_range(const float* x, const float* w, Py_ssize_t k, Py_ssize_t first, Py_ssize_t last,
+                                    float* out, int accumulate) {
+        Py_ssize_t quarter = (last - first) / 4, row;
+        for (Py_ssize_t i = 0; i < quarter; i++) {
+            row = first + i;
+            const float* rows[4] = {w + row * k, w + (row + quarter) * k, w + (row + 2 * quarter) * k,
+                                    w + (row + 3 * quarter) * k};
+            float* outs[4] = {out + row, out + row + quarter, out + row + 2 * quarter, out + row + 3 * quarter};
+            minifm_ds_rows(x, rows, k, 4, outs, accumulate);
+        }
+        for (row = first + 4 * quarter; row < last; row++) {
+            const float* rows[1] = {w + row * k};
+            float* outs[1] = {out + row};
+            minifm_ds_rows(x, rows, k, 1, outs, accumulate);
         }
     }
 
@@ -175,7 +155,8 @@ cdef extern from *:
     }
 
     /* Thread id's share of outs[i][r] (+)= (weights[i] x)[r] for `count` (<= 3) weights (sizes[i], k) that
-       share the input x (k,): their blocks of MINIFM_DS_ROW_BLOCK rows are one range split in equal parts */
+       share the input x (k,): their blocks of MINIFM_DS_ROW_BLOCK rows are one range split in equal parts,
+       and each thread reads its part of each weight with minifm_ds_row_range */
     static void minifm_ds_matvec_part(const float* x, Py_ssize_t k, int count, const float* const* weights,
                                       const Py_ssize_t* sizes, float* const* outs, int accumulate, int id,
                                       int threads) {
@@ -186,13 +167,13 @@ cdef extern from *:
         }
         first_block[count] = total;
         minifm_ds_share(total, id, threads, &begin, &end);
-        int i = 0;
-        for (Py_ssize_t block = begin; block < end; block++) {
-            while (block >= first_block[i + 1]) i++;
-            Py_ssize_t row = (block - first_block[i]) * MINIFM_DS_ROW_BLOCK;
-            Py_ssize_t left = sizes[i] - row;
-            int rows = left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK;
-            minifm_ds_rows(x, weights[i] + row * k, k, k, rows, outs[i] + row, accumulate);
+        for (int i = 0; i < count; i++) {
+            Py_ssize_t from = begin > first_block[i] ? begin : first_block[i];
+            Py_ssize_t to = end < first_block[i + 1] ? end : first_block[i + 1];
+            if (from >= to) continue;
+            Py_ssize_t last = (to - first_block[i]) * MINIFM_DS_ROW_BLOCK;
+            minifm_ds_row_range(x, weights[i], k, (from - first_block[i]) * MINIFM_DS_ROW_BLOCK,
+                                last < sizes[i] ? last : sizes[i], outs[i], accumulate);
         }
     }
 
@@ -250,16 +231,11 @@ cdef extern from *:
     }
 
     /* out_h = softmax(q_h . keys_g^T * scale) @ values_g over `length` cached positions, keys_g and values_g
-       (length, d) rows at `keys` / `values` (row stride d); scores (length,) is scratch. The q . k products
-       go four positions at a time through minifm_ds_rows. */
+       (length, d) rows at `keys` / `values` (row stride d); scores (length,) is scratch. */
     static void minifm_ds_attend_head(const float* q, const float* keys, const float* values, Py_ssize_t d,
                                       Py_ssize_t length, float scale, float* scores, float* out) {
         Py_ssize_t t, j;
-        for (t = 0; t < length; t += MINIFM_DS_ROW_BLOCK) {
-            Py_ssize_t left = length - t;
-            minifm_ds_rows(q, keys + t * d, d, d, left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK,
-                           scores + t, 0);
-        }
+        minifm_ds_row_range(q, keys, d, 0, length, scores, 0);  /* scores[t] = q . keys[t] */
         float top = -INFINITY;
         for (t = 0; t < length; t++) {
             scores[t] *= scale;
@@ -288,16 +264,6 @@ cdef extern from *:
         float *x, *cache_k, *cache_v;
         float *q, *k, *v, *attended, *gate, *up, *scores;  /* scratch; scores (heads, position + 1) */
     } minifm_ds_layer;
-
-    /* out[r] (+)= (w x)[r] for the rows r in [first, last) of w (rows of k values), 4 rows a block */
-    static void minifm_ds_row_range(const float* x, const float* w, Py_ssize_t k, Py_ssize_t first, Py_ssize_t last,
-                                    float* out, int accumulate) {
-        for (Py_ssize_t row = first; row < last; row += MINIFM_DS_ROW_BLOCK) {
-            Py_ssize_t left = last - row;
-            minifm_ds_rows(x, w + row * k, k, k, left < MINIFM_DS_ROW_BLOCK ? (int)left : MINIFM_DS_ROW_BLOCK,
-                           out + row, accumulate);
-        }
-    }
 
     /* One thread's part of the layer (id of `threads`). Four barriers: after q/k/v, after attention, after
        o (x complete), after gate/up; every other step needs only what the same thread computed:
