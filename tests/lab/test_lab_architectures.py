@@ -26,10 +26,12 @@ def test_default_preset_matches_parameters_within_the_tolerance(tokenizer):
     for name in ("bert", "t5"):
         assert abs(counts[name] / counts["gpt"] - 1) <= arch.MATCH_TOLERANCE, (name, counts)
     t5 = configs["t5"]
-    assert t5.n_layer == arch.PRESETS["default"]["n_layer"] // 2 and t5.n_embd % t5.n_head == 0
-    assert t5.n_head == configs["gpt"].n_head  # among the widths within the tolerance, the one with the most heads
-    rotary = arch.matched_configs(dict(arch.PRESETS["default"], pos="rope"), tokenizer)["t5"]
-    assert rotary.pos == "rope" and (rotary.n_embd // rotary.n_head) % 2 == 0  # RoPE rotates pairs of dimensions
+    assert {name: config.pos for name, config in configs.items()} == arch.POSITIONS == dict.fromkeys(configs, "rope")
+    assert t5.n_layer == arch.PRESETS["default"]["n_layer"] // 2 and (t5.n_embd // t5.n_head) % 2 == 0  # RoPE: pairs
+    assert t5.n_head > 1  # among the widths within the tolerance, the one with the most heads
+    learned = arch.matched_configs(dict(arch.PRESETS["default"], pos=dict(arch.POSITIONS, t5="learned")), tokenizer)
+    assert learned["t5"].pos == "learned" and learned["t5"].n_embd % learned["t5"].n_head == 0
+    assert learned["t5"].n_head == configs["gpt"].n_head  # any head size will do without RoPE: as many as GPT's
     with pytest.raises(ValueError, match="n_layer must be even"):
         arch.matched_configs(dict(arch.PRESETS["default"], n_layer=3), tokenizer)
 
