@@ -66,11 +66,7 @@ depend on the machine's load (the report records it).
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import os
-import resource
-import threading
 import time
 
 import numpy as np
@@ -83,6 +79,7 @@ from minifm.data.tinyworld.tasks import fact_tasks, grade
 from minifm.data.tinyworld.world import World
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.lifecycle.peft_comparison import lora_verdict, optimizer_state_bytes
+from minifm.memory import PeakRSS, current_rss_bytes, release_free_memory
 from minifm.models import GPT, GPTConfig
 from minifm.peft import AdapterConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minifm.pretrained.registry import resolve_model_path
@@ -276,51 +273,6 @@ def claim_verdict(full_accuracies, lora_accuracies, full_params: int, lora_param
             "param_ratio": lora_params / full_params, "met": met, "settled": pessimistic == optimistic,
             "full_accuracy": full_mean, "full_se": full_se, "lora_accuracy": lora_mean, "lora_se": lora_se,
             "lifecycle_rule_met": base["met"]}
-
-
-# ------------------------------------------------------------------ memory
-def release_free_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the OS (glibc malloc_trim), so that one run's RSS
-    high-water mark does not hide the next run's (glibc keeps freed small and medium blocks otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def current_rss_bytes() -> int:
-    """The process's resident set size now (Linux /proc/self/statm; elsewhere the peak so far)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakRSS:
-    """Context manager sampling the process's RSS every `interval` seconds in a thread: .start, .peak (bytes)."""
-
-    def __init__(self, interval: float = 0.02):
-        self.interval, self.start, self.peak = interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, current_rss_bytes())
-
-    def __enter__(self):
-        self.start = self.peak = current_rss_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss_bytes())
-        return False
 
 
 # ------------------------------------------------------------------ the model

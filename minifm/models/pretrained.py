@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from minifm.checkpoint import atomic_write_bytes, save_safetensors
+from minifm.memory import release_free_memory
 from minifm.nn import init
 from minifm.nn.layers import Linear
 from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
@@ -78,6 +79,7 @@ def load_pretrained(model_class, config_class, family: str, path: str | os.PathL
         for name, array in pretrained_weights(module, config.to_dict(), remaining, shapes):
             parameters[name].data = np.asarray(array, dtype=np.dtype(config.dtype))
             loaded.add(name)
+    release_free_memory()  # the reader's metadata objects are garbage now: give their heap pages back
     model.newly_initialized = [name for name in parameters if name not in loaded]
     if model.newly_initialized:
         _initialise_missing(model, config, set(model.newly_initialized))
