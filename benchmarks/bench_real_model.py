@@ -19,7 +19,8 @@ same background load; "x HF" is minifm's speed over transformers'):
             logits of every position (a plain forward in both). Row "last logits": only the last position's
             (logits_to_keep=1 in both, what both libraries' generate does)
   decode    tokens/s of --decode (128) greedy steps after a 16-token prompt: a loop of one-token forwards
-            with the KV cache and an argmax (the prompt's forward is not timed)
+            with the KV cache and an argmax (the prompt's forward is not timed); also the process CPU time
+            per token (all threads), which a busy host changes less than the wall time
   generate  tokens/s of a whole greedy generate() of --decode new tokens after a 16-token prompt:
             minifm.sampling.generate vs transformers' model.generate (min_new_tokens = max_new_tokens)
 Also printed: the machine (lscpu's model name, usable cores), load averages before and after, the threads
@@ -72,6 +73,7 @@ SMOLLM2_CONFIG = dict(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n
                       tie_weights=True)
 DECODE_PROMPT = 16
 CHECK_PROMPT = 32
+CPU_SECONDS = {"minifm": [], "transformers": []}  # process CPU seconds per decoded token, one entry per repeat
 
 
 # ------------------------------------------------------------------------------------------ the machine
@@ -210,12 +212,13 @@ def minifm_decode(model: GPT, prompt: np.ndarray, steps: int) -> tuple[float, li
     with minifm.no_grad():
         cache = model.make_cache(1, prompt.shape[1] + steps + 1)
         logits = model(prompt, cache=cache).data[:, -1]  # (1, V)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         tokens = []
         for _ in range(steps):
             token = logits.argmax(axis=-1)[:, None]  # (1, 1)
             tokens.append(int(token[0, 0]))
             logits = model(token, cache=cache).data[:, -1]
+        CPU_SECONDS["minifm"].append((time.process_time() - cpu_started) / steps)
         return time.perf_counter() - started, tokens
 
 
@@ -226,13 +229,14 @@ def transformers_decode(model, prompt: np.ndarray, steps: int) -> tuple[float, l
     with torch.no_grad():
         output = model(torch.tensor(prompt), use_cache=True)
         past, logits = getattr(output, cache_name), output.logits[:, -1]  # (1, V)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         tokens = []
         for _ in range(steps):
             token = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
             tokens.append(int(token[0, 0]))
             output = model(token, use_cache=True, **{cache_name: past})
             past, logits = getattr(output, cache_name), output.logits[:, -1]
+        CPU_SECONDS["transformers"].append((time.process_time() - cpu_started) / steps)
         return time.perf_counter() - started, tokens
 
 
@@ -362,6 +366,9 @@ def main():
         print(f"minifm decode over the bound measured right after it, per repeat: "
               f"{' '.join(f'{value:.0%}' for value in fractions)} (median {statistics.median(fractions):.0%}; "
               f"bounds {' '.join(f'{value:.1f}' for value in bounds_beside)} tokens/s)")
+    print(f"decode CPU time per token (process, all threads; medians): minifm "
+          f"{statistics.median(CPU_SECONDS['minifm']) * 1e3:.1f} ms, transformers "
+          f"{statistics.median(CPU_SECONDS['transformers']) * 1e3:.1f} ms")
     print(f"greedy tokens equal to transformers' for the first {min(agreement)}-{max(agreement)} of {args.decode} steps")
     print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
     if args.profile:
