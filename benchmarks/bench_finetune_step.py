@@ -40,8 +40,8 @@ Also printed: the machine, load averages before and after, library versions.
     python benchmarks/bench_finetune_step.py --profile lora   # also cProfile one minifm step
     python benchmarks/bench_finetune_step.py --gradient-checkpointing   # both recompute activations in backward
 
-Simplifications: float32 only; no padding (every token is a label); dropout 0; the memory children use
-random weights even with --gguf unless --gguf is given to them too (it is passed on).
+Simplifications: float32 only; no padding (every token is a label); dropout 0; without --gguf the memory
+children use each library's own random initialisation (the same shapes), with --gguf both load the GGUF.
 """
 from __future__ import annotations
 
