@@ -38,8 +38,8 @@ multiply-add per weight, so their speed is the memory bandwidth. The design for 
     product does not read.
 
 The layer runs in ONE OpenMP parallel region with four barriers (after q/k/v, attention, o and gate/up;
-minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before yielding the
-core. Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a thread that leaves a parallel region sleeps, and
+minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before sleeping
+(futex). Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a thread that leaves a parallel region sleeps, and
 waking it costs 10-25 us here: with one region per product that was 121 wake-ups per token. Each barrier
 is a point where a thread whose partner lost its core to another process waits a scheduler time slice:
 on a busy host, fewer threads are faster (minifm.kernels.threads follows the load by default).
@@ -76,7 +76,7 @@ cdef extern from *:
     #endif
 
     #define MINIFM_DS_ROW_BLOCK 4
-    /* A thread waiting at a barrier spins this many pause instructions (~0.1 ms) before yielding its core. */
+    /* A thread waiting at a barrier spins this many pause instructions (~0.1 ms) before sleeping. */
     #define MINIFM_DS_SPINS 4096
 
     /* sum of the 8 lanes in the fixed order ((0+1)+(2+3))+((4+5)+(6+7)) */
@@ -190,22 +190,43 @@ cdef extern from *:
     }
 
     /* The threads of one parallel region wait here for each other: a counter and a phase number, spinning
-       (a waiting thread is usually a few microseconds behind), then yielding the core when the wait is long
-       (another process holds it). OpenMP's own barrier sleeps at once under OMP_WAIT_POLICY=PASSIVE, and
+       (a waiting thread is usually a few microseconds behind), then sleeping on the phase (a Linux futex)
+       when the wait is long (another process holds the other thread's core). OpenMP's own barrier sleeps at once under OMP_WAIT_POLICY=PASSIVE, and
        waking a sleeping thread costs tens of microseconds: 8 of them per layer would cost more than they
        separate. */
-    typedef struct { int arrived; int phase; } minifm_ds_barrier;
+    typedef struct { int arrived; int phase; int sleepers; } minifm_ds_barrier;
+
+    #if defined(__linux__)
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    /* sleep until *address != value (returns at once if it already differs) / wake every sleeper */
+    static void minifm_ds_sleep(int* address, int value) {
+        syscall(SYS_futex, address, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+    }
+    static void minifm_ds_wake(int* address) { syscall(SYS_futex, address, FUTEX_WAKE_PRIVATE, 1 << 30, NULL, NULL, 0); }
+    #else
+    static void minifm_ds_sleep(int* address, int value) { (void)address; (void)value; sched_yield(); }
+    static void minifm_ds_wake(int* address) { (void)address; }
+    #endif
 
     static void minifm_ds_wait(minifm_ds_barrier* barrier, int threads) {
         if (threads == 1) return;
         int phase = __atomic_load_n(&barrier->phase, __ATOMIC_ACQUIRE);
         if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == threads) {
             __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(&barrier->phase, phase + 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&barrier->phase, phase + 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST)) minifm_ds_wake(&barrier->phase);
             return;
         }
         for (long spins = 0; __atomic_load_n(&barrier->phase, __ATOMIC_ACQUIRE) == phase; spins++) {
-            if (spins < MINIFM_DS_SPINS) MINIFM_DS_PAUSE(); else sched_yield();
+            if (spins < MINIFM_DS_SPINS) {
+                MINIFM_DS_PAUSE();
+            } else {  /* a long wait: sleep (not a yield loop, which keeps competing for a core) */
+                __atomic_add_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+                minifm_ds_sleep(&barrier->phase, phase);
+                __atomic_sub_fetch(&barrier->sleepers, 1, __ATOMIC_SEQ_CST);
+            }
         }
     }
 
@@ -315,7 +336,7 @@ cdef extern from *:
 
     /* The whole layer in one parallel region of `threads` threads. */
     static void minifm_ds_decode_layer(const minifm_ds_layer* a, int threads) {
-        minifm_ds_barrier barrier = {0, 0};
+        minifm_ds_barrier barrier = {0, 0, 0};
         #if MINIFM_OPENMP
         #pragma omp parallel num_threads(threads)
         minifm_ds_layer_part(a, &barrier, omp_get_thread_num(), omp_get_num_threads());
