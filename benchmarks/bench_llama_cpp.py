@@ -17,8 +17,9 @@ background load:
   load      seconds from the file to a model ready to run (first repeat only: the page cache is warm after it)
   prefill   tokens/s of one forward over a --prefill-token prompt (512), only the last position's logits
             (llama.cpp's default; minifm's logits_to_keep=1), in one batch (llama.cpp n_batch = the prompt)
-  decode    tokens/s of --decode (128) greedy steps after a 16-token prompt: one-token forwards with the
-            KV cache and an argmax over the logits (the prompt's forward is not timed)
+  decode    tokens/s of --decode (128) greedy steps after a chat prompt (DECODE_MESSAGES in SmolLM2's
+            template, 43 tokens with its default system turn): one-token forwards with the KV cache and an argmax over the logits
+            (the prompt's forward is not timed)
   resident  RSS of a child process that loads the model and decodes 8 tokens, against the file's size
             (each library measured in its own child, so neither sees the other's allocations)
 Also printed: the machine, load averages before and after, the threads (both --threads; minifm's kernel
@@ -42,11 +43,14 @@ import minifm
 from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT
 from minifm.pretrained.registry import resolve_model_path
+from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
 
 INSTALL_LINE = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF '
                 '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" pip install --no-deps llama-cpp-python')
-DECODE_PROMPT = 16
 RSS_DECODE = 8
+# decoding starts from a real chat prompt (greedy continuations of random tokens hinge on near-ties, so
+# their agreement would say little); the prefill prompt is random tokens, only its length matters
+DECODE_MESSAGES = [{"role": "user", "content": "Name three rivers in Europe and the sea each one flows into."}]
 
 
 def import_llama_cpp():
@@ -113,25 +117,29 @@ def minifm_decode(model: GPT, prompt: np.ndarray, steps: int) -> tuple[float, li
         return time.perf_counter() - started, tokens
 
 
+def llama_last_logits(model) -> np.ndarray:
+    """The logits llama.cpp computed for the last token evaluated (V,), a view of its buffer. (With
+    logits_all=False llama-cpp-python keeps no copy in `scores`; the context holds this one row.)"""
+    return np.ctypeslib.as_array(model._ctx.get_logits(), shape=(model.n_vocab(),))
+
+
 def llama_decode(model, prompt: np.ndarray, steps: int) -> tuple[float, list[int]]:
-    """The same loop in llama.cpp: eval() of one token at a time; the last row of `scores` is its logits."""
+    """The same loop in llama.cpp: eval() of one token at a time, then an argmax over its logits."""
     model.reset()
     model.eval(prompt.tolist())
-    logits = model.scores[model.n_tokens - 1]  # (V,)
     started = time.perf_counter()
     tokens = []
     for _ in range(steps):
-        token = int(np.argmax(logits))
+        token = int(np.argmax(llama_last_logits(model)))
         tokens.append(token)
         model.eval([token])
-        logits = model.scores[model.n_tokens - 1]  # (V,)
     return time.perf_counter() - started, tokens
 
 
 def child_resident(library: str, path, threads: int) -> dict:
     """Run in a child process: load, decode RSS_DECODE tokens, report RSS (before, after loading, after decoding)."""
     before = resident_bytes()
-    prompt = np.arange(1, DECODE_PROMPT + 1)
+    prompt = np.arange(1, 17)  # 16 tokens
     if library == "llama.cpp":
         model, _ = load_llama(path, threads, 512)
         loaded = resident_bytes()
@@ -175,13 +183,14 @@ def main():
     print(f"file: {path.name}, {path.stat().st_size / 1e6:.1f} MB")
 
     ours, ours_load = load_minifm(path)
-    theirs, theirs_load = load_llama(path, threads, args.prefill + args.decode + DECODE_PROMPT + 8)
+    decode_prompt = np.array(tokenizer_from_pretrained(path).apply_chat_template(DECODE_MESSAGES,
+                                                                                 add_generation_prompt=True))
+    theirs, theirs_load = load_llama(path, threads, max(args.prefill, decode_prompt.size + args.decode) + 8)
     print(f"load (file -> model ready, cold page cache for the first): minifm {ours_load:.2f} s, "
           f"llama.cpp {theirs_load:.2f} s")
 
     rng = np.random.default_rng(0)
     prefill_prompt = rng.integers(0, ours.config.vocab_size, size=args.prefill)
-    decode_prompt = rng.integers(0, ours.config.vocab_size, size=DECODE_PROMPT)
     modes = {"minifm fused": False, "minifm int8 act": True}
     prefill = {name: [] for name in (*modes, "llama.cpp")}
     decode = {name: [] for name in (*modes, "llama.cpp")}
