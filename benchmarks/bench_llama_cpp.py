@@ -45,6 +45,8 @@ from minifm.models import GPT
 from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
 
+from bench_quantized import machine_description  # a sibling script: lscpu's model, cores, vector width, caches
+
 INSTALL_LINE = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF '
                 '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" pip install --no-deps llama-cpp-python')
 RSS_DECODE = 8
@@ -59,16 +61,6 @@ def import_llama_cpp():
     except ImportError:
         raise SystemExit(f"llama.cpp is not installed; build it with: {INSTALL_LINE}") from None
     return llama_cpp
-
-
-def machine_description() -> str:
-    """lscpu's model name and this process's usable cores."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = "?"
-    return f"{model}, {minifm_threads.usable_cores()} usable cores"
 
 
 def resident_bytes() -> int:
