@@ -71,15 +71,11 @@ if _CHILD_SIDE != "torch":
     from minifm.optim import AdamW
     from minifm.peft import LoraConfig, get_peft_model
     from minifm.pretrained.registry import resolve_model_path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import SMOLLM2_CONFIG, machine_description, smollm2_llama_config  # noqa: E402  (a sibling script)
 if _CHILD_SIDE is None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_real_model
 
-# SmolLM2-135M's layout, as bench_real_model.SMOLLM2_CONFIG (restated: a minifm child must not import that module,
-# which imports torch; the parent checks the two are equal)
-SMOLLM2_CONFIG = dict(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, n_embd=576, mlp="swiglu",
-                      mlp_hidden=1536, pos="rope", rope_base=100000.0, norm="rmsnorm", norm_eps=1e-5, bias=False,
-                      tie_weights=True)
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 KINDS = ("lora", "full")
 
@@ -162,13 +158,7 @@ def torch_trainer(model, kind: str, args):
 
 def torch_random_model():
     """LlamaForCausalLM of SmolLM2-135M's shape, transformers' own random initialisation (memory child)."""
-    config = transformers.LlamaConfig(
-        vocab_size=SMOLLM2_CONFIG["vocab_size"], hidden_size=SMOLLM2_CONFIG["n_embd"],
-        intermediate_size=SMOLLM2_CONFIG["mlp_hidden"], num_hidden_layers=SMOLLM2_CONFIG["n_layer"],
-        num_attention_heads=SMOLLM2_CONFIG["n_head"], num_key_value_heads=SMOLLM2_CONFIG["n_kv_head"],
-        max_position_embeddings=SMOLLM2_CONFIG["block_size"], rms_norm_eps=SMOLLM2_CONFIG["norm_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": SMOLLM2_CONFIG["rope_base"]},
-        tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu")
+    config = transformers.LlamaConfig(**smollm2_llama_config())
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).float()
 
@@ -361,11 +351,9 @@ def main():
     if args.child is not None:
         run_memory_child(args.child, args.child_kind, args)
         return
-    if SMOLLM2_CONFIG != bench_real_model.SMOLLM2_CONFIG:
-        raise SystemExit("SMOLLM2_CONFIG differs from bench_real_model.SMOLLM2_CONFIG: update the copy here")
     torch.set_num_threads(args.threads)
     minifm_threads.set_num_threads(args.threads)
-    print(f"machine: {bench_real_model.machine_description()}")
+    print(f"machine: {machine_description()}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
     print(f"threads: torch {torch.get_num_threads()}, minifm kernels {minifm_threads.num_threads()} "
           f"(BLAS {minifm_threads.blas_threads()}); torch {torch.__version__}, transformers "

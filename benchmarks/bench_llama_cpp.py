@@ -45,7 +45,7 @@ from minifm.models import GPT
 from minifm.pretrained.registry import resolve_model_path
 from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
 
-from bench_quantized import machine_description  # a sibling script: lscpu's model, cores, vector width, caches
+from bench_common import machine_description  # a sibling script
 
 INSTALL_LINE = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF '
                 '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" pip install --no-deps llama-cpp-python')

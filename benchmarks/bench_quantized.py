@@ -46,15 +46,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP workers sleep (see bench_kernels.py)
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from minifm.kernels import _backend, backend_info, matvec, quantized, threads  # noqa: E402
 from minifm.pretrained.quants import FORMATS, QuantizedTensor  # noqa: E402
+
+from bench_common import machine_description  # noqa: E402  (a sibling script)
 
 try:
     import torch
@@ -66,22 +66,6 @@ TYPES = ("Q8_0", "Q4_0", "Q4_1")
 # How many times one SmolLM2-135M decoding step multiplies with each shape: 30 layers of q and o
 # (576x576), k and v (192x576), gate and up (1536x576), down (576x1536); the head once.
 PER_TOKEN = {(576, 576): 60, (192, 576): 60, (1536, 576): 60, (576, 1536): 30, (49152, 576): 1}
-
-
-def machine_description() -> str:
-    """lscpu's model name, the caches, and this process's usable cores."""
-    fields = {}
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    flags = set(fields.get("Flags", "").split())
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return (f"{fields.get('Model name', platform.processor() or 'unknown CPU')}, {cores} usable cores, {vector}, "
-            f"L2 {fields.get('L2 cache', '?')}, L3 {fields.get('L3 cache', '?')}; {platform.platform()}")
 
 
 def random_weight(type_name: str, rows: int, width: int, rng) -> QuantizedTensor:

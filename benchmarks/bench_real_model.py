@@ -52,7 +52,6 @@ import io
 import os
 import pstats
 import statistics
-import subprocess
 import time
 
 import numpy as np
@@ -68,25 +67,14 @@ from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT, GPTConfig
 from minifm.sampling.generate import generate as minifm_generate
 
-SMOLLM2_CONFIG = dict(vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3, n_embd=576, mlp="swiglu",
-                      mlp_hidden=1536, pos="rope", rope_base=100000.0, norm="rmsnorm", norm_eps=1e-5, bias=False,
-                      tie_weights=True)
+from bench_common import SMOLLM2_CONFIG, machine_description, smollm2_llama_config  # a sibling script
+
 DECODE_PROMPT = 16
 CHECK_PROMPT = 32
 CPU_SECONDS = {"minifm": [], "transformers": []}  # process CPU seconds per decoded token, one entry per repeat
 
 
 # ------------------------------------------------------------------------------------------ the machine
-def machine_description() -> str:
-    """lscpu's model name and this process's usable cores."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = "?"
-    return f"{model}, {minifm_threads.usable_cores()} usable cores"
-
-
 def median_seconds(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -130,15 +118,7 @@ def read_bandwidths(threads: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ the models
 def random_transformers_model():
     """transformers' LlamaForCausalLM of SmolLM2-135M's shape with random weights (float32, eval mode)."""
-    config = transformers.LlamaConfig(
-        vocab_size=SMOLLM2_CONFIG["vocab_size"], hidden_size=SMOLLM2_CONFIG["n_embd"],
-        intermediate_size=SMOLLM2_CONFIG["mlp_hidden"], num_hidden_layers=SMOLLM2_CONFIG["n_layer"],
-        num_attention_heads=SMOLLM2_CONFIG["n_head"], num_key_value_heads=SMOLLM2_CONFIG["n_kv_head"],
-        max_position_embeddings=SMOLLM2_CONFIG["block_size"], rms_norm_eps=SMOLLM2_CONFIG["norm_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": SMOLLM2_CONFIG["rope_base"]},
-        tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu",
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
+    config = transformers.LlamaConfig(**smollm2_llama_config(), bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).float().eval()
 
