@@ -102,8 +102,9 @@ def response_ids(tokenizer, response: str) -> list[int]:
 
 
 def decode_response(tokenizer, new_tokens) -> str:
-    """Text of generated ids, cut at the first <|end|> (the end-of-turn token) or pad."""
-    stops = {special_id(tokenizer, END_TOKEN), special_id(tokenizer, PAD_TOKEN)}
+    """Text of generated ids, cut at the first end-of-turn token (minifm's <|end|>, a real chat model's
+    eos_token such as <|im_end|>) or padding token."""
+    stops = {end_of_turn_id(tokenizer), padding_id(tokenizer)}
     kept = []
     for token in new_tokens:
         if int(token) in stops:

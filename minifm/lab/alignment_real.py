@@ -81,7 +81,7 @@ from scipy import stats
 from minifm.autograd.grad_mode import no_grad
 from minifm.data import tinyworld
 from minifm.data.batches import IGNORE_INDEX
-from minifm.data.conversations import assistant_turns, chat_ids, end_of_turn_id, padding_id
+from minifm.data.conversations import assistant_turns, chat_ids, decode_response, end_of_turn_id, padding_id
 from minifm.lab.alignment import backward_sequences, matched_dpo_steps, paired_over_seeds, pearson_interval
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
 from minifm.lab.peft_real import TINY_MODEL, fine_tune, load_base
@@ -163,17 +163,6 @@ def encode_pair(tokenizer, pair: dict) -> dict:
             "rejected_text": pair["rejected"]}
 
 
-def reply_text(tokenizer, new_tokens) -> str:
-    """A sampled reply: the text before the end-of-turn (or padding) token."""
-    stops = {end_of_turn_id(tokenizer), padding_id(tokenizer)}
-    kept = []
-    for token in new_tokens:
-        if int(token) in stops:
-            break
-        kept.append(int(token))
-    return tokenizer.decode(kept).strip()
-
-
 # ------------------------------------------------------------------ models
 def lora(settings: dict) -> LoraConfig:
     rank = settings["lora_rank"]
@@ -246,7 +235,7 @@ def evaluate(policy, reference, reward_model, tokenizer, prompts: list[str], sam
             out = generate(policy, ids, max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
                            eos_token_id=end_of_turn_id(tokenizer), pad_token_id=padding_id(tokenizer), seed=rng,
                            return_dict_in_generate=True)
-            answers += [reply_text(tokenizer, out.new_tokens(row)) for row in range(len(ids))]
+            answers += [decode_response(tokenizer, out.new_tokens(row)) for row in range(len(ids))]
             if reward_model is not None:
                 learned.append(reward_model.score(out.sequences, out.attention_mask))  # (b,)
             if reference is not None and policy is not reference:
@@ -463,7 +452,7 @@ def train_ppo_policy(sft, reward_model, tokenizer, train_prompts: list[str], dem
     value_model = value_model_from(reward_model)
 
     def ground_truth(prompt_indices, responses):
-        return np.array([tinyworld.ground_truth_reward(train_prompts[i], reply_text(tokenizer, r))
+        return np.array([tinyworld.ground_truth_reward(train_prompts[i], decode_response(tokenizer, r))
                          for i, r in zip(prompt_indices, responses)])
 
     trainer = PPOTrainer(ppo_config(settings, seed), policy, reward_model,

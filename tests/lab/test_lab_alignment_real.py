@@ -72,7 +72,7 @@ def test_preference_pairs_share_the_prompt(tokenizer):
         assert encoded["chosen"][:start] == encoded["rejected"][:start] == lab.prompt_tokens(tokenizer, pair["prompt"])
         assert tokenizer.decode(encoded["chosen"][start:]) == pair["chosen"] + "<|im_end|>"
         assert tokenizer.decode(encoded["rejected"][start:]) == pair["rejected"] + "<|im_end|>"
-        assert lab.reply_text(tokenizer, encoded["chosen"][start:] + [0, 5]) == pair["chosen"].strip()
+        assert lab.decode_response(tokenizer, encoded["chosen"][start:] + [0, 5]) == pair["chosen"].strip()
 
 
 def test_merged_adapter_gives_the_adapters_outputs_and_the_saved_state_round_trips(tmp_path):
