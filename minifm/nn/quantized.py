@@ -25,8 +25,8 @@ every weight, load the model in float32 (dtype="float32").
 
 Int8 activations (`quantize_input`, off by default): the input of every product is first rounded to
 8 bits per block of 32 values, as llama.cpp does for its Q4/Q8 dot products; the decoding kernel then
-multiplies integers (about 1.5x faster on SmolLM2) at the cost of a rounding error in every product
-(minifm/kernels/quantized.py). `set_int8_activations(model, True)` switches every quantized layer of a
+multiplies integers (a SmolLM2 decoding step's products about 1.5x faster, its whole decode 1.25x) at the
+cost of a rounding error in every product (minifm/kernels/quantized.py). `set_int8_activations(model, True)` switches every quantized layer of a
 model; GPTConfig.int8_activations does it for a GPT.
 
 Simplifications: no weight gradient (see above); an embedding lookup carries no gradient either; the
