@@ -21,7 +21,7 @@ The setup (preset "default"; every number is a PRESETS value).
                The adapter is MERGED into the weights afterwards (merge_and_unload: W + (alpha/r) B A), so
                the SFT model is a plain GPT again: the frozen reference of DPO and PPO, the start of the
                reward model and of every policy, each of which gets a fresh LoRA of its own. Only the
-               adapter is kept on disk (runs/sft_lora_*.npz, 7 MB); a resumed run rebuilds the SFT model
+               adapter is kept on disk (runs/sft_lora_*.safetensors, 7 MB); a resumed run rebuilds the SFT model
                from the base and it.
   2. reward    RewardModel (minifm.models.heads: the backbone's final hidden state at the last real
                token -> Linear(576, 1), zero-initialised) with the SFT model as backbone (InstructGPT's
@@ -80,7 +80,8 @@ from scipy import stats
 
 from minifm.autograd.grad_mode import no_grad
 from minifm.data import tinyworld
-from minifm.data.batches import IGNORE_INDEX
+from minifm.checkpoint import load_safetensors, save_safetensors
+from minifm.data.batches import IGNORE_INDEX, pad_right
 from minifm.data.conversations import assistant_turns, chat_ids, decode_response, end_of_turn_id, padding_id
 from minifm.lab.alignment import backward_sequences, matched_dpo_steps, paired_over_seeds, pearson_interval
 from minifm.lab.common import LabRun, markdown_table, mean_and_stderr, settings_fingerprint
@@ -173,17 +174,26 @@ def trainable_state(model) -> dict[str, np.ndarray]:
     return {name: np.array(p.data) for name, p in model.named_parameters() if p.requires_grad}
 
 
+def save_trainable_state(model, path) -> dict[str, np.ndarray]:
+    """Write `model`'s trainable parameters to a safetensors file (atomically: an interrupted write leaves no
+    half file) and return them."""
+    state = trainable_state(model)
+    save_safetensors(path, state)
+    return state
+
+
 def load_trainable_state(model, path) -> None:
-    """Put the arrays saved by trainable_state into `model`'s trainable parameters (names and shapes must match)."""
-    with np.load(path) as saved:
-        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        if set(saved.files) != set(params):
-            raise ValueError(f"{path}: saved parameters {sorted(saved.files)[:4]}... do not match the model's "
-                             f"trainable ones {sorted(params)[:4]}...")
-        for name, p in params.items():
-            if saved[name].shape != p.data.shape:
-                raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model's is {p.data.shape}")
-            p.data[...] = saved[name]
+    """Put the arrays saved by save_trainable_state into `model`'s trainable parameters (names and shapes must
+    match)."""
+    saved = load_safetensors(path)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError(f"{path}: saved parameters {sorted(saved)[:4]}... do not match the model's "
+                         f"trainable ones {sorted(params)[:4]}...")
+    for name, p in params.items():
+        if saved[name].shape != p.data.shape:
+            raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model's is {p.data.shape}")
+        p.data[...] = saved[name]
 
 
 def with_lora(model, settings: dict, seed: int):
@@ -260,12 +270,7 @@ def reward_model_metrics(reward_model, pairs: list[dict], pad_id: int, batch_siz
     for rows in from_pairs:
         part = []
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            width = max(len(r) for r in chunk)
-            ids = np.full((len(chunk), width), pad_id, dtype=np.int64)  # (b, T)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)  # (b, T)
-            for row, tokens in enumerate(chunk):
-                ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
+            ids, mask = pad_right(rows[start:start + batch_size], pad_id)  # (b, T) each
             part.append(reward_model.score(ids, mask))
         scores.append(np.concatenate(part))
     chosen, rejected = scores
@@ -314,8 +319,8 @@ def run(lab: LabRun) -> None:
     eval_pairs = [encode_pair(tokenizer, p) for p in tinyworld.preferences("test", n=s["reward"]["n_eval_pairs"])]
     eval_prompts = [t["prompt"] for t in tinyworld.instructions("test")][:s["eval_prompts"]]
     temperature = s["ppo"]["temperature"]
-    sft_path = runs / f"sft_lora_{fingerprint}.npz"
-    reward_path = runs / f"reward_lora_{fingerprint}.npz"
+    sft_path = runs / f"sft_lora_{fingerprint}.safetensors"
+    reward_path = runs / f"reward_lora_{fingerprint}.safetensors"
     models: dict = {}
 
     def base():
@@ -365,8 +370,7 @@ def run(lab: LabRun) -> None:
             result, _ = fine_tune(peft, demonstrations, pad_id, {"max_steps": s["sft"]["max_steps"],
                                                                   "batch_size": s["sft"]["batch_size"]},
                                   s["sft"]["lr"], seed=0)
-        state = trainable_state(peft)
-        np.savez(sft_path, **state)
+        state = save_trainable_state(peft, sft_path)
         models["sft_peft"] = peft
         return {"losses": [float(x) for x in result.losses()], "steps": result.step, "train_seconds": timer.wall,
                 "train_cpu_seconds": timer.cpu, "trainable_params": int(sum(v.size for v in state.values())),
@@ -382,8 +386,7 @@ def run(lab: LabRun) -> None:
                               lr_scheduler_type="constant", max_length=4096, seed=0)
         with Timer() as timer:
             result = train_reward_model_encoded(model, train_pairs, pad_id, config)
-        state = trainable_state(model)
-        np.savez(reward_path, **state)
+        state = save_trainable_state(model, reward_path)
         model.requires_grad_(False)
         models["reward"] = model
         with Timer() as eval_timer:

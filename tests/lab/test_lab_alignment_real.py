@@ -84,19 +84,19 @@ def test_merged_adapter_gives_the_adapters_outputs_and_the_saved_state_round_tri
     for name, p in peft.named_parameters():
         if p.requires_grad:
             p.data[...] = rng.normal(0, 0.2, p.data.shape)
-    np.savez(tmp_path / "a.npz", **lab.trainable_state(peft))
+    lab.save_trainable_state(peft, tmp_path / "a.safetensors")
     with no_grad():
         adapted = peft(ids).data
         assert not np.allclose(adapted, tiny_gpt()(ids).data)
         reloaded = get_peft_model(tiny_gpt(), lab.lora(SETTINGS), rng=np.random.default_rng(9))
-        lab.load_trainable_state(reloaded, tmp_path / "a.npz")
+        lab.load_trainable_state(reloaded, tmp_path / "a.safetensors")
         assert np.array_equal(reloaded(ids).data, adapted)
         merged = reloaded.merge_and_unload()
         assert isinstance(merged, GPT)
         assert np.allclose(merged(ids).data, adapted, atol=1e-5)
     wrong = get_peft_model(tiny_gpt(), lab.lora(dict(SETTINGS, lora_rank=3)), rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="shape"):
-        lab.load_trainable_state(wrong, tmp_path / "a.npz")
+        lab.load_trainable_state(wrong, tmp_path / "a.safetensors")
 
 
 def test_dpo_loss_starts_at_log_two_and_falls_on_its_training_pairs():
