@@ -1,12 +1,15 @@
-"""What every benchmark prints about the machine it ran on (imported by the bench_*.py scripts beside it).
+"""What the bench_*.py scripts beside it share: the machine line they print, SmolLM2-135M's layout, a profile.
 
 Kept free of torch and the other oracles, so that a benchmark's child processes (resident-memory
 measurements) can import it without loading a second library.
 """
 from __future__ import annotations
 
+import cProfile
+import io
 import os
 import platform
+import pstats
 import subprocess
 
 
@@ -41,3 +44,14 @@ def smollm2_llama_config() -> dict:
                 max_position_embeddings=SMOLLM2_CONFIG["block_size"], rms_norm_eps=SMOLLM2_CONFIG["norm_eps"],
                 rope_parameters={"rope_type": "default", "rope_theta": SMOLLM2_CONFIG["rope_base"]},
                 tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu")
+
+
+def profile_report(function, lines: int = 20) -> str:
+    """Run function() under cProfile; the `lines` functions with the most own time, as pstats prints them."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    function()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(lines)
+    return text.getvalue()

@@ -72,7 +72,7 @@ if _CHILD_SIDE != "torch":
     from minifm.peft import LoraConfig, get_peft_model
     from minifm.pretrained.registry import resolve_model_path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import SMOLLM2_CONFIG, machine_description, smollm2_llama_config  # noqa: E402  (a sibling script)
+from bench_common import SMOLLM2_CONFIG, machine_description, profile_report, smollm2_llama_config  # noqa: E402  (a sibling script)
 if _CHILD_SIDE is None:
     import bench_real_model
 
@@ -312,20 +312,6 @@ def build_pair(kind: str, args):
     return our_step, their_step, check
 
 
-def profile_step(step) -> str:
-    import cProfile
-    import io
-    import pstats
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    step()
-    profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
-    return text.getvalue()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
@@ -390,7 +376,7 @@ def main():
                       f"{theirs[-1][0]:.2f} s (CPU {theirs[-1][1]:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
             timing[kind] = ours, theirs
             if args.profile == kind:
-                print(f"\ncProfile of one minifm {kind} step, by own time:\n{profile_step(our_step)}")
+                print(f"\ncProfile of one minifm {kind} step, by own time:\n{profile_report(our_step)}")
             del our_step, their_step
             gc.collect()
 

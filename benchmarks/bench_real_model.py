@@ -46,11 +46,8 @@ to match (near-ties of random logits may break either way).
 from __future__ import annotations
 
 import argparse
-import cProfile
 import inspect
-import io
 import os
-import pstats
 import statistics
 import time
 
@@ -67,7 +64,7 @@ from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT, GPTConfig
 from minifm.sampling.generate import generate as minifm_generate
 
-from bench_common import SMOLLM2_CONFIG, machine_description, smollm2_llama_config  # a sibling script
+from bench_common import SMOLLM2_CONFIG, machine_description, profile_report, smollm2_llama_config  # a sibling script
 
 DECODE_PROMPT = 16
 CHECK_PROMPT = 32
@@ -233,13 +230,7 @@ def transformers_generate_call(model, prompt: np.ndarray, steps: int) -> None:
 
 def profile_generate(model: GPT, prompt: np.ndarray, steps: int) -> str:
     """cProfile of minifm's generate: the top functions by own time."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    minifm_generate(model, prompt, steps)
-    profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-    return text.getvalue()
+    return profile_report(lambda: minifm_generate(model, prompt, steps), lines=18)
 
 
 # ------------------------------------------------------------------------------------------ the report

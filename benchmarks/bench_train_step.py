@@ -20,10 +20,7 @@ The machine's load average is printed before and after: on a shared machine the 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import os
-import pstats
 import statistics
 import time
 
@@ -38,6 +35,8 @@ import minifm
 from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT, GPTConfig, sizes
 from minifm.optim import AdamW, param_groups_for_weight_decay
+
+from bench_common import profile_report  # a sibling script
 
 CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, T=64, B=16, V=256),
@@ -195,14 +194,8 @@ def main():
                            n_head=shape["n_head"], n_embd=shape["n_embd"])
         step = minifm_step_fn(config, shape["B"])
         step()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        step()
-        profiler.disable()
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
         print(f"\ncProfile of one minifm step ({args.profile}), by own time:")
-        print(out.getvalue())
+        print(profile_report(step, lines=15))
 
 
 if __name__ == "__main__":
