@@ -27,6 +27,9 @@
                                                    float32) in one call; its matrix-vector products
                                                    stream the weights 4 rows a pass (AVX2), rows split
                                                    across threads, same bits on any thread count
+    fewrows.py        <-> csrc/fewrows.pyx        x @ W^T for a few float32 rows (<= 16) with cache-
+                                                   resident weights: a weight row loaded once for up
+                                                   to 4 inputs (a small model's decoding output head)
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

@@ -38,6 +38,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "rotary",
     "quantized",
     "decode_step",
+    "fewrows",
 )
 
 _modules: dict[str, ModuleType | None] = {}

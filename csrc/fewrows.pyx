@@ -1,0 +1,163 @@
+# cython: language_level=3
+"""Cython twin of minifm/kernels/fewrows.py (reference: fewrows_reference).
+
+Products of a few float32 input rows (1..MAX_ROWS, the batch of KV-cached decoding) with row-major
+weight matrices that sit in the caches (a small model's layers and output head):
+
+    out_i[m, n] = sum_k x[m, k] * weights_i[n, k]        x (M, K), weights_i (N_i, K), out_i (M, N_i)
+
+Why not BLAS or the matvec kernel: OpenBLAS's GEMM packs the whole weight into panels on every call,
+which for 8 rows costs more than the arithmetic (8 x 256 @ 256 x 8192: ~3 ms against ~0.25 ms for
+one row's GEMV), and the matvec kernel (csrc/matvec.pyx) computes each (row, input) dot product
+separately with 32 partial sums reduced in memory, about three times GEMV's time for 256-wide rows.
+Here each weight row is loaded once per group of up to four input rows and multiplied into two
+8-float vector sums per input (GCC/Clang vector extensions: AVX when the build targets it, SSE pairs
+otherwise); with one or two input rows two weight rows go together, so a step has at least four
+independent multiply-add chains.
+
+Summation order of every output, fixed by K alone (not by M, the grouping, or the thread count):
+vector sum A over the 8-float chunks 0, 2, 4, ..., vector sum B over chunks 1, 3, 5, ... (a last
+odd chunk goes to A), lanes of A + B added as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then
+the K mod 8 last products added one at a time. Each output is computed by one thread, so results
+are the same on any number of threads and whether a weight comes alone or with others.
+Threads: the budget's count when the weights of one call hold at least `parallel_bytes` bytes.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+cdef enum:
+    ROWS_PER_BLOCK = 8  # weight rows per unit of work handed to a thread
+
+cdef extern from *:
+    """
+    #if MINIFM_OPENMP
+    #include <omp.h>
+    static int minifm_fewrows_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int minifm_fewrows_max_threads(void) { return 1; }
+    #endif
+    typedef float minifm_v8f __attribute__((vector_size(32)));
+    typedef float minifm_v8f_u __attribute__((vector_size(32), aligned(4)));  /* unaligned loads */
+    #define MINIFM_LOAD8(p) (*(const minifm_v8f_u*)(p))
+    /* acc + a * b with one rounding where the target has FMA, two where it has not: spelt out, so the
+       compiler's contraction choices (which differ between tile shapes) cannot change the bits */
+    #include <math.h>
+    #if defined(__FMA__) && defined(__AVX__)
+    #include <immintrin.h>
+    #define MINIFM_MADD8(acc, a, b) ((minifm_v8f)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(acc)))
+    #define MINIFM_MADD1(acc, a, b) fmaf((a), (b), (acc))
+    #else
+    #define MINIFM_MADD8(acc, a, b) ((acc) + (a) * (b))
+    #define MINIFM_MADD1(acc, a, b) ((acc) + (a) * (b))
+    #endif
+
+    static inline float minifm_fewrows_finish(minifm_v8f v, const float* w, const float* x, Py_ssize_t k,
+                                              Py_ssize_t n) {
+        float s = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+        for (; k < n; k++) s = MINIFM_MADD1(s, w[k], x[k]);
+        return s;
+    }
+
+    /* rows r, r + 1, ..., r + R - 1 of w (stride n) times inputs x[0..G-1] (stride n): R * G outputs,
+       out[g * out_stride + r]; R * G <= 8 vector sums, R + G loads per R * G multiply-adds. */
+    static inline __attribute__((always_inline)) void minifm_fewrows_tile(
+            const int R, const int G, const float* w, const float* x, Py_ssize_t n, float* out,
+            Py_ssize_t out_stride) {
+        minifm_v8f acc[8];
+        for (int t = 0; t < R * G; t++) acc[t] = (minifm_v8f){0};
+        Py_ssize_t k = 0;
+        for (; k + 8 <= n; k += 8) {
+            minifm_v8f xv[4];
+            for (int g = 0; g < G; g++) xv[g] = MINIFM_LOAD8(x + g * n + k);
+            for (int r = 0; r < R; r++) {
+                minifm_v8f wv = MINIFM_LOAD8(w + r * n + k);
+                for (int g = 0; g < G; g++) acc[r * G + g] = MINIFM_MADD8(acc[r * G + g], wv, xv[g]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++)
+                out[g * out_stride + r] = minifm_fewrows_finish(acc[r * G + g], w + r * n, x + g * n, k, n);
+    }
+
+    /* inputs x[0..G-1] times rows first..last-1 of w, R rows at a time, then one at a time */
+    static inline __attribute__((always_inline)) void minifm_fewrows_group(
+            const int R, const int G, const float* x, Py_ssize_t n, const float* w, Py_ssize_t first,
+            Py_ssize_t last, float* out, Py_ssize_t n_out) {
+        Py_ssize_t r = first;
+        for (; r + R <= last; r += R) minifm_fewrows_tile(R, G, w + r * n, x, n, out + r, n_out);
+        for (; r < last; r++) minifm_fewrows_tile(1, G, w + r * n, x, n, out + r, n_out);
+    }
+
+    /* out[m, r] for rows first..last-1 of w (n_out x n) and every input row m < batch of x (batch x n);
+       out is (batch x n_out). Inputs go in groups of four (the last group 1-3), each group over the
+       rows; one input: four rows at a time (four independent multiply-add chains), else two. */
+    static void minifm_fewrows_rows(const float* x, Py_ssize_t batch, Py_ssize_t n, const float* w,
+                                    Py_ssize_t first, Py_ssize_t last, float* out, Py_ssize_t n_out) {
+        Py_ssize_t m = 0;
+        for (; m + 4 <= batch; m += 4) minifm_fewrows_group(2, 4, x + m * n, n, w, first, last, out + m * n_out, n_out);
+        switch (batch - m) {
+            case 3: minifm_fewrows_group(2, 3, x + m * n, n, w, first, last, out + m * n_out, n_out); break;
+            case 2: minifm_fewrows_group(4, 2, x + m * n, n, w, first, last, out + m * n_out, n_out); break;
+            case 1: minifm_fewrows_group(4, 1, x + m * n, n, w, first, last, out + m * n_out, n_out); break;
+            default: break;
+        }
+    }
+    """
+    int max_threads "minifm_fewrows_max_threads"() noexcept nogil
+    void fewrows_rows "minifm_fewrows_rows"(const float* x, Py_ssize_t batch, Py_ssize_t n, const float* w,
+                                             Py_ssize_t first, Py_ssize_t last, float* out,
+                                             Py_ssize_t n_out) noexcept nogil
+
+
+def fewrows_many(const float[:, ::1] x, tuple weights, tuple outs, Py_ssize_t parallel_bytes):
+    """outs[i][:] = x @ weights[i]^T for x (M, K), weights[i] (N_i, K), outs[i] (M, N_i): float32,
+    C-contiguous. Runs on the OpenMP budget's threads when the weights hold at least parallel_bytes
+    bytes, else on one."""
+    cdef Py_ssize_t count = len(weights), batch = x.shape[0], width = x.shape[1]
+    cdef Py_ssize_t matrix, block, first_row, total_blocks = 0, weight_bytes = 0
+    cdef const float[:, ::1] weight
+    cdef float[:, ::1] out
+    cdef int threads
+    if len(outs) != count:
+        raise ValueError(f"got {count} weights but {len(outs)} outputs")
+    if count == 0 or batch == 0 or width == 0:
+        raise ValueError("fewrows_many needs at least one weight, one input row and one input column")
+    cdef const float** weight_data = <const float**>malloc(count * sizeof(float*))
+    cdef float** out_data = <float**>malloc(count * sizeof(float*))
+    cdef Py_ssize_t* sizes = <Py_ssize_t*>malloc(count * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* first_block = <Py_ssize_t*>malloc((count + 1) * sizeof(Py_ssize_t))  # of each weight
+    if weight_data == NULL or out_data == NULL or sizes == NULL or first_block == NULL:
+        free(weight_data)
+        free(out_data)
+        free(sizes)
+        free(first_block)
+        raise MemoryError()
+    try:
+        for matrix in range(count):
+            weight = weights[matrix]
+            out = outs[matrix]
+            if weight.shape[1] != width or weight.shape[0] == 0:
+                raise ValueError(f"weights[{matrix}] has shape {tuple(weight.shape)[:2]}, expected (N > 0, {width})")
+            if out.shape[0] != batch or out.shape[1] != weight.shape[0]:
+                raise ValueError(f"outs[{matrix}] has shape {tuple(out.shape)[:2]}, expected {(batch, weight.shape[0])}")
+            weight_data[matrix] = &weight[0, 0]
+            out_data[matrix] = &out[0, 0]
+            sizes[matrix] = weight.shape[0]
+            first_block[matrix] = total_blocks
+            total_blocks += (weight.shape[0] + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+            weight_bytes += weight.shape[0] * width * sizeof(float)
+        first_block[count] = total_blocks
+        threads = max_threads() if weight_bytes >= parallel_bytes else 1
+        with nogil:
+            for block in prange(total_blocks, schedule="static", num_threads=threads):
+                matrix = 0
+                while block >= first_block[matrix + 1]:
+                    matrix = matrix + 1  # (not +=, which prange would read as a reduction)
+                first_row = ROWS_PER_BLOCK * (block - first_block[matrix])
+                fewrows_rows(&x[0, 0], batch, width, weight_data[matrix], first_row,
+                             min(first_row + ROWS_PER_BLOCK, sizes[matrix]), out_data[matrix], sizes[matrix])
+    finally:
+        free(weight_data)
+        free(out_data)
+        free(sizes)
+        free(first_block)
