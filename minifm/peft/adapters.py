@@ -69,7 +69,7 @@ class BottleneckAdapterLayer(TunerLayer):
             raise ValueError(f"adapter {name!r} already exists on this layer")
         bottleneck = bottleneck_size(self.out_features, config.reduction_factor)
         self.adapters[name] = Bottleneck(self.out_features, bottleneck, config.non_linearity, rng=rng,
-                                         dtype=self.base_layer.weight.dtype)
+                                         dtype=self.compute_dtype)
 
     def forward(self, x):
         h = self.base_forward(x)  # (..., d)

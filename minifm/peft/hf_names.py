@@ -37,10 +37,11 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 
 from minifm.models.gpt import GPT
-from minifm.nn import Linear, Module
+from minifm.nn import Module
+from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
 from minifm.peft.config import pattern_key
 from minifm.peft.layer import TunerLayer
-from minifm.peft.targeting import is_output_head, name_matches
+from minifm.peft.targeting import LINEAR_TYPES, is_output_head, name_matches
 from minifm.pretrained.architectures import FAMILIES
 from minifm.pretrained.name_maps import Rule
 
@@ -51,9 +52,12 @@ ADAPTER_NAME_PARTS = ("lora_A", "lora_B", "ia3_l", "adapters", "trainable_tokens
 def plain_parameter_names(model: Module) -> dict[str, str]:
     """{plain name: actual name} of the base model's parameters. A wrapped layer's parameter
     "blocks.0.attn.q_proj.base_layer.weight" is plainly "blocks.0.attn.q_proj.weight"; adapter
-    parameters are left out."""
+    parameters are left out. A quantized layer's packed weight (a buffer, minifm/nn/quantized.py)
+    counts as the parameter it stands for, so a quantized base has the same names as its float32 model."""
     names = {}
-    for name, _ in model.named_parameters():
+    quantized_weights = [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+                         if isinstance(module, (QuantizedLinear, QuantizedEmbedding))]
+    for name in [name for name, _ in model.named_parameters()] + quantized_weights:
         parts = name.split(".")
         if any(part in ADAPTER_NAME_PARTS for part in parts):
             continue
@@ -124,7 +128,7 @@ class HFNames:
         module = self.model.get_submodule(module_path)
         if isinstance(module, TunerLayer):
             module = module.base_layer
-        return isinstance(module, Linear)
+        return isinstance(module, LINEAR_TYPES)  # a quantized base layer is a Linear to transformers
 
     @property
     def uses_rope(self) -> bool:

@@ -12,7 +12,9 @@ out_features (k/v) or in_features (feed-forward) — for a GPT block 2 * kv_dim 
 
 Both forms are linear in x, so they merge: W' = diag(l) W, b' = l * b for output scaling and
 W' = W diag(l) for input scaling. The elementwise product is the existing broadcasting `mul`
-(its gradient is checked in the autograd tests), so IA3 needs no new Function.
+(its gradient is checked in the autograd tests), so IA3 needs no new Function. Over a frozen
+QuantizedLinear (minifm/nn/quantized.py) the vectors are float32 and train the same way; merging then
+needs requantize=True (minifm/peft/layer.py).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class IA3Linear(TunerLayer):
         if name in self.ia3_l:
             raise ValueError(f"adapter {name!r} already exists on this layer")
         size = self.in_features if self.is_feedforward else self.out_features
-        self.ia3_l[name] = ScalingVector(size, dtype=self.base_layer.weight.dtype)
+        self.ia3_l[name] = ScalingVector(size, dtype=self.compute_dtype)
 
     def merged_weight_and_bias(self, name, weight, bias):
         scale = self.ia3_l[name].weight.data.astype(weight.dtype)

@@ -9,12 +9,24 @@ into base_layer.weight/bias in place. Simplification that makes `unmerge()` exac
 keeps a copy of the pre-merge weights and `unmerge()` restores that copy bit for bit, where PEFT
 subtracts the delta again (which leaves rounding error of order eps * |W|). The price is one extra
 copy of each merged weight while merged.
+
+Quantized base layers (QLoRA-style training, Dettmers et al. 2023, with GGUF's Q8_0 / Q4_0 / Q4_1 blocks
+instead of NF4): a wrapper also takes a frozen `QuantizedLinear` (minifm/nn/quantized.py). The packed
+blocks stay as they are; the base product runs through the quantized kernels and its backward gives
+only the input gradient (through the dequantized weight), while the adapter's own parameters are
+float32 and train as usual. Merging into such a layer cannot be exact (the sum W + delta has to be
+rounded to the block format again), so `merge()` refuses it with an error naming the layer unless
+asked for `requantize=True`: dequantize W, fold the adapter in, quantize the result to the layer's
+own format (the merged layer then differs from base + adapter by that rounding). `unmerge()` still
+restores the original blocks bit for bit (the backup is the packed bytes, 18-34 bytes per 32 weights).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from minifm.nn import Module
+from minifm.nn.quantized import QuantizedLinear
+from minifm.pretrained.quants import quantize
 
 
 class AdapterDict(Module):
@@ -68,11 +80,25 @@ class TunerLayer(Module):
 
     @property
     def in_features(self) -> int:
+        if self.base_is_quantized:
+            return self.base_layer.in_features  # its `weight` holds packed bytes, not (out, in) values
         return self.base_layer.weight.shape[1]
 
     @property
     def out_features(self) -> int:
+        if self.base_is_quantized:
+            return self.base_layer.out_features
         return self.base_layer.weight.shape[0]
+
+    @property
+    def base_is_quantized(self) -> bool:
+        """True when the base layer keeps its weight in a GGUF block format (a frozen QuantizedLinear)."""
+        return isinstance(self.base_layer, QuantizedLinear)
+
+    @property
+    def compute_dtype(self) -> np.dtype:
+        """The dtype the adapter's parameters get: the base weight's, float32 over a quantized base."""
+        return np.dtype(np.float32) if self.base_is_quantized else self.base_layer.weight.dtype
 
     @property
     def weight(self):
@@ -122,11 +148,17 @@ class TunerLayer(Module):
         """(weight, bias) of the base layer with adapter `name` folded in (subclasses)."""
         raise NotImplementedError
 
-    def merge(self, adapter_names=None) -> None:
-        """Fold the active adapters (or `adapter_names`) into base_layer.weight/bias in place."""
+    def merge(self, adapter_names=None, requantize: bool = False, layer_name: str | None = None) -> None:
+        """Fold the active adapters (or `adapter_names`) into base_layer.weight/bias in place.
+
+        A quantized base layer needs requantize=True (see the module docstring); without it the
+        ValueError names the layer (`layer_name`, else the weight's tensor name)."""
         if not self.can_merge:
             raise NotImplementedError(f"{type(self).__name__} is non-linear in its input and cannot be merged")
         names = list(self.active_adapters if adapter_names is None else adapter_names)
+        if self.base_is_quantized:
+            self._merge_requantized(names, requantize, layer_name)
+            return
         weight = self.base_layer.weight
         bias = self.base_layer.bias
         if self._merge_backup is None:
@@ -142,12 +174,41 @@ class TunerLayer(Module):
                 bias.data[...] = new_bias
             self.merged_adapters.append(name)
 
+    def _merge_requantized(self, names: list[str], requantize: bool, layer_name: str | None) -> None:
+        """merge() on a QuantizedLinear base: dequantize, fold the adapters in, quantize to the same format."""
+        base = self.base_layer
+        names = [name for name in names if name not in self.merged_adapters]
+        if not names:
+            return
+        if not requantize:
+            where = layer_name or base._name
+            raise ValueError(f"cannot merge adapter(s) {names} into {where!r}: its weight is frozen {base.weight_type} "
+                             f"blocks, and W + delta would have to be rounded to {base.weight_type} again. Keep the "
+                             f"adapter apart (save it and load it onto the base), merge with requantize=True to "
+                             f"accept that rounding, or load the base with dtype='float32' to merge exactly")
+        if self._merge_backup is None:
+            self._merge_backup = (base.weight.copy(), None if base.bias is None else base.bias.data.copy())
+        weight = base.dequantized_weight()  # (out, in) float32
+        bias = None if base.bias is None else base.bias.data.copy()
+        for name in names:
+            weight, new_bias = self.merged_weight_and_bias(name, weight, bias)
+            bias = bias if new_bias is None else new_bias
+            self.merged_adapters.append(name)
+        if not np.all(np.isfinite(weight)):
+            raise FloatingPointError(f"merging adapter(s) {names} produced non-finite weights")
+        base.weight[...] = quantize(weight, base.weight_type, base._name).data  # in place: same (out, bytes) blocks
+        if bias is not None:
+            base.bias.data[...] = bias
+
     def unmerge(self) -> None:
         """Restore the exact pre-merge base weights (see the module docstring)."""
         if not self.merged:
             return
         saved_weight, saved_bias = self._merge_backup
-        self.base_layer.weight.data[...] = saved_weight
+        if self.base_is_quantized:
+            self.base_layer.weight[...] = saved_weight  # the packed bytes (a buffer, not a Parameter)
+        else:
+            self.base_layer.weight.data[...] = saved_weight
         if saved_bias is not None:
             self.base_layer.bias.data[...] = saved_bias
         self._merge_backup = None

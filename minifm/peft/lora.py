@@ -18,6 +18,11 @@ minifm.kernels.threads.matmul like every Linear layer's, so the thin (N, r) prod
 thread: on two threads beside other busy processes OpenBLAS took ~20 ms for a 1024 x 576 @ 576 x 16
 product that takes 0.4 ms on one (benchmarks/bench_finetune_step.py).
 
+The base layer may be a frozen QuantizedLinear (Q8_0 / Q4_0 / Q4_1 blocks, minifm/nn/quantized.py):
+A and B are then float32 and the branch is unchanged, the QLoRA recipe (Dettmers et al., 2023; GGUF
+block formats where the paper has NF4). Backward through the base is QuantizedLinearFunction's input
+gradient (grad @ dequantize(W)); merging needs requantize=True (minifm/peft/layer.py).
+
 Simplifications: no fan_in_fan_out (weights are always (out, in), PyTorch's layout), no DoRA.
 Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern) are chosen by LoraConfig.for_module.
 """
@@ -28,6 +33,7 @@ import numpy as np
 from minifm.autograd import Function
 from minifm.kernels.threads import matmul
 from minifm.nn import Linear
+from minifm.nn.quantized import QuantizedLinear
 import minifm.functional as F
 from minifm.peft.config import LoraConfig
 from minifm.peft.layer import AdapterDict, TunerLayer
@@ -82,7 +88,7 @@ class LoraLinear(TunerLayer):
 
     adapter_container_names = ("lora_A", "lora_B")
 
-    def __init__(self, base_layer: Linear, rng: np.random.Generator | None = None):
+    def __init__(self, base_layer: Linear | QuantizedLinear, rng: np.random.Generator | None = None):
         super().__init__(base_layer)
         self.lora_A = AdapterDict()
         self.lora_B = AdapterDict()
@@ -94,7 +100,7 @@ class LoraLinear(TunerLayer):
     def add_adapter(self, name: str, config: LoraConfig, rng: np.random.Generator) -> None:
         if name in self.lora_A:
             raise ValueError(f"adapter {name!r} already exists on this layer")
-        dtype = self.base_layer.weight.dtype  # adapters compute in the base model's precision
+        dtype = self.compute_dtype  # the base model's precision; float32 over quantized blocks (QLoRA)
         lora_A = Linear(self.in_features, config.r, bias=False, dtype=dtype)
         lora_B = Linear(config.r, self.out_features, bias=False, dtype=dtype)
         if config.init_lora_weights:

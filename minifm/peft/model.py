@@ -17,6 +17,13 @@ on the base model. PEFT's management API: add_adapter, set_adapter, delete_adapt
 disable_adapter() (a context manager), merge_adapter, unmerge_adapter, merge_and_unload,
 get_nb_trainable_parameters, print_trainable_parameters.
 
+A base with quantized weights (GPT.from_pretrained(..., dtype="q8_0" | "q4_0" | "q4_1"), QLoRA-style
+training): LoRA, IA3 and bottleneck adapters wrap its frozen QuantizedLinear layers with float32
+parameters, and prompt / prefix tuning read its QuantizedEmbedding; the packed blocks never change.
+Merging into those blocks rounds, so merge_adapter / merge_and_unload refuse it (a ValueError naming
+the first quantized layer) unless called with requantize=True, and `mergeable` is False for such a
+model: save_run then keeps the adapter apart, beside the quantized base (minifm/runs.py).
+
 Simplifications: all adapters of one PeftModel are of the same method; `modules_to_save` unfreezes the
 listed modules in place (PEFT trains a copy so that the original stays available).
 """
@@ -30,6 +37,7 @@ import minifm.functional as F
 from minifm.autograd import ops
 from minifm.autograd.tensor import data_of
 from minifm.nn import Embedding, Module
+from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
 from minifm.peft.adapters import BottleneckAdapterLayer, adapter_targets
 from minifm.peft.config import (
     AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
@@ -44,6 +52,7 @@ from minifm.peft.targeting import find_linear_targets, name_matches
 from minifm.peft.trainable_tokens import TrainableTokensEmbedding, resolve_token_targets
 from minifm.sampling.generate import generate
 
+QUANTIZED_LAYER_TYPES = (QuantizedLinear, QuantizedEmbedding)
 DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
 DEFAULT_IA3_TARGETS = ["k_proj", "v_proj", "fc_out", "down_proj"]
 DEFAULT_IA3_FEEDFORWARD = ["fc_out", "down_proj"]
@@ -58,17 +67,32 @@ def model_kind(model: Module) -> str:
     return "causal"
 
 
-def find_token_embedding(model: Module) -> Embedding:
-    """The model's token embedding: get_input_embeddings() if it has one, else the Embedding with vocab_size rows."""
+def find_token_embedding(model: Module) -> Embedding | QuantizedEmbedding:
+    """The model's token embedding: get_input_embeddings() if it has one, else the Embedding (or quantized
+    table) with vocab_size rows."""
     getter = getattr(model, "get_input_embeddings", None)
     if callable(getter):
         return getter()
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     for _, module in model.named_modules():
-        if isinstance(module, Embedding) and (vocab_size is None or module.weight.shape[0] == vocab_size):
+        if isinstance(module, (Embedding, QuantizedEmbedding)) and (vocab_size is None or module.weight.shape[0] == vocab_size):
             return module
     raise ValueError(f"could not find the token embedding of {type(model).__name__} (no Embedding with "
                      f"vocab_size={vocab_size} rows)")
+
+
+def embedding_table(embedding: Module) -> np.ndarray:
+    """The (V, d) values of a token embedding: its weight array, or a quantized table's dequantized values."""
+    if isinstance(embedding, QuantizedEmbedding):
+        return embedding.dequantized_weight()  # (V, d) float32, a new array (the table stays packed)
+    return embedding.weight.data
+
+
+def embedding_width_and_dtype(embedding: Module) -> tuple[int, np.dtype]:
+    """(d, dtype) of a token embedding's rows; a quantized table's rows come out as float32."""
+    if isinstance(embedding, QuantizedEmbedding):
+        return embedding.embedding_dim, np.dtype(np.float32)
+    return embedding.weight.shape[1], embedding.weight.dtype
 
 
 def attention_modules(model: Module) -> list[tuple[str, Module]]:
@@ -80,7 +104,7 @@ def attention_modules(model: Module) -> list[tuple[str, Module]]:
 
 
 def _embedding_width(model: Module) -> int:
-    return find_token_embedding(model).weight.shape[1]
+    return embedding_width_and_dtype(find_token_embedding(model))[0]
 
 
 class PeftModel(Module):
@@ -145,14 +169,15 @@ class PeftModel(Module):
                          lambda base, name: BottleneckAdapterLayer(base))
         elif isinstance(peft_config, PromptTuningConfig):
             embedding = find_token_embedding(self.base_model)
-            prompt = PromptEmbedding(peft_config.num_virtual_tokens, embedding.weight.shape[1], embedding.weight.dtype)
-            init_prompt_embedding(prompt, peft_config, embedding.weight.data, self.rng, self.tokenizer)
+            width, dtype = embedding_width_and_dtype(embedding)
+            prompt = PromptEmbedding(peft_config.num_virtual_tokens, width, dtype)
+            init_prompt_embedding(prompt, peft_config, embedding_table(embedding), self.rng, self.tokenizer)
             self.prompt_encoder[adapter_name] = prompt
         elif isinstance(peft_config, PrefixTuningConfig):
             kv_shapes = [(m.num_kv_heads, m.head_dim) for _, m in attention_modules(self.base_model)]
             encoder = PrefixEncoder(peft_config.num_virtual_tokens, kv_shapes, _embedding_width(self.base_model),
                                     peft_config.prefix_projection, peft_config.encoder_hidden_size, self.rng,
-                                    dtype=find_token_embedding(self.base_model).weight.dtype)
+                                    dtype=embedding_width_and_dtype(find_token_embedding(self.base_model))[1])
             self.prompt_encoder[adapter_name] = encoder
         else:
             raise TypeError(f"unsupported config {type(peft_config).__name__}")
@@ -183,6 +208,10 @@ class PeftModel(Module):
         targets = resolve_token_targets(self.base_model, trainable_token_indices, find_token_embedding(self.base_model))
         for name, indices in targets.items():
             module = self.base_model.get_submodule(name)
+            if isinstance(module, QuantizedEmbedding):
+                raise ValueError(f"trainable_token_indices: the embedding {name!r} holds frozen {module.weight_type} "
+                                 f"blocks, whose rows cannot train; load the model with its embedding in float32 "
+                                 f"(dtype='float32') or leave trainable_token_indices out")
             if not isinstance(module, TrainableTokensEmbedding):
                 module = TrainableTokensEmbedding(module)
                 self.base_model.set_submodule(name, module)
@@ -249,23 +278,32 @@ class PeftModel(Module):
             self._adapters_disabled = False
 
     # ------------------------------------------------------------------ merging
-    def merge_adapter(self) -> None:
-        """Fold the active LoRA/IA3 adapter into the base weights (outputs unchanged, no extra compute)."""
-        self._require_mergeable()
-        for layer in self.tuner_layers():
-            layer.merge()
+    def merge_adapter(self, requantize: bool = False) -> None:
+        """Fold the active LoRA/IA3 adapter into the base weights (outputs unchanged, no extra compute).
+        Quantized base layers need requantize=True: the merged weights are rounded to their format again."""
+        self._require_mergeable(requantize)
+        for name, layer in self._named_tuner_layers():
+            layer.merge(requantize=requantize, layer_name=name)
 
     def unmerge_adapter(self) -> None:
         """Restore the exact pre-merge base weights."""
         for layer in self.tuner_layers():
             layer.unmerge()
 
-    def merge_and_unload(self) -> Module:
-        """Merge the active adapter and return the base model with every wrapper replaced by its Linear."""
-        self._require_mergeable()
-        for layer in self.tuner_layers():
-            layer.merge()
+    def merge_and_unload(self, requantize: bool = False) -> Module:
+        """Merge the active adapter and return the base model with every wrapper replaced by its Linear.
+        Quantized base layers need requantize=True (they stay quantized, holding the rounded merge)."""
+        self._require_mergeable(requantize)
+        for name, layer in self._named_tuner_layers():
+            layer.merge(requantize=requantize, layer_name=name)
         return self._unload()
+
+    def _named_tuner_layers(self) -> list[tuple[str, TunerLayer]]:
+        return [(name, m) for name, m in self.base_model.named_modules() if isinstance(m, TunerLayer)]
+
+    def quantized_base_layers(self) -> list[str]:
+        """Names of the wrapped layers whose base keeps quantized blocks (QLoRA-style training)."""
+        return [name for name, layer in self._named_tuner_layers() if getattr(layer, "base_is_quantized", False)]
 
     def unload(self) -> Module:
         """Remove every wrapper without merging: the original base model back."""
@@ -282,13 +320,22 @@ class PeftModel(Module):
 
     @property
     def mergeable(self) -> bool:
-        """Whether merge_and_unload() can fold the method into the weights (LoRA and IA3 only)."""
-        return self.peft_type in ("lora", "ia3")
+        """Whether merge_and_unload() folds the method into the weights exactly: LoRA and IA3 on float
+        layers (on quantized blocks the merge rounds and needs requantize=True)."""
+        return self.peft_type in ("lora", "ia3") and not self.quantized_base_layers()
 
-    def _require_mergeable(self) -> None:
-        if not self.mergeable:
+    def _require_mergeable(self, requantize: bool = False) -> None:
+        if self.peft_type not in ("lora", "ia3"):
             raise NotImplementedError(f"{self.peft_type!r} adapters cannot be merged into the weights "
                                       f"(only LoRA and IA3 change the layers linearly)")
+        quantized = self.quantized_base_layers()
+        if quantized and not requantize:
+            layer = self.base_model.get_submodule(quantized[0]).base_layer
+            raise ValueError(f"cannot merge the adapter into {quantized[0]!r} ({len(quantized)} quantized layers in "
+                             f"all): its weight is frozen {layer.weight_type} blocks, and W + delta would be rounded "
+                             f"to {layer.weight_type} again. Keep the adapter apart (save_pretrained, then load it "
+                             f"onto the base), pass requantize=True to accept that rounding, or load the base with "
+                             f"dtype='float32' to merge exactly")
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory, adapter_name: str | None = None, layout: str = "auto"):
@@ -308,9 +355,13 @@ class PeftModel(Module):
 
     # ------------------------------------------------------------------ parameter counts
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), PEFT's function."""
+        """(trainable parameters, all parameters), PEFT's function. Quantized weights (buffers of packed
+        blocks, not Parameters) count as their logical (rows x columns) weights, as PEFT counts a
+        bitsandbytes 4-bit base by its unpacked size."""
         trainable = sum(p.size for p in self.parameters() if p.requires_grad)
         total = sum(p.size for p in self.parameters())
+        total += sum(rows * columns for rows, columns in
+                     (m.logical_shape for m in self.modules() if isinstance(m, QUANTIZED_LAYER_TYPES)))
         return int(trainable), int(total)
 
     def print_trainable_parameters(self) -> str:

@@ -5,15 +5,18 @@ PEFT's matching rules:
     (["q_proj", "v_proj"] matches "blocks.0.attn.q_proj");
   * a string is a regular expression that must match the whole dotted name (re.fullmatch);
   * "all-linear" matches every Linear layer except the output head.
-Only Linear layers can be wrapped; a match that is not a Linear is an error that names it.
+Only Linear layers can be wrapped (a frozen QuantizedLinear counts: its adapters train in float32 on
+top of the packed blocks, QLoRA-style); a match that is not one is an error that names it.
 """
 from __future__ import annotations
 
 import re
 
 from minifm.nn import Linear, Module
+from minifm.nn.quantized import QuantizedLinear
 from minifm.peft.layer import TunerLayer
 
+LINEAR_TYPES = (Linear, QuantizedLinear)  # what a LoRA / IA3 / adapter wrapper can hold
 OUTPUT_HEAD_NAMES = ("lm_head", "head", "output", "classifier", "mlm_head", "cls_head")
 
 
@@ -41,17 +44,17 @@ def find_linear_targets(model: Module, targets, argument: str = "target_modules"
         if _is_peft_inner(name):
             continue
         if targets == "all-linear":
-            if isinstance(module, (Linear, TunerLayer)) and not is_output_head(name):
+            if isinstance(module, (*LINEAR_TYPES, TunerLayer)) and not is_output_head(name):
                 selected.append(name)
             continue
         if name_matches(name, targets):
-            if not isinstance(module, (Linear, TunerLayer)):
+            if not isinstance(module, (*LINEAR_TYPES, TunerLayer)):
                 raise ValueError(
                     f"{argument} selected {name!r}, a {type(module).__name__}; only Linear layers can be wrapped"
                 )
             selected.append(name)
     if not selected:
-        linear_names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, Linear)})
+        linear_names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)})
         raise ValueError(
             f"{argument}={targets!r} matched no Linear layer of {type(model).__name__}; "
             f"its Linear layers are named {linear_names}"

@@ -140,8 +140,9 @@ class TrainableTokensEmbedding(TunerLayer):
         return F.embedding(ids, self.weight)  # (..., d)
 
     # ------------------------------------------------------------------ merging
-    def merge(self, adapter_names=None) -> None:
-        """Write the active adapters' rows into base_layer.weight in place, keeping the original rows."""
+    def merge(self, adapter_names=None, requantize: bool = False, layer_name: str | None = None) -> None:
+        """Write the active adapters' rows into base_layer.weight in place, keeping the original rows
+        (the embedding is never quantized here: requantize and layer_name are accepted for the common call)."""
         names = list(self.active_adapters if adapter_names is None else adapter_names)
         weight = self.base_layer.weight.data  # (V, d)
         backup = list(self._merge_backup or [])
