@@ -9,11 +9,20 @@ Flag names mirror the config fields (PEFT's names with dashes): --lora-r, --lora
 --lora-dropout, --target-modules, --use-rslora, --reduction-factor, --num-virtual-tokens,
 --prefix-projection, --prompt-init-text, --trainable-token-indices (LoRA: comma-separated token ids
 whose embedding rows also train).
+
+    add_base_dtype_argument(parser)     adds --dtype float32|q8_0|q4_0|q4_1: how the base model's weights are
+                                        held while it trains (default float32)
+    check_base_dtype(args)              refuses a quantized --dtype without --peft (exit 2, before any load)
+
+A quantized --dtype keeps the base's Linear weights (and token embedding) as frozen GGUF blocks and
+trains the --peft method's float32 parameters on top: QLoRA-style (Dettmers et al., 2023), with GGUF's
+Q8_0 / Q4_0 / Q4_1 formats where the paper has NF4 (docs/peft.md, "QLoRA: LoRA on quantized weights").
 """
 from __future__ import annotations
 
 import argparse
 
+from minifm.models.pretrained import QUANTIZED_DTYPES
 from minifm.peft import get_peft_model
 from minifm.peft.config import (
     AdapterConfig, IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptTuningConfig,
@@ -39,6 +48,28 @@ def add_peft_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--prefix-projection", action="store_true", help="prefix tuning through an MLP")
     group.add_argument("--prompt-init-text", default=None, help="initialise the soft prompt from this text")
     return parser
+
+
+def add_base_dtype_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--dtype", choices=("float32",) + QUANTIZED_DTYPES, default=None,
+                        help="how the base model's weights are held while it trains (default float32): q8_0, q4_0 or "
+                             "q4_1 keeps them as frozen quantized blocks and needs --peft (QLoRA-style: float32 "
+                             "adapters on a quantized base)")
+    return parser
+
+
+def base_dtype(args: argparse.Namespace) -> str:
+    """The --dtype to load the base model in: float32 unless a quantized format was asked for."""
+    return getattr(args, "dtype", None) or "float32"
+
+
+def check_base_dtype(args: argparse.Namespace) -> None:
+    """A quantized base cannot be fully fine-tuned: --dtype q* needs --peft (a ValueError, exit 2)."""
+    dtype = base_dtype(args)
+    if dtype in QUANTIZED_DTYPES and (getattr(args, "peft", "none") or "none") == "none":
+        raise ValueError(f"--dtype {dtype} keeps the base weights as frozen {dtype} blocks, which have no gradient: "
+                         f"add --peft lora (or ia3, adapter, prompt, prefix) to train float32 adapters on top, or "
+                         f"use --dtype float32 for full fine-tuning")
 
 
 def _targets(value: str | None):

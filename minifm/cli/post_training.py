@@ -27,6 +27,12 @@ as DIR/hf/ (config.json, model.safetensors, tokenizer files: transformers loads 
 the adapter alone (DIR/adapter_config.json + adapter_model.safetensors, as save_run writes it) and no
 DIR/hf/. --save-hf also writes DIR/hf/ for a minifm-trained model or a merged LoRA/IA3;
 --no-save-hf skips it.
+
+--dtype q8_0|q4_0|q4_1 (sft, dpo; default float32) loads the base with its weights as frozen quantized
+blocks and trains the --peft method's float32 parameters on top (QLoRA-style; without --peft it is a
+one-line error, exit 2). DIR then holds the quantized base, unmerged, with the adapter beside it
+(merging would round it into the blocks; minifm/peft/layer.py): load_run puts it back on, and the
+adapter files load onto the float32 model too.
 """
 from __future__ import annotations
 
@@ -42,7 +48,9 @@ from minifm.cli.common import (
     Command, add_dataclass_arguments, add_overwrite_argument, check_not_overwriting, check_output_directory,
     config_values, field_names, settings_from,
 )
-from minifm.cli.peft_options import add_peft_arguments, apply_peft_from_args, config_from_args
+from minifm.cli.peft_options import (
+    add_base_dtype_argument, add_peft_arguments, apply_peft_from_args, base_dtype, check_base_dtype, config_from_args,
+)
 from minifm.config import ConfigBase
 from minifm.data.conversations import uses_minifm_template
 from minifm.data.sources import PREFERENCE_FORMATS, SFT_FORMATS, hold_out, read_jsonl_records
@@ -137,6 +145,10 @@ def wants_hf_directory(own: OwnData, args, model, tokenizer) -> bool:
         return not uses_minifm_template(tokenizer) and peft is None and problem is None
     if not own.save_hf:
         return False
+    if base_dtype(args) != "float32":
+        raise ValueError(f"--save-hf: with --dtype {base_dtype(args)} the adapter stays apart from the quantized base "
+                         "(merging would round it into the blocks); share the adapter files in --out, or train with "
+                         "--dtype float32 to get a merged Hugging Face directory")
     if problem is not None:
         raise ValueError(f"--save-hf: {args.model} cannot be written as a Hugging Face directory: {problem}")
     if peft is not None and peft.peft_type not in ("lora", "ia3"):
@@ -172,9 +184,9 @@ def finish(model, tokenizer, out: Path, checkpoint_folder: str, save_hf: bool = 
     shutil.rmtree(out / checkpoint_folder, ignore_errors=True)
 
 
-def load_tinyworld_model(name_or_path: str):
+def load_tinyworld_model(name_or_path: str, dtype: str = "float32"):
     """(model, tokenizer) for the tinyworld path, which needs minifm's tokenizer and chat tokens."""
-    model, tokenizer = load_any(name_or_path)
+    model, tokenizer = load_any(name_or_path, dtype=dtype)
     chat_ready = uses_minifm_template(tokenizer) and all(
         token in tokenizer.special_tokens for token in CHAT_SPECIAL_TOKENS)
     if not chat_ready:
@@ -191,16 +203,17 @@ def print_summary(metrics: dict) -> None:
 # The four commands follow one pattern on purpose (settings and outputs checked, model loaded, stage
 # trained, result written once); what differs between them is the stage.
 def run_sft(args) -> int:
+    check_base_dtype(args)
     settings, own = prepare_stage(args, "sft")
     config = sft.SFTConfig(**settings["sft"])
     if own.data is None:
-        policy, tokenizer = load_tinyworld_model(args.model)
+        policy, tokenizer = load_tinyworld_model(args.model, base_dtype(args))
         save_hf = wants_hf_directory(own, args, policy, tokenizer)
         policy = apply_peft_from_args(policy, args, tokenizer=tokenizer)
         metrics = sft_stage(policy, tokenizer, args.out, settings, resume=args.resume)
     else:
         train_rows, eval_rows = read_own_data(own, "sft", config.seed)  # every line checked before the model loads
-        policy, tokenizer = load_any(args.model)
+        policy, tokenizer = load_any(args.model, dtype=base_dtype(args))
         save_hf = wants_hf_directory(own, args, policy, tokenizer)
         policy = apply_peft_from_args(policy, args, tokenizer=tokenizer)
         metrics = sft.train_sft_on_rows(policy, tokenizer, train_rows, eval_rows, config, run_dir=args.out / "sft",
@@ -234,17 +247,18 @@ def run_ppo(args) -> int:
 
 
 def run_dpo(args) -> int:
+    check_base_dtype(args)
     settings, own = prepare_stage(args, "dpo")
     config = dpo.DPOConfig(**settings["dpo"])
     if own.data is None:
-        reference, tokenizer = load_tinyworld_model(args.model)
+        reference, tokenizer = load_tinyworld_model(args.model, base_dtype(args))
         save_hf = wants_hf_directory(own, args, reference, tokenizer)
         trained, metrics = dpo_stage(reference, tokenizer, args.out, settings,
                                      wrap=lambda copy: apply_peft_from_args(copy, args, tokenizer=tokenizer),
                                      resume=args.resume)
     else:
         train_rows, eval_rows = read_own_data(own, "dpo", config.seed)  # every line checked before the model loads
-        reference, tokenizer = load_any(args.model)
+        reference, tokenizer = load_any(args.model, dtype=base_dtype(args))
         save_hf = wants_hf_directory(own, args, reference, tokenizer)
         reference.requires_grad_(False)
         reference.eval()
@@ -278,6 +292,7 @@ def add_sft_arguments(parser) -> None:
                                         "(smollm2-135m-instruct)")
     add_dataclass_arguments(parser, OwnData, "your own data (TRL's JSONL fields)")
     add_peft_arguments(parser)
+    add_base_dtype_argument(parser)
 
 
 def add_reward_arguments(parser) -> None:
@@ -294,6 +309,7 @@ def add_dpo_arguments(parser) -> None:
                                         "also a Hugging Face directory, a .gguf or a short name")
     add_dataclass_arguments(parser, OwnData, "your own data (TRL's JSONL fields)")
     add_peft_arguments(parser)
+    add_base_dtype_argument(parser)
 
 
 COMMANDS = [
