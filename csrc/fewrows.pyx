@@ -6,20 +6,22 @@ weight matrices that sit in the caches (a small model's layers and output head):
 
     out_i[m, n] = sum_k x[m, k] * weights_i[n, k]        x (M, K), weights_i (N_i, K), out_i (M, N_i)
 
-Why not BLAS or the matvec kernel: OpenBLAS's GEMM packs the whole weight into panels on every call,
-which for 8 rows costs more than the arithmetic (8 x 256 @ 256 x 8192: ~3 ms against ~0.25 ms for
-one row's GEMV), and the matvec kernel (csrc/matvec.pyx) computes each (row, input) dot product
-separately with 32 partial sums reduced in memory, about three times GEMV's time for 256-wide rows.
-Here each weight row is loaded once per group of up to four input rows and multiplied into two
-8-float vector sums per input (GCC/Clang vector extensions: AVX when the build targets it, SSE pairs
-otherwise); with one or two input rows two weight rows go together, so a step has at least four
-independent multiply-add chains.
+Why not BLAS or the matvec kernel: measured on the busy 2-core machine (one thread, best of 40),
+OpenBLAS took 8-10x one row's time for 2-8 rows of the 8 x 256 @ 256 x 8192 output head (its GEMM
+copies the weight into packed panels on each call), and the matvec kernel (csrc/matvec.pyx), which
+reduces a 32-lane partial sum for every (row, input) pair, took 15-26 us against GEMV's 5-9 us for a
+256 x 256 weight and one row.
+Here a tile of R weight rows times G input rows (R * G <= 8: four rows for one input, four rows for
+two, two rows for three or four) keeps R * G 8-float vector sums in registers and loads R + G vectors
+per R * G multiply-adds; inputs beyond four go in further groups (GCC/Clang vector extensions: AVX
+where the build targets it, SSE pairs otherwise).
 
-Summation order of every output, fixed by K alone (not by M, the grouping, or the thread count):
-vector sum A over the 8-float chunks 0, 2, 4, ..., vector sum B over chunks 1, 3, 5, ... (a last
-odd chunk goes to A), lanes of A + B added as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then
-the K mod 8 last products added one at a time. Each output is computed by one thread, so results
-are the same on any number of threads and whether a weight comes alone or with others.
+Summation order of every output, fixed by K alone (not by M, the tile, the grouping or the thread
+count): one vector sum over the 8-float chunks in order (each step one fused multiply-add where the
+target has FMA, spelt out so the compiler cannot contract some tiles and not others), its lanes added
+as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), then the K mod 8 last products one at a time.
+Each output is computed by one thread, so results are the same on any number of threads, whether a
+weight comes alone or with others, and whether an input row comes alone or in a batch.
 Threads: the budget's count when the weights of one call hold at least `parallel_bytes` bytes.
 """
 from cython.parallel cimport prange
