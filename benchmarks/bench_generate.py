@@ -11,6 +11,7 @@ tokens/s = batch * new tokens / wall time; each cell is the median of --repeats 
 
     python benchmarks/bench_generate.py            # full table
     python benchmarks/bench_generate.py --quick    # small config, 32 new tokens, 1 repeat
+    python benchmarks/bench_generate.py --configs medium --batches 8 --repeats 1   # one part of the table
 """
 from __future__ import annotations
 
@@ -140,8 +141,14 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--configs", default="small,medium", help="comma-separated subset of small,medium")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     args = parser.parse_args()
-    configs = ["small"] if args.quick else ["small", "medium"]
+    configs = ["small"] if args.quick else [name for name in args.configs.split(",") if name]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs: unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
+    batches = [int(size) for size in args.batches.split(",") if size]
     new_tokens = 32 if args.quick else args.new_tokens
     repeats = 1 if args.quick else args.repeats
     try:
@@ -171,7 +178,7 @@ def main():
             if error > 1e-3:
                 print(f"warning: torch twin differs from minifm by {error:.2e} in the logits")
         hf = transformers_model(model) if have_transformers else None
-        for batch in (1, 8):
+        for batch in batches:
             prompt = np.random.default_rng(1).integers(0, model.config.vocab_size, size=(batch, PROMPT_LENGTH))
             for mode in ("greedy", "top-p"):
                 options = {} if mode == "greedy" else {"do_sample": True, "top_k": 0, "top_p": 0.9, "seed": 0}

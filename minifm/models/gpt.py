@@ -38,7 +38,7 @@ import numpy as np
 import minifm.functional as F
 from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.tensor import Tensor, data_of
-from minifm.kernels import decode_step
+from minifm.kernels import decode_step, fewrows
 from minifm.models.config import (
     TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
@@ -267,6 +267,13 @@ class GPT(Module):
                 # one decoded token: the streaming matrix-vector product (minifm/kernels/decode_step.py)
                 row = decode_step.matvec(hidden.data.reshape(-1), self.wte.weight.data)  # (vocab,)
                 return Tensor._from_array(row.reshape(1, 1, -1))
+            if hidden.shape[1] == 1 and not is_grad_enabled():
+                # one decoded token per row of a batch: the few-rows kernel reads the table once for all
+                # rows, where BLAS would pack it on every call (minifm/kernels/fewrows.py)
+                rows = hidden.data.reshape(hidden.shape[0], -1)  # (B, d)
+                if fewrows.applies(rows, self.wte.weight.data):
+                    logits = fewrows.fewrows(rows, self.wte.weight.data)  # (B, vocab)
+                    return Tensor._from_array(logits.reshape(hidden.shape[0], 1, -1))
             return F.linear(hidden, self.wte.weight)
         return self.lm_head(hidden)
 

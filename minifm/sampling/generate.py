@@ -49,7 +49,7 @@ from minifm.kernels.softmax import log_softmax
 from minifm.sampling.beam import beam_search
 from minifm.sampling.logits_processor import check_logits_processors
 from minifm.sampling.output import GenerateOutput, assemble_output
-from minifm.sampling.processors import greedy, process_logits, sample
+from minifm.sampling.processors import greedy, process_logits, sample_from_uniforms
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -406,11 +406,11 @@ def _search(stepper, ids, mask, *, max_new_tokens, do_sample, rng, stopper, pad_
         context = stepper.ids  # (N, T) everything so far, for the repetition penalty
         if do_sample and not logits_processor:
             processed = process_logits(logits, input_ids=context, **processor_options)  # (N, V)
-            chosen = sample(processed, rng)  # (N,)
+            chosen = sample_from_uniforms(processed, rng.random(batch))  # (N,): sample()'s draw, processed once
         elif do_sample:  # transformers' order: repetition penalty, the user's processors, then the warpers
             processed = process_logits(logits, input_ids=context, repetition_penalty=repetition_penalty)
             processed = process_logits(logits_processor(context, processed), **warper_options)  # (N, V)
-            chosen = sample(processed, rng)  # (N,)
+            chosen = sample_from_uniforms(processed, rng.random(batch))  # (N,)
         else:
             processed = logits
             if repetition_penalty != 1.0:

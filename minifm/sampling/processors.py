@@ -86,7 +86,9 @@ def process_logits(logits, input_ids=None, temperature=1.0, top_k=0, top_p=1.0, 
     """The processed logits (a new array; removed entries -inf), shape (batch, vocab)."""
     _check_settings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty, min_tokens_to_keep)
     rows = _as_rows(logits)
-    scores = apply_repetition_penalty(rows, input_ids, repetition_penalty)  # (batch, vocab)
+    scores = rows  # the filters below write into a copy: no copy here when there is no penalty
+    if repetition_penalty != 1.0 and input_ids is not None:
+        scores = apply_repetition_penalty(rows, input_ids, repetition_penalty)  # (batch, vocab)
     if temperature != 1.0:
         scores = scores / scores.dtype.type(temperature)
     return kernels.filter_logits(scores, int(top_k), float(top_p), min_p, float(typical_p), int(min_tokens_to_keep))
