@@ -161,6 +161,42 @@ def test_silu_mul_tails_nan_and_many_blocks(dtype, kernel_path, rng):
                                rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-30)
 
 
+@given(gate=activations_arrays(), seed=st.integers(0, 2**31 - 1))
+def test_silu_mul_backward_compiled_matches_the_float64_reference(gate, seed):
+    rng = np.random.default_rng(seed)
+    up, grad = (rng.standard_normal(gate.shape).astype(gate.dtype) for _ in range(2))
+    truth_gate, truth_up = act.silu_mul_backward_reference(*(a.astype(np.float64) for a in (gate, up, grad)))
+    with compiled_path("activations"):
+        d_gate, d_up = act.silu_mul_backward(gate, up, grad)
+    assert d_gate.shape == d_up.shape == gate.shape and d_gate.dtype == d_up.dtype == gate.dtype
+    rtol = 1e-13 if gate.dtype == np.float64 else 4e-7
+    # silu'(g) = s + g s (1 - s) crosses zero near g = -1.28, where its two terms cancel: there the error is
+    # a few ulps of the terms (|s| <= 1), i.e. absolute in units of |grad * up|, not relative to the result
+    scale = np.abs(grad.astype(np.float64) * up)
+    assert np.all(np.abs(d_gate - truth_gate) <= rtol * np.abs(truth_gate) + rtol * scale + 1e-300)
+    np.testing.assert_allclose(d_up, truth_up, rtol=rtol, atol=float(np.finfo(gate.dtype).tiny) * 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_mul_backward_tails_nan_many_blocks_and_torch(dtype, kernel_path, rng):
+    torch = pytest.importorskip("torch")
+    gate = np.array([-1e30, -800.0, -1.0, 0.0, 1.0, 100.0, 800.0, np.nan], dtype=dtype)
+    ones = np.ones_like(gate)
+    d_gate, d_up = act.silu_mul_backward(gate, 2 * ones, ones)
+    np.testing.assert_array_equal(d_gate[:2], [0.0, 0.0])  # s = 0 below exp's overflow point
+    np.testing.assert_array_equal(d_up[:2], [0.0, 0.0])
+    np.testing.assert_allclose(d_up[[3, 5, 6]], [0.0, 100.0, 800.0], rtol=1e-6)
+    np.testing.assert_allclose(d_gate[[3, 5, 6]], [1.0, 2.0, 2.0], rtol=1e-6)  # silu'(0) = 1/2, silu' -> 1
+    assert np.isnan(d_gate[7]) and np.isnan(d_up[7])
+    gate, up, grad = (rng.standard_normal((160, 1536)).astype(dtype) * 3 for _ in range(3))  # many blocks
+    gate_t, up_t = torch.tensor(gate, requires_grad=True), torch.tensor(up, requires_grad=True)
+    (torch.nn.functional.silu(gate_t) * up_t).backward(torch.tensor(grad))
+    d_gate, d_up = act.silu_mul_backward(gate, up, grad)
+    tolerance = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(d_up, up_t.grad.numpy(), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(d_gate, gate_t.grad.numpy(), rtol=tolerance, atol=tolerance * 10)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_silu_mul_matches_torch(dtype, kernel_path, rng):
     torch = pytest.importorskip("torch")

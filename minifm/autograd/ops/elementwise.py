@@ -313,7 +313,8 @@ class Silu(Function):
 
 class SiluMul(Function):
     """silu(gate) * up in one node (SwiGLU's gate): the forward is one fused pass
-    (minifm.kernels.activations.silu_mul); with s = sigmoid(gate), backward:
+    (minifm.kernels.activations.silu_mul), and so is the backward when the operands share a shape
+    (silu_mul_backward); with s = sigmoid(gate), backward:
     d gate = grad * up * s * (1 + gate * (1 - s)),   d up = grad * gate * s."""
 
     @staticmethod
@@ -324,7 +325,9 @@ class SiluMul(Function):
     @staticmethod
     def backward(ctx, grad):
         gate, up = ctx.gate, ctx.up
-        s = _stable_sigmoid(gate)
+        if gate.shape == up.shape == grad.shape:
+            return activation_kernels.silu_mul_backward(gate, up, np.asarray(grad, dtype=gate.dtype))  # one pass
+        s = _stable_sigmoid(gate)  # broadcasting operands: the NumPy formulas, then unbroadcast
         d_gate = d_up = None
         if ctx.needs_input_grad[0]:
             d_gate = unbroadcast(grad * up * (s * (1 + gate * (1 - s))), _shape_of(gate))
