@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Cython twin of minifm/kernels/decode_step.py (references: matvec_reference, decode_layer_reference).
+"""Cython twin of minifm/kernels/decode_step.py (references: matvec_reference, decode_layer_reference,
+decode_quantized_layer_reference).
 
 One KV-cached decoding step of a Llama-style pre-norm block for ONE sequence and ONE new token, float32,
 in one call instead of ~25 NumPy/kernel calls, and the matrix-vector product that dominates it:
@@ -44,14 +45,27 @@ waking it costs 10-25 us here: with one region per product that was 121 wake-ups
 is a point where a thread whose partner lost its core to another process waits a scheduler time slice:
 on a busy host, fewer threads are faster (minifm.kernels.threads follows the load by default).
 
+decode_quantized_layer: the same step when the seven projections are stored in GGUF block formats (Q8_0,
+Q4_0, Q4_1; minifm/nn/quantized.py QuantizedLinear). Same steps, barriers, splits and float32 arithmetic
+outside the products; each product row is the fused dequantize-and-dot of csrc/_block_dot.pxd (shared with
+csrc/quantized.pyx, so an output has the bits decode_products gives it), on the float32 input or, for a
+projection whose quantize_input flag is set, on the input rounded to int8 per block of 32 (each thread
+rounds the whole input itself: cheaper than a barrier). A product's rows are split across the threads in
+equal contiguous ranges of single rows (a packed row is one short stream: 360 bytes for a Q4_1 row of 576).
+
 Without AVX2 + FMA the same orders are written in plain C (GCC vectorises what it can). Simplifications:
-float32 only; batch 1, one token; no biases, no padding mask, no sliding window (the caller checks and
-takes the general path otherwise).
+float32 activations only; batch 1, one token; no biases, no padding mask, no sliding window; the quantized
+step takes only the three block formats, all seven projections quantized (the caller checks and takes the
+general path otherwise).
 """
 cimport cython
 from libc.math cimport sqrt
 
+from libc.stdint cimport uint8_t
+
 cimport _common  # its C primitives come first in the generated file: the block below calls minifm_silu_mul_f
+# the GGUF block-dot loops (minifm_row_dot, minifm_row_dot_q8, minifm_quantize_input), shared with quantized.pyx
+from _block_dot cimport QK, block_bytes_of
 
 cdef extern from *:
     """
@@ -286,24 +300,11 @@ cdef extern from *:
         float *q, *k, *v, *attended, *gate, *up, *scores;  /* scratch; scores (heads, position + 1) */
     } minifm_ds_layer;
 
-    /* One thread's part of the layer (id of `threads`). Four barriers: after q/k/v, after attention, after
-       o (x complete), after gate/up; every other step needs only what the same thread computed:
-         * each thread normalises x into its own h (E values: cheaper than a barrier);
-         * the key/value heads are split across the threads: a thread rotates its kv heads' keys, stores
-           them and the values in the cache, rotates the query heads that read them and attends;
-         * gate and up are split by the same rows, so a thread applies SiLU to the rows it computed. */
-    static void minifm_ds_layer_part(const minifm_ds_layer* a, minifm_ds_barrier* barrier, int id, int threads) {
-        Py_ssize_t q_size = a->heads * a->head_dim, kv_size = a->kv_heads * a->head_dim, begin, end;
-        Py_ssize_t length = a->position + 1, group = a->heads / a->kv_heads, d = a->head_dim;
-        float h[a->width];  /* this thread's normalised x */
-        minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, h);
-        {
-            const float* weights[3] = {a->wq, a->wk, a->wv};
-            Py_ssize_t sizes[3] = {q_size, kv_size, kv_size};
-            float* outs[3] = {a->q, a->k, a->v};
-            minifm_ds_matvec_part(h, a->width, 3, weights, sizes, outs, 0, id, threads);
-        }
-        minifm_ds_wait(barrier, threads);
+    /* Thread id's part of the attention of the layer, once q, k and v are complete: the key/value heads are
+       split across the threads; a thread rotates its kv heads' keys, stores them and the values in the
+       cache, rotates the query heads that read them and attends (so no barrier is needed inside). */
+    static void minifm_ds_attention_part(const minifm_ds_layer* a, int id, int threads) {
+        Py_ssize_t begin, end, length = a->position + 1, group = a->heads / a->kv_heads, d = a->head_dim;
         minifm_ds_share(a->kv_heads, id, threads, &begin, &end);
         for (Py_ssize_t g = begin; g < end; g++) {
             float* key = a->k + g * d;
@@ -320,13 +321,37 @@ cdef extern from *:
                                       a->attended + head * d);
             }
         }
+    }
+
+    /* [begin, end): thread id's rows of the hidden layer (gate / up), whole blocks of MINIFM_DS_ROW_BLOCK */
+    static void minifm_ds_hidden_share(Py_ssize_t hidden, int id, int threads, Py_ssize_t* begin, Py_ssize_t* end) {
+        minifm_ds_share((hidden + MINIFM_DS_ROW_BLOCK - 1) / MINIFM_DS_ROW_BLOCK, id, threads, begin, end);
+        *begin *= MINIFM_DS_ROW_BLOCK;
+        *end = *end * MINIFM_DS_ROW_BLOCK < hidden ? *end * MINIFM_DS_ROW_BLOCK : hidden;
+    }
+
+    /* One thread's part of the layer (id of `threads`). Four barriers: after q/k/v, after attention, after
+       o (x complete), after gate/up; every other step needs only what the same thread computed:
+         * each thread normalises x into its own h (E values: cheaper than a barrier);
+         * attention: minifm_ds_attention_part;
+         * gate and up are split by the same rows, so a thread applies SiLU to the rows it computed. */
+    static void minifm_ds_layer_part(const minifm_ds_layer* a, minifm_ds_barrier* barrier, int id, int threads) {
+        Py_ssize_t q_size = a->heads * a->head_dim, kv_size = a->kv_heads * a->head_dim, begin, end;
+        float h[a->width];  /* this thread's normalised x */
+        minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, h);
+        {
+            const float* weights[3] = {a->wq, a->wk, a->wv};
+            Py_ssize_t sizes[3] = {q_size, kv_size, kv_size};
+            float* outs[3] = {a->q, a->k, a->v};
+            minifm_ds_matvec_part(h, a->width, 3, weights, sizes, outs, 0, id, threads);
+        }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_attention_part(a, id, threads);
         minifm_ds_wait(barrier, threads);
         minifm_ds_matvec_part(a->attended, q_size, 1, &a->wo, &a->width, &a->x, 1, id, threads);
         minifm_ds_wait(barrier, threads);
         minifm_ds_rmsnorm(a->x, a->norm2, a->width, a->eps, h);
-        minifm_ds_share((a->hidden + MINIFM_DS_ROW_BLOCK - 1) / MINIFM_DS_ROW_BLOCK, id, threads, &begin, &end);
-        begin *= MINIFM_DS_ROW_BLOCK;
-        end = end * MINIFM_DS_ROW_BLOCK < a->hidden ? end * MINIFM_DS_ROW_BLOCK : a->hidden;
+        minifm_ds_hidden_share(a->hidden, id, threads, &begin, &end);
         minifm_ds_row_range(h, a->wgate, a->width, begin, end, a->gate, 0);
         minifm_ds_row_range(h, a->wup, a->width, begin, end, a->up, 0);
         minifm_silu_mul_f(a->gate + begin, a->up + begin, a->gate + begin, end - begin);  /* as SiluMul */
@@ -343,6 +368,115 @@ cdef extern from *:
         #else
         (void)threads;
         minifm_ds_layer_part(a, &barrier, 0, 1);
+        #endif
+    }
+
+    /* ---- the same step with the seven projections stored in GGUF block formats (Q8_0, Q4_0, Q4_1) ----
+       Each product runs the fused block-dot loops of _block_dot.pxd (minifm_row_dot, or minifm_row_dot_q8 on
+       the input rounded to int8 per block of 32 when the weight asks for it): one weight row against one
+       input row, so every output has the bits the quantized kernel (csrc/quantized.pyx decode_products)
+       gives it. The rest of the step (norms, RoPE, cache, attention, SiLU, residuals) is the float32 one. */
+    typedef struct {
+        const uint8_t* data;         /* (rows, row_bytes) packed blocks */
+        Py_ssize_t rows, row_bytes;
+        int type;                    /* GGML type: 2 Q4_0, 3 Q4_1, 8 Q8_0 */
+        int q8_input;                /* round the input to int8 per block of 32 first (quantize_input) */
+    } minifm_dsq_weight;
+
+    typedef struct {
+        minifm_ds_layer shape;       /* sizes, norms, cos/sin, x, caches, scratch (its float weights unused) */
+        minifm_dsq_weight wq, wk, wv, wo, wgate, wup, wdown;
+    } minifm_dsq_layer;
+
+    /* The input of one product: float32 x (k,) and, when a weight reading it rounds it, its int8 form. */
+    typedef struct { const float* x; const int8_t* xq; const float* dx; const float* sx; } minifm_dsq_input;
+
+    static inline void minifm_dsq_prepare(const float* x, Py_ssize_t k, int rounded, int8_t* xq, float* dx,
+                                          float* sx, minifm_dsq_input* in) {
+        in->x = x; in->xq = xq; in->dx = dx; in->sx = sx;
+        if (rounded) minifm_quantize_input(x, k, xq, dx, sx);  /* each thread rounds the whole input itself */
+    }
+
+    /* out[r] (+)= (W in)[r] for the rows r in [first, last) of w */
+    static void minifm_dsq_rows(const minifm_dsq_input* in, Py_ssize_t k, const minifm_dsq_weight* w,
+                                Py_ssize_t first, Py_ssize_t last, float* out, int accumulate) {
+        Py_ssize_t n_blocks = k / MINIFM_QK;
+        for (Py_ssize_t r = first; r < last; r++) {
+            float total;
+            const uint8_t* row = w->data + r * w->row_bytes;
+            if (w->q8_input) minifm_row_dot_q8(w->type, 1, row, n_blocks, in->xq, in->dx, in->sx, k, &total, 1);
+            else minifm_row_dot(w->type, 1, row, n_blocks, in->x, k, &total, 1);
+            out[r] = accumulate ? out[r] + total : total;
+        }
+    }
+
+    /* Thread id's share of outs[i] (+)= weights[i] in for `count` (<= 3) weights sharing the input: their
+       rows are one range split in equal contiguous parts (as minifm_ds_matvec_part's blocks) */
+    static void minifm_dsq_matvec_part(const minifm_dsq_input* in, Py_ssize_t k, int count,
+                                       const minifm_dsq_weight* const* weights, float* const* outs, int accumulate,
+                                       int id, int threads) {
+        Py_ssize_t first_row[4], total = 0, begin, end;
+        for (int i = 0; i < count; i++) {
+            first_row[i] = total;
+            total += weights[i]->rows;
+        }
+        first_row[count] = total;
+        minifm_ds_share(total, id, threads, &begin, &end);
+        for (int i = 0; i < count; i++) {
+            Py_ssize_t from = begin > first_row[i] ? begin : first_row[i];
+            Py_ssize_t to = end < first_row[i + 1] ? end : first_row[i + 1];
+            if (from < to) minifm_dsq_rows(in, k, weights[i], from - first_row[i], to - first_row[i], outs[i], accumulate);
+        }
+    }
+
+    /* minifm_ds_layer_part with quantized products: the same steps, barriers and splits */
+    static void minifm_dsq_layer_part(const minifm_dsq_layer* layer, minifm_ds_barrier* barrier, int id, int threads) {
+        const minifm_ds_layer* a = &layer->shape;
+        Py_ssize_t q_size = a->heads * a->head_dim, begin, end;
+        Py_ssize_t widest = a->width > q_size ? a->width : q_size;
+        widest = widest > a->hidden ? widest : a->hidden;
+        float h[a->width];                                           /* this thread's normalised x */
+        int8_t xq[widest];                                           /* this thread's rounded input */
+        float dx[widest / MINIFM_QK + 1], sx[widest / MINIFM_QK + 1];
+        minifm_dsq_input in;
+        minifm_ds_rmsnorm(a->x, a->norm1, a->width, a->eps, h);
+        minifm_dsq_prepare(h, a->width, layer->wq.q8_input | layer->wk.q8_input | layer->wv.q8_input, xq, dx, sx, &in);
+        {
+            const minifm_dsq_weight* weights[3] = {&layer->wq, &layer->wk, &layer->wv};
+            float* outs[3] = {a->q, a->k, a->v};
+            minifm_dsq_matvec_part(&in, a->width, 3, weights, outs, 0, id, threads);
+        }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_attention_part(a, id, threads);
+        minifm_ds_wait(barrier, threads);
+        minifm_dsq_prepare(a->attended, q_size, layer->wo.q8_input, xq, dx, sx, &in);
+        {
+            const minifm_dsq_weight* weights[1] = {&layer->wo};
+            minifm_dsq_matvec_part(&in, q_size, 1, weights, &a->x, 1, id, threads);
+        }
+        minifm_ds_wait(barrier, threads);
+        minifm_ds_rmsnorm(a->x, a->norm2, a->width, a->eps, h);
+        minifm_dsq_prepare(h, a->width, layer->wgate.q8_input | layer->wup.q8_input, xq, dx, sx, &in);
+        minifm_ds_hidden_share(a->hidden, id, threads, &begin, &end);
+        minifm_dsq_rows(&in, a->width, &layer->wgate, begin, end, a->gate, 0);
+        minifm_dsq_rows(&in, a->width, &layer->wup, begin, end, a->up, 0);
+        minifm_silu_mul_f(a->gate + begin, a->up + begin, a->gate + begin, end - begin);  /* as SiluMul */
+        minifm_ds_wait(barrier, threads);
+        minifm_dsq_prepare(a->gate, a->hidden, layer->wdown.q8_input, xq, dx, sx, &in);
+        {
+            const minifm_dsq_weight* weights[1] = {&layer->wdown};
+            minifm_dsq_matvec_part(&in, a->hidden, 1, weights, &a->x, 1, id, threads);
+        }
+    }
+
+    static void minifm_dsq_decode_layer(const minifm_dsq_layer* layer, int threads) {
+        minifm_ds_barrier barrier = {0, 0, 0};
+        #if MINIFM_OPENMP
+        #pragma omp parallel num_threads(threads)
+        minifm_dsq_layer_part(layer, &barrier, omp_get_thread_num(), omp_get_num_threads());
+        #else
+        (void)threads;
+        minifm_dsq_layer_part(layer, &barrier, 0, 1);
         #endif
     }
     """
@@ -374,6 +508,14 @@ cdef extern from *:
         float* up
         float* scores
     void ds_decode_layer "minifm_ds_decode_layer"(const ds_layer* layer, int threads) noexcept nogil
+    ctypedef struct dsq_weight "minifm_dsq_weight":
+        const uint8_t* data
+        Py_ssize_t rows, row_bytes
+        int type, q8_input
+    ctypedef struct dsq_layer "minifm_dsq_layer":
+        ds_layer shape
+        dsq_weight wq, wk, wv, wo, wgate, wup, wdown
+    void dsq_decode_layer "minifm_dsq_decode_layer"(const dsq_layer* layer, int threads) noexcept nogil
     bint AVX2 "MINIFM_DS_AVX2"
 
 # The product runs on the OpenMP budget's threads when its weights hold at least this many bytes, else on
@@ -472,3 +614,85 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     layer.scores = layer.up + hidden
     with nogil:
         ds_decode_layer(&layer, threads or _threads_for((2 * q_size + 2 * kv_size + 3 * hidden) * width * 4))
+
+
+cdef void _fill_quantized(dsq_weight* weight, object data, int ggml_type, bint q8_input, Py_ssize_t rows,
+                          Py_ssize_t columns, str name) except *:
+    cdef const uint8_t[:, ::1] blocks
+    cdef int block_bytes = block_bytes_of(ggml_type)
+    try:
+        blocks = data
+    except (TypeError, ValueError, BufferError) as error:
+        raise ValueError(f"{name} must be a C-contiguous 2-D uint8 array of blocks ({error})") from None
+    if block_bytes == 0:
+        raise ValueError(f"{name}: GGML type {ggml_type} is not a block format (2 Q4_0, 3 Q4_1, 8 Q8_0)")
+    if columns % QK or blocks.shape[0] != rows or blocks.shape[1] != columns // QK * block_bytes:
+        raise ValueError(f"{name} must hold ({rows}, {columns}) values as {columns // QK} blocks of {block_bytes} "
+                         f"bytes per row, got blocks of shape {tuple(blocks.shape)[:2]} (columns must be a "
+                         f"multiple of {QK})")
+    weight.data, weight.rows, weight.row_bytes = &blocks[0, 0], rows, blocks.shape[1]
+    weight.type, weight.q8_input = ggml_type, q8_input
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def decode_quantized_layer(float[::1] x, const float[::1] norm1, tuple datas, tuple types, tuple q8_inputs,
+                           const float[::1] norm2, float[:, :, ::1] cache_k, float[:, :, ::1] cache_v,
+                           Py_ssize_t position, const float[::1] cos, const float[::1] sin, double eps,
+                           Py_ssize_t heads, float[::1] scratch, int threads=0):
+    """decode_layer with the seven projections stored in GGUF block formats.
+
+    datas: the packed blocks (rows, row bytes) uint8 of wq (H*D, E), wk and wv (G*D, E), wo (E, H*D), wgate
+    and wup (F, E), wdown (E, F), in that order; types their GGML types (2 Q4_0, 3 Q4_1, 8 Q8_0); q8_inputs
+    seven flags: round that product's input to int8 per block of 32 first (quantize_input). The other
+    arguments as decode_layer's (F is wgate's row count).
+    """
+    cdef dsq_layer layer
+    cdef ds_layer* shape = &layer.shape
+    cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
+    cdef Py_ssize_t head_dim = cache_k.shape[2], hidden, q_size, kv_size, need, packed = 0
+    cdef dsq_weight* slots[7]
+    cdef int i
+    if len(datas) != 7 or len(types) != 7 or len(q8_inputs) != 7:
+        raise ValueError(f"datas, types and q8_inputs must hold 7 entries (q, k, v, o, gate, up, down), got "
+                         f"{len(datas)}, {len(types)} and {len(q8_inputs)}")
+    hidden = datas[4].shape[0]
+    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    need = 2 * q_size + 2 * kv_size + 2 * hidden + heads * (position + 1)
+    if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
+        raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
+                         f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
+    if tuple(cache_v.shape)[:3] != tuple(cache_k.shape)[:3]:
+        raise ValueError(f"cache_v has shape {tuple(cache_v.shape)[:3]}, cache_k {tuple(cache_k.shape)[:3]}")
+    if not 0 <= position < length:
+        raise ValueError(f"position must lie in [0, {length}) (the caches' length), got {position}")
+    _check_vector(norm1, width, "norm1")
+    _check_vector(norm2, width, "norm2")
+    _check_vector(cos, head_dim // 2, "cos")
+    _check_vector(sin, head_dim // 2, "sin")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
+    if scratch.shape[0] < need:
+        raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
+    slots[0], slots[1], slots[2], slots[3] = &layer.wq, &layer.wk, &layer.wv, &layer.wo
+    slots[4], slots[5], slots[6] = &layer.wgate, &layer.wup, &layer.wdown
+    rows = (q_size, kv_size, kv_size, width, hidden, hidden, width)
+    columns = (width, width, width, q_size, width, width, hidden)
+    names = ("wq", "wk", "wv", "wo", "wgate", "wup", "wdown")
+    for i in range(7):
+        _fill_quantized(slots[i], datas[i], types[i], q8_inputs[i], rows[i], columns[i], names[i])
+        packed += slots[i].rows * slots[i].row_bytes
+    shape.width, shape.heads, shape.kv_heads, shape.head_dim = width, heads, kv_heads, head_dim
+    shape.hidden, shape.stride, shape.position, shape.eps = hidden, length, position, eps
+    shape.norm1, shape.norm2, shape.cos, shape.sin, shape.x = &norm1[0], &norm2[0], &cos[0], &sin[0], &x[0]
+    shape.wq = shape.wk = shape.wv = shape.wo = shape.wgate = shape.wup = shape.wdown = NULL
+    shape.cache_k, shape.cache_v = &cache_k[0, 0, 0], &cache_v[0, 0, 0]
+    shape.q = &scratch[0]
+    shape.k = shape.q + q_size
+    shape.v = shape.k + kv_size
+    shape.attended = shape.v + kv_size
+    shape.gate = shape.attended + q_size
+    shape.up = shape.gate + hidden
+    shape.scores = shape.up + hidden
+    with nogil:
+        dsq_decode_layer(&layer, threads or _threads_for(packed))

@@ -21,9 +21,17 @@ weights per token for SmolLM2-135M, so the Python between them and the products'
 costs. `matvec` is the product alone (the output head uses it). The compiled results differ from the
 reference (and from the general path) by float32 rounding only: sums in another order.
 
-When it runs: `applies(...)`: the compiled module built, every array float32 and C-contiguous.
-Simplifications: no biases, no padding mask, batch 1 and one token; the caller (TransformerBlock) checks
-its structure and takes the general path otherwise.
+Quantized blocks (QuantizedLayerWeights: the seven projections as Q8_0 / Q4_0 / Q4_1 QuantizedTensor
+blocks, minifm/nn/quantized.py): `decode_quantized_layer`, the same step with each product
+x @ dequantize(W)^T computed by the fused dequantize-and-dot loops of csrc/_block_dot.pxd (the bits of
+minifm.kernels.quantized's compiled products); a projection whose quantize_input flag is set multiplies
+its input rounded to int8 per block of 32 (quantized.quantize_input_q8's rounding). Reference:
+`decode_quantized_layer_reference`, the same step with every product quantized.reference_matmul. A SmolLM2
+Q4_1 block is one call instead of ~7 quantized product calls, 7 OpenMP regions and ~25 array calls.
+
+When it runs: `applies(...)` / `applies_quantized(...)`: the compiled module built, every array float32
+(the packed blocks uint8) and C-contiguous. Simplifications: no biases, no padding mask, batch 1 and one
+token; the caller (TransformerBlock) checks its structure and takes the general path otherwise.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ import numpy as np
 
 from minifm.kernels import threads
 from minifm.kernels._backend import compiled
+from minifm.kernels.quantized import BLOCK_TYPES, reference_matmul
+from minifm.pretrained.quants import FORMATS, QuantizedTensor
 
 
 class LayerWeights(NamedTuple):
@@ -50,6 +60,27 @@ class LayerWeights(NamedTuple):
     heads: int
 
 
+# the seven products of a block, in the order LayerWeights and the compiled kernels take them
+PROJECTIONS = ("wq", "wk", "wv", "wo", "wgate", "wup", "wdown")
+
+
+class QuantizedLayerWeights(NamedTuple):
+    """LayerWeights with the seven projections as QuantizedTensor blocks (Q8_0, Q4_0, Q4_1; logical shapes
+    as LayerWeights's arrays), and per projection whether its input is rounded to int8 first."""
+    norm1: np.ndarray           # (E,)
+    wq: QuantizedTensor         # (H*D, E)
+    wk: QuantizedTensor         # (G*D, E)
+    wv: QuantizedTensor         # (G*D, E)
+    wo: QuantizedTensor         # (E, H*D)
+    norm2: np.ndarray           # (E,)
+    wgate: QuantizedTensor      # (F, E)
+    wup: QuantizedTensor        # (F, E)
+    wdown: QuantizedTensor      # (E, F)
+    eps: float
+    heads: int
+    quantize_input: tuple = (False,) * 7  # in PROJECTIONS order (QuantizedLinear.quantize_input)
+
+
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * weight, the mean in float64 (x (E,))."""
     scale = np.float32(1.0 / np.sqrt(np.dot(x.astype(np.float64), x) / x.shape[0] + eps))
@@ -63,16 +94,15 @@ def _rotate(rows: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=1)
 
 
-def decode_layer_reference(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_v: np.ndarray,
-                           position: int, cos: np.ndarray, sin: np.ndarray) -> None:
-    """One block's decoding step on x (E,) in place; writes this token's key/value into cache_k, cache_v
-    (G, max_length, D) at `position`; cos, sin (D/2,)."""
+def _layer_step(x: np.ndarray, norm1: np.ndarray, norm2: np.ndarray, eps: float, heads: int, product,
+                cache_k: np.ndarray, cache_v: np.ndarray, position: int, cos: np.ndarray, sin: np.ndarray) -> None:
+    """The step's arithmetic with product(name, vector) -> W_name @ vector (name: "wq", "wk", ..., "wdown")."""
     kv_heads, _, head_dim = cache_k.shape
-    heads, group = layer.heads, layer.heads // kv_heads
-    h = _rms_norm(x, layer.norm1, layer.eps)  # (E,)
-    q = _rotate((layer.wq @ h).reshape(heads, head_dim), cos, sin)  # (H, D)
-    k = _rotate((layer.wk @ h).reshape(kv_heads, head_dim), cos, sin)  # (G, D)
-    v = (layer.wv @ h).reshape(kv_heads, head_dim)  # (G, D)
+    group = heads // kv_heads
+    h = _rms_norm(x, norm1, eps)  # (E,)
+    q = _rotate(product("wq", h).reshape(heads, head_dim), cos, sin)  # (H, D)
+    k = _rotate(product("wk", h).reshape(kv_heads, head_dim), cos, sin)  # (G, D)
+    v = product("wv", h).reshape(kv_heads, head_dim)  # (G, D)
     cache_k[:, position], cache_v[:, position] = k, v
     keys = np.repeat(cache_k[:, :position + 1], group, axis=0)  # (H, position + 1, D)
     values = np.repeat(cache_v[:, :position + 1], group, axis=0)  # (H, position + 1, D)
@@ -80,10 +110,30 @@ def decode_layer_reference(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarr
     weights = np.exp(scores - scores.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     attended = np.einsum("ht,htd->hd", weights, values).reshape(-1)  # (H*D,)
-    x += layer.wo @ attended
-    h = _rms_norm(x, layer.norm2, layer.eps)  # (E,)
-    gate, up = layer.wgate @ h, layer.wup @ h  # (F,) each
-    x += layer.wdown @ (gate / (1 + np.exp(-gate)) * up)
+    x += product("wo", attended)
+    h = _rms_norm(x, norm2, eps)  # (E,)
+    gate, up = product("wgate", h), product("wup", h)  # (F,) each
+    x += product("wdown", gate / (1 + np.exp(-gate)) * up)
+
+
+def decode_layer_reference(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_v: np.ndarray,
+                           position: int, cos: np.ndarray, sin: np.ndarray) -> None:
+    """One block's decoding step on x (E,) in place; writes this token's key/value into cache_k, cache_v
+    (G, max_length, D) at `position`; cos, sin (D/2,)."""
+    _layer_step(x, layer.norm1, layer.norm2, layer.eps, layer.heads, lambda name, vector: getattr(layer, name) @ vector,
+                cache_k, cache_v, position, cos, sin)
+
+
+def decode_quantized_layer_reference(x: np.ndarray, layer: QuantizedLayerWeights, cache_k: np.ndarray,
+                                     cache_v: np.ndarray, position: int, cos: np.ndarray, sin: np.ndarray) -> None:
+    """decode_layer_reference with each product reference_matmul(vector, W, quantize_input=flag): W
+    dequantized, the vector rounded to int8 per block of 32 first where the weight's flag says so."""
+    flags = dict(zip(PROJECTIONS, layer.quantize_input))
+
+    def product(name: str, vector: np.ndarray) -> np.ndarray:
+        return reference_matmul(vector[None, :], getattr(layer, name), quantize_input=flags[name])[0]  # (N,)
+
+    _layer_step(x, layer.norm1, layer.norm2, layer.eps, layer.heads, product, cache_k, cache_v, position, cos, sin)
 
 
 def matvec_reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -113,6 +163,34 @@ def decode_layer(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_
     scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
     kernel.decode_layer(x, *layer[:9], cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
                         np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
+
+
+def applies_quantized(x: np.ndarray, layer: QuantizedLayerWeights, cache_k: np.ndarray, cache_v: np.ndarray) -> bool:
+    """True when the compiled decode_quantized_layer takes this step: the module built, x, the norms and the
+    caches float32 and C-contiguous, every projection a Q8_0 / Q4_0 / Q4_1 QuantizedTensor with C-contiguous blocks."""
+    return (compiled("decode_step") is not None and x.ndim == 1
+            and _float32_contiguous(x, cache_k, cache_v, layer.norm1, layer.norm2)
+            and all(type(weight) is QuantizedTensor and weight.type in BLOCK_TYPES and weight.data.flags.c_contiguous
+                    for weight in (layer.wq, layer.wk, layer.wv, layer.wo, layer.wgate, layer.wup, layer.wdown)))
+
+
+def decode_quantized_layer(x: np.ndarray, layer: QuantizedLayerWeights, cache_k: np.ndarray, cache_v: np.ndarray,
+                           position: int, cos: np.ndarray, sin: np.ndarray) -> None:
+    """decode_quantized_layer_reference's step, compiled when it applies; x (E,) updated in place. The
+    products have the bits of minifm.kernels.quantized's compiled ones (the same block-dot loops)."""
+    kernel = compiled("decode_step")
+    if kernel is None or not applies_quantized(x, layer, cache_k, cache_v):
+        decode_quantized_layer_reference(x, layer, cache_k, cache_v, position, cos, sin)
+        return
+    threads.follow_load()
+    weights = (layer.wq, layer.wk, layer.wv, layer.wo, layer.wgate, layer.wup, layer.wdown)
+    q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
+    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
+    kernel.decode_quantized_layer(x, layer.norm1, tuple([weight.data for weight in weights]),
+                                  tuple([FORMATS[weight.type].ggml_type for weight in weights]),
+                                  tuple([bool(flag) for flag in layer.quantize_input]), layer.norm2, cache_k, cache_v,
+                                  position, np.ascontiguousarray(cos, dtype=np.float32),
+                                  np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
 
 
 def matvec(x: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -212,7 +212,9 @@ class TransformerBlock(Module):
         return x + self._mlp_array(h)
 
     def _can_run_decode_step(self, x: np.ndarray, positions, cache: KVCache | None, layer_index: int) -> bool:
-        """True when decode_step.decode_layer computes this one-token step (see the module docstring)."""
+        """True when decode_step.decode_layer computes this one-token step (see the module docstring), or
+        decode_step.decode_quantized_layer when all seven projections are bias-free QuantizedLinear layers
+        (a mix of float and quantized projections takes the general path)."""
         attn, mlp = self.attn, self.mlp
         if cache is None or cache.keys[layer_index] is None or cache.length >= cache.max_length \
                 or x.dtype != np.float32 or attn.rope is None or not attn.causal:
@@ -223,19 +225,31 @@ class TransformerBlock(Module):
                 or self.norm1.eps != self.norm2.eps:
             return False
         layers = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if all(type(layer) is QuantizedLinear and layer.bias is None for layer in layers):
+            return True  # decode_step.decode_quantized_layer (a mix of float and quantized: the general path)
         return all(type(layer) is Linear and layer.bias is None and layer.weight.data.dtype == np.float32
                    for layer in layers)
 
     def _decode_step_array(self, x: np.ndarray, cache: KVCache, layer_index: int) -> np.ndarray:
-        """The block on one token x (1, 1, dim) by decode_step.decode_layer; writes the cache at cache.length."""
+        """The block on one token x (1, 1, dim) by decode_step.decode_layer (or decode_quantized_layer); writes
+        the cache at cache.length."""
         attn, mlp = self.attn, self.mlp
         position = cache.length
         cos, sin = attn.rope.cos_sin(np.arange(position, position + 1), np.float32)  # (1, 1, 1, D/2) each
+        out = x.reshape(-1).copy()  # (dim,): the residual stream, updated in place
+        layers = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if type(attn.q_proj) is QuantizedLinear:
+            q, k, v, o, gate, up, down = [layer.quantized_weight for layer in layers]
+            weights = decode_step.QuantizedLayerWeights(
+                self.norm1.weight.data, q, k, v, o, self.norm2.weight.data, gate, up, down, self.norm1.eps,
+                attn.num_heads, tuple([layer.quantize_input for layer in layers]))
+            decode_step.decode_quantized_layer(out, weights, cache.keys[layer_index][0], cache.values[layer_index][0],
+                                               position, cos.reshape(-1), sin.reshape(-1))
+            return out.reshape(x.shape)
         weights = decode_step.LayerWeights(
             self.norm1.weight.data, attn.q_proj.weight.data, attn.k_proj.weight.data, attn.v_proj.weight.data,
             attn.o_proj.weight.data, self.norm2.weight.data, mlp.gate_proj.weight.data, mlp.up_proj.weight.data,
             mlp.down_proj.weight.data, self.norm1.eps, attn.num_heads)
-        out = x.reshape(-1).copy()  # (dim,): the residual stream, updated in place
         decode_step.decode_layer(out, weights, cache.keys[layer_index][0], cache.values[layer_index][0], position,
                                  cos.reshape(-1), sin.reshape(-1))
         return out.reshape(x.shape)
