@@ -21,9 +21,14 @@ its speed is the memory bandwidth, not the arithmetic. What this kernel does abo
     2-core machine (GB/s, two threads, medians of 11 interleaved runs): 576-wide rows 9.2-10.9 one
     at a time vs 8.5-10.1 four at a time; 1536-wide 10.7-11.7 vs 12.7-13.6; 16384-wide 13 vs 18-19.
 
+One float32 input row (M = 1, the decoding case) takes csrc/_stream_dot.pxd's streaming product
+instead, the one csrc/decode_step.pyx runs (each thread's rows read as four quarters side by side, four
+sequential streams; 1.3-1.5x the rows-one-at-a-time loop above on 576-wide rows, csrc/decode_step.pyx's
+module docstring): matvec and decode_step share one float32 matrix-vector kernel for a single row.
+
 Each output is computed by one thread in an order fixed by the weight's shape (its width and its
-row's place in its block), so the result is the same on any number of threads and whether a weight
-comes alone or with others. Threads: the budget's count when the weights of the call hold at least `parallel_bytes`
+row's place in its block; for M = 1 float32, by its width alone), so the result is the same on any
+number of threads and whether a weight comes alone or with others. Threads: the budget's count when the weights of the call hold at least `parallel_bytes`
 bytes (a second core adds memory bandwidth; below that, waking it costs more than it saves), else one.
 """
 from cython.parallel cimport prange
@@ -31,6 +36,7 @@ from libc.stdlib cimport free, malloc
 
 cimport _common as vec
 from _common cimport real
+from _stream_dot cimport stream_matvec_many
 
 cdef enum:
     WIDE_ROWS = 1024  # rows of at least this many values are read four at a time (see above)
@@ -91,6 +97,14 @@ def matvec_many(const real[:, ::1] x, tuple weights, tuple outs, Py_ssize_t para
             weight_bytes += weight.shape[0] * width * sizeof(real)
         first_block[count] = total_blocks
         threads = max_threads() if weight_bytes >= parallel_bytes else 1
+        if real is float:
+            if batch == 1:  # one float32 input row (decoding): the streaming product of _stream_dot.pxd
+                if count > 2**30:
+                    raise ValueError(f"too many weights: {count}")
+                with nogil:
+                    stream_matvec_many(&x[0, 0], width, <int>count, <const float* const*>weight_data, sizes,
+                                       <float* const*>out_data, 0, threads)
+                return
         with nogil:
             for block in prange(total_blocks, schedule="static", num_threads=threads):
                 matrix = 0

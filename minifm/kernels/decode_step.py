@@ -18,7 +18,8 @@ The math, for the residual stream x (E,) of one token at `position`, a pre-norm 
 This is TransformerBlock's no-grad forward (minifm/nn/block.py) for that case, written as one function:
 decoding a token is ~25 NumPy and kernel calls per layer there, and the products read 538 MB of float32
 weights per token for SmolLM2-135M, so the Python between them and the products' speed are what decoding
-costs. `matvec` is the product alone (the output head uses it). The compiled results differ from the
+costs. `matvec` is the product alone (the output head uses it; its kernel, csrc/_stream_dot.pxd, is also
+minifm.kernels.matvec's for one float32 row). The compiled results differ from the
 reference (and from the general path) by float32 rounding only: sums in another order.
 
 Quantized blocks (QuantizedLayerWeights: the seven projections as Q8_0 / Q4_0 / Q4_1 QuantizedTensor

@@ -11,7 +11,9 @@ two flops per weight per input row, so it runs at the memory bandwidth. The comp
 the rows of all the weights of one call over the OpenMP threads (a second core adds bandwidth), keeps
 a weight row in L1 for all M inputs, and computes each output in a fixed order on one thread, so its
 result does not depend on the thread count. It computes several products that share their input
-(q, k and v; gate and up) in one parallel region: `matvec_many`.
+(q, k and v; gate and up) in one parallel region: `matvec_many`. For one float32 input row (M = 1,
+decoding) the compiled kernel runs the streaming product minifm.kernels.decode_step uses (csrc/_stream_dot.pxd:
+each thread's rows read as four sequential streams), one shared float32 matrix-vector kernel, the same bits.
 
 When it runs: minifm.kernels.threads.matmul sends `a @ W.T` (W row-major, as Linear stores it) here
 when `applies(a, W)`: at most MAX_ROWS rows, float32 or float64, and the compiled kernel built. Above

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from oracles import require
 from kernel_helpers import compiled_path
-from minifm.kernels import matvec, threads
+from minifm.kernels import decode_step, matvec, threads
 
 
 @st.composite
@@ -131,3 +131,18 @@ def test_bad_arguments_are_named(rng):
             kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (np.empty((1, 2), np.float32),), 0)
         with pytest.raises(ValueError, match="got 1 weights but 0 outputs"):
             kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (), 0)
+
+
+@given(width=st.integers(1, 70) | st.integers(570, 600), sizes=st.lists(st.integers(1, 45), min_size=1, max_size=3),
+       seed=st.integers(0, 2**31 - 1))
+def test_one_float32_row_is_decode_steps_streaming_product(width, sizes, seed):
+    """The compiled matvec kernel on one float32 input row runs the shared streaming kernel
+    (csrc/_stream_dot.pxd): the bits of decode_step.matvec for each weight, alone or several in one call."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, width)).astype(np.float32)  # (1, K)
+    weights = [rng.standard_normal((size, width)).astype(np.float32) for size in sizes]  # (N_i, K) each
+    with compiled_path("matvec") as kernel, compiled_path("decode_step"):
+        together = tuple(np.empty((1, weight.shape[0]), dtype=np.float32) for weight in weights)  # (1, N_i)
+        kernel.matvec_many(x, tuple(weights), together, matvec.PARALLEL_BYTES)
+        for ours, weight in zip(together, weights):
+            np.testing.assert_array_equal(ours[0], decode_step.matvec(x[0], weight))
