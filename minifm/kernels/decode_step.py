@@ -166,13 +166,27 @@ def decode_layer(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_
                         np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
 
 
+_GGML_TYPES = {name: FORMATS[name].ggml_type for name in BLOCK_TYPES}  # "Q4_1" -> 3, ...
+
+
+def _packed(layer: QuantizedLayerWeights):
+    """(blocks, GGML types) of the seven projections, or None when one is not a QuantizedTensor in a block
+    format with C-contiguous blocks. (One pass: this runs once per layer per decoded token.)"""
+    datas, types = [], []
+    for weight in (layer.wq, layer.wk, layer.wv, layer.wo, layer.wgate, layer.wup, layer.wdown):
+        ggml_type = _GGML_TYPES.get(weight.type) if type(weight) is QuantizedTensor else None
+        if ggml_type is None or not weight.data.flags.c_contiguous:
+            return None
+        datas.append(weight.data)
+        types.append(ggml_type)
+    return tuple(datas), tuple(types)
+
+
 def applies_quantized(x: np.ndarray, layer: QuantizedLayerWeights, cache_k: np.ndarray, cache_v: np.ndarray) -> bool:
     """True when the compiled decode_quantized_layer takes this step: the module built, x, the norms and the
     caches float32 and C-contiguous, every projection a Q8_0 / Q4_0 / Q4_1 QuantizedTensor with C-contiguous blocks."""
     return (compiled("decode_step") is not None and x.ndim == 1
-            and _float32_contiguous(x, cache_k, cache_v, layer.norm1, layer.norm2)
-            and all(type(weight) is QuantizedTensor and weight.type in BLOCK_TYPES and weight.data.flags.c_contiguous
-                    for weight in (layer.wq, layer.wk, layer.wv, layer.wo, layer.wgate, layer.wup, layer.wdown)))
+            and _float32_contiguous(x, cache_k, cache_v, layer.norm1, layer.norm2) and _packed(layer) is not None)
 
 
 def decode_quantized_layer(x: np.ndarray, layer: QuantizedLayerWeights, cache_k: np.ndarray, cache_v: np.ndarray,
@@ -180,17 +194,17 @@ def decode_quantized_layer(x: np.ndarray, layer: QuantizedLayerWeights, cache_k:
     """decode_quantized_layer_reference's step, compiled when it applies; x (E,) updated in place. The
     products have the bits of minifm.kernels.quantized's compiled ones (the same block-dot loops)."""
     kernel = compiled("decode_step")
-    if kernel is None or not applies_quantized(x, layer, cache_k, cache_v):
+    packed = None
+    if kernel is not None and x.ndim == 1 and _float32_contiguous(x, cache_k, cache_v, layer.norm1, layer.norm2):
+        packed = _packed(layer)
+    if packed is None:
         decode_quantized_layer_reference(x, layer, cache_k, cache_v, position, cos, sin)
         return
     threads.follow_load()
-    weights = (layer.wq, layer.wk, layer.wv, layer.wo, layer.wgate, layer.wup, layer.wdown)
     q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
     scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
-    kernel.decode_quantized_layer(x, layer.norm1, tuple([weight.data for weight in weights]),
-                                  tuple([FORMATS[weight.type].ggml_type for weight in weights]),
-                                  tuple([bool(flag) for flag in layer.quantize_input]), layer.norm2, cache_k, cache_v,
-                                  position, np.ascontiguousarray(cos, dtype=np.float32),
+    kernel.decode_quantized_layer(x, layer.norm1, packed[0], packed[1], tuple(layer.quantize_input), layer.norm2,
+                                  cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
                                   np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
 
 
