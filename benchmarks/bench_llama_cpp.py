@@ -6,6 +6,7 @@ weights, a Q8_0 token embedding that is also the tied output head). Both librari
                fused     the float32 input times each block widened to float32 in registers (exact)
                int8 act  the input rounded to int8 per block of 32 first (GPT.use_int8_activations),
                          llama.cpp's own method for these formats
+             and GPT.from_pretrained(file, dtype="float32"), the weights dequantized (unless --no-float32)
   llama.cpp  llama_cpp.Llama(file) through llama-cpp-python, a benchmark-only dependency that compiles
              llama.cpp. On AVX2 hosts without AVX-512 or AMX build it with
                CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \\
@@ -19,7 +20,8 @@ background load:
             (llama.cpp's default; minifm's logits_to_keep=1), in one batch (llama.cpp n_batch = the prompt)
   decode    tokens/s of --decode (128) greedy steps after a chat prompt (DECODE_MESSAGES in SmolLM2's
             template, 43 tokens with its default system turn): one-token forwards with the KV cache and an argmax over the logits
-            (the prompt's forward is not timed)
+            (the prompt's forward is not timed); also the process CPU time per token (all threads), which a
+            busy host inflates less than the wall time
   resident  RSS of a child process that loads the model and decodes 8 tokens, against the file's size
             (each library measured in its own child, so neither sees the other's allocations)
 Also printed: the machine, load averages before and after, the threads (both --threads; minifm's kernel
@@ -95,18 +97,19 @@ def llama_prefill(model, prompt: np.ndarray) -> None:
     model.eval(prompt.tolist())
 
 
-def minifm_decode(model: GPT, prompt: np.ndarray, steps: int) -> tuple[float, list[int]]:
-    """Seconds of `steps` greedy KV-cached one-token forwards after the prompt's forward, and the tokens."""
+def minifm_decode(model: GPT, prompt: np.ndarray, steps: int) -> tuple[float, float, list[int]]:
+    """Seconds (wall, process CPU) of `steps` greedy KV-cached one-token forwards after the prompt's forward,
+    and the tokens."""
     with minifm.no_grad():
         cache = model.make_cache(1, prompt.size + steps + 1)
         logits = model(prompt[None, :], cache=cache, logits_to_keep=1).data[0, -1]  # (V,)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         tokens = []
         for _ in range(steps):
             token = int(logits.argmax())
             tokens.append(token)
             logits = model(np.array([[token]]), cache=cache).data[0, -1]  # (V,)
-        return time.perf_counter() - started, tokens
+        return time.perf_counter() - started, time.process_time() - cpu_started, tokens
 
 
 def llama_last_logits(model) -> np.ndarray:
@@ -115,17 +118,17 @@ def llama_last_logits(model) -> np.ndarray:
     return np.ctypeslib.as_array(model._ctx.get_logits(), shape=(model.n_vocab(),))
 
 
-def llama_decode(model, prompt: np.ndarray, steps: int) -> tuple[float, list[int]]:
+def llama_decode(model, prompt: np.ndarray, steps: int) -> tuple[float, float, list[int]]:
     """The same loop in llama.cpp: eval() of one token at a time, then an argmax over its logits."""
     model.reset()
     model.eval(prompt.tolist())
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     tokens = []
     for _ in range(steps):
         token = int(np.argmax(llama_last_logits(model)))
         tokens.append(token)
         model.eval([token])
-    return time.perf_counter() - started, tokens
+    return time.perf_counter() - started, time.process_time() - cpu_started, tokens
 
 
 def child_resident(library: str, path, threads: int) -> dict:
@@ -158,6 +161,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prefill", type=int, default=512, help="prompt tokens of the prefill figure")
     parser.add_argument("--decode", type=int, default=128, help="greedy tokens of the decode figure")
+    parser.add_argument("--no-float32", action="store_true",
+                        help="skip minifm's float32 model (the file's weights dequantized), the yardstick of the issue's "
+                             "'2x float32 decoding'")
     parser.add_argument("--child-rss", choices=("minifm", "minifm int8 act", "llama.cpp"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = args.threads or minifm_threads.usable_cores()
@@ -183,38 +189,45 @@ def main():
 
     rng = np.random.default_rng(0)
     prefill_prompt = rng.integers(0, ours.config.vocab_size, size=args.prefill)
-    modes = {"minifm fused": False, "minifm int8 act": True}
+    modes = {"minifm fused": (ours, False), "minifm int8 act": (ours, True)}
+    if not args.no_float32:
+        modes["minifm float32"] = (GPT.from_pretrained(path, dtype="float32"), False)
     prefill = {name: [] for name in (*modes, "llama.cpp")}
     decode = {name: [] for name in (*modes, "llama.cpp")}
+    decode_cpu = {name: [] for name in (*modes, "llama.cpp")}
     tokens = {}
     for repeat in range(args.repeats + 1):  # repeat 0 warms up (first kernel calls, allocations)
-        for name, int8 in modes.items():
-            ours.use_int8_activations(int8)
+        for name, (model, int8) in modes.items():
+            if model.config.quantized:
+                model.use_int8_activations(int8)
             started = time.perf_counter()
-            minifm_prefill(ours, prefill_prompt)
+            minifm_prefill(model, prefill_prompt)
             prefill[name].append(time.perf_counter() - started)
-            seconds, tokens[name] = minifm_decode(ours, decode_prompt, args.decode)
+            seconds, cpu_seconds, tokens[name] = minifm_decode(model, decode_prompt, args.decode)
             decode[name].append(seconds)
+            decode_cpu[name].append(cpu_seconds)
         started = time.perf_counter()
         llama_prefill(theirs, prefill_prompt)
         prefill["llama.cpp"].append(time.perf_counter() - started)
-        seconds, tokens["llama.cpp"] = llama_decode(theirs, decode_prompt, args.decode)
+        seconds, cpu_seconds, tokens["llama.cpp"] = llama_decode(theirs, decode_prompt, args.decode)
         decode["llama.cpp"].append(seconds)
+        decode_cpu["llama.cpp"].append(cpu_seconds)
 
     print(f"\nmedians of {args.repeats} repeats (warm-up dropped); tokens/s, and x llama.cpp")
     reference = {"prefill": statistics.median(prefill["llama.cpp"][1:]),
                  "decode": statistics.median(decode["llama.cpp"][1:])}
     print(f"{'':18s} {'prefill ' + str(args.prefill):>14s} {'x llama':>8s} {'decode ' + str(args.decode):>12s} "
-          f"{'x llama':>8s} {'tokens = llama.cpp':>19s}")
+          f"{'x llama':>8s} {'CPU ms/token':>13s} {'tokens = llama.cpp':>19s}")
     for name in prefill:
         prefill_s, decode_s = statistics.median(prefill[name][1:]), statistics.median(decode[name][1:])
         agree = next((i for i, (a, b) in enumerate(zip(tokens[name], tokens["llama.cpp"])) if a != b), args.decode)
         print(f"{name:18s} {args.prefill / prefill_s:14.1f} {reference['prefill'] / prefill_s:8.2f} "
               f"{args.decode / decode_s:12.1f} {reference['decode'] / decode_s:8.2f} "
+              f"{statistics.median(decode_cpu[name][1:]) / args.decode * 1e3:13.1f} "
               f"{'first ' + str(agree) + ' of ' + str(args.decode):>19s}")
     print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
 
-    del ours, theirs
+    del ours, theirs, modes
     file_bytes = path.stat().st_size
     print(f"\nresident memory (MB; each library in its own child process; file {file_bytes / 1e6:.1f} MB)")
     print(f"{'':18s} {'interpreter':>12s} {'loaded':>8s} {'decoded':>8s} {'decoded / file':>15s} "
