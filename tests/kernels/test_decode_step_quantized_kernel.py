@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel_helpers import compiled_path
-from minifm.kernels import decode_step
+from minifm.kernels import _backend, decode_step
 from minifm.kernels.quantized import rounded_input
 from minifm.pretrained.quants import FORMATS, quantize
 
@@ -151,3 +151,45 @@ def test_bad_arguments_are_named():
         call(scratch=scratch[:10])
     with pytest.raises(ValueError, match="heads"):
         call(heads=0)
+
+
+@given(case=layer_cases())
+@settings(max_examples=20, deadline=None)
+def test_reference_is_the_float32_step_on_dequantized_weights_and_rounded_inputs(case):
+    """decode_quantized_layer_reference == decode_layer_reference on the dequantized weights when no input is
+    rounded; with every input rounded, == the float32 step whose products round their inputs (quantized.
+    rounded_input) first, computed here independently."""
+    x, layer, cache_k, cache_v, position, cos, sin = case
+    dequantized = [getattr(layer, name).dequantize() for name in decode_step.PROJECTIONS]
+    q, k, v, o, gate, up, down = dequantized
+    float_layer = decode_step.LayerWeights(layer.norm1, q, k, v, o, layer.norm2, gate, up, down, layer.eps, layer.heads)
+    expected = x.copy(), cache_k.copy(), cache_v.copy()
+    ours = x.copy(), cache_k.copy(), cache_v.copy()
+    if any(layer.quantize_input):
+        layer = layer._replace(quantize_input=(True,) * 7)
+        decode_step._layer_step(expected[0], layer.norm1, layer.norm2, layer.eps, layer.heads,
+                                lambda name, vector: getattr(float_layer, name) @ rounded_input(vector[None, :])[0],
+                                *expected[1:], position, cos, sin)
+    else:
+        decode_step.decode_layer_reference(expected[0], float_layer, *expected[1:], position, cos, sin)
+    decode_step.decode_quantized_layer_reference(ours[0], layer, *ours[1:], position, cos, sin)
+    for mine, theirs in zip(ours, expected):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5 * (1 + np.abs(theirs).max()))
+
+
+def test_the_dispatch_takes_the_reference_without_the_compiled_module():
+    rng = np.random.default_rng(5)
+    layer = quantized_layer(rng, 64, 2, 1, 32, 64, ["Q4_1"] * 7, [True, False, True, False, True, False, True])
+    x, cache_k, cache_v = _random(rng, 64), _random(rng, 1, 3, 32), _random(rng, 1, 3, 32)
+    cos, sin = _random(rng, 16), _random(rng, 16)
+    expected = x.copy(), cache_k.copy(), cache_v.copy()
+    decode_step.decode_quantized_layer_reference(expected[0], layer, *expected[1:], 2, cos, sin)
+    previous = _backend.reference_forced()
+    _backend.use_reference(True)
+    try:
+        assert not decode_step.applies_quantized(x, layer, cache_k, cache_v)
+        decode_step.decode_quantized_layer(x, layer, cache_k, cache_v, 2, cos, sin)
+    finally:
+        _backend.use_reference(previous)
+    for ours, theirs in zip((x, cache_k, cache_v), expected):
+        np.testing.assert_array_equal(ours, theirs)
