@@ -30,6 +30,9 @@
     fewrows.py        <-> csrc/fewrows.pyx        x @ W^T for a few float32 rows (<= 16) with cache-
                                                    resident weights: a weight row loaded once for up
                                                    to 4 inputs (a small model's decoding output head)
+    gpt2_step.py      <-> csrc/gpt2_step.pyx      one KV-cached decoding step of a GPT-2-style block
+                                                   (LayerNorm, GELU, biases) for 1-16 sequences in one
+                                                   call (float32), products on csrc/_fewrows.h
     threads.py                                     thread counts: the kernels' OpenMP loops follow the
                                                    load, BLAS products a fixed count (threadpoolctl);
                                                    MINIFM_NUM_THREADS=N fixes both

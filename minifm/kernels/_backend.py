@@ -39,6 +39,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "quantized",
     "decode_step",
     "fewrows",
+    "gpt2_step",
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -38,13 +38,15 @@ import numpy as np
 import minifm.functional as F
 from minifm.autograd.grad_mode import is_grad_enabled
 from minifm.autograd.tensor import Tensor, data_of
-from minifm.kernels import decode_step, fewrows
+from minifm.kernels import decode_step, fewrows, gpt2_step
 from minifm.models.config import (
     TransformerConfigBase, check_ids, check_mask, initialise_weights, rotary_embedding, transformer_blocks,
 )
 from minifm.nn.attention import KVCache
+from minifm.nn.block import TransformerBlock
 from minifm.nn.checkpoint import checkpoint
 from minifm.nn.layers import Dropout, Embedding, Linear, make_norm
+from minifm.nn.mlp import MLP
 from minifm.models.pretrained import EMBEDDING_DTYPE, load_pretrained, save_pretrained
 from minifm.nn import init
 from minifm.nn.module import Module
@@ -239,17 +241,53 @@ class GPT(Module):
         if config.pos == "learned":
             x = x + self.wpe(positions)  # (B, T, d)
         x = self.drop(x)
-        for index, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and cache is None:
-                x = checkpoint(block, x, positions=positions, key_padding_mask=key_padding_mask)
-                continue
-            x = block(x, positions=positions, key_padding_mask=key_padding_mask, cache=cache, layer_index=index)
+        if steps == 1 and key_padding_mask is None and self._can_run_gpt2_step(x, cache):
+            x = self._gpt2_step_blocks(x, cache)  # (B, 1, d): one call per block
+        else:
+            for index, block in enumerate(self.blocks):
+                if self.gradient_checkpointing and cache is None:
+                    x = checkpoint(block, x, positions=positions, key_padding_mask=key_padding_mask)
+                    continue
+                x = block(x, positions=positions, key_padding_mask=key_padding_mask, cache=cache, layer_index=index)
         hidden = self.norm_f(x)  # (B, T, d)
         kept = hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]  # (B, T or k, d)
         logits = self.logits_from_hidden(kept)  # (B, T or k, vocab)
         if cache is not None:
             cache.advance(steps)
         return (logits, hidden) if return_hidden else logits
+
+    def _can_run_gpt2_step(self, x, cache: KVCache | None) -> bool:
+        """True when minifm.kernels.gpt2_step computes every block of this one-token step: graph recording
+        off, a KV cache with room, float32, at most gpt2_step.MAX_BATCH rows, learned positions, LayerNorm,
+        a GELU MLP, no GQA, and blocks on TransformerBlock's no-grad path with float Linear layers (no PEFT
+        wrapper, no quantized layer, no prefix, no sliding window). The caller checked: one token, no padding."""
+        config = self.config
+        if is_grad_enabled() or cache is None or cache.length >= cache.max_length or x.dtype != np.float32 \
+                or x.shape[0] > gpt2_step.MAX_BATCH or x.requires_grad:
+            return False
+        if config.pos != "learned" or config.norm != "layernorm" or config.mlp not in ("gelu", "gelu_tanh") \
+                or config.kv_heads != config.n_head:
+            return False
+        for index, block in enumerate(self.blocks):
+            keys = cache.keys[index]
+            if type(block) is not TransformerBlock or type(block.mlp) is not MLP or keys is None \
+                    or not keys.flags.c_contiguous or not cache.values[index].flags.c_contiguous \
+                    or keys.dtype != np.float32 or not block.attn.causal or not block._can_run_inference_path(x):
+                return False
+            layers = (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj, block.mlp.fc_in,
+                      block.mlp.fc_out)
+            if any(type(layer) is not Linear or layer.weight.data.dtype != np.float32 for layer in layers):
+                return False
+        return True
+
+    def _gpt2_step_blocks(self, x: Tensor, cache: KVCache) -> Tensor:
+        """Every block on one token per row by gpt2_step.gpt2_layer; writes the cache at cache.length."""
+        batch = x.shape[0]
+        rows = np.array(x.data.reshape(batch, -1), dtype=np.float32, order="C")  # (B, d), updated in place
+        for index, block in enumerate(self.blocks):
+            gpt2_step.gpt2_layer(rows, gpt2_step.layer_weights(block), cache.keys[index], cache.values[index],
+                                 cache.length)
+        return Tensor._from_array(rows.reshape(batch, 1, -1))  # (B, 1, d)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each block's activations in backward instead of keeping them (transformers' name)."""
