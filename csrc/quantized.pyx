@@ -181,6 +181,40 @@ def decode_products(const float[:, ::1] x, tuple datas, tuple types, tuple outs,
         free(first_row)
 
 
+def round_input(const float[:, ::1] x, float[:, ::1] out):
+    """out[:] = xq * dx for x (M, K) float32, K a multiple of 32: the input rounded to int8 per block of 32
+    (minifm_quantize_input, the decoding kernels' rounding) and back to float32, one product per value;
+    the bits of minifm/kernels/quantized.py rounded_input (a block holding inf or NaN gives NaN)."""
+    cdef Py_ssize_t batch = x.shape[0], width = x.shape[1], m, b, i
+    cdef float scale
+    cdef float* row
+    cdef signed char* xq
+    cdef float* dx
+    cdef float* sx
+    if width % QK:
+        raise ValueError(f"x has {width} columns, not a whole number of {QK}-value blocks")
+    if out.shape[0] != batch or out.shape[1] != width:
+        raise ValueError(f"out has shape {tuple(out.shape)[:2]}, expected {(batch, width)}")
+    xq = <signed char*>malloc(width * sizeof(signed char) + 1)
+    dx = <float*>malloc((width // QK + 1) * sizeof(float))
+    sx = <float*>malloc((width // QK + 1) * sizeof(float))
+    try:
+        if xq == NULL or dx == NULL or sx == NULL:
+            raise MemoryError()
+        with nogil:
+            for m in range(batch):
+                quantize_input(&x[m, 0], width, xq, dx, sx)
+                row = &out[m, 0]
+                for b in range(width // QK):
+                    scale = dx[b]
+                    for i in range(b * QK, b * QK + QK):
+                        row[i] = <float>xq[i] * scale
+    finally:
+        free(xq)
+        free(dx)
+        free(sx)
+
+
 def prefill_product(const float[:, ::1] x, const uint8_t[:, ::1] data, int ggml_type, float[:, ::1] out,
                     Py_ssize_t tile_bytes=TILE_BYTES):
     """out[:] = x @ W^T for x (M, K) float32, W stored as data (N, row bytes) uint8 in GGML type

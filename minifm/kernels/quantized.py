@@ -37,7 +37,8 @@ The compiled kernels never hold the whole float32 weight:
     differs from the reference only by the float32 summation order;
   * prefill (more rows): a tile of weight rows is dequantized into a float32 scratch buffer of about
     1 MiB (a core's L2 here) and multiplied with all M input rows by BLAS (sgemm), so prefill is one pass over
-    the weight rather than M matvecs. (With quantize_input the rounded x, xq * dx, goes in.)
+    the weight rather than M matvecs. (With quantize_input the rounded x, xq * dx, goes in, rounded by the
+    compiled round_input: rounded_input's bits, 3-15x faster than the NumPy rounding on (512, 1536).)
 
 Both compute every output on one thread in an order fixed by the shapes, so the result does not
 depend on the thread count.
@@ -158,8 +159,10 @@ def _compiled_products(x: np.ndarray, weights: Sequence[QuantizedTensor], quanti
         follow_load()  # the kernels' thread count follows the machine's load (minifm.kernels.threads)
         module.decode_products(x, datas, types, outs, PARALLEL_BYTES, quantize_input)
     else:
-        if quantize_input:
-            x = rounded_input(x)  # (M, K): prefill multiplies the rounded input in float32
+        if quantize_input:  # prefill multiplies the rounded input in float32 (rounded_input's bits, compiled)
+            rounded = np.empty_like(x)  # (M, K)
+            module.round_input(x, rounded)
+            x = rounded
         with single_threaded_scipy_blas():  # the tiles' sgemm calls come from the OpenMP threads
             for data, ggml_type, out in zip(datas, types, outs):
                 module.prefill_product(x, data, ggml_type, out)

@@ -294,3 +294,27 @@ def test_compiled_entry_points_check_their_arguments(rng):
         with pytest.raises(ValueError, match="do not hold 96 values"):
             module.prefill_product(rng.standard_normal((6, 96)).astype(np.float32), weight.data, 8,
                                    np.empty((6, 4), np.float32))
+
+
+@given(rows=st.integers(1, 6), blocks=st.integers(1, 5), seed=st.integers(0, 2**31 - 1),
+       special=st.sampled_from(["none", "inf", "nan", "zero block", "tiny"]))
+def test_compiled_input_rounding_has_rounded_inputs_bits(rows, blocks, seed, special):
+    """round_input (prefill's int8 activations, compiled) == rounded_input bit for bit, NaN where it has NaN."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, 32 * blocks)) * rng.choice([1e-3, 1.0, 300.0])).astype(np.float32)
+    row, column = rng.integers(rows), rng.integers(32 * blocks)
+    if special == "inf":
+        x[row, column] = -np.inf
+    elif special == "nan":
+        x[row, column] = np.nan
+    elif special == "zero block":
+        x[row, column // 32 * 32:column // 32 * 32 + 32] = 0
+    elif special == "tiny":
+        x[row] *= np.float32(1e-30)  # small inputs (blocks whose max is below ~4e-37, where 127 / max overflows, are left out)
+    expected = quantized.rounded_input(x)  # (M, K)
+    with compiled_path("quantized") as module:
+        ours = np.empty_like(x)
+        module.round_input(x, ours)
+    assert np.array_equal(np.isnan(ours), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_array_equal(ours[finite].view(np.uint32), expected[finite].view(np.uint32))
