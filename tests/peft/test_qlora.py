@@ -37,6 +37,7 @@ from minifm.pretrained.quants import dequantize, quantize
 from minifm.runs import load_run, save_run
 from minifm.tokenizer import BPETokenizer, from_pretrained
 from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
+from minifm.train import sft
 from oracles import require
 
 FORMATS = ["Q8_0", "Q4_0", "Q4_1"]
@@ -421,6 +422,33 @@ def test_sft_with_a_quantized_base_trains_lora_and_writes_an_adapter_for_the_flo
     for name, param in on_float.named_parameters():
         if "lora_" in name:
             np.testing.assert_array_equal(param.data, adapter[name], err_msg=name)
+
+
+def test_a_ctrl_c_then_resume_of_a_quantized_lora_run_gives_the_adapter_of_an_uninterrupted_run(
+        cli_inputs, tmp_path, capsys, monkeypatch):
+    """The training checkpoint of a LoRA model over quantized blocks (blocks, adapter, AdamW state) resumes
+    bit for bit."""
+    model, data = cli_inputs
+    steps = ["--max-steps", "4", "--learning-rate", "3e-3", "--per-device-train-batch-size", "3", "--max-length", "96",
+             "--eval-steps", "2", "--save-steps", "1", "--disable-tqdm", "--dtype", "q4_0", "--peft", "lora"]
+    base = ["sft", "--model", str(model), "--data", str(data)]
+    assert cli.main(base + ["--out", str(tmp_path / "full")] + steps) == 0, capsys.readouterr().err
+    real_loss, calls = sft.sft_loss, []
+
+    def ctrl_c_in_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "sft_loss", ctrl_c_in_step_3)
+    assert cli.main(base + ["--out", str(tmp_path / "cut")] + steps) == 130
+    monkeypatch.setattr(sft, "sft_loss", real_loss)
+    assert cli.main(base + ["--out", str(tmp_path / "cut"), "--resume"] + steps) == 0, capsys.readouterr().err
+    full, cut = load_run(tmp_path / "full")[0], load_run(tmp_path / "cut")[0]
+    assert full.quantized_base_layers() and any("lora_B" in name for name in full.state_dict())
+    for name, value in full.state_dict().items():
+        np.testing.assert_array_equal(cut.state_dict()[name], value, err_msg=name)
 
 
 # ------------------------------------------------------------------ SmolLM2-135M (short)
