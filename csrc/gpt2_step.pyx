@@ -62,14 +62,17 @@ cdef void _layer_norm(const float* x, Py_ssize_t batch, Py_ssize_t width, const 
 cdef void _attention(const float* q, const float* keys, const float* values, Py_ssize_t batch, Py_ssize_t heads,
                      Py_ssize_t head_dim, Py_ssize_t max_length, Py_ssize_t length, float* out,
                      int threads) noexcept nogil:
-    """out[b, h*D:(h+1)*D] = softmax(q_bh . keys[b, h, :length] / sqrt(D)) values[b, h, :length]."""
+    """out[b, h*D:(h+1)*D] = softmax(q_bh . keys[b, h, :length] / sqrt(D)) values[b, h, :length]: the scores
+    are one few-rows product (the keys are the rows), the softmax in double, the weighted sum of the values
+    a loop over keys with the head's D outputs as the vectorised inner loop."""
     cdef Py_ssize_t pair, b, h, t, j
     cdef const float* qv
     cdef const float* kv
     cdef const float* vv
     cdef float* o
-    cdef double* scores
-    cdef double scale = 1.0 / sqrt(<double>head_dim), top, total, s, p
+    cdef float* scores
+    cdef float weight
+    cdef double scale = 1.0 / sqrt(<double>head_dim), top, total
     for pair in prange(batch * heads, schedule="static", num_threads=threads):
         b = pair // heads
         h = pair % heads
@@ -77,27 +80,21 @@ cdef void _attention(const float* q, const float* keys, const float* values, Py_
         kv = keys + (b * heads + h) * max_length * head_dim
         vv = values + (b * heads + h) * max_length * head_dim
         o = out + b * heads * head_dim + h * head_dim
-        scores = <double*>malloc(length * sizeof(double))
+        scores = <float*>malloc(length * sizeof(float))
+        fewrows_rows(qv, 1, head_dim, kv, 0, length, scores, length)  # q . k_t for every cached key
         top = -1e300
         for t in range(length):
-            s = 0.0
-            for j in range(head_dim):
-                s = s + qv[j] * kv[t * head_dim + j]
-            s = s * scale
-            scores[t] = s
-            if s > top:
-                top = s
+            if scores[t] * scale > top:
+                top = scores[t] * scale
         total = 0.0
         for t in range(length):
-            p = exp(scores[t] - top)
-            scores[t] = p
-            total = total + p
+            total = total + exp(scores[t] * scale - top)
         for j in range(head_dim):
             o[j] = 0.0
         for t in range(length):
-            p = scores[t] / total
+            weight = <float>(exp(scores[t] * scale - top) / total)
             for j in range(head_dim):
-                o[j] = o[j] + <float>p * vv[t * head_dim + j]
+                o[j] = o[j] + weight * vv[t * head_dim + j]
         free(scores)
 
 
