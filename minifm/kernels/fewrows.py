@@ -13,8 +13,9 @@ product is bound by arithmetic and per-call overhead, not memory bandwidth, and 
 output) both lose to a kernel that loads a weight row once and multiplies it into vector sums for
 up to four input rows at a time (csrc/fewrows.pyx says how, and in which order it sums).
 
-Used by: GPT's output head during decoding (minifm/models/gpt.py, `logits_from_hidden`), a
-(batch x n_embd) @ (n_embd x vocab) product that dominates a small model's decoding step at batch 8.
+Used by: GPT's output head during batched decoding (minifm/models/gpt.py, `logits_from_hidden`), a
+(batch x n_embd) @ (n_embd x vocab) product that is the largest of a small model's decoding step, and
+(through csrc/_fewrows.h, the same C tiles) every product of the GPT-2 block step, csrc/gpt2_step.pyx.
 The result differs from `x @ W.T` by float32 rounding only (another summation order); it does not
 depend on the thread count or on M (a row's logits are the same alone or in a batch).
 Simplification: float32 only (float64 models keep BLAS); no bias.
