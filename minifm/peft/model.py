@@ -301,6 +301,34 @@ class PeftModel(Module):
     def _named_tuner_layers(self) -> list[tuple[str, TunerLayer]]:
         return [(name, m) for name, m in self.base_model.named_modules() if isinstance(m, TunerLayer)]
 
+    def convert_weights(self, dtype: str) -> "PeftModel":
+        """The base model's own convert_weights(dtype) (GPT: "float32" | "q8_0" | "q4_0" | "q4_1"), in place,
+        with the adapters left as they are: the base's method alone would quantize every Linear it finds,
+        LoRA's A and B included. Each wrapper gets its converted base layer back; the base stays frozen
+        and every adapter parameter keeps its requires_grad. Returns self."""
+        base = self.base_model
+        if not hasattr(base, "convert_weights"):
+            raise AttributeError(f"convert_weights: the base model, a {type(base).__name__}, has no convert_weights")
+        wrappers = self._named_tuner_layers()
+        if any(layer.merged for _, layer in wrappers):
+            raise ValueError(f"convert_weights({dtype!r}): the adapter is merged into the weights; unmerge_adapter() first")
+        if dtype != "float32" and any(isinstance(layer, TrainableTokensEmbedding) for _, layer in wrappers):
+            raise ValueError(f"convert_weights({dtype!r}): this adapter trains token rows of the embedding, which "
+                             f"cannot be quantized under it (trainable_token_indices)")
+        trainable = {id(param): param.requires_grad for param in self.parameters()}
+        for name, layer in wrappers:
+            base.set_submodule(name, layer.base_layer)
+        try:
+            base.convert_weights(dtype)
+        finally:
+            for name, layer in wrappers:
+                layer.base_layer = base.get_submodule(name)
+                layer.base_layer.requires_grad_(False)
+                base.set_submodule(name, layer)
+        for param in self.parameters():
+            param.requires_grad = trainable.get(id(param), False)  # a converted base layer's new parameters: frozen
+        return self
+
     def quantized_base_layers(self) -> list[str]:
         """Names of the wrapped layers whose base keeps quantized blocks (QLoRA-style training)."""
         return [name for name, layer in self._named_tuner_layers() if getattr(layer, "base_is_quantized", False)]

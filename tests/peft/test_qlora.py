@@ -331,6 +331,31 @@ def test_save_run_keeps_the_adapter_apart_from_the_blocks_and_load_run_puts_it_b
         np.testing.assert_array_equal(data, blocks[name.replace(".base_layer", "")], err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "q8_0"])
+def test_convert_weights_of_a_lora_model_converts_the_base_and_leaves_the_adapter_float32(dtype, tmp_path):
+    """PeftModel.convert_weights converts the base layers under the wrappers (GPT.convert_weights alone
+    would quantize LoRA's A and B too); A and B stay float32 Linear layers with the same values and the
+    same requires_grad, for a trained model and for a run loaded for inference."""
+    model = trained_lora("q4_1")
+    ids = np.random.default_rng(5).integers(0, 40, size=(2, 9))
+    ours = model(ids).data
+    adapter = {n: p.data.copy() for n, p in model.named_parameters() if "lora_" in n}
+    save_run(copy.deepcopy(model), BPETokenizer(np.zeros((0, 2), dtype=np.int64)), tmp_path / "run")
+    loaded, _ = load_run(tmp_path / "run")
+    for converted, trainable in ((model.convert_weights(dtype), True), (loaded.convert_weights(dtype), False)):
+        assert converted.base_model.config.weight_dtype == (None if dtype == "float32" else dtype)
+        for name, layer in converted.base_model.named_modules():
+            if isinstance(layer, LoraLinear):
+                assert type(layer.lora_A["default"]) is Linear and type(layer.lora_B["default"]) is Linear
+                assert type(layer.base_layer) is (Linear if dtype == "float32" else QuantizedLinear), name
+        for name, param in converted.named_parameters():
+            assert param.requires_grad == (trainable and "lora_" in name), name  # the base stays frozen
+            if "lora_" in name:
+                np.testing.assert_array_equal(param.data, adapter[name], err_msg=name)
+        tolerance = 1e-4 if dtype == "float32" else 0.05 * np.abs(ours).max()  # the same values / Q8_0's rounding
+        np.testing.assert_allclose(converted(ids).data, ours, atol=tolerance, rtol=1e-4)
+
+
 def test_hugging_face_peft_runs_an_adapter_trained_on_quantized_blocks(tmp_path):
     torch = require("torch")
     transformers = require("transformers")
