@@ -12,6 +12,12 @@ Positions: with an attention_mask (B, cached + new) of 1/0 (0 = padding), a toke
 number of real tokens before it (cumulative sum of the mask - 1, as Hugging Face does), so a
 left-padded prompt gets the same positions as the unpadded one; padding keys are never attended.
 
+Decoding fast paths (graph recording off, float32, a KV cache): a one-token step of unpadded sequences
+through stock GPT-2-layout blocks (LayerNorm, learned positions, GELU MLP, no GQA) runs each block as one
+minifm.kernels.gpt2_step call (batch 1-16); other blocks take TransformerBlock's no-grad path (and a Llama
+block at batch 1 its decode_step kernel). The tied head is decode_step.matvec for one row and the fewrows
+kernel for 2-16 rows. These differ from the recorded path by float32 rounding (other summation orders).
+
 Initialisation: GPT-2's (minifm.models.config.init_gpt2_style): N(0, 0.02) weights, zero biases,
 residual projections scaled by 1/sqrt(2 * n_layer). The generator is seeded by config.seed; a second
 generator from the same seed, `model.rng`, drives every Dropout.
