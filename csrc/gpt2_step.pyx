@@ -40,6 +40,21 @@ cdef void _products(const float* x, Py_ssize_t batch, Py_ssize_t width, const fl
         fewrows_rows(x, batch, width, w, first, min(first + ROWS_PER_BLOCK, rows), out, rows)
 
 
+cdef void _products3(const float* x, Py_ssize_t batch, Py_ssize_t width, const float* w0, const float* w1,
+                     const float* w2, float* out0, float* out1, float* out2, int threads) noexcept nogil:
+    """Three (width x width) products of the same x in one parallel region (q, k and v)."""
+    cdef Py_ssize_t item, block, first, which, blocks = (width + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    cdef const float* w
+    cdef float* out
+    for item in prange(3 * blocks, schedule="static", num_threads=threads):
+        which = item // blocks
+        block = item % blocks
+        first = block * ROWS_PER_BLOCK
+        w = w0 if which == 0 else (w1 if which == 1 else w2)
+        out = out0 if which == 0 else (out1 if which == 1 else out2)
+        fewrows_rows(x, batch, width, w, first, min(first + ROWS_PER_BLOCK, width), out, width)
+
+
 cdef void _layer_norm(const float* x, Py_ssize_t batch, Py_ssize_t width, const float* weight, const float* bias,
                       double eps, float* out) noexcept nogil:
     cdef Py_ssize_t b, j
@@ -151,9 +166,7 @@ def gpt2_layer(float[:, ::1] x, tuple weights, float[:, :, :, ::1] keys, float[:
     try:
         with nogil:
             _layer_norm(xp, batch, width, &ln1_w[0], p_ln1_b, eps1, hbuf)
-            _products(hbuf, batch, width, &wq[0, 0], width, qbuf, threads)
-            _products(hbuf, batch, width, &wk[0, 0], width, kbuf, threads)
-            _products(hbuf, batch, width, &wv[0, 0], width, vbuf, threads)
+            _products3(hbuf, batch, width, &wq[0, 0], &wk[0, 0], &wv[0, 0], qbuf, kbuf, vbuf, threads)
             for b in range(batch):
                 for j in range(width):
                     if p_bq != NULL:
