@@ -7,7 +7,8 @@ and 8, a 16-token prompt and 128 new tokens:
                 (written here; torch.no_grad, float32)
   transformers  GPT2LMHeadModel.generate on an equivalent GPT-2 config (random weights of the same
                 shapes: speed does not depend on the values; only when transformers is importable)
-tokens/s = batch * new tokens / wall time; each cell is the median of --repeats runs.
+tokens/s = batch * new tokens / wall time; each cell is the median of --repeats runs. The last column is the
+process CPU time per decoding step (ms, median), which a busy machine moves less than the wall time.
 
     python benchmarks/bench_generate.py            # full table
     python benchmarks/bench_generate.py --quick    # small config, 32 new tokens, 1 repeat
@@ -127,13 +128,16 @@ def transformers_model(model: GPT):
     return hf, torch
 
 
-def time_call(fn, repeats: int) -> float:
-    times = []
+def time_call(fn, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, median process CPU seconds) of `repeats` calls: on a busy machine the CPU time
+    moves less than the wall time (it leaves out the time other processes held the cores)."""
+    times, cpu_times = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        cpu_times.append(time.process_time() - cpu_started)
+    return statistics.median(times), statistics.median(cpu_times)
 
 
 def main():
@@ -167,7 +171,7 @@ def main():
     print(f"minifm backend: {backend_info()}")
     print(f"prompt {PROMPT_LENGTH} tokens, {new_tokens} new tokens, median of {repeats}; tokens/s (higher is better)\n")
     header = f"{'config':<7} {'batch':>5} {'mode':<7} {'minifm':>9} {'torch eager':>12} {'transformers':>13} " \
-             f"{'vs torch':>9} {'vs HF':>7}"
+             f"{'vs torch':>9} {'vs HF':>7}   CPU ms/step minifm / torch / HF"
     print(header)
     print("-" * len(header))
     for name in configs:
@@ -182,13 +186,16 @@ def main():
             prompt = np.random.default_rng(1).integers(0, model.config.vocab_size, size=(batch, PROMPT_LENGTH))
             for mode in ("greedy", "top-p"):
                 options = {} if mode == "greedy" else {"do_sample": True, "top_k": 0, "top_p": 0.9, "seed": 0}
-                ours = time_call(lambda: generate(model, prompt, new_tokens, **options), repeats)
+                ours, ours_cpu = time_call(lambda: generate(model, prompt, new_tokens, **options), repeats)
                 tokens = batch * new_tokens
                 row = {"minifm": tokens / ours}
+                cpu = {"minifm": ours_cpu / new_tokens * 1e3}  # ms of process CPU time per decoding step
                 if forward is not None:
                     top_p = None if mode == "greedy" else 0.9
-                    theirs = time_call(lambda: torch_generate(forward, prompt, new_tokens, top_p, 0), repeats)
+                    theirs, theirs_cpu = time_call(lambda: torch_generate(forward, prompt, new_tokens, top_p, 0),
+                                                   repeats)
                     row["torch"] = tokens / theirs
+                    cpu["torch"] = theirs_cpu / new_tokens * 1e3
                 if hf is not None:
                     hf_model, torch_module = hf
                     hf_options = {"do_sample": False} if mode == "greedy" else {"do_sample": True, "top_p": 0.9,
@@ -201,12 +208,15 @@ def main():
                                               max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                               pad_token_id=0, **hf_options)
 
-                    row["hf"] = tokens / time_call(run_hf, repeats)
+                    hf_wall, hf_cpu = time_call(run_hf, repeats)
+                    row["hf"] = tokens / hf_wall
+                    cpu["hf"] = hf_cpu / new_tokens * 1e3
                 vs_torch = f"{row['minifm'] / row['torch']:.2f}x" if "torch" in row else "-"
                 vs_hf = f"{row['minifm'] / row['hf']:.2f}x" if "hf" in row else "-"
+                cpu_text = " / ".join(f"{cpu.get(key, float('nan')):.2f}" for key in ("minifm", "torch", "hf"))
                 print(f"{name:<7} {batch:>5} {mode:<7} {row['minifm']:>9.0f} "
                       f"{row.get('torch', float('nan')):>12.0f} {row.get('hf', float('nan')):>13.0f} "
-                      f"{vs_torch:>9} {vs_hf:>7}")
+                      f"{vs_torch:>9} {vs_hf:>7}   {cpu_text}", flush=True)
 
 
 if __name__ == "__main__":
