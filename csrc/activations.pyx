@@ -188,3 +188,36 @@ def silu_mul_backward(const real[::1] gate, const real[::1] up, const real[::1] 
             start = block * BLOCK
             vec.silu_mul_backward(&gate[start], &up[start], &grad[start], &d_gate[start], &d_up[start],
                                   min(<Py_ssize_t>BLOCK, n - start))
+
+
+def silu_mul_packed_forward(const real[:, ::1] packed, real[:, ::1] out):
+    """out[i, j] = silu(packed[i, j]) * packed[i, F + j] with F = out.shape[1]: gate and up side by side in each
+    row of packed (N, 2F), as one product with the two weights stacked gives them (SwiGLU's fused gate/up)."""
+    cdef Py_ssize_t rows = packed.shape[0], hidden = out.shape[1], row
+    if packed.shape[1] != 2 * hidden or out.shape[0] != rows:
+        raise ValueError(f"packed must be (N, 2F) for out (N, F); got packed ({packed.shape[0]}, {packed.shape[1]}) "
+                         f"and out ({out.shape[0]}, {out.shape[1]})")
+    if rows == 0 or hidden == 0:
+        return
+    with nogil:
+        for row in prange(rows, schedule="static",
+                          num_threads=vec.threads_for(rows, NS_PER_SILU_ELEMENT * rows * hidden)):
+            vec.silu_mul(&packed[row, 0], &packed[row, hidden], &out[row, 0], hidden)
+
+
+def silu_mul_packed_backward(const real[:, ::1] packed, const real[:, ::1] grad, real[:, ::1] d_packed):
+    """d_packed (N, 2F): the gradients of gate and up side by side, for the upstream gradient grad (N, F) of
+    silu_mul_packed_forward (so that one product with the stacked weights gives the input's gradient)."""
+    cdef Py_ssize_t rows = packed.shape[0], hidden = grad.shape[1], row
+    if packed.shape[1] != 2 * hidden or grad.shape[0] != rows or d_packed.shape[0] != rows \
+            or d_packed.shape[1] != 2 * hidden:
+        raise ValueError(f"packed and d_packed must be (N, 2F) for grad (N, F); got packed ({packed.shape[0]}, "
+                         f"{packed.shape[1]}), grad ({grad.shape[0]}, {grad.shape[1]}), d_packed "
+                         f"({d_packed.shape[0]}, {d_packed.shape[1]})")
+    if rows == 0 or hidden == 0:
+        return
+    with nogil:
+        for row in prange(rows, schedule="static",
+                          num_threads=vec.threads_for(rows, NS_PER_SILU_BACKWARD_ELEMENT * rows * hidden)):
+            vec.silu_mul_backward(&packed[row, 0], &packed[row, hidden], &grad[row, 0], &d_packed[row, 0],
+                                  &d_packed[row, hidden], hidden)

@@ -19,6 +19,9 @@ SwiGLU's gate and its backward (for the upstream gradient `grad` of the output):
 
 The backward recomputes s from gate (the forward saves nothing) and writes both gradients in one pass; the
 NumPy route (the reference) takes about ten whole-array passes and temporaries (10% of a SmolLM2 LoRA step).
+The packed variants take gate and up side by side in one array, packed (..., 2F) = [gate | up], which is what
+one product with the gate and up weights stacked gives (nn/mlp.py SwiGLU), and the backward returns the two
+gradients side by side in the same layout, ready for one product with the stacked weights.
 
 Phi is written with erfc rather than (1 + erf) / 2 so that it keeps its relative precision for
 negative x (1 + erf(x) cancels to 0 long before Phi underflows). `gelu_backward` takes x, not
@@ -166,3 +169,57 @@ def silu_mul_backward(gate: np.ndarray, up: np.ndarray, grad: np.ndarray) -> tup
     d_gate, d_up = np.empty_like(flat_gate), np.empty_like(flat_gate)  # (n,) each
     kernel.silu_mul_backward(flat_gate, flat_up, flat_grad, d_gate, d_up)
     return d_gate.reshape(gate.shape), d_up.reshape(gate.shape)
+
+
+def _halves(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gate, up): the two halves of packed's last axis, (..., F) views each."""
+    if packed.ndim < 1 or packed.shape[-1] % 2:
+        raise ValueError(f"packed must hold gate and up side by side on its last axis (an even size), got shape "
+                         f"{packed.shape}")
+    hidden = packed.shape[-1] // 2
+    return packed[..., :hidden], packed[..., hidden:]
+
+
+def silu_mul_packed_reference(packed: np.ndarray) -> np.ndarray:
+    """silu(gate) * up for packed (..., 2F) = [gate | up]; (..., F)."""
+    return silu_mul_reference(*_halves(packed))
+
+
+def silu_mul_packed_backward_reference(packed: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """[d_gate | d_up] (..., 2F) for packed (..., 2F) = [gate | up] and the output's gradient grad (..., F)."""
+    gate, up = _halves(packed)
+    return np.concatenate(silu_mul_backward_reference(gate, up, grad), axis=-1)
+
+
+def _packed_rows(packed: np.ndarray) -> np.ndarray:
+    """packed as C-contiguous (N, 2F) rows (a copy only when it is not contiguous)."""
+    return np.ascontiguousarray(packed).reshape(math.prod(packed.shape[:-1]), packed.shape[-1])
+
+
+def silu_mul_packed(packed: np.ndarray) -> np.ndarray:
+    """silu(gate) * up for packed (..., 2F) = [gate | up]; the compiled kernel for float32 / float64."""
+    _check_float(packed, "packed")
+    gate, _ = _halves(packed)
+    kernel = compiled("activations")
+    if kernel is None:
+        return silu_mul_packed_reference(packed)
+    rows = _packed_rows(packed)  # (N, 2F)
+    out = np.empty((rows.shape[0], gate.shape[-1]), dtype=packed.dtype)  # (N, F)
+    kernel.silu_mul_packed_forward(rows, out)
+    return out.reshape(gate.shape)
+
+
+def silu_mul_packed_backward(packed: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """[d_gate | d_up] (..., 2F) of silu_mul_packed for the output's gradient grad (..., F), in one pass."""
+    _check_float(packed, "packed")
+    gate, _ = _halves(packed)
+    if not isinstance(grad, np.ndarray) or grad.shape != gate.shape:
+        raise ValueError(f"grad must have the output's shape {gate.shape}, got {np.shape(grad)}")
+    kernel = compiled("activations")
+    if kernel is None:
+        return silu_mul_packed_backward_reference(packed, grad)
+    rows = _packed_rows(packed)  # (N, 2F)
+    grad_rows = np.ascontiguousarray(grad, dtype=packed.dtype).reshape(rows.shape[0], gate.shape[-1])  # (N, F)
+    d_packed = np.empty_like(rows)  # (N, 2F)
+    kernel.silu_mul_packed_backward(rows, grad_rows, d_packed)
+    return d_packed.reshape(packed.shape)

@@ -258,6 +258,10 @@ class TransformerBlock(Module):
         """The MLP's forward on a raw array h (B, T, dim) -> (B, T, dim), as MLP / SwiGLU compute it."""
         mlp = self.mlp
         if type(mlp) is SwiGLU:
+            if mlp.stacks_products(h.size // h.shape[-1]):
+                weight, bias = mlp.stacked_arrays()  # as SwiGLU.forward: one product, [gate | up] (B, T, 2 hidden)
+                packed = linalg.Linear.forward(Context(), h, weight, bias)
+                return _linear_array(mlp.down_proj, elementwise.SiluMulPacked.forward(Context(), packed))
             gate, up = _linears_array((mlp.gate_proj, mlp.up_proj), h)  # (B, T, hidden) each
             gated = elementwise.SiluMul.forward(Context(), gate, up)  # silu(gate) * up, (B, T, hidden)
             return _linear_array(mlp.down_proj, gated)

@@ -17,7 +17,7 @@ LLAMA_LIKE = dict(vocab_size=61, block_size=32, n_layer=3, n_head=4, n_kv_head=2
                   norm="rmsnorm", mlp="swiglu", bias=False)
 
 
-def _batch(config: dict, seed: int = 0, batch: int = 3, steps: int = 9):
+def _batch(config: dict, seed: int = 0, batch: int = 3, steps: int = 12):  # 36 rows: SwiGLU stacks
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=(batch, steps + 1))
     return ids[:, :-1], ids[:, 1:]
 

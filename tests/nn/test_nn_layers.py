@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import minifm as mf
 from minifm import nn
+from minifm.autograd import ops
 from minifm.nn.attention import RotaryEmbedding
 
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle for layer semantics")
@@ -97,3 +98,57 @@ def test_kv_cache_validation():
         cache.reorder(np.array([0, 2]))
     with pytest.raises(ValueError, match="positive integer"):
         nn.KVCache(1, 0, 1, 4, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_stacked_product_equals_two_products_and_torch(dtype, bias, rng):
+    """SwiGLU's one product with [W_gate; W_up] stacked gives what two products give (rounding only), in the
+    output, the input's gradient and every weight's gradient, and equals torch's silu(x Wg^T) * (x Wu^T)."""
+    torch = pytest.importorskip("torch")
+    swiglu = nn.SwiGLU(12, 20, bias=bias)
+    if dtype == np.float64:
+        swiglu.to(np.float64)
+    assert swiglu.stacks_products(15) is False and swiglu.stacks_products(33)
+    x = rng.standard_normal((3, 13, 12)).astype(dtype)  # 39 rows: above STACKED_MIN_ROWS
+    upstream = rng.standard_normal((3, 13, 12)).astype(dtype)
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+
+    def run(stacked: bool):
+        for param in swiglu.parameters():
+            param.grad = None
+        inputs = mf.tensor(x, requires_grad=True)
+        if stacked:
+            out = swiglu(inputs)
+        else:
+            out = swiglu.down_proj(ops.silu_mul(swiglu.gate_proj(inputs), swiglu.up_proj(inputs)))
+        out.backward(upstream)
+        return out.data, inputs.grad, {name: param.grad.copy() for name, param in swiglu.named_parameters()}
+
+    out, grad_x, grads = run(stacked=True)
+    out_two, grad_x_two, grads_two = run(stacked=False)
+    np.testing.assert_allclose(out, out_two, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(grad_x, grad_x_two, rtol=tolerance, atol=tolerance)
+    for name in grads_two:
+        assert grads[name].shape == grads_two[name].shape and grads[name].dtype == dtype, name
+        np.testing.assert_allclose(grads[name], grads_two[name], rtol=tolerance, atol=tolerance, err_msg=name)
+    theirs = {name: torch.tensor(param.data, requires_grad=True) for name, param in swiglu.named_parameters()}
+    x_t = torch.tensor(x, requires_grad=True)
+
+    def project(name):
+        weight = theirs[f"{name}.weight"]
+        return torch.nn.functional.linear(x_t if name != "down_proj" else hidden, weight, theirs.get(f"{name}.bias"))
+
+    hidden = torch.nn.functional.silu(project("gate_proj")) * project("up_proj")
+    project("down_proj").backward(torch.tensor(upstream))
+    np.testing.assert_allclose(grad_x, x_t.grad.numpy(), rtol=tolerance, atol=tolerance)
+    for name, param in theirs.items():
+        np.testing.assert_allclose(grads[name], param.grad.numpy(), rtol=tolerance, atol=tolerance, err_msg=name)
+
+
+def test_swiglu_stacked_product_matches_finite_differences(rng):
+    swiglu = nn.SwiGLU(6, 8, bias=True)
+    swiglu.to(np.float64)
+    x = mf.tensor(rng.standard_normal((2, 17, 6)), requires_grad=True)  # 34 rows: the stacked product
+    assert swiglu.stacks_products(34)
+    assert mf.autograd.gradcheck(lambda inputs: swiglu(inputs), x)

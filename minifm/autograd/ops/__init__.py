@@ -171,6 +171,11 @@ def silu_mul(gate, up):
     return _e.SiluMul.apply(gate, up)
 
 
+def silu_mul_packed(packed):
+    """silu(gate) * up for packed (..., 2F) = [gate | up] as one fused node (SwiGLU with stacked weights)."""
+    return _e.SiluMulPacked.apply(packed)
+
+
 def softplus(x, beta: float = 1.0, threshold: float = 20.0):
     return _e.Softplus.apply(x, beta=beta, threshold=threshold)
 

@@ -336,6 +336,21 @@ class SiluMul(Function):
         return d_gate, d_up
 
 
+class SiluMulPacked(Function):
+    """silu(gate) * up with gate and up side by side in one array, packed (..., 2F) = [gate | up]: what one
+    product with SwiGLU's two weights stacked gives. Backward returns [d_gate | d_up] (..., 2F) in the same
+    layout, so one product with the stacked weights gives the input's gradient (kernels/activations.py)."""
+
+    @staticmethod
+    def forward(ctx, packed):
+        ctx.packed = packed
+        return activation_kernels.silu_mul_packed(packed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return activation_kernels.silu_mul_packed_backward(ctx.packed, np.asarray(grad, dtype=ctx.packed.dtype))
+
+
 class Softplus(Function):
     """log(1 + exp(beta x)) / beta, linear above `threshold` like torch.nn.functional.softplus."""
 
