@@ -7,8 +7,8 @@ weight matrices that sit in the caches (a small model's layers and output head):
     out_i[m, n] = sum_k x[m, k] * weights_i[n, k]        x (M, K), weights_i (N_i, K), out_i (M, N_i)
 
 Why not BLAS or the matvec kernel: measured on the busy 2-core machine (one thread, best of 40),
-OpenBLAS took 8-10x one row's time for 2-8 rows of the 8 x 256 @ 256 x 8192 output head (its GEMM
-copies the weight into packed panels on each call), and the matvec kernel (csrc/matvec.pyx), which
+OpenBLAS took 5-14x one row's time for 2-8 rows of the 8 x 256 @ 256 x 8192 output head (GEMM packs
+its operands on each call, where one row takes the GEMV route), and the matvec kernel (csrc/matvec.pyx), which
 reduces a 32-lane partial sum for every (row, input) pair, took 15-26 us against GEMV's 5-9 us for a
 256 x 256 weight and one row.
 Here a tile of R weight rows times G input rows (R * G <= 8: four rows for one input, four rows for
