@@ -5,7 +5,9 @@ MultiHeadAttention, for x (B, T, dim):
     (RoPE rotates q and k by their positions, self-attention only)
     (a KVCache appends the new k, v to the cached ones; `extra_kv` prepends extra ones)
     out = softmax(q k^T / sqrt(D) + masks) v -> (B, T, H * D) -> o_proj
-with src = x for self-attention or the encoder's states for cross-attention. H must be a multiple
+with src = x for self-attention or the encoder's states for cross-attention. In self-attention with plain
+Linear projections and more than 32 rows, q, k and v come from one product with the three weights stacked
+(nn/layers.py stacks_linears), sliced apart. H must be a multiple
 of Hkv: each group of H / Hkv query heads shares one key/value head (GQA; Hkv = 1 is MQA,
 Hkv = H is ordinary MHA). The softmax/attention is one fused Function
 (F.scaled_dot_product_attention, flash-style kernel); masks are passed as a causal flag with a
@@ -43,7 +45,7 @@ from minifm.autograd import ops
 from minifm.autograd.function import Function
 from minifm.autograd.tensor import Tensor
 from minifm.kernels import rotary as rotary_kernels
-from minifm.nn.layers import Linear
+from minifm.nn.layers import Linear, stacked_linear, stacks_linears
 from minifm.nn.module import Module
 
 
@@ -240,9 +242,14 @@ class MultiHeadAttention(Module):
         batch, steps, _ = x.shape
         is_cross = key_value_states is not None
         source = key_value_states if is_cross else x
-        q = self._split_heads(self.q_proj(x), self.num_heads)  # (B, H, T, D)
-        k = self._split_heads(self.k_proj(source), self.num_kv_heads)  # (B, Hkv, S, D)
-        v = self._split_heads(self.v_proj(source), self.num_kv_heads)  # (B, Hkv, S, D)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if not is_cross and stacks_linears(projections, batch * steps):
+            q, k, v = stacked_linear(x, projections)  # one product (nn/layers.py); slices of it
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
+        q = self._split_heads(q, self.num_heads)  # (B, H, T, D)
+        k = self._split_heads(k, self.num_kv_heads)  # (B, Hkv, S, D)
+        v = self._split_heads(v, self.num_kv_heads)  # (B, Hkv, S, D)
         if self.rope is not None and not is_cross:
             if positions is None:
                 past = cache.length if cache is not None else 0

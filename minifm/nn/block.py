@@ -45,7 +45,8 @@ from minifm.kernels import decode_step
 from minifm.kernels.quantized import quantized_products
 from minifm.kernels.threads import matmul_weights
 from minifm.nn.attention import KVCache, MultiHeadAttention, RotaryEmbedding, _Rotate
-from minifm.nn.layers import Dropout, LayerNorm, Linear, RMSNorm, make_norm
+from minifm.nn.layers import (Dropout, LayerNorm, Linear, RMSNorm, make_norm, stacked_linear_array, stacked_product_array,
+                              stacks_linears)
 from minifm.nn.mlp import MLP, SwiGLU, make_mlp
 from minifm.nn.module import Module
 from minifm.nn.quantized import QuantizedLinear
@@ -184,7 +185,11 @@ class TransformerBlock(Module):
             return self._decode_step_array(x, cache, layer_index)
         head_dim = attn.head_dim
         h = _norm_array(self.norm1, x)  # (B, T, dim)
-        q, k, v = _linears_array((attn.q_proj, attn.k_proj, attn.v_proj), h)  # (B, T, H*D), (B, T, Hkv*D) x 2
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        if stacks_linears(projections, batch * steps):  # as MultiHeadAttention.forward: one product
+            q, k, v = stacked_linear_array(h, projections)  # (B, T, H*D), (B, T, Hkv*D) x 2: slices
+        else:
+            q, k, v = _linears_array(projections, h)  # (B, T, H*D), (B, T, Hkv*D) x 2
         q = q.reshape(batch, steps, attn.num_heads, head_dim).transpose(0, 2, 1, 3)  # (B, H, T, D)
         k = k.reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
         v = v.reshape(batch, steps, attn.num_kv_heads, head_dim).transpose(0, 2, 1, 3)  # (B, Hkv, T, D)
@@ -258,9 +263,9 @@ class TransformerBlock(Module):
         """The MLP's forward on a raw array h (B, T, dim) -> (B, T, dim), as MLP / SwiGLU compute it."""
         mlp = self.mlp
         if type(mlp) is SwiGLU:
-            if mlp.stacks_products(h.size // h.shape[-1]):
-                weight, bias = mlp.stacked_arrays()  # as SwiGLU.forward: one product, [gate | up] (B, T, 2 hidden)
-                packed = linalg.Linear.forward(Context(), h, weight, bias)
+            projections = (mlp.gate_proj, mlp.up_proj)
+            if stacks_linears(projections, h.size // h.shape[-1]):  # as SwiGLU.forward: one product
+                packed = stacked_product_array(h, projections)  # [gate | up] (B, T, 2 hidden)
                 return _linear_array(mlp.down_proj, elementwise.SiluMulPacked.forward(Context(), packed))
             gate, up = _linears_array((mlp.gate_proj, mlp.up_proj), h)  # (B, T, hidden) each
             gated = elementwise.SiluMul.forward(Context(), gate, up)  # silu(gate) * up, (B, T, hidden)

@@ -6,7 +6,6 @@ from hypothesis import strategies as st
 
 import minifm as mf
 from minifm import nn
-from minifm.autograd import ops
 from minifm.nn.attention import RotaryEmbedding
 
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle for layer semantics")
@@ -100,55 +99,72 @@ def test_kv_cache_validation():
         nn.KVCache(1, 0, 1, 4, 3)
 
 
+def _outputs_and_gradients(module, x: np.ndarray, upstream: np.ndarray):
+    for param in module.parameters():
+        param.grad = None
+    inputs = mf.tensor(x, requires_grad=True)
+    out = module(inputs)
+    out.backward(upstream)
+    return out.data, inputs.grad, {name: param.grad.copy() for name, param in module.named_parameters()}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_swiglu_stacked_product_equals_two_products_and_torch(dtype, bias, rng):
-    """SwiGLU's one product with [W_gate; W_up] stacked gives what two products give (rounding only), in the
-    output, the input's gradient and every weight's gradient, and equals torch's silu(x Wg^T) * (x Wu^T)."""
-    torch = pytest.importorskip("torch")
-    swiglu = nn.SwiGLU(12, 20, bias=bias)
-    if dtype == np.float64:
-        swiglu.to(np.float64)
-    assert swiglu.stacks_products(15) is False and swiglu.stacks_products(33)
-    x = rng.standard_normal((3, 13, 12)).astype(dtype)  # 39 rows: above STACKED_MIN_ROWS
+@pytest.mark.parametrize("kind", ["swiglu", "attention"])
+def test_stacked_products_equal_separate_products(kind, dtype, bias, rng, monkeypatch):
+    """q/k/v and SwiGLU's gate/up as one product with the stacked weights (above STACKED_MIN_ROWS rows) give
+    what separate products give (rounding only): output, input gradient and every weight's gradient."""
+    if kind == "swiglu":
+        module = nn.SwiGLU(12, 20, bias=bias)
+        stacked = (module.gate_proj, module.up_proj)
+    else:
+        module = nn.MultiHeadAttention(12, 4, num_kv_heads=2, bias=bias, causal=True)
+        stacked = (module.q_proj, module.k_proj, module.v_proj)
+    module.to(dtype)
+    assert not nn.layers.stacks_linears(stacked, nn.layers.STACKED_MIN_ROWS)
+    assert nn.layers.stacks_linears(stacked, 39)
+    x = rng.standard_normal((3, 13, 12)).astype(dtype)  # 39 rows
     upstream = rng.standard_normal((3, 13, 12)).astype(dtype)
+    out, grad_x, grads = _outputs_and_gradients(module, x, upstream)
+    monkeypatch.setattr(nn.layers, "STACKED_MIN_ROWS", 10**9)  # every product separate
+    assert not nn.layers.stacks_linears(stacked, 39)
+    out_separate, grad_x_separate, grads_separate = _outputs_and_gradients(module, x, upstream)
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(out, out_separate, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(grad_x, grad_x_separate, rtol=tolerance, atol=tolerance)
+    assert grads.keys() == grads_separate.keys()
+    for name, grad in grads.items():
+        assert grad.shape == grads_separate[name].shape and grad.dtype == dtype, name
+        np.testing.assert_allclose(grad, grads_separate[name], rtol=tolerance, atol=tolerance, err_msg=name)
 
-    def run(stacked: bool):
-        for param in swiglu.parameters():
-            param.grad = None
-        inputs = mf.tensor(x, requires_grad=True)
-        if stacked:
-            out = swiglu(inputs)
-        else:
-            out = swiglu.down_proj(ops.silu_mul(swiglu.gate_proj(inputs), swiglu.up_proj(inputs)))
-        out.backward(upstream)
-        return out.data, inputs.grad, {name: param.grad.copy() for name, param in swiglu.named_parameters()}
 
-    out, grad_x, grads = run(stacked=True)
-    out_two, grad_x_two, grads_two = run(stacked=False)
-    np.testing.assert_allclose(out, out_two, rtol=tolerance, atol=tolerance)
-    np.testing.assert_allclose(grad_x, grad_x_two, rtol=tolerance, atol=tolerance)
-    for name in grads_two:
-        assert grads[name].shape == grads_two[name].shape and grads[name].dtype == dtype, name
-        np.testing.assert_allclose(grads[name], grads_two[name], rtol=tolerance, atol=tolerance, err_msg=name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_swiglu_stacked_product_equals_torch(dtype, rng):
+    torch = pytest.importorskip("torch")
+    swiglu = nn.SwiGLU(12, 20, bias=True).to(dtype)
+    x = rng.standard_normal((3, 13, 12)).astype(dtype)  # 39 rows: the stacked product
+    upstream = rng.standard_normal((3, 13, 12)).astype(dtype)
+    out, grad_x, grads = _outputs_and_gradients(swiglu, x, upstream)
     theirs = {name: torch.tensor(param.data, requires_grad=True) for name, param in swiglu.named_parameters()}
     x_t = torch.tensor(x, requires_grad=True)
-
-    def project(name):
-        weight = theirs[f"{name}.weight"]
-        return torch.nn.functional.linear(x_t if name != "down_proj" else hidden, weight, theirs.get(f"{name}.bias"))
-
-    hidden = torch.nn.functional.silu(project("gate_proj")) * project("up_proj")
-    project("down_proj").backward(torch.tensor(upstream))
+    linear = torch.nn.functional.linear
+    gated = torch.nn.functional.silu(linear(x_t, theirs["gate_proj.weight"], theirs["gate_proj.bias"])) \
+        * linear(x_t, theirs["up_proj.weight"], theirs["up_proj.bias"])
+    out_t = linear(gated, theirs["down_proj.weight"], theirs["down_proj.bias"])
+    out_t.backward(torch.tensor(upstream))
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(grad_x, x_t.grad.numpy(), rtol=tolerance, atol=tolerance)
     for name, param in theirs.items():
         np.testing.assert_allclose(grads[name], param.grad.numpy(), rtol=tolerance, atol=tolerance, err_msg=name)
 
 
-def test_swiglu_stacked_product_matches_finite_differences(rng):
-    swiglu = nn.SwiGLU(6, 8, bias=True)
-    swiglu.to(np.float64)
-    x = mf.tensor(rng.standard_normal((2, 17, 6)), requires_grad=True)  # 34 rows: the stacked product
-    assert swiglu.stacks_products(34)
-    assert mf.autograd.gradcheck(lambda inputs: swiglu(inputs), x)
+@pytest.mark.parametrize("kind", ["swiglu", "attention"])
+def test_stacked_products_match_finite_differences(kind, rng):
+    if kind == "swiglu":
+        module = nn.SwiGLU(6, 8, bias=True).to(np.float64)
+    else:
+        module = nn.MultiHeadAttention(8, 2, bias=True, causal=True).to(np.float64)
+    x = mf.tensor(rng.standard_normal((2, 17, module.q_proj.in_features if kind == "attention" else 6)),
+                  requires_grad=True)  # 34 rows: the stacked product
+    assert mf.autograd.gradcheck(lambda inputs: module(inputs), x)
