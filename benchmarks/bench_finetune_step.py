@@ -25,6 +25,14 @@ Time: the median wall time of --repeats steps (after --warmup steps, which also 
 the libraries alternating step by step so both see the same background load; "ratio" is minifm / torch (<= 1:
 minifm no slower) and "pair ratio" the median of the per-pair ratios. CPU time (process_time: all threads)
 is printed beside it, which on a loaded machine says more than wall time.
+Where the steps run (--timing): by default ("processes") each side steps in a child process of its own that
+imports only its library (as a user runs either), the parent asking the two in turn for one step at a time, so
+the alternation is kept; the weights are then each library's own random initialisation of the same shapes (or
+the GGUF in both). "shared" times the checked pair in this one process, as the first version of this script
+did: there the thread pools of both libraries live side by side (torch's OpenMP and MKL threads, NumPy's
+OpenBLAS threads and minifm's OpenMP threads: four pools on two cores, each spinning for a while after its
+own work), so each side's step also pays for the other library's idle threads (docs/performance.md,
+"Fine-tuning step", has both measurements).
 Memory: each side alone in a child process of its own (the minifm child never imports torch, the torch child
 never imports minifm), which builds its model (the same shapes; the random weights are each library's own
 initialisation, which does not change the memory), runs --memory-steps steps and reports the kernel's peak
@@ -38,6 +46,7 @@ Also printed: the machine, load averages before and after, library versions.
     python benchmarks/bench_finetune_step.py --gguf           # the real SmolLM2 weights in both
     python benchmarks/bench_finetune_step.py --skip-memory    # time only
     python benchmarks/bench_finetune_step.py --profile lora   # also cProfile one minifm step
+    python benchmarks/bench_finetune_step.py --timing shared  # both sides timed in this one process
     python benchmarks/bench_finetune_step.py --gradient-checkpointing   # both recompute activations in backward
 
 Simplifications: float32 only; no padding (every token is a label); dropout 0; without --gguf the memory
@@ -60,6 +69,9 @@ import numpy as np
 # A memory child imports only its own library, so its peak RSS holds nothing of the other one. The parent
 # imports torch before minifm (as bench_train_step does), so torch's OpenMP runtime starts with its own settings.
 _CHILD_SIDE = sys.argv[sys.argv.index("--child") + 1] if "--child" in sys.argv[:-1] else None
+# Importing minifm sets OMP_WAIT_POLICY=PASSIVE for its own OpenMP runtime unless the user chose a policy; a torch
+# child must not inherit minifm's choice (torch's threads would then sleep after every parallel region).
+_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 if _CHILD_SIDE != "minifm":
     import torch
     import transformers
@@ -238,16 +250,16 @@ def check_first_step(kind: str, our_model, our_trained: dict, their_model, their
 
 
 # ------------------------------------------------------------------------------------------ memory children
-def run_memory_child(side: str, kind: str, args) -> None:
-    """Build one side's model, run --memory-steps steps, print one JSON line (see the module docstring)."""
-    started_rss = rss_bytes()
+def child_trainer(side: str, kind: str, args):
+    """(step function, {name: trained parameter}) of one side, built inside a child process that imports only
+    that side's library (each library's own random initialisation of the same shapes, or the GGUF in both)."""
     if side == "minifm":
         minifm_threads.set_num_threads(args.threads)
         if args.gguf:
             model = GPT.from_pretrained(resolve_model_path("smollm2-135m-instruct"), dtype="float32")
         else:
             model = GPT(GPTConfig(**SMOLLM2_CONFIG))
-        model, step, trained = minifm_trainer(model, kind, args)
+        _, step, trained = minifm_trainer(model, kind, args)
     else:
         torch.set_num_threads(args.threads)
         if args.gguf:
@@ -256,7 +268,14 @@ def run_memory_child(side: str, kind: str, args) -> None:
                 os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
         else:
             model = torch_random_model()
-        model, step, trained = torch_trainer(model, kind, args)
+        _, step, trained = torch_trainer(model, kind, args)
+    return step, trained
+
+
+def run_memory_child(side: str, kind: str, args) -> None:
+    """Build one side's model, run --memory-steps steps, print one JSON line (see the module docstring)."""
+    started_rss = rss_bytes()
+    step, trained = child_trainer(side, kind, args)
     gc.collect()
     model_rss = rss_bytes()
     seconds = []
@@ -270,6 +289,18 @@ def run_memory_child(side: str, kind: str, args) -> None:
                                          for param in trained.values()))}))
 
 
+def run_step_server(side: str, kind: str, args) -> None:
+    """Build one side's model, print "ready", then time one step per "step" line read from stdin (one JSON
+    line each: wall and CPU seconds) until "quit" (--timing processes)."""
+    step, _ = child_trainer(side, kind, args)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        wall, cpu = timed(step)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+
+
 def gguf_path() -> str:
     """The SmolLM2-135M-Instruct GGUF's path without importing minifm (the torch child), via a subprocess."""
     code = ("from minifm.pretrained.registry import resolve_model_path;"
@@ -277,13 +308,27 @@ def gguf_path() -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def measure_memory(side: str, kind: str, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", side, "--child-kind", kind,
-               "--threads", str(args.threads), "--batch", str(args.batch), "--tokens", str(args.tokens),
-               "--rank", str(args.rank), "--alpha", str(args.alpha), "--memory-steps", str(args.memory_steps),
-               "--targets", *args.targets] + (["--gguf"] if args.gguf else []) \
+def child_command(side: str, kind: str, args) -> list[str]:
+    """The command line of a child process of `side` running `kind` steps with this run's settings."""
+    return [sys.executable, os.path.abspath(__file__), "--child", side, "--child-kind", kind,
+            "--threads", str(args.threads), "--batch", str(args.batch), "--tokens", str(args.tokens),
+            "--rank", str(args.rank), "--alpha", str(args.alpha), "--memory-steps", str(args.memory_steps),
+            "--targets", *args.targets] + (["--gguf"] if args.gguf else []) \
         + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
-    done = subprocess.run(command, capture_output=True, text=True)
+
+
+def child_environment(side: str) -> dict:
+    """The environment of a child: this one's, without the OpenMP wait policy minifm set for itself when the
+    child is torch's (its runtime keeps its own default unless the user chose a policy)."""
+    environment = dict(os.environ)
+    if side == "torch" and _USER_WAIT_POLICY is None:
+        environment.pop("OMP_WAIT_POLICY", None)
+    return environment
+
+
+def measure_memory(side: str, kind: str, args) -> dict:
+    done = subprocess.run(child_command(side, kind, args), capture_output=True, text=True,
+                          env=child_environment(side))
     if done.returncode != 0:
         raise SystemExit(f"the {side} {kind} memory child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -295,6 +340,34 @@ def timed(step) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     step()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+class StepServer:
+    """A child process that holds one side's model and times one step per request (run_step_server)."""
+
+    def __init__(self, side: str, kind: str, args):
+        self.side = side
+        self.process = subprocess.Popen(child_command(side, kind, args) + ["--serve"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=child_environment(side))
+        self._expect("ready")
+
+    def _expect(self, what: str) -> str:
+        line = self.process.stdout.readline()
+        if not line or (what == "ready" and line.strip() != "ready"):
+            raise SystemExit(f"the {self.side} step server stopped (exit {self.process.poll()}) before {what!r}")
+        return line
+
+    def step(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of one step, timed inside the child."""
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        result = json.loads(self._expect("a timing"))
+        return result["wall"], result["cpu"]
+
+    def close(self) -> None:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def build_pair(kind: str, args):
@@ -333,9 +406,16 @@ def main():
     parser.add_argument("--profile", choices=KINDS, default=None, help="cProfile one minifm step of this kind")
     parser.add_argument("--child", choices=("minifm", "torch"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-kind", choices=KINDS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timing", choices=("processes", "shared"), default="processes",
+                        help="time each side in its own child process, the two taking turns (default), or both "
+                             "in this process (see the module docstring)")
     args = parser.parse_args()
     if args.child is not None:
-        run_memory_child(args.child, args.child_kind, args)
+        if args.serve:
+            run_step_server(args.child, args.child_kind, args)
+        else:
+            run_memory_child(args.child, args.child_kind, args)
         return
     torch.set_num_threads(args.threads)
     minifm_threads.set_num_threads(args.threads)
@@ -365,19 +445,30 @@ def main():
         for kind in args.kinds:
             our_step, their_step, check = build_pair(kind, args)
             print(f"check {check}", flush=True)
-            for _ in range(args.warmup):
+            if args.profile == kind:
                 our_step()
-                their_step()
+                print(f"\ncProfile of one minifm {kind} step, by own time:\n{profile_report(our_step)}")
+            if args.timing == "processes":  # the checked pair leaves; each side steps in its own process
+                del our_step, their_step
+                gc.collect()
+                servers = [StepServer("minifm", kind, args), StepServer("torch", kind, args)]
+                our_timed, their_timed = servers[0].step, servers[1].step
+            else:
+                our_timed, their_timed = (lambda: timed(our_step)), (lambda: timed(their_step))
+            for _ in range(args.warmup):
+                our_timed()
+                their_timed()
             ours, theirs = [], []
             for repeat in range(args.repeats):
-                ours.append(timed(our_step))
-                theirs.append(timed(their_step))
+                ours.append(our_timed())
+                theirs.append(their_timed())
                 print(f"{kind} repeat {repeat + 1}: minifm {ours[-1][0]:.2f} s (CPU {ours[-1][1]:.2f}), torch "
                       f"{theirs[-1][0]:.2f} s (CPU {theirs[-1][1]:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
             timing[kind] = ours, theirs
-            if args.profile == kind:
-                print(f"\ncProfile of one minifm {kind} step, by own time:\n{profile_report(our_step)}")
-            del our_step, their_step
+            if args.timing == "processes":
+                for server in servers:
+                    server.close()
+            del our_timed, their_timed
             gc.collect()
 
     print(f"\nload average (1, 5, 15 min) after: {os.getloadavg()}")
