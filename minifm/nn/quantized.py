@@ -38,7 +38,7 @@ import numpy as np
 
 from minifm.autograd.function import Context, Function
 from minifm.autograd.tensor import Tensor, data_of
-from minifm.kernels.quantized import quantized_matmul, quantized_products
+from minifm.kernels.quantized import quantized_matmul
 from minifm.nn.layers import Embedding, Linear
 from minifm.nn.module import Module, Parameter
 from minifm.pretrained.quants import QUANTIZED_TYPES, QuantizedTensor, dequantize, quantize, stored_row_bytes
