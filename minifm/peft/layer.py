@@ -193,12 +193,12 @@ class TunerLayer(Module):
         for name in names:
             weight, new_bias = self.merged_weight_and_bias(name, weight, bias)
             bias = bias if new_bias is None else new_bias
-            self.merged_adapters.append(name)
         if not np.all(np.isfinite(weight)):
             raise FloatingPointError(f"merging adapter(s) {names} produced non-finite weights")
         base.weight[...] = quantize(weight, base.weight_type, base._name).data  # in place: same (out, bytes) blocks
         if bias is not None:
             base.bias.data[...] = bias
+        self.merged_adapters.extend(names)  # only once the layer holds them
 
     def unmerge(self) -> None:
         """Restore the exact pre-merge base weights (see the module docstring)."""
