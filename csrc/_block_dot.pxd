@@ -195,9 +195,11 @@ cdef extern from *:
 
     /* ---- Q8 activations: x quantized per block of 32 to int8, integer dot products ----
        x's block b of row r becomes xq = rint(x * (127 / amax)) in -127..127 with amax = max |x| and
-       dx = amax / 127 (dx = 0 for a zero block; NaN for a block holding inf or NaN), and sx = dx * sum(xq). A weight block then contributes
+       dx = amax / 127 (dx = 0 for a zero block; NaN for a block holding inf or NaN; xq = 0 for a block whose amax is
+       below 1e-30, where 127 / amax would overflow to inf), and sx = dx * sum(xq). A weight block then contributes
            Q8_0: d dx sum(q xq)      Q4_0: d dx sum(q xq) - 8 d sx      Q4_1: d dx sum(q xq) + m sx
        where sum(q xq) is exact in integers. */
+    #define MINIFM_Q8_MIN_AMAX 1e-30f
     static void minifm_quantize_input(const float* x, Py_ssize_t width, int8_t* xq, float* dx, float* sx) {
         for (Py_ssize_t b = 0; b < width / MINIFM_QK; b++) {
             const float* xb = x + b * MINIFM_QK;
@@ -209,7 +211,8 @@ cdef extern from *:
                 probe += xb[i] * 0.0f;                        /* NaN when any value is inf or NaN */
             }
             const int finite = probe == 0.0f;
-            const float inverse = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+            /* below MINIFM_Q8_MIN_AMAX, 127 / amax would overflow: such a block rounds to zeros (as NumPy's twin) */
+            const float inverse = (finite && amax >= MINIFM_Q8_MIN_AMAX) ? 127.0f / amax : 0.0f;
             int total = 0;
             #pragma omp simd reduction(+:total)
             for (int i = 0; i < MINIFM_QK; i++) {

@@ -62,6 +62,9 @@ from minifm.pretrained.quants import FORMATS, QuantizedTensor, dequantize
 BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
 FLOAT_TYPES = ("F32", "F16")
 
+# quantize_input: a block of 32 inputs whose largest |x| is below this rounds to zeros (127 / amax would overflow).
+MIN_AMAX = np.float32(1e-30)
+
 # Products with at most this many input rows take the fused decoding kernel; more take the tiled one.
 MAX_ROWS = 4
 
@@ -92,7 +95,8 @@ def _check(x: np.ndarray, weights: Sequence[QuantizedTensor]) -> None:
 
 def quantize_input_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x float32 (M, K) rounded to 8 bits per block of 32 values: (xq int8 (M, K), dx float32 (M, K / 32)),
-    x ~ xq * dx (module docstring). A block holding inf or NaN gets xq = 0 and dx = NaN."""
+    x ~ xq * dx (module docstring). A block holding inf or NaN gets xq = 0 and dx = NaN; a block whose largest
+    |x| is below MIN_AMAX gets xq = 0 (127 / amax would overflow)."""
     rows, width = x.shape
     if width % 32:
         raise ValueError(f"quantize_input needs x's columns in whole blocks of 32 values, got shape {x.shape}")
@@ -100,7 +104,8 @@ def quantize_input_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         finite = np.isfinite(blocks).all(axis=-1, keepdims=True)  # (M, K / 32, 1)
         amax = np.where(finite, np.abs(blocks).max(axis=-1, keepdims=True), np.float32(0))  # (M, K / 32, 1)
-        inverse = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+        # below MIN_AMAX, 127 / amax overflows to inf: such a block rounds to zeros (the compiled twin does the same)
+        inverse = np.where(amax >= MIN_AMAX, np.float32(127) / amax, np.float32(0)).astype(np.float32)
         rounded = np.rint(np.where(finite, blocks * inverse, np.float32(0)))  # (M, K / 32, 32) in -127..127
         dx = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
     return rounded.astype(np.int8).reshape(rows, width), dx.reshape(rows, width // 32)

@@ -297,7 +297,7 @@ def test_compiled_entry_points_check_their_arguments(rng):
 
 
 @given(rows=st.integers(1, 6), blocks=st.integers(1, 5), seed=st.integers(0, 2**31 - 1),
-       special=st.sampled_from(["none", "inf", "nan", "zero block", "tiny"]))
+       special=st.sampled_from(["none", "inf", "nan", "zero block", "tiny", "vanishing"]))
 def test_compiled_input_rounding_has_rounded_inputs_bits(rows, blocks, seed, special):
     """round_input (prefill's int8 activations, compiled) == rounded_input bit for bit, NaN where it has NaN."""
     rng = np.random.default_rng(seed)
@@ -310,7 +310,9 @@ def test_compiled_input_rounding_has_rounded_inputs_bits(rows, blocks, seed, spe
     elif special == "zero block":
         x[row, column // 32 * 32:column // 32 * 32 + 32] = 0
     elif special == "tiny":
-        x[row] *= np.float32(1e-30)  # small inputs (blocks whose max is below ~4e-37, where 127 / max overflows, are left out)
+        x[row] *= np.float32(1e-25)  # small inputs, still above MIN_AMAX
+    elif special == "vanishing":
+        x[row] *= np.float32(1e-39)  # below MIN_AMAX (and below 127 / FLT_MAX, where 127 / max would overflow)
     expected = quantized.rounded_input(x)  # (M, K)
     with compiled_path("quantized") as module:
         ours = np.empty_like(x)
@@ -318,3 +320,5 @@ def test_compiled_input_rounding_has_rounded_inputs_bits(rows, blocks, seed, spe
     assert np.array_equal(np.isnan(ours), np.isnan(expected))
     finite = ~np.isnan(expected)
     np.testing.assert_array_equal(ours[finite].view(np.uint32), expected[finite].view(np.uint32))
+    if special == "vanishing":  # such blocks round to zeros, never to inf or NaN
+        assert not np.any(expected[row]) and np.all(np.isfinite(expected[row]))
