@@ -8,10 +8,11 @@ general path's by at most ~1e-5 of the largest logit (float32 sums in another or
 import numpy as np
 import pytest
 
-import minifm as mf
 from minifm.kernels import decode_step
 from minifm.models import GPT, GPTConfig
 from minifm.tokenizer import from_pretrained as tokenizer_from_pretrained
+
+from greedy_decoding import count_calls, greedy_with_cache  # tests/models/greedy_decoding.py
 
 
 def tiny_llama(seed: int = 0, **overrides) -> GPT:
@@ -21,40 +22,12 @@ def tiny_llama(seed: int = 0, **overrides) -> GPT:
     return GPT(GPTConfig(**config)).eval()
 
 
+
+
 @pytest.fixture
 def decode_step_calls(monkeypatch):
-    """How many times decode_step.decode_layer ran (the wrapped function still runs)."""
-    calls = [0]
-    original = decode_step.decode_layer
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(decode_step, "decode_layer", counted)
-    return calls
-
-
-def greedy_with_cache(model: GPT, prompt: np.ndarray, steps: int, fast: bool, attention_mask=None):
-    """(tokens (B, steps), logits of every step (steps, B, V), the final cache) of a greedy KV-cached loop:
-    graph recording off (the fast path) or on (the general autograd path)."""
-    cache = model.make_cache(prompt.shape[0], prompt.shape[1] + steps)
-    mask = attention_mask
-    tokens, logits_seen = [], []
-    with mf.no_grad():
-        logits = model(prompt, cache=cache, attention_mask=mask).data[:, -1]  # (B, V)
-    for _ in range(steps):
-        token = logits.argmax(axis=-1)[:, None]  # (B, 1)
-        tokens.append(token[:, 0])
-        if mask is not None:
-            mask = np.concatenate([mask, np.ones_like(token)], axis=1)
-        if fast:
-            with mf.no_grad():
-                logits = model(token, cache=cache, attention_mask=mask).data[:, -1]
-        else:
-            logits = model(token, cache=cache, attention_mask=mask).data[:, -1]
-        logits_seen.append(logits)
-    return np.stack(tokens, axis=1), np.stack(logits_seen), cache
+    """How many times decode_step.decode_layer ran."""
+    return count_calls(monkeypatch, decode_step, "decode_layer")
 
 
 def test_tiny_llama_decoding_equals_the_general_path(decode_step_calls):

@@ -6,11 +6,12 @@ RoPE/RMSNorm/SwiGLU models, graph recording on, float64, more than MAX_BATCH row
 import numpy as np
 import pytest
 
-import minifm as mf
 from minifm.kernels import gpt2_step
 from minifm.models import GPT, GPTConfig
 from minifm.peft import LoraConfig, get_peft_model
 from minifm.sampling.generate import generate
+
+from greedy_decoding import count_calls, greedy_with_cache  # tests/models/greedy_decoding.py
 
 
 def gpt2_model(seed: int = 0, **overrides) -> GPT:
@@ -24,40 +25,12 @@ def gpt2_model(seed: int = 0, **overrides) -> GPT:
     return model
 
 
+
+
 @pytest.fixture
 def step_calls(monkeypatch):
-    """How many times gpt2_step.gpt2_layer ran (the wrapped function still runs)."""
-    calls = [0]
-    original = gpt2_step.gpt2_layer
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(gpt2_step, "gpt2_layer", counted)
-    return calls
-
-
-def greedy_loop(model: GPT, prompt: np.ndarray, steps: int, fast: bool, attention_mask=None):
-    """(tokens (B, steps), logits (steps, B, V), cache) of a KV-cached greedy loop, graph recording off
-    (fast) or on (the general path)."""
-    cache = model.make_cache(prompt.shape[0], prompt.shape[1] + steps)
-    mask = attention_mask
-    with mf.no_grad():
-        logits = model(prompt, cache=cache, attention_mask=mask).data[:, -1]  # (B, V)
-    tokens, seen = [], []
-    for _ in range(steps):
-        token = logits.argmax(axis=-1)[:, None]  # (B, 1)
-        tokens.append(token[:, 0])
-        if mask is not None:
-            mask = np.concatenate([mask, np.ones_like(token)], axis=1)
-        if fast:
-            with mf.no_grad():
-                logits = model(token, cache=cache, attention_mask=mask).data[:, -1]
-        else:
-            logits = model(token, cache=cache, attention_mask=mask).data[:, -1]
-        seen.append(logits)
-    return np.stack(tokens, axis=1), np.stack(seen), cache
+    """How many times gpt2_step.gpt2_layer ran."""
+    return count_calls(monkeypatch, gpt2_step, "gpt2_layer")
 
 
 @pytest.mark.parametrize("options", [dict(), dict(bias=False), dict(mlp="gelu_tanh"), dict(n_head=1, n_embd=24)])
@@ -65,9 +38,9 @@ def greedy_loop(model: GPT, prompt: np.ndarray, steps: int, fast: bool, attentio
 def test_step_matches_the_general_path(options, batch, step_calls, rng):
     model = gpt2_model(**options)
     prompt = rng.integers(0, 120, size=(batch, 5))
-    fast_tokens, fast_logits, fast_cache = greedy_loop(model, prompt, 12, fast=True)
+    fast_tokens, fast_logits, fast_cache = greedy_with_cache(model, prompt, 12, fast=True)
     assert step_calls[0] == 12 * model.config.n_layer  # every decoding step, every block; never the prompt
-    general_tokens, general_logits, general_cache = greedy_loop(model, prompt, 12, fast=False)
+    general_tokens, general_logits, general_cache = greedy_with_cache(model, prompt, 12, fast=False)
     scale = np.abs(general_logits).max()
     np.testing.assert_allclose(fast_logits, general_logits, rtol=0, atol=2e-5 * scale)
     np.testing.assert_array_equal(fast_tokens, general_tokens)
@@ -80,7 +53,7 @@ def test_generate_uses_the_step_and_matches_the_general_path(step_calls, rng):
     prompt = rng.integers(0, 120, size=(4, 6))
     ours = generate(model, prompt, 10)
     assert step_calls[0] == 9 * model.config.n_layer  # the first new token comes from the prompt's forward
-    general_tokens, _, _ = greedy_loop(model, prompt, 10, fast=False)
+    general_tokens, _, _ = greedy_with_cache(model, prompt, 10, fast=False)
     np.testing.assert_array_equal(ours[:, 6:], general_tokens)
 
 
@@ -97,5 +70,5 @@ def test_general_path_where_the_step_does_not_apply(case, step_calls, rng):
         mask[0, :2] = 0
     if case == "lora":
         model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).eval()
-    greedy_loop(model, prompt, 3, fast=case != "grad", attention_mask=mask)
+    greedy_with_cache(model, prompt, 3, fast=case != "grad", attention_mask=mask)
     assert step_calls[0] == 0

@@ -11,53 +11,30 @@ from minifm.kernels import fewrows
 from minifm.models import GPT, GPTConfig
 from minifm.sampling.generate import generate
 
+from greedy_decoding import count_calls, greedy_with_cache  # tests/models/greedy_decoding.py
+
 
 def small_gpt(dtype: str = "float32") -> GPT:
     config = GPTConfig(vocab_size=300, block_size=40, n_layer=2, n_head=4, n_embd=64, seed=3, dtype=dtype)
     return GPT(config).eval()
 
 
+
+
 @pytest.fixture
 def fewrows_calls(monkeypatch):
-    """How many times fewrows.fewrows ran in gpt.py (the wrapped function still runs)."""
-    calls = [0]
-    original = fewrows.fewrows
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fewrows, "fewrows", counted)
-    return calls
-
-
-def _greedy_loop(model: GPT, prompt: np.ndarray, steps: int, fast: bool):
-    """(tokens (B, steps), logits of every step (steps, B, V)): a KV-cached greedy loop, graph recording
-    off (fast) or on (the general path, whose head is F.linear)."""
-    cache = model.make_cache(prompt.shape[0], prompt.shape[1] + steps)
-    with mf.no_grad():
-        logits = model(prompt, cache=cache).data[:, -1]  # (B, V)
-    tokens, seen = [], []
-    for _ in range(steps):
-        token = logits.argmax(axis=-1)[:, None]  # (B, 1)
-        tokens.append(token[:, 0])
-        if fast:
-            with mf.no_grad():
-                logits = model(token, cache=cache).data[:, -1]
-        else:
-            logits = model(token, cache=cache).data[:, -1]
-        seen.append(logits)
-    return np.stack(tokens, axis=1), np.stack(seen)
+    """How many times fewrows.fewrows ran in gpt.py."""
+    return count_calls(monkeypatch, fewrows, "fewrows")
 
 
 @pytest.mark.parametrize("batch", [2, 5, 8])
 def test_batched_head_matches_the_recorded_path(batch, fewrows_calls, rng):
     model = small_gpt()
     prompt = rng.integers(0, 300, size=(batch, 6))
-    fast_tokens, fast_logits = _greedy_loop(model, prompt, 10, fast=True)
+    fast_tokens, fast_logits, _ = greedy_with_cache(model, prompt, 10, fast=True)
     if fewrows.applies(np.zeros((batch, 64), np.float32), model.wte.weight.data):
         assert fewrows_calls[0] == 10  # every decoding step's head, never the prompt's
-    general_tokens, general_logits = _greedy_loop(model, prompt, 10, fast=False)
+    general_tokens, general_logits, _ = greedy_with_cache(model, prompt, 10, fast=False)
     scale = np.abs(general_logits).max()
     np.testing.assert_allclose(fast_logits, general_logits, rtol=0, atol=1e-5 * scale)
     np.testing.assert_array_equal(fast_tokens, general_tokens)
@@ -93,5 +70,5 @@ def test_generate_batch_greedy_equals_the_recorded_path(rng):
     model = small_gpt()
     prompt = rng.integers(0, 300, size=(4, 5))
     fast = generate(model, prompt, 8)
-    general_tokens, _ = _greedy_loop(model, prompt, 8, fast=False)
+    general_tokens, _, _ = greedy_with_cache(model, prompt, 8, fast=False)
     np.testing.assert_array_equal(fast[:, 5:], general_tokens)
