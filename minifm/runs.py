@@ -27,7 +27,9 @@ convert, quantize, the training stages) call: a run directory, a Hugging Face di
 file, or a known short name (minifm/pretrained/registry.py), each with its tokenizer. The default
 float32 is what training and export need; generate and chat pass None (their --dtype default), which
 keeps the model as stored: a GGUF's own quantized formats, a run as saved. "q8_0" | "q4_0" | "q4_1"
-quantize a GPT (GPT.from_pretrained for real checkpoints, GPT.convert_weights for runs).
+quantize a GPT (GPT.from_pretrained for real checkpoints, GPT.convert_weights for runs). A QLoRA run
+(an adapter kept apart from quantized blocks) loads in float32 with the adapter merged, so a second
+stage can start from it (`run_model_in_dtype`).
 """
 from __future__ import annotations
 
@@ -104,6 +106,32 @@ def load_run(directory):
     return model, load_tokenizer(find_tokenizer(directory))
 
 
+def run_model_in_dtype(model, dtype: str, name_or_path):
+    """A loaded run's model with its weights in `dtype` ("float32" | "q8_0" | "q4_0" | "q4_1").
+
+    A run trained with an adapter over quantized blocks (QLoRA: `minifm sft --dtype q4_1 --peft lora`)
+    holds the blocks and the adapter apart, because merging into blocks would round. Here its base is
+    dequantized under the adapter and a LoRA or IA3 adapter is then merged exactly into the float32
+    weights: the fine-tuned model, which a next stage trains like any other run's. A quantized dtype
+    then rounds that merged model (GPT.convert_weights). Adapters that cannot be merged (prompt, prefix,
+    bottleneck) stay on, over a base converted to `dtype`."""
+    if isinstance(model, PeftModel):
+        base_quantized = getattr(model.base_model.config, "quantized", False)
+        if dtype == "float32" and not base_quantized:
+            return model
+        model.convert_weights("float32")
+        if not model.mergeable:
+            return model.convert_weights(dtype)
+        model = model.merge_and_unload()
+    quantized = getattr(getattr(model, "config", None), "quantized", False)
+    if dtype != "float32" or quantized:
+        if type(model) is not GPT:
+            raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds a "
+                             f"{type(model).__name__}")
+        model.convert_weights(dtype)
+    return model
+
+
 def load_any(name_or_path, dtype: str | None = "float32"):
     """(model, tokenizer) from a run directory, a Hugging Face directory, a .gguf file or a known short name.
 
@@ -113,13 +141,7 @@ def load_any(name_or_path, dtype: str | None = "float32"):
     path = resolve_model_path(name_or_path)
     if path.is_dir() and has_checkpoint(path):
         model, tokenizer = load_run(path)
-        quantized = getattr(getattr(model, "config", None), "quantized", False)
-        if dtype is not None and (dtype != "float32" or quantized):
-            if type(model) is not GPT:
-                raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds a "
-                                 f"{type(model).__name__}")
-            model.convert_weights(dtype)
-        return model, tokenizer
+        return (model if dtype is None else run_model_in_dtype(model, dtype, name_or_path)), tokenizer
     if path.is_file() and path.suffix == ".gguf":
         return GPT.from_pretrained(path, dtype=dtype), tokenizer_from_pretrained(path)
     if path.is_dir() and (path / "config.json").is_file():

