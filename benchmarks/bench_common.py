@@ -1,4 +1,5 @@
-"""What the bench_*.py scripts beside it share: the machine line they print, SmolLM2-135M's layout, a profile.
+"""What the bench_*.py scripts beside it share: the machine line they print, the load average, SmolLM2-135M's
+layout, a random next-token batch, one training step, resident-memory readings, a profile.
 
 Kept free of torch and the other oracles, so that a benchmark's child processes (resident-memory
 measurements) can import it without loading a second library.
@@ -10,7 +11,10 @@ import io
 import os
 import platform
 import pstats
+import resource
 import subprocess
+
+import numpy as np
 
 
 def machine_description() -> str:
@@ -27,6 +31,63 @@ def machine_description() -> str:
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return (f"{fields.get('Model name', platform.processor() or 'unknown CPU')}, {cores} usable cores, {vector}, "
             f"L2 {fields.get('L2 cache', '?')}, L3 {fields.get('L3 cache', '?')}; {platform.platform()}")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, as "0.81 1.02 1.10" ("?" where the system has none)."""
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The largest resident set this process has had (getrusage; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def high_water_bytes() -> int:
+    """VmHWM of /proc/self/status: the peak resident set since the start or the last reset_high_water()."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return peak_rss_bytes()
+
+
+def reset_high_water() -> bool:
+    """Reset VmHWM to the current resident set (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def next_token_batch(batch: int, tokens: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels), each (batch, tokens) int64: random ids (seed 0) and the ids that follow them."""
+    ids = np.random.default_rng(0).integers(0, vocab, size=(batch, tokens + 1))  # (batch, tokens + 1)
+    return np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
+
+
+def training_step(model, optimizer, inputs: np.ndarray, labels: np.ndarray):
+    """A function doing one step of minifm training (zero the gradients, loss, backward, optimizer step) that
+    returns the loss as a float; the same step in every benchmark that times minifm's training."""
+    def step() -> float:
+        optimizer.zero_grad()
+        loss = model.loss(inputs, labels)
+        loss.backward()
+        optimizer.step()
+        return float(loss.data)
+
+    return step
 
 
 # SmolLM2-135M-Instruct's layout as a minifm GPTConfig's fields, and the same as transformers' LlamaConfig

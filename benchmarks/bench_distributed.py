@@ -47,6 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import load_average  # noqa: E402  (a sibling script)
+
 BENCHMARK = Path(__file__).resolve()
 LINKS = (("10 Gb/s", 10e9 / 8, 30e-6), ("100 Gb/s", 100e9 / 8, 5e-6))  # (name, bytes/s, assumed latency per message)
 MODEL = {"vocab_size": 1024, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128}  # minifm pretrain's default
@@ -165,13 +168,6 @@ def launch(ranks: int, threads: int, worker_args: list[str]) -> dict:
     if output.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output.stderr[-2000:]}")
     return json.loads([line for line in output.stdout.splitlines() if line.startswith("{")][-1])
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{value:.1f}" for value in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def cost_model(flops_per_s: float, tokens_per_machine: float, last_bucket_share: float, buckets: int) -> list[str]:

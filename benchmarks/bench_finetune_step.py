@@ -58,7 +58,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -84,7 +83,10 @@ if _CHILD_SIDE != "torch":
     from minifm.peft import LoraConfig, get_peft_model
     from minifm.pretrained.registry import resolve_model_path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import SMOLLM2_CONFIG, machine_description, profile_report, smollm2_llama_config  # noqa: E402  (a sibling script)
+from bench_common import (  # noqa: E402  (a sibling script)
+    SMOLLM2_CONFIG, machine_description, next_token_batch, peak_rss_bytes, profile_report, rss_bytes, smollm2_llama_config,
+    training_step,
+)
 if _CHILD_SIDE is None:
     import bench_real_model
 
@@ -93,21 +95,6 @@ KINDS = ("lora", "full")
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def batch_ids(batch: int, tokens: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels), each (batch, tokens) int64: random ids and the ids that follow them."""
-    ids = np.random.default_rng(0).integers(0, vocab, size=(batch, tokens + 1))
-    return np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 # ------------------------------------------------------------------------------------------ minifm side
 def minifm_lora_config(args) -> "LoraConfig":
     return LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=list(args.targets))
@@ -124,16 +111,8 @@ def minifm_trainer(model, kind: str, args):
     model.train()
     trained = {name: param for name, param in model.named_parameters() if param.requires_grad}
     optimizer = AdamW(list(trained.values()), **ADAMW)
-    inputs, labels = batch_ids(args.batch, args.tokens, SMOLLM2_CONFIG["vocab_size"])
-
-    def step() -> float:
-        optimizer.zero_grad()
-        loss = model.loss(inputs, labels)
-        loss.backward()
-        optimizer.step()
-        return float(loss.data)
-
-    return model, step, trained
+    inputs, labels = next_token_batch(args.batch, args.tokens, SMOLLM2_CONFIG["vocab_size"])
+    return model, training_step(model, optimizer, inputs, labels), trained
 
 
 # ------------------------------------------------------------------------------------------ torch side
@@ -154,7 +133,7 @@ def torch_trainer(model, kind: str, args):
     trained = {name: param for name, param in model.named_parameters() if param.requires_grad}
     optimizer = torch.optim.AdamW(list(trained.values()), lr=ADAMW["lr"], betas=ADAMW["betas"], eps=ADAMW["eps"],
                                   weight_decay=ADAMW["weight_decay"])
-    inputs, labels = (torch.from_numpy(array) for array in batch_ids(args.batch, args.tokens,
+    inputs, labels = (torch.from_numpy(array) for array in next_token_batch(args.batch, args.tokens,
                                                                       SMOLLM2_CONFIG["vocab_size"]))
 
     def step() -> float:
@@ -209,7 +188,7 @@ def relative_gap(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 def check_first_step(kind: str, our_model, our_trained: dict, their_model, their_trained: dict, args) -> str:
     """One step of each (forward, backward, AdamW) compared: loss, gradients, update (see the docstring)."""
-    inputs, labels = batch_ids(args.batch, args.tokens, SMOLLM2_CONFIG["vocab_size"])
+    inputs, labels = next_token_batch(args.batch, args.tokens, SMOLLM2_CONFIG["vocab_size"])
     names = list(our_trained)
     before = {name: our_trained[name].data.copy() for name in names}
     their_before = {name: their_trained[hf_name_of(name)].detach().clone().numpy() for name in names}

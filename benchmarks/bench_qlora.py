@@ -37,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,40 +51,14 @@ from minifm.peft import LoraConfig, get_peft_model
 from minifm.pretrained.registry import resolve_model_path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import machine_description, profile_report  # noqa: E402  (a sibling script)
+from bench_common import (  # noqa: E402  (a sibling script)
+    high_water_bytes, load_average, machine_description, next_token_batch, profile_report, reset_high_water, rss_bytes,
+    training_step,
+)
 
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 DTYPES = ("float32", "q8_0", "q4_0", "q4_1")
 MiB = 1024 * 1024
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def high_water_bytes() -> int:
-    """VmHWM of /proc/self/status: the peak resident set since the start or the last reset."""
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_high_water() -> bool:
-    """Reset VmHWM to the current resident set (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def run_child(dtype: str, args) -> None:
@@ -102,15 +75,8 @@ def run_child(dtype: str, args) -> None:
     model.train()
     trained = [param for param in model.parameters() if param.requires_grad]
     optimizer = AdamW(trained, **ADAMW)
-    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(args.batch, args.tokens + 1))
-    inputs, labels = np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
-
-    def step() -> float:
-        optimizer.zero_grad()
-        loss = model.loss(inputs, labels)
-        loss.backward()
-        optimizer.step()
-        return float(loss.data)
+    inputs, labels = next_token_batch(args.batch, args.tokens, model.config.vocab_size)
+    step = training_step(model, optimizer, inputs, labels)
 
     gc.collect()
     loaded_rss = rss_bytes()
