@@ -43,10 +43,11 @@ factor 16), prompt tuning 3e-2 (P = 8 virtual tokens, random init), prefix tunin
 Only full fine-tuning and LoRA were probed (one run each, 16 steps, 32 test questions: full 1e-4 -> 0.84,
 LoRA r=16 on q, k, v, o at 2e-3 -> 0.59); the other rates are common starting points, not tuned. Seeds: `seeds` (3) for the methods the claim is about (`key_methods`: full, LoRA r=16 attention,
 LoRA r=16 all-linear) and `other_seeds` for the rest (3 in the default preset; lower it when compute is short:
-the report says which method ran how many). Cost, measured on 2 shared cores: a PEFT run (12 steps + evaluation)
-took 45-65 s at load 2-3.5 and 3-6 minutes at load 6-10, full fine-tuning 1.5-2x a LoRA run; so the 33 runs
-need roughly DEFAULT_MINUTES on a quiet 2-core machine (an estimate from those runs) and well over an hour on a
-loaded one. The tiny preset (tests, CI) keeps SmolLM2's first 2 layers and trains 2 steps.
+the report says which method ran how many). Cost, measured: the whole default preset (the untuned evaluation and
+33 runs) took 30.5 minutes on a quiet 2-core AMD EPYC (load 1.1), a PEFT run 45-67 s (~29 s of training at
+2.3-2.7 s per step, ~20 s of evaluation), a full fine-tuning run ~80 s; the same runs took 3-6 minutes each
+at load 6-10. DEFAULT_MINUTES is that measurement, rounded up. The tiny preset (tests, CI) keeps SmolLM2's
+first 2 layers and trains 2 steps.
 
 Measured per run: trainable parameters (counted; also the closed forms below), optimizer state (bytes of the
 optimizer's arrays after training; AdamW: 2 x 4 bytes per trainable parameter), peak RSS of the process
@@ -93,7 +94,7 @@ NAME = "peft-real"
 CLAIM = "PEFT reaches nearly full fine-tuning's quality at a fraction of the cost"
 SUMMARY = ("SmolLM2-135M on tinyworld: full vs LoRA r=1/4/16 (attention, all-linear), adapter, prompt, prefix, IA3: "
            "accuracy, parameters, memory, time")
-DEFAULT_MINUTES = 45
+DEFAULT_MINUTES = 31
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_METHODS = ["full", "lora_r1", "lora_r4", "lora_r16", "lora_r1_all", "lora_r4_all", "lora_r16_all", "adapter",
