@@ -3,11 +3,24 @@
     current_rss_bytes()     the resident set size now (Linux /proc/self/statm)
     PeakRSS()               a context manager that samples it in a thread and keeps the peak
     release_free_memory()   gc.collect() and glibc's malloc_trim(0)
+    keep_freed_memory_for_reuse()   glibc keeps freed activation-sized blocks for the next step (training)
 
 Why the last one: glibc keeps freed small and medium heap blocks for reuse instead of returning them to
 the OS, so after a phase that allocates many short-lived Python objects (a GGUF reader's 49,152-entry
 vocabulary, a finished training run) the RSS stays at that phase's high-water mark. Loaders call it
 once when such a phase ends; measurements call it between runs so one run's peak does not hide the next.
+Why the other one: a training step allocates and frees the same activations and gradients every step.
+glibc serves blocks above its mmap threshold (128 KiB at first, sliding up to 32 MiB as such blocks are
+freed) with fresh mmap()s, and gives the free top of the heap back to the OS above its trim threshold, so
+every step touched new pages again: the tiny benchmark model's step (blocks of 64 KiB-1 MiB) took ~3,000
+minor page faults, 5-10 ms of a ~40 ms step (docs/performance.md, "Page faults in the training step").
+`keep_freed_memory_for_reuse` fixes the mmap threshold at 32 MiB (glibc's own ceiling on 64-bit, so blocks
+below it come from the heap) and the trim threshold at 256 MiB (up to that much free heap stays resident,
+to be reused): the step then takes no page faults. Arrays above 32 MiB (a real model's logits) are still
+mmapped and returned when freed. The engine calls it on a process's first backward(): inference-only
+processes (generate, chat, the quantized decoding) keep glibc's defaults. release_free_memory still hands
+everything free back. MINIFM_KEEP_FREED_MEMORY=0, or the user's own MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_ or malloc GLIBC_TUNABLES, leave glibc's settings alone.
 Simplifications: Linux-first (elsewhere the RSS falls back to the peak so far, and the trim is skipped).
 """
 from __future__ import annotations
@@ -27,6 +40,35 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+# mallopt's parameter numbers (glibc's malloc.h) and the values keep_freed_memory_for_reuse sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+REUSE_MMAP_THRESHOLD = 32 * 2**20   # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+REUSE_TRIM_THRESHOLD = 256 * 2**20
+_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_reuse_decided: bool | None = None   # None: not asked yet; then whether the setting is in effect
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Make glibc keep freed blocks up to 32 MiB on the heap, and up to 256 MiB of free heap resident, for
+    reuse (see the module docstring). Decided once per process; returns whether the setting is in effect
+    (False: turned off by MINIFM_KEEP_FREED_MEMORY=0 or the user's own malloc settings, or not glibc)."""
+    global _reuse_decided
+    if _reuse_decided is not None:
+        return _reuse_decided
+    _reuse_decided = False
+    user_set = any(name in os.environ for name in _USER_MALLOC_SETTINGS) or "malloc" in os.environ.get(
+        "GLIBC_TUNABLES", "")
+    if os.environ.get("MINIFM_KEEP_FREED_MEMORY", "1") == "0" or user_set:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    _reuse_decided = bool(mallopt(M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD))
+    return _reuse_decided
 
 
 def current_rss_bytes() -> int:

@@ -22,6 +22,10 @@ use: the memory of the activations is released as soon as backward has passed th
 backward through the same graph raises instead of silently reusing freed buffers. Gradients are
 never written into the arrays they came from: neither inputs nor the caller's `grad` are mutated.
 
+A process's first backward() also asks glibc to keep freed activation-sized blocks for reuse
+(minifm.memory.keep_freed_memory_for_reuse): otherwise every training step took thousands of page faults
+to allocate the same activations again.
+
 Nothing non-finite passes silently: the caller's `grad` must be finite, and a NaN/inf arriving at a
 leaf raises FloatingPointError naming the leaf's shape and the operation that produced it
 (`set_check_finite(False)` turns the leaf check off, e.g. to study a diverging run).
@@ -32,6 +36,8 @@ import heapq
 import itertools
 
 import numpy as np
+
+from minifm.memory import keep_freed_memory_for_reuse
 
 _check_finite = True
 
@@ -124,6 +130,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
             "backward() called on a tensor that does not require grad "
             "(no input had requires_grad=True, or it was computed under no_grad())"
         )
+    keep_freed_memory_for_reuse()  # once per process: the next steps reuse this step's freed blocks
     pending: dict[int, np.ndarray] = {id(root): _initial_grad(root, grad)}
     uses_left, heights = _uses_and_heights(_inputs_first(root))
     arrival = itertools.count()  # ties between equally low nodes: first ready, first visited
