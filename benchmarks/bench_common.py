@@ -1,5 +1,8 @@
 """What the bench_*.py scripts beside it share: the machine line they print, the load average, SmolLM2-135M's
-layout, a random next-token batch, one training step, resident-memory readings, a profile.
+layout, a random next-token batch, one training step, resident-memory readings, a profile, and the step
+servers: child processes that each hold one library's model and time one step per request, so that two
+libraries are timed in turns, each in a process of its own (as a user runs either), not sharing one
+process's allocator, thread pools and caches.
 
 Kept free of torch and the other oracles, so that a benchmark's child processes (resident-memory
 measurements) can import it without loading a second library.
@@ -8,11 +11,14 @@ from __future__ import annotations
 
 import cProfile
 import io
+import json
 import os
 import platform
 import pstats
 import resource
 import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -88,6 +94,62 @@ def training_step(model, optimizer, inputs: np.ndarray, labels: np.ndarray):
         return float(loss.data)
 
     return step
+
+
+def timed(step) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every thread of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def serve_steps(step) -> None:
+    """The child's side of a StepServer: print "ready", then time one step per "step" line read from stdin
+    (one JSON line each: wall and CPU seconds) until any other line."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        wall, cpu = timed(step)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+
+
+def torch_child_environment(user_wait_policy: str | None) -> dict:
+    """The environment for a child process that runs torch: this one's, without the OpenMP wait policy
+    minifm set for itself on import (torch's runtime keeps its own default unless the user chose one)."""
+    environment = dict(os.environ)
+    if user_wait_policy is None:
+        environment.pop("OMP_WAIT_POLICY", None)
+    return environment
+
+
+class StepServer:
+    """A child process (started with `command`, which ends in serve_steps) that holds one side's model and
+    times one step per request."""
+
+    def __init__(self, name: str, command: list[str], environment: dict | None = None):
+        self.name = name
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=environment)
+        self._expect("ready")
+
+    def _expect(self, what: str) -> str:
+        line = self.process.stdout.readline()
+        if not line or (what == "ready" and line.strip() != "ready"):
+            raise SystemExit(f"the {self.name} step server stopped (exit {self.process.poll()}) before {what!r}")
+        return line
+
+    def step(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of one step, timed inside the child."""
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        result = json.loads(self._expect("a timing"))
+        return result["wall"], result["cpu"]
+
+    def close(self) -> None:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait()
 
 
 # SmolLM2-135M-Instruct's layout as a minifm GPTConfig's fields, and the same as transformers' LlamaConfig

@@ -84,8 +84,8 @@ if _CHILD_SIDE != "torch":
     from minifm.pretrained.registry import resolve_model_path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_common import (  # noqa: E402  (a sibling script)
-    SMOLLM2_CONFIG, machine_description, next_token_batch, peak_rss_bytes, profile_report, rss_bytes, smollm2_llama_config,
-    training_step,
+    SMOLLM2_CONFIG, StepServer, machine_description, next_token_batch, peak_rss_bytes, profile_report, rss_bytes,
+    serve_steps, smollm2_llama_config, timed, torch_child_environment, training_step,
 )
 if _CHILD_SIDE is None:
     import bench_real_model
@@ -269,15 +269,9 @@ def run_memory_child(side: str, kind: str, args) -> None:
 
 
 def run_step_server(side: str, kind: str, args) -> None:
-    """Build one side's model, print "ready", then time one step per "step" line read from stdin (one JSON
-    line each: wall and CPU seconds) until "quit" (--timing processes)."""
+    """Build one side's model, then serve timed steps (--timing processes; bench_common.serve_steps)."""
     step, _ = child_trainer(side, kind, args)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        wall, cpu = timed(step)
-        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
+    serve_steps(step)
 
 
 def gguf_path() -> str:
@@ -297,12 +291,8 @@ def child_command(side: str, kind: str, args) -> list[str]:
 
 
 def child_environment(side: str) -> dict:
-    """The environment of a child: this one's, without the OpenMP wait policy minifm set for itself when the
-    child is torch's (its runtime keeps its own default unless the user chose a policy)."""
-    environment = dict(os.environ)
-    if side == "torch" and _USER_WAIT_POLICY is None:
-        environment.pop("OMP_WAIT_POLICY", None)
-    return environment
+    """The environment of a child: this one's; a torch child's without the wait policy minifm set for itself."""
+    return torch_child_environment(_USER_WAIT_POLICY) if side == "torch" else dict(os.environ)
 
 
 def measure_memory(side: str, kind: str, args) -> dict:
@@ -314,39 +304,9 @@ def measure_memory(side: str, kind: str, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ timing
-def timed(step) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every thread of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    step()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-class StepServer:
-    """A child process that holds one side's model and times one step per request (run_step_server)."""
-
-    def __init__(self, side: str, kind: str, args):
-        self.side = side
-        self.process = subprocess.Popen(child_command(side, kind, args) + ["--serve"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=child_environment(side))
-        self._expect("ready")
-
-    def _expect(self, what: str) -> str:
-        line = self.process.stdout.readline()
-        if not line or (what == "ready" and line.strip() != "ready"):
-            raise SystemExit(f"the {self.side} step server stopped (exit {self.process.poll()}) before {what!r}")
-        return line
-
-    def step(self) -> tuple[float, float]:
-        """(wall, CPU) seconds of one step, timed inside the child."""
-        self.process.stdin.write("step\n")
-        self.process.stdin.flush()
-        result = json.loads(self._expect("a timing"))
-        return result["wall"], result["cpu"]
-
-    def close(self) -> None:
-        self.process.stdin.write("quit\n")
-        self.process.stdin.close()
-        self.process.wait()
+def step_server(side: str, kind: str, args) -> StepServer:
+    """A child process holding `side`'s model, timing one `kind` step per request."""
+    return StepServer(side, child_command(side, kind, args) + ["--serve"], child_environment(side))
 
 
 def build_pair(kind: str, args):
@@ -430,7 +390,7 @@ def main():
             if args.timing == "processes":  # the checked pair leaves; each side steps in its own process
                 del our_step, their_step
                 gc.collect()
-                servers = [StepServer("minifm", kind, args), StepServer("torch", kind, args)]
+                servers = [step_server("minifm", kind, args), step_server("torch", kind, args)]
                 our_timed, their_timed = servers[0].step, servers[1].step
             else:
                 our_timed, their_timed = (lambda: timed(our_step)), (lambda: timed(their_step))

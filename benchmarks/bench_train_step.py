@@ -14,6 +14,14 @@ FLOPs per step = minifm.models.sizes.flops_per_token(config, T) * B * T (6 N + 1
     python benchmarks/bench_train_step.py --quick    # tiny and small, fewer repeats
     python benchmarks/bench_train_step.py --profile small   # also print a cProfile of one minifm step
     python benchmarks/bench_train_step.py --threads 1       # both libraries on one thread
+    python benchmarks/bench_train_step.py --timing shared   # both in this process (the old way)
+
+By default (--timing processes) each library steps in a child process of its own, which imports only what
+it needs and holds one model, and this process asks the two in turn for one timed step at a time. Timing
+both in one process made them share one allocator (glibc's sliding mmap threshold, raised by one
+library's frees, spared the other its page faults), two OpenMP runtimes and the caches, which is not how
+either is used. The torch child gets torch's own OpenMP wait policy, not the PASSIVE one importing
+minifm sets, unless the user set one.
 
 The machine's load average is printed before and after: on a shared machine the figures depend on it.
 """
@@ -22,9 +30,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
+
+_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # before minifm's import sets PASSIVE for itself
 
 try:  # imported before minifm, so torch's OpenMP runtime starts with the user's settings, not minifm's
     import torch
@@ -36,7 +47,7 @@ from minifm.kernels import threads as minifm_threads
 from minifm.models import GPT, GPTConfig, sizes
 from minifm.optim import AdamW, param_groups_for_weight_decay
 
-from bench_common import profile_report  # a sibling script
+from bench_common import StepServer, profile_report, serve_steps, timed, torch_child_environment  # a sibling script
 
 CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, T=64, B=16, V=256),
@@ -58,14 +69,9 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / min(times)
 
 
-def timed(step) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
 def paired_times(ours, theirs, repeats: int, warmup: int = 2) -> tuple[list[float], list[float]]:
-    """Step times of `ours` and `theirs` (None: skipped), alternating step by step.
+    """Step times of `ours` and `theirs` (callables returning one step's wall seconds; theirs None: skipped),
+    alternating step by step.
 
     Alternating means both see the same background load at nearly the same moment, so the ratio of
     a pair is meaningful even when the machine is shared and absolute times drift by several x.
@@ -76,9 +82,38 @@ def paired_times(ours, theirs, repeats: int, warmup: int = 2) -> tuple[list[floa
             theirs()
     our_times, their_times = [], []
     for _ in range(repeats):
-        our_times.append(timed(ours))
-        their_times.append(timed(theirs) if theirs is not None else float("nan"))
+        our_times.append(ours())
+        their_times.append(theirs() if theirs is not None else float("nan"))
     return our_times, their_times
+
+
+def model_config(name: str) -> GPTConfig:
+    shape = CONFIGS[name]
+    return GPTConfig(vocab_size=shape["V"], block_size=shape["T"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+                     n_embd=shape["n_embd"])
+
+
+def step_fn(side: str, name: str):
+    """One training step of config `name` in `side`'s library ("minifm" or "torch")."""
+    if side == "minifm":
+        return minifm_step_fn(model_config(name), CONFIGS[name]["B"])
+    return torch_step_fn(torch, model_config(name), CONFIGS[name]["B"])
+
+
+def step_timers(name: str, args, threads: int):
+    """(minifm timer, torch timer or None, servers to close): callables returning one step's wall seconds,
+    in child processes (--timing processes) or in this one."""
+    if args.timing == "shared":
+        ours, theirs = step_fn("minifm", name), step_fn("torch", name) if torch is not None else None
+        return (lambda: timed(ours)[0]), (None if theirs is None else (lambda: timed(theirs)[0])), []
+    command = [sys.executable, os.path.abspath(__file__), "--child-config", name, "--child-threads", str(threads)]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
+    servers = [StepServer("minifm", command + ["--child", "minifm"], dict(os.environ))]
+    if torch is not None:
+        servers.append(StepServer("torch", command + ["--child", "torch"], torch_child_environment(_USER_WAIT_POLICY)))
+    timers = [(lambda server=server: server.step()[0]) for server in servers]
+    return timers[0], (timers[1] if len(timers) > 1 else None), servers
 
 
 def minifm_step_fn(config: GPTConfig, batch: int):
@@ -154,9 +189,19 @@ def main():
     parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="thread budget for minifm (OpenMP and BLAS) and torch; default minifm's")
+    parser.add_argument("--timing", choices=("processes", "shared"), default="processes",
+                        help="each library in its own child process, taking turns (default), or both in this one")
+    parser.add_argument("--child", choices=("minifm", "torch"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-config", choices=list(CONFIGS), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
         minifm_threads.set_num_threads(args.threads)
+    if args.child is not None:  # a step server: one library, one model
+        if args.child == "torch":
+            torch.set_num_threads(args.child_threads)
+        serve_steps(step_fn(args.child, args.child_config))
+        return
     names = args.configs or (["tiny", "small"] if args.quick else list(CONFIGS))
     repeats = args.repeats or (3 if args.quick else 7)
 
@@ -168,20 +213,19 @@ def main():
     print(f"minifm backend: {info}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
     print(f"threads: {threads} (minifm GEMMs below {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP run on one); "
-          f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s")
+          f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s; timing: {args.timing}")
     header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} {'pair ratio':>10} "
               f"{'minifm tok/s':>13} {'torch tok/s':>12} {'minifm MFU':>11} {'torch MFU':>10}")
     print(header)
     print("-" * len(header))
     for name in names:
-        shape = CONFIGS[name]
-        config = GPTConfig(vocab_size=shape["V"], block_size=shape["T"], n_layer=shape["n_layer"],
-                           n_head=shape["n_head"], n_embd=shape["n_embd"])
-        batch, tokens = shape["B"], shape["B"] * shape["T"]
+        shape, config = CONFIGS[name], model_config(name)
+        tokens = shape["B"] * shape["T"]
         flops = sizes.flops_per_token(config, shape["T"]) * tokens
-        our_times, their_times = paired_times(
-            minifm_step_fn(config, batch), torch_step_fn(torch, config, batch) if torch else None, repeats
-        )
+        ours_timer, theirs_timer, servers = step_timers(name, args, threads)
+        our_times, their_times = paired_times(ours_timer, theirs_timer, repeats)
+        for server in servers:
+            server.close()
         ours, theirs = statistics.median(our_times), statistics.median(their_times)
         pair_ratio = statistics.median(a / b for a, b in zip(our_times, their_times))
         print(f"{name:<10} {sizes.param_count(config):>9,} {ours * 1e3:>10.1f} {theirs * 1e3:>9.1f} "
@@ -189,10 +233,7 @@ def main():
               f"{flops / ours / peak:>10.1%} {flops / theirs / peak:>10.1%}")
     print(f"load average (1, 5, 15 min) after: {os.getloadavg()}")
     if args.profile:
-        shape = CONFIGS[args.profile]
-        config = GPTConfig(vocab_size=shape["V"], block_size=shape["T"], n_layer=shape["n_layer"],
-                           n_head=shape["n_head"], n_embd=shape["n_embd"])
-        step = minifm_step_fn(config, shape["B"])
+        step = step_fn("minifm", args.profile)
         step()
         print(f"\ncProfile of one minifm step ({args.profile}), by own time:")
         print(profile_report(step, lines=15))
