@@ -1,5 +1,5 @@
-/* The few-rows product's C core, shared by csrc/fewrows.pyx (x @ W^T for a few rows) and
-   csrc/gpt2_step.pyx (a GPT-2 block's decoding step). Summation order and tiles: csrc/fewrows.pyx. */
+/* The few-rows product's C core, shared by csrc/matvec.pyx's fewrows_many (x @ W^T for a few rows) and
+   csrc/gpt2_step.pyx (a GPT-2 block's decoding step). Summation order and tiles: csrc/matvec.pyx. */
 #ifndef MINIFM_FEWROWS_H
 #define MINIFM_FEWROWS_H
 #include <Python.h>

@@ -27,9 +27,10 @@
                                                    float32) in one call; its matrix-vector products
                                                    stream the weights 4 rows a pass (AVX2), rows split
                                                    across threads, same bits on any thread count
-    fewrows.py        <-> csrc/fewrows.pyx        x @ W^T for a few float32 rows (<= 16) with cache-
+    fewrows.py        <-> csrc/matvec.pyx         x @ W^T for a few float32 rows (<= 16) with cache-
                                                    resident weights: a weight row loaded once for up
-                                                   to 4 inputs (a small model's decoding output head)
+                                                   to 4 inputs (a small model's decoding output head);
+                                                   matvec's fewrows_many, tiles in csrc/_fewrows.h
     gpt2_step.py      <-> csrc/gpt2_step.pyx      one KV-cached decoding step of a GPT-2-style block
                                                    (LayerNorm, GELU, biases) for 1-16 sequences in one
                                                    call (float32), products on csrc/_fewrows.h

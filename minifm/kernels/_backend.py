@@ -1,7 +1,8 @@
 """Which kernel path runs: the compiled Cython twins or the NumPy references.
 
 Every kernel family `minifm/kernels/<name>.py` asks `compiled(<name>)` for its Cython module
-`minifm.kernels._<name>` (built from `csrc/<name>.pyx`). It gets None when
+`minifm.kernels._<name>` (built from `csrc/<name>.pyx`; fewrows.py asks for matvec's, which holds its
+kernel). It gets None when
 
   * the extension was not built (MINIFM_NO_CYTHON=1, or no compiler), or
   * the environment variable MINIFM_KERNELS=reference forces the NumPy path, or
@@ -38,7 +39,6 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "rotary",
     "quantized",
     "decode_step",
-    "fewrows",
     "gpt2_step",
 )
 

@@ -1,6 +1,8 @@
 """Products of a few float32 rows with cache-resident row-major weights: NumPy reference + dispatch.
 
-Compiled twin: csrc/fewrows.pyx (module minifm.kernels._fewrows).
+Compiled twin: csrc/matvec.pyx's fewrows_many (module minifm.kernels._matvec, shared with
+minifm/kernels/matvec.py: one table of the weights of a call and one split of their rows across the
+threads, this kernel's register tiles in csrc/_fewrows.h); the operand checks are matvec's too.
 
 The math, for x (M, K) and weights W_1 .. W_n, each (N_i, K) as a Linear layer stores it:
 
@@ -11,7 +13,7 @@ of a small model, whose weights fit in the caches, at a batch of up to MAX_ROWS 
 product is bound by arithmetic and per-call overhead, not memory bandwidth, and OpenBLAS's GEMM
 (which packs the whole weight on every call) and the matvec kernel (one reduced dot product per
 output) both lose to a kernel that loads a weight row once and multiplies it into vector sums for
-up to four input rows at a time (csrc/fewrows.pyx says how, and in which order it sums).
+up to four input rows at a time (csrc/matvec.pyx says how, and in which order it sums).
 
 Used by: GPT's output head during batched decoding (minifm/models/gpt.py, `logits_from_hidden`), a
 (batch x n_embd) @ (n_embd x vocab) product that is the largest of a small model's decoding step, and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.kernels._backend import compiled
+from minifm.kernels.matvec import check_operands, operands_fit
 
 # Products with at most this many input rows go to the compiled kernel: the batch sizes of decoding.
 MAX_ROWS = 16
@@ -33,39 +36,19 @@ MAX_ROWS = 16
 # bytes, else one thread (waking a second thread costs tens of microseconds on an idle machine).
 PARALLEL_BYTES = 1024 * 1024
 
-
-def _check(x: np.ndarray, weights) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
-        raise TypeError(f"x must be a 2-D float32 numpy array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-    for index, weight in enumerate(weights):
-        if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
-            raise ValueError(f"weights[{index}] must be a 2-D array with {x.shape[1]} columns (x is {x.shape}), "
-                             f"got shape {getattr(weight, 'shape', type(weight).__name__)}")
-        if weight.dtype != np.float32:
-            raise TypeError(f"weights[{index}] dtype {weight.dtype} must be float32")
+_FLOAT32 = (np.dtype(np.float32),)
 
 
 def fewrows_reference(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W^T for W in weights]: x (M, K), each W (N_i, K) -> (M, N_i) float32 arrays."""
-    _check(x, weights)
+    check_operands(x, weights, _FLOAT32)
     return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
 
 
 def applies(x: np.ndarray, weights) -> bool:
     """True when the compiled kernel computes x @ W^T for every W in `weights` (a sequence of weights,
     or one weight): float32, 1..MAX_ROWS rows, C-contiguous non-empty weights, the kernel built."""
-    if isinstance(weights, np.ndarray):
-        weights = (weights,)
-    if not (isinstance(x, np.ndarray) and x.ndim == 2 and 0 < x.shape[0] <= MAX_ROWS and x.shape[1] > 0
-            and x.dtype == np.float32 and weights and compiled("fewrows") is not None):
-        return False
-    width = x.shape[1]
-    for weight in weights:
-        if not (isinstance(weight, np.ndarray) and weight.dtype == np.float32 and weight.ndim == 2
-                and weight.flags.c_contiguous and weight.shape[1] == width and weight.shape[0] > 0):
-            return False
-    return True
+    return compiled("matvec") is not None and operands_fit(x, weights, MAX_ROWS, _FLOAT32)
 
 
 def fewrows_many(x: np.ndarray, weights) -> list[np.ndarray]:
@@ -76,7 +59,7 @@ def fewrows_many(x: np.ndarray, weights) -> list[np.ndarray]:
         return fewrows_reference(x, weights)
     x = np.ascontiguousarray(x)
     outs = tuple([np.empty((x.shape[0], weight.shape[0]), dtype=np.float32) for weight in weights])  # (M, N_i)
-    compiled("fewrows").fewrows_many(x, weights, outs, PARALLEL_BYTES)
+    compiled("matvec").fewrows_many(x, weights, outs, PARALLEL_BYTES)
     return list(outs)
 
 

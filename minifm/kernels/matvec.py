@@ -1,6 +1,8 @@
 """Few-row products with row-major weights (decoding's Linear layers): NumPy reference + dispatch.
 
-Compiled twin: csrc/matvec.pyx (module minifm.kernels._matvec).
+Compiled twin: csrc/matvec.pyx (module minifm.kernels._matvec), whose fewrows_many is minifm.kernels.fewrows's
+kernel (the same product for weights that sit in the caches): the two share the compiled table of weights and
+split of rows, and this module's operand checks (check_operands, operands_fit).
 
 The math, for x (M, K) and weights W_1 .. W_n, each (N_i, K) as a Linear layer stores it:
 
@@ -37,9 +39,11 @@ PARALLEL_BYTES = 256 * 1024
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _check(x: np.ndarray, weights) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_TYPES or x.ndim != 2:
-        raise TypeError(f"x must be a 2-D float32 or float64 numpy array, got "
+def check_operands(x: np.ndarray, weights, dtypes=_FLOAT_TYPES) -> None:
+    """Raise, naming the argument, unless x is a 2-D array of one of `dtypes` and every weight a 2-D array
+    of x's dtype with x's column count: the references' check (minifm.kernels.fewrows's too)."""
+    if not isinstance(x, np.ndarray) or x.dtype not in dtypes or x.ndim != 2:
+        raise TypeError(f"x must be a 2-D {' or '.join(dtype.name for dtype in dtypes)} numpy array, got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
     for index, weight in enumerate(weights):
         if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
@@ -49,26 +53,34 @@ def _check(x: np.ndarray, weights) -> None:
             raise TypeError(f"weights[{index}] dtype {weight.dtype} must equal x dtype {x.dtype}")
 
 
+def operands_fit(x: np.ndarray, weights, max_rows: int, dtypes=_FLOAT_TYPES) -> bool:
+    """True when x is (M, K) with 0 < M <= max_rows and K > 0, of one of `dtypes`, and every weight in
+    `weights` (a sequence of weights, or one weight) a non-empty C-contiguous (N, K) array of x's dtype:
+    the operands the compiled kernel takes (matvec_many's and fewrows_many's). x is checked once, then
+    each weight."""
+    if isinstance(weights, np.ndarray):
+        weights = (weights,)
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and 0 < x.shape[0] <= max_rows and x.shape[1] > 0
+            and x.dtype in dtypes and weights):
+        return False
+    width, dtype = x.shape[1], x.dtype
+    for weight in weights:
+        if not (isinstance(weight, np.ndarray) and weight.dtype == dtype and weight.ndim == 2
+                and weight.flags.c_contiguous and weight.shape[1] == width and weight.shape[0] > 0):
+            return False
+    return True
+
+
 def matvec_reference(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W^T for W in weights]: x (M, K), each W (N_i, K) -> (M, N_i) arrays in x's dtype."""
-    _check(x, weights)
+    check_operands(x, weights)
     return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
 
 
 def applies(x: np.ndarray, weights) -> bool:
     """True when the compiled kernel computes x @ W^T for every W in `weights` (a sequence of weights,
-    or one weight): see the module docstring. x is checked once, then each weight."""
-    if isinstance(weights, np.ndarray):
-        weights = (weights,)
-    if not (x.ndim == 2 and 0 < x.shape[0] <= MAX_ROWS and x.shape[1] > 0 and x.dtype in _FLOAT_TYPES
-            and weights and compiled("matvec") is not None):
-        return False
-    width, dtype = x.shape[1], x.dtype
-    for weight in weights:
-        if not (weight.dtype == dtype and weight.ndim == 2 and weight.flags.c_contiguous
-                and weight.shape[1] == width and weight.shape[0] > 0):
-            return False
-    return True
+    or one weight): see the module docstring and operands_fit."""
+    return compiled("matvec") is not None and operands_fit(x, weights, MAX_ROWS)
 
 
 def compiled_products(x: np.ndarray, weights) -> list[np.ndarray]:

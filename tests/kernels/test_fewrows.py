@@ -1,8 +1,8 @@
 """fewrows kernel (x @ W^T for a few float32 rows): compiled == NumPy reference on drawn shapes (widths
 with and without a tail of K mod 8 values, every tile shape of 1..16 input rows, odd weight sizes), the
-same bits on one and two threads, whether a weight comes alone or with others and whether an input row
-comes alone or in a batch (the summation order depends on K only), torch's F.linear agrees, and bad
-arguments are named."""
+same bits whether an input row comes alone or in a batch (the summation order depends on K only), and
+torch's F.linear agrees. The same bits on one and two threads and whether a weight comes alone or with
+others, and bad arguments: tests/kernels/test_matvec.py (fewrows shares matvec's compiled module and checks)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from oracles import require
 from kernel_helpers import compiled_path
-from minifm.kernels import fewrows, threads
+from minifm.kernels import fewrows
 
 
 @st.composite
@@ -35,7 +35,7 @@ def test_compiled_matches_reference(case):
     x, weights = case
     expected = fewrows.fewrows_reference(x, weights)
     exact = [x.astype(np.float64) @ weight.T.astype(np.float64) for weight in weights]
-    with compiled_path("fewrows"):
+    with compiled_path("matvec"):
         assert fewrows.applies(x, weights) and all(fewrows.applies(x, weight) for weight in weights)
         result = fewrows.fewrows_many(x, weights)
     for ours, truth, precise, weight in zip(result, expected, exact, weights):
@@ -46,28 +46,20 @@ def test_compiled_matches_reference(case):
 
 
 @pytest.mark.parametrize("width", [256, 263])
-def test_same_bits_on_any_thread_count_alone_or_together_and_in_any_batch(width, rng):
-    """Weights over PARALLEL_BYTES, so two threads split them; 263 leaves a tail in every dot product.
-    Row m of a batch of 11 (two groups of four inputs and one of three) equals the same input alone."""
+def test_a_row_has_the_same_bits_alone_or_in_any_batch(width, rng):
+    """Row m of a batch of 11 (two groups of four inputs and one of three) equals the same input alone and
+    in batches of two; 263 leaves a tail in every dot product. (The same bits on one and two threads:
+    tests/kernels/test_matvec.py, for both entry points of the compiled module.)"""
     x = rng.standard_normal((11, width)).astype(np.float32)
     weights = [rng.standard_normal((rows, width)).astype(np.float32) for rows in (1031, 193, 7)]
-    assert sum(w.nbytes for w in weights) >= fewrows.PARALLEL_BYTES
-    previous = threads.num_threads()
-    runs = []  # one list of outputs per (thread count, together or alone)
-    try:
-        with compiled_path("fewrows"):
-            for count in (1, 2):
-                threads.set_num_threads(count)
-                runs.append(fewrows.fewrows_many(x, weights))
-                runs.append([fewrows.fewrows(x, weight) for weight in weights])
-            alone = [np.concatenate([fewrows.fewrows(x[m:m + 1], weight) for m in range(x.shape[0])])
-                     for weight in weights]
-            pairs = [np.concatenate([fewrows.fewrows(x[m:m + 2], weight) for m in range(0, 10, 2)]
-                                    + [fewrows.fewrows(x[10:], weight)]) for weight in weights]
-    finally:
-        threads.set_num_threads(previous)
-    for run in runs[1:] + [alone, pairs]:
-        for ours, first in zip(run, runs[0]):
+    with compiled_path("matvec"):
+        batch = fewrows.fewrows_many(x, weights)
+        alone = [np.concatenate([fewrows.fewrows(x[m:m + 1], weight) for m in range(x.shape[0])])
+                 for weight in weights]
+        pairs = [np.concatenate([fewrows.fewrows(x[m:m + 2], weight) for m in range(0, 10, 2)]
+                                + [fewrows.fewrows(x[10:], weight)]) for weight in weights]
+    for run in (alone, pairs):
+        for ours, first in zip(run, batch):
             np.testing.assert_array_equal(ours, first)
 
 
@@ -91,20 +83,3 @@ def test_matches_torch_linear(kernel_path, rng):
     theirs = torch.nn.functional.linear(torch.tensor(x), torch.tensor(weight)).numpy()
     tolerance = _tolerance(256)
     np.testing.assert_allclose(ours, theirs, rtol=tolerance, atol=tolerance)
-
-
-def test_bad_arguments_are_named(rng):
-    x = rng.standard_normal((1, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"weights\[0\] must be a 2-D array with 4 columns"):
-        fewrows.fewrows_reference(x, [np.ones((3, 5), np.float32)])
-    with pytest.raises(TypeError, match=r"weights\[1\] dtype float64 must be float32"):
-        fewrows.fewrows_reference(x, [np.ones((3, 4), np.float32), np.ones((3, 4))])
-    with pytest.raises(TypeError, match="x must be a 2-D float32"):
-        fewrows.fewrows_reference(np.ones(4, np.float32), [np.ones((3, 4), np.float32)])
-    with compiled_path("fewrows") as kernel:
-        with pytest.raises(ValueError, match=r"outs\[0\] has shape"):
-            kernel.fewrows_many(x, (np.ones((3, 4), np.float32),), (np.empty((1, 2), np.float32),), 0)
-        with pytest.raises(ValueError, match="got 1 weights but 0 outputs"):
-            kernel.fewrows_many(x, (np.ones((3, 4), np.float32),), (), 0)
-        with pytest.raises(ValueError, match=r"weights\[0\] has shape"):
-            kernel.fewrows_many(x, (np.ones((3, 5), np.float32),), (np.empty((1, 3), np.float32),), 0)

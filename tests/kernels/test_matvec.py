@@ -1,6 +1,8 @@
 """matvec kernel (few-row products x @ W^T): compiled == NumPy reference on drawn shapes, the same bits on
-one and two threads and whether a weight comes alone or with others, threads.matmul / matmul_weights
-route the Linear layer's decoding products to it, torch's F.linear agrees, bad arguments are named."""
+one and two threads and whether a weight comes alone or with others (also for fewrows, the module's other
+entry point), threads.matmul / matmul_weights
+route the Linear layer's decoding products to it, torch's F.linear agrees, bad arguments are named (by
+the references' check and by both entry points of the compiled module, matvec_many and fewrows_many)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 
 from oracles import require
 from kernel_helpers import compiled_path
-from minifm.kernels import decode_step, matvec, threads
+from minifm.kernels import decode_step, fewrows, matvec, threads
 
 
 @st.composite
@@ -41,23 +43,32 @@ def test_compiled_matches_reference(case):
         np.testing.assert_allclose(ours, truth, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("width", [577, 1030])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_same_bits_on_any_thread_count_and_alone_or_together(dtype, width, rng):
-    """Large enough weights (over PARALLEL_BYTES) that two threads split them; rows of 577 values are
-    read one at a time, of 1030 four at a time, and 193 rows leave a short last block; 577 and 1030
-    leave a tail in every dot product."""
-    x = rng.standard_normal((3, width)).astype(dtype)
-    weights = [rng.standard_normal((rows, width)).astype(dtype) for rows in (576, 193, 64)]
-    assert sum(w.nbytes for w in weights) >= matvec.PARALLEL_BYTES
+# (products of several weights, product of one, input rows, weight sizes, PARALLEL_BYTES) of the compiled
+# module's two entry points: matvec_many (through matvec) and fewrows_many (through fewrows)
+ENTRIES = {"matvec": (matvec.matvec_many, matvec.matvec, 3, (576, 193, 64), matvec.PARALLEL_BYTES),
+           "fewrows": (fewrows.fewrows_many, fewrows.fewrows, 11, (1031, 193, 7), fewrows.PARALLEL_BYTES)}
+
+
+@pytest.mark.parametrize("entry, dtype, width", [("matvec", np.float32, 577), ("matvec", np.float32, 1030),
+                                                 ("matvec", np.float64, 577), ("matvec", np.float64, 1030),
+                                                 ("fewrows", np.float32, 256), ("fewrows", np.float32, 263)])
+def test_same_bits_on_any_thread_count_and_alone_or_together(entry, dtype, width, rng):
+    """Large enough weights (over PARALLEL_BYTES) that two threads split them. matvec: rows of 577 values
+    are read one at a time, of 1030 four at a time, and 193 rows leave a short last block; fewrows: 11
+    input rows (two groups of four and one of three), blocks of 8 weight rows; 577, 1030 and 263 leave a
+    tail in every dot product."""
+    many, one, rows, sizes, parallel_bytes = ENTRIES[entry]
+    x = rng.standard_normal((rows, width)).astype(dtype)
+    weights = [rng.standard_normal((size, width)).astype(dtype) for size in sizes]
+    assert sum(w.nbytes for w in weights) >= parallel_bytes
     previous = threads.num_threads()
     runs = []  # one list of outputs per (thread count, together or alone)
     try:
         with compiled_path("matvec"):
             for count in (1, 2):
                 threads.set_num_threads(count)
-                runs.append(matvec.matvec_many(x, weights))
-                runs.append([matvec.matvec(x, weight) for weight in weights])
+                runs.append(many(x, weights))
+                runs.append([one(x, weight) for weight in weights])
     finally:
         threads.set_num_threads(previous)
     for run in runs[1:]:
@@ -118,19 +129,33 @@ def test_matches_torch_linear(dtype, kernel_path, rng):
     np.testing.assert_allclose(ours, theirs, rtol=tolerance, atol=tolerance)
 
 
-def test_bad_arguments_are_named(rng):
-    x = rng.standard_normal((1, 4)).astype(np.float32)
+@pytest.mark.parametrize("reference, dtypes", [(matvec.matvec_reference, "float32 or float64"),
+                                               (fewrows.fewrows_reference, "float32")])
+def test_bad_arguments_are_named(reference, dtypes):
+    """The references' shared check (matvec.check_operands), for matvec and fewrows."""
+    x = np.ones((1, 4), np.float32)
     with pytest.raises(ValueError, match=r"weights\[0\] must be a 2-D array with 4 columns"):
-        matvec.matvec_reference(x, [np.ones((3, 5), np.float32)])
+        reference(x, [np.ones((3, 5), np.float32)])
     with pytest.raises(TypeError, match=r"weights\[1\] dtype float64 must equal x dtype float32"):
-        matvec.matvec_reference(x, [np.ones((3, 4), np.float32), np.ones((3, 4))])
-    with pytest.raises(TypeError, match="x must be a 2-D float32 or float64"):
-        matvec.matvec_reference(np.ones(4, np.float32), [np.ones((3, 4), np.float32)])
+        reference(x, [np.ones((3, 4), np.float32), np.ones((3, 4))])
+    with pytest.raises(TypeError, match=f"x must be a 2-D {dtypes} numpy array"):
+        reference(np.ones(4, np.float32), [np.ones((3, 4), np.float32)])
+
+
+@pytest.mark.parametrize("entry", ["matvec_many", "fewrows_many"])
+def test_compiled_entries_name_bad_arguments(entry):
+    """Both entry points of the compiled module share one table of weights and its checks."""
+    x = np.ones((1, 4), np.float32)
     with compiled_path("matvec") as kernel:
-        with pytest.raises(ValueError, match=r"outs\[0\] has shape"):
-            kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (np.empty((1, 2), np.float32),), 0)
+        products = getattr(kernel, entry)
+        with pytest.raises(ValueError, match=r"outs\[0\] has shape \(1, 2\), expected \(1, 3\)"):
+            products(x, (np.ones((3, 4), np.float32),), (np.empty((1, 2), np.float32),), 0)
         with pytest.raises(ValueError, match="got 1 weights but 0 outputs"):
-            kernel.matvec_many(x, (np.ones((3, 4), np.float32),), (), 0)
+            products(x, (np.ones((3, 4), np.float32),), (), 0)
+        with pytest.raises(ValueError, match=r"weights\[0\] has shape \(3, 5\), expected \(N > 0, 4\)"):
+            products(x, (np.ones((3, 5), np.float32),), (np.empty((1, 3), np.float32),), 0)
+        with pytest.raises(ValueError, match=f"{entry} needs at least one weight"):
+            products(x, (), (), 0)
 
 
 @given(width=st.integers(1, 70) | st.integers(570, 600), sizes=st.lists(st.integers(1, 45), min_size=1, max_size=3),
