@@ -441,6 +441,45 @@ def matvec_rows(const float[::1] x, const float[:, ::1] weight, float[::1] out, 
         ds_matvec(&x[0], &weight[0, 0], rows, k, &out[0], accumulate, threads or _threads_for(rows * k * 4))
 
 
+cdef void _describe_step(ds_layer* layer, float[::1] x, const float[::1] norm1, const float[::1] norm2,
+                         float[:, :, ::1] cache_k, float[:, :, ::1] cache_v, Py_ssize_t position,
+                         const float[::1] cos, const float[::1] sin, double eps, Py_ssize_t heads, Py_ssize_t hidden,
+                         float[::1] scratch, int threads) except *:
+    """Check what decode_layer and decode_quantized_layer share (sizes, caches, position, norms, RoPE row,
+    threads, scratch; the projections are each entry point's) and fill every field of `layer` but the
+    seven weights: its sizes and pointers, and the scratch cut into q, k, v, attended, gate, up, scores."""
+    cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
+    cdef Py_ssize_t head_dim = cache_k.shape[2]
+    cdef Py_ssize_t q_size = heads * head_dim, kv_size = kv_heads * head_dim
+    cdef Py_ssize_t need = 2 * q_size + 2 * kv_size + 2 * hidden + heads * (position + 1)
+    if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
+        raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
+                         f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
+    if tuple(cache_v.shape)[:3] != tuple(cache_k.shape)[:3]:
+        raise ValueError(f"cache_v has shape {tuple(cache_v.shape)[:3]}, cache_k {tuple(cache_k.shape)[:3]}")
+    if not 0 <= position < length:
+        raise ValueError(f"position must lie in [0, {length}) (the caches' length), got {position}")
+    _check_vector(norm1, width, "norm1")
+    _check_vector(norm2, width, "norm2")
+    _check_vector(cos, head_dim // 2, "cos")
+    _check_vector(sin, head_dim // 2, "sin")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
+    if scratch.shape[0] < need:
+        raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
+    layer.width, layer.heads, layer.kv_heads, layer.head_dim = width, heads, kv_heads, head_dim
+    layer.hidden, layer.stride, layer.position, layer.eps = hidden, length, position, eps
+    layer.norm1, layer.norm2, layer.cos, layer.sin, layer.x = &norm1[0], &norm2[0], &cos[0], &sin[0], &x[0]
+    layer.cache_k, layer.cache_v = &cache_k[0, 0, 0], &cache_v[0, 0, 0]
+    layer.q = &scratch[0]
+    layer.k = layer.q + q_size
+    layer.v = layer.k + kv_size
+    layer.attended = layer.v + kv_size
+    layer.gate = layer.attended + q_size
+    layer.up = layer.gate + hidden
+    layer.scores = layer.up + hidden
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, const float[:, ::1] wk,
@@ -458,19 +497,9 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     threads (0: the OpenMP budget's when the weights hold at least PARALLEL_BYTES bytes, else one).
     """
     cdef ds_layer layer
-    cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
-    cdef Py_ssize_t head_dim = cache_k.shape[2], hidden = wgate.shape[0]
-    cdef Py_ssize_t q_size = heads * head_dim, kv_size = kv_heads * head_dim
-    cdef Py_ssize_t need = 2 * q_size + 2 * kv_size + 2 * hidden + heads * (position + 1)
-    if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
-        raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
-                         f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
-    if tuple(cache_v.shape)[:3] != tuple(cache_k.shape)[:3]:
-        raise ValueError(f"cache_v has shape {tuple(cache_v.shape)[:3]}, cache_k {tuple(cache_k.shape)[:3]}")
-    if not 0 <= position < length:
-        raise ValueError(f"position must lie in [0, {length}) (the caches' length), got {position}")
-    _check_vector(norm1, width, "norm1")
-    _check_vector(norm2, width, "norm2")
+    cdef Py_ssize_t width = x.shape[0], hidden = wgate.shape[0]
+    cdef Py_ssize_t q_size = heads * cache_k.shape[2], kv_size = cache_k.shape[0] * cache_k.shape[2]
+    _describe_step(&layer, x, norm1, norm2, cache_k, cache_v, position, cos, sin, eps, heads, hidden, scratch, threads)
     _check_weight(wq, q_size, width, "wq")
     _check_weight(wk, kv_size, width, "wk")
     _check_weight(wv, kv_size, width, "wv")
@@ -478,25 +507,8 @@ def decode_layer(float[::1] x, const float[::1] norm1, const float[:, ::1] wq, c
     _check_weight(wgate, hidden, width, "wgate")
     _check_weight(wup, hidden, width, "wup")
     _check_weight(wdown, width, hidden, "wdown")
-    _check_vector(cos, head_dim // 2, "cos")
-    _check_vector(sin, head_dim // 2, "sin")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
-    if scratch.shape[0] < need:
-        raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
-    layer.width, layer.heads, layer.kv_heads, layer.head_dim = width, heads, kv_heads, head_dim
-    layer.hidden, layer.stride, layer.position, layer.eps = hidden, length, position, eps
-    layer.norm1, layer.wq, layer.wk, layer.wv, layer.wo = &norm1[0], &wq[0, 0], &wk[0, 0], &wv[0, 0], &wo[0, 0]
-    layer.norm2, layer.wgate, layer.wup, layer.wdown = &norm2[0], &wgate[0, 0], &wup[0, 0], &wdown[0, 0]
-    layer.cos, layer.sin, layer.x = &cos[0], &sin[0], &x[0]
-    layer.cache_k, layer.cache_v = &cache_k[0, 0, 0], &cache_v[0, 0, 0]
-    layer.q = &scratch[0]
-    layer.k = layer.q + q_size
-    layer.v = layer.k + kv_size
-    layer.attended = layer.v + kv_size
-    layer.gate = layer.attended + q_size
-    layer.up = layer.gate + hidden
-    layer.scores = layer.up + hidden
+    layer.wq, layer.wk, layer.wv, layer.wo = &wq[0, 0], &wk[0, 0], &wv[0, 0], &wo[0, 0]
+    layer.wgate, layer.wup, layer.wdown = &wgate[0, 0], &wup[0, 0], &wdown[0, 0]
     with nogil:
         ds_decode_layer(&layer, threads or _threads_for((2 * q_size + 2 * kv_size + 3 * hidden) * width * 4))
 
@@ -534,31 +546,15 @@ def decode_quantized_layer(float[::1] x, const float[::1] norm1, tuple datas, tu
     """
     cdef dsq_layer layer
     cdef ds_layer* shape = &layer.shape
-    cdef Py_ssize_t width = x.shape[0], kv_heads = cache_k.shape[0], length = cache_k.shape[1]
-    cdef Py_ssize_t head_dim = cache_k.shape[2], hidden, q_size, kv_size, need, packed = 0
+    cdef Py_ssize_t width = x.shape[0], hidden, q_size, kv_size, packed = 0
     cdef dsq_weight* slots[7]
     cdef int i
     if len(datas) != 7 or len(types) != 7 or len(q8_inputs) != 7:
         raise ValueError(f"datas, types and q8_inputs must hold 7 entries (q, k, v, o, gate, up, down), got "
                          f"{len(datas)}, {len(types)} and {len(q8_inputs)}")
     hidden = datas[4].shape[0]
-    q_size, kv_size = heads * head_dim, kv_heads * head_dim
-    need = 2 * q_size + 2 * kv_size + 2 * hidden + heads * (position + 1)
-    if heads <= 0 or kv_heads <= 0 or heads % kv_heads or head_dim % 2 or width == 0 or hidden == 0:
-        raise ValueError(f"heads {heads} must be a positive multiple of the caches' kv heads {kv_heads}, "
-                         f"head_dim {head_dim} even, width {width} and hidden {hidden} positive")
-    if tuple(cache_v.shape)[:3] != tuple(cache_k.shape)[:3]:
-        raise ValueError(f"cache_v has shape {tuple(cache_v.shape)[:3]}, cache_k {tuple(cache_k.shape)[:3]}")
-    if not 0 <= position < length:
-        raise ValueError(f"position must lie in [0, {length}) (the caches' length), got {position}")
-    _check_vector(norm1, width, "norm1")
-    _check_vector(norm2, width, "norm2")
-    _check_vector(cos, head_dim // 2, "cos")
-    _check_vector(sin, head_dim // 2, "sin")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
-    if scratch.shape[0] < need:
-        raise ValueError(f"scratch needs at least {need} floats, got {scratch.shape[0]}")
+    q_size, kv_size = heads * cache_k.shape[2], cache_k.shape[0] * cache_k.shape[2]
+    _describe_step(shape, x, norm1, norm2, cache_k, cache_v, position, cos, sin, eps, heads, hidden, scratch, threads)
     slots[0], slots[1], slots[2], slots[3] = &layer.wq, &layer.wk, &layer.wv, &layer.wo
     slots[4], slots[5], slots[6] = &layer.wgate, &layer.wup, &layer.wdown
     rows = (q_size, kv_size, kv_size, width, hidden, hidden, width)
@@ -567,17 +563,6 @@ def decode_quantized_layer(float[::1] x, const float[::1] norm1, tuple datas, tu
     for i in range(7):
         _fill_quantized(slots[i], datas[i], types[i], q8_inputs[i], rows[i], columns[i], names[i])
         packed += slots[i].rows * slots[i].row_bytes
-    shape.width, shape.heads, shape.kv_heads, shape.head_dim = width, heads, kv_heads, head_dim
-    shape.hidden, shape.stride, shape.position, shape.eps = hidden, length, position, eps
-    shape.norm1, shape.norm2, shape.cos, shape.sin, shape.x = &norm1[0], &norm2[0], &cos[0], &sin[0], &x[0]
     shape.wq = shape.wk = shape.wv = shape.wo = shape.wgate = shape.wup = shape.wdown = NULL
-    shape.cache_k, shape.cache_v = &cache_k[0, 0, 0], &cache_v[0, 0, 0]
-    shape.q = &scratch[0]
-    shape.k = shape.q + q_size
-    shape.v = shape.k + kv_size
-    shape.attended = shape.v + kv_size
-    shape.gate = shape.attended + q_size
-    shape.up = shape.gate + hidden
-    shape.scores = shape.up + hidden
     with nogil:
         dsq_decode_layer(&layer, threads or _threads_for(packed))

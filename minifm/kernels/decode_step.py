@@ -146,6 +146,13 @@ def _float32_contiguous(*arrays) -> bool:
     return all(array.dtype == np.float32 and array.flags.c_contiguous for array in arrays)
 
 
+def _scratch(layer, position: int) -> np.ndarray:
+    """The compiled step's scratch for a LayerWeights or QuantizedLayerWeights layer at `position`: q (H*D),
+    k and v (G*D each), attended (H*D), gate and up (F each), scores (H, position + 1), float32."""
+    q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
+    return np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
+
+
 def applies(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_v: np.ndarray) -> bool:
     """True when the compiled decode_layer takes this step (see the module docstring)."""
     return (compiled("decode_step") is not None and x.ndim == 1
@@ -160,10 +167,8 @@ def decode_layer(x: np.ndarray, layer: LayerWeights, cache_k: np.ndarray, cache_
         decode_layer_reference(x, layer, cache_k, cache_v, position, cos, sin)
         return
     threads.follow_load()  # the OpenMP thread count follows the load, as threads.matmul's products do
-    q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
-    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
     kernel.decode_layer(x, *layer[:9], cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
-                        np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
+                        np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, _scratch(layer, position))
 
 
 _GGML_TYPES = {name: FORMATS[name].ggml_type for name in BLOCK_TYPES}  # "Q4_1" -> 3, ...
@@ -201,11 +206,10 @@ def decode_quantized_layer(x: np.ndarray, layer: QuantizedLayerWeights, cache_k:
         decode_quantized_layer_reference(x, layer, cache_k, cache_v, position, cos, sin)
         return
     threads.follow_load()
-    q_size, kv_size, hidden = layer.wq.shape[0], layer.wk.shape[0], layer.wgate.shape[0]
-    scratch = np.empty(2 * q_size + 2 * kv_size + 2 * hidden + layer.heads * (position + 1), dtype=np.float32)
     kernel.decode_quantized_layer(x, layer.norm1, packed[0], packed[1], tuple(layer.quantize_input), layer.norm2,
                                   cache_k, cache_v, position, np.ascontiguousarray(cos, dtype=np.float32),
-                                  np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads, scratch)
+                                  np.ascontiguousarray(sin, dtype=np.float32), layer.eps, layer.heads,
+                                  _scratch(layer, position))
 
 
 def matvec(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
