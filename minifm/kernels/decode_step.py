@@ -20,7 +20,8 @@ decoding a token is ~25 NumPy and kernel calls per layer there, and the products
 weights per token for SmolLM2-135M, so the Python between them and the products' speed are what decoding
 costs. `matvec` is the product alone (the output head uses it; its kernel, csrc/_stream_dot.pxd, is also
 minifm.kernels.matvec's for one float32 row). The compiled results differ from the
-reference (and from the general path) by float32 rounding only: sums in another order.
+reference (and from the general path) by float32 rounding only: sums in another order. The reference's
+RMSNorm factor, rotation and softmax are the normalization, rotary and softmax references'.
 
 Quantized blocks (QuantizedLayerWeights: the seven projections as Q8_0 / Q4_0 / Q4_1 QuantizedTensor
 blocks, minifm/nn/quantized.py): `decode_quantized_layer`, the same step with each product
@@ -42,7 +43,10 @@ import numpy as np
 
 from minifm.kernels import threads
 from minifm.kernels._backend import compiled
+from minifm.kernels.normalization import rms_norm_forward_reference
 from minifm.kernels.quantized import BLOCK_TYPES, reference_matmul
+from minifm.kernels.rotary import rotate_reference
+from minifm.kernels.softmax import softmax_reference
 from minifm.pretrained.quants import FORMATS, QuantizedTensor
 
 
@@ -83,16 +87,15 @@ class QuantizedLayerWeights(NamedTuple):
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight, the mean in float64 (x (E,))."""
-    scale = np.float32(1.0 / np.sqrt(np.dot(x.astype(np.float64), x) / x.shape[0] + eps))
-    return x * scale * weight
+    """x * inv_rms * weight for x (E,): inv_rms = 1 / sqrt(mean(x^2) + eps) by normalization's reference on x
+    in float64, rounded to float32 (the compiled step's factor: its sum in double), then float32 products."""
+    inv_rms = rms_norm_forward_reference(x.astype(np.float64)[None, :], eps=eps, want_xhat=False)[2]  # (1,)
+    return x * np.float32(inv_rms[0]) * weight
 
 
 def _rotate(rows: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """rotate-half RoPE of rows (heads, D) by one position's cos, sin (D/2,)."""
-    half = rows.shape[1] // 2
-    first, second = rows[:, :half], rows[:, half:]  # (heads, D/2) each
-    return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=1)
+    """rotate-half RoPE of rows (heads, D) by one position's cos, sin (D/2,): rotary's reference."""
+    return rotate_reference(rows[None, :, None, :], cos[None, None, None, :], sin[None, None, None, :])[0, :, 0]
 
 
 def _layer_step(x: np.ndarray, norm1: np.ndarray, norm2: np.ndarray, eps: float, heads: int, product,
@@ -108,8 +111,7 @@ def _layer_step(x: np.ndarray, norm1: np.ndarray, norm2: np.ndarray, eps: float,
     keys = np.repeat(cache_k[:, :position + 1], group, axis=0)  # (H, position + 1, D)
     values = np.repeat(cache_v[:, :position + 1], group, axis=0)  # (H, position + 1, D)
     scores = np.einsum("hd,htd->ht", q, keys) / np.float32(np.sqrt(head_dim))  # (H, position + 1)
-    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
+    weights = softmax_reference(scores)  # (H, position + 1)
     attended = np.einsum("ht,htd->hd", weights, values).reshape(-1)  # (H*D,)
     x += product("wo", attended)
     h = _rms_norm(x, norm2, eps)  # (E,)

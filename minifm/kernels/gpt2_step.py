@@ -13,7 +13,8 @@ batch 1: about two thirds of its time outside the kernels).
 
 Used by GPT.forward (minifm/models/gpt.py) for one new token per sequence, graph recording off, no
 padding mask, float32, stock GPT-2-layout blocks. Its results differ from the general path's by float32
-rounding only (tests/models/test_gpt2_step_decoding.py compares them).
+rounding only (tests/models/test_gpt2_step_decoding.py compares them). The reference, gpt2_layer_reference,
+normalises with the LayerNorm reference and takes the softmax reference (minifm.kernels.normalization, softmax).
 Simplifications: float32 only; at most MAX_BATCH sequences; no padding mask, no GQA, no RoPE.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 
 from minifm.kernels import threads
 from minifm.kernels._backend import compiled
+from minifm.kernels.normalization import layer_norm_forward_reference
+from minifm.kernels.softmax import softmax_reference
 
 MAX_BATCH = 16
 
@@ -32,14 +35,17 @@ PARALLEL_BYTES = 1024 * 1024
 
 
 def _layer_norm(x: np.ndarray, weight, bias, eps: float) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=-1, keepdims=True)
-    var = ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)
-    out = ((x64 - mean) / np.sqrt(var + eps)).astype(np.float32) * weight
+    """LayerNorm of x (B, d): normalization's reference on x in float64 (the compiled step's mean and variance
+    in double), the normalised rows rounded to float32, then weight and bias in float32."""
+    _, xhat, _ = layer_norm_forward_reference(x.astype(np.float64), eps=eps)  # (B, d)
+    out = xhat.astype(np.float32) * weight
     return out if bias is None else out + bias
 
 
 def _gelu(u: np.ndarray, tanh_form: bool) -> np.ndarray:
+    """GELU of u in float64, rounded to float32, in the compiled step's forms: tanh, or 0.5 u (1 + erf(u / sqrt 2))
+    (not activations.gelu_reference's erfc form, which differs in the last bit for u < -4.3, where 1 + erf
+    cancels as it does in the compiled erff)."""
     u64 = u.astype(np.float64)
     if tanh_form:
         return (0.5 * u64 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (u64 + 0.044715 * u64 ** 3)))).astype(np.float32)
@@ -63,8 +69,7 @@ def gpt2_layer_reference(x: np.ndarray, weights: tuple, keys: np.ndarray, values
     keys[:, :, position], values[:, :, position] = k, v  # (B, H, D) each
     past_k, past_v = keys[:, :, :position + 1], values[:, :, :position + 1]  # (B, H, t, D)
     scores = np.einsum("bhd,bhtd->bht", q.astype(np.float64), past_k) / math.sqrt(head_dim)  # (B, H, t)
-    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs = softmax_reference(scores)  # (B, H, t)
     attended = np.einsum("bht,bhtd->bhd", probs, past_v).astype(np.float32).reshape(batch, width)  # (B, d)
     x += _affine(attended, wo, bo)
     u = _gelu(_affine(_layer_norm(x, ln2_w, ln2_b, eps2), wfc, bfc), bool(tanh_gelu))  # (B, hidden)
