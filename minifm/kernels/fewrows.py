@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.kernels._backend import compiled
-from minifm.kernels.matvec import check_operands, operands_fit
+from minifm.kernels import matvec
 
 # Products with at most this many input rows go to the compiled kernel: the batch sizes of decoding.
 MAX_ROWS = 16
@@ -41,14 +41,14 @@ _FLOAT32 = (np.dtype(np.float32),)
 
 def fewrows_reference(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W^T for W in weights]: x (M, K), each W (N_i, K) -> (M, N_i) float32 arrays."""
-    check_operands(x, weights, _FLOAT32)
+    matvec.check_operands(x, weights, _FLOAT32)
     return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
 
 
 def applies(x: np.ndarray, weights) -> bool:
     """True when the compiled kernel computes x @ W^T for every W in `weights` (a sequence of weights,
     or one weight): float32, 1..MAX_ROWS rows, C-contiguous non-empty weights, the kernel built."""
-    return compiled("matvec") is not None and operands_fit(x, weights, MAX_ROWS, _FLOAT32)
+    return matvec.applies(x, weights, MAX_ROWS, _FLOAT32)
 
 
 def fewrows_many(x: np.ndarray, weights) -> list[np.ndarray]:

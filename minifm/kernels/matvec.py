@@ -2,7 +2,7 @@
 
 Compiled twin: csrc/matvec.pyx (module minifm.kernels._matvec), whose fewrows_many is minifm.kernels.fewrows's
 kernel (the same product for weights that sit in the caches): the two share the compiled table of weights and
-split of rows, and this module's operand checks (check_operands, operands_fit).
+split of rows, and this module's operand checks (check_operands, applies).
 
 The math, for x (M, K) and weights W_1 .. W_n, each (N_i, K) as a Linear layer stores it:
 
@@ -53,34 +53,31 @@ def check_operands(x: np.ndarray, weights, dtypes=_FLOAT_TYPES) -> None:
             raise TypeError(f"weights[{index}] dtype {weight.dtype} must equal x dtype {x.dtype}")
 
 
-def operands_fit(x: np.ndarray, weights, max_rows: int, dtypes=_FLOAT_TYPES) -> bool:
-    """True when x is (M, K) with 0 < M <= max_rows and K > 0, of one of `dtypes`, and every weight in
-    `weights` (a sequence of weights, or one weight) a non-empty C-contiguous (N, K) array of x's dtype:
-    the operands the compiled kernel takes (matvec_many's and fewrows_many's). x is checked once, then
-    each weight."""
-    if isinstance(weights, np.ndarray):
-        weights = (weights,)
-    if not (isinstance(x, np.ndarray) and x.ndim == 2 and 0 < x.shape[0] <= max_rows and x.shape[1] > 0
-            and x.dtype in dtypes and weights):
-        return False
-    width, dtype = x.shape[1], x.dtype
-    for weight in weights:
-        if not (isinstance(weight, np.ndarray) and weight.dtype == dtype and weight.ndim == 2
-                and weight.flags.c_contiguous and weight.shape[1] == width and weight.shape[0] > 0):
-            return False
-    return True
-
-
 def matvec_reference(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W^T for W in weights]: x (M, K), each W (N_i, K) -> (M, N_i) arrays in x's dtype."""
     check_operands(x, weights)
     return [np.ascontiguousarray(x @ weight.T) for weight in weights]  # (M, N_i) each
 
 
-def applies(x: np.ndarray, weights) -> bool:
-    """True when the compiled kernel computes x @ W^T for every W in `weights` (a sequence of weights,
-    or one weight): see the module docstring and operands_fit."""
-    return compiled("matvec") is not None and operands_fit(x, weights, MAX_ROWS)
+def applies(x: np.ndarray, weights, max_rows: int = MAX_ROWS, dtypes=_FLOAT_TYPES) -> bool:
+    """True when the compiled module computes x @ W^T for every W in `weights` (a sequence of weights, or
+    one weight): x (M, K) with 0 < M <= max_rows and K > 0, of one of `dtypes`, every weight a non-empty
+    C-contiguous (N, K) array of x's dtype, the module built. The defaults are matvec_many's operands (see
+    the module docstring); minifm.kernels.fewrows asks with fewrows_many's. x is checked once, then each weight."""
+    if isinstance(weights, np.ndarray):
+        weights = (weights,)
+    try:  # (no isinstance checks: this runs before every few-row product; a non-array has no .ndim or .dtype)
+        if not (x.ndim == 2 and 0 < x.shape[0] <= max_rows and x.shape[1] > 0 and x.dtype in dtypes
+                and weights and compiled("matvec") is not None):
+            return False
+        width, dtype = x.shape[1], x.dtype
+        for weight in weights:
+            if not (weight.dtype == dtype and weight.ndim == 2 and weight.flags.c_contiguous
+                    and weight.shape[1] == width and weight.shape[0] > 0):
+                return False
+    except AttributeError:
+        return False
+    return True
 
 
 def compiled_products(x: np.ndarray, weights) -> list[np.ndarray]:

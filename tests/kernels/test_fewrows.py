@@ -70,6 +70,7 @@ def test_does_not_apply_outside_its_cases(rng):
     assert not fewrows.applies(x.astype(np.float64), weight.astype(np.float64))  # float32 only
     assert not fewrows.applies(x, weight.astype(np.float64))  # mixed dtypes
     assert not fewrows.applies(x, np.asfortranarray(weight))  # not row-major
+    assert not fewrows.applies(x.tolist(), weight) and not fewrows.applies(x, weight.tolist())  # not arrays
     assert not fewrows.applies(x, np.ones((0, 8), np.float32))  # empty weight
     # where it does not apply, fewrows_many is the reference's product
     np.testing.assert_array_equal(fewrows.fewrows(x, np.asfortranarray(weight)), x @ weight.T)

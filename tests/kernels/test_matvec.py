@@ -115,6 +115,7 @@ def test_does_not_apply_outside_its_cases(rng):
     assert not matvec.applies(rng.standard_normal((matvec.MAX_ROWS + 1, 8)).astype(np.float32), weight)
     assert not matvec.applies(x, weight.astype(np.float64))  # mixed dtypes
     assert not matvec.applies(x, np.asfortranarray(weight))  # not row-major
+    assert not matvec.applies(x.tolist(), weight) and not matvec.applies(x, weight.tolist())  # not arrays
     assert not matvec.applies(x.astype(np.int64), weight.astype(np.int64))
 
 
