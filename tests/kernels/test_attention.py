@@ -1,5 +1,6 @@
-"""Flash-style attention kernel: compiled == naive reference, masks, GQA, finite differences, torch,
-and the memory property (no (B, H, Tq, Tk) array on the compiled path)."""
+"""Flash-style attention kernel: compiled == naive reference (at every tile size, and at the long
+sequences that take the larger tiles), masks, GQA, finite differences, torch, the same bits on any
+thread count, and the memory property (no (B, H, Tq, Tk) array on the compiled path)."""
 import tracemalloc
 
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from kernel_helpers import central_difference, compiled_path, rtol_for
 from minifm.kernels import attention as at
+from minifm.kernels import threads
 
 
 @st.composite
@@ -72,6 +74,71 @@ def test_compiled_matches_reference(problem, layout):
         assert g.shape == like.shape and g.dtype == like.dtype, name
         assert np.isfinite(g).all(), name
         np.testing.assert_allclose(g, g_ref, rtol=rtol, atol=rtol * 10, err_msg=f"d{name}")
+
+
+@given(attention_problems(), st.sampled_from([1, 3, 5, 16, 64, 128]), st.sampled_from([1, 4, 7, 32, 128, 256]))
+def test_every_tile_size_matches_reference(problem, block_q, block_k):
+    """The kernel's tile sizes (chosen by sequence length, csrc/attention.pyx) change only rounding:
+    tiles smaller and larger than the problem, causal tiles cut at the diagonal, blocks of a few rows."""
+    q, k, v, dout, options = problem
+    scale = options["scale"] if options["scale"] is not None else 1 / np.sqrt(q.shape[3])
+    mask_bytes = options["key_mask"].view(np.uint8) if options["key_mask"] is not None else None
+    args = (scale, options["causal"], options["q_offset"], mask_bytes, block_q, block_k)
+    rtol = rtol_for(q.dtype) * (10 if q.dtype == np.float32 else 100)
+    with compiled_path("attention") as kernel:
+        out_ref, lse_ref = at.attention_forward_reference(q, k, v, **options)
+        grads_ref = at.attention_backward_reference(q, k, v, out_ref, lse_ref, dout, **options)
+        out, lse = np.empty_like(q), np.empty(q.shape[:3], dtype=q.dtype)
+        kernel.attention_forward(q, k, v, out, lse, *args)
+        grads = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+        kernel.attention_backward(q, k, v, out_ref, lse_ref, dout, *grads, *args)
+    np.testing.assert_allclose(out, out_ref, rtol=rtol, atol=rtol)
+    _assert_lse_close(lse, lse_ref, rtol)
+    for name, g, g_ref in zip("qkv", grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=rtol, atol=rtol * 10, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_sequences_match_reference(dtype, rng):
+    """Past 512 queries and keys the kernel takes its larger tiles: causal with an offset, GQA, padding."""
+    q = rng.standard_normal((2, 2, 530, 8)).astype(dtype)
+    k, v = (rng.standard_normal((2, 1, 600, 8)).astype(dtype) for _ in range(2))
+    dout = rng.standard_normal(q.shape).astype(dtype)
+    options = dict(causal=True, q_offset=70, key_mask=np.arange(600)[None, :] < np.array([[600], [577]]))
+    rtol = rtol_for(dtype) * (10 if dtype == np.float32 else 100)
+    with compiled_path("attention"):
+        out, lse = at.attention_forward(q, k, v, **options)
+        grads = at.attention_backward(q, k, v, out, lse, dout, **options)
+    out_ref, lse_ref = at.attention_forward_reference(q, k, v, **options)
+    grads_ref = at.attention_backward_reference(q, k, v, out, lse, dout, **options)
+    np.testing.assert_allclose(out, out_ref, rtol=rtol, atol=rtol)
+    _assert_lse_close(lse, lse_ref, rtol)
+    for name, g, g_ref in zip("qkv", grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=rtol, atol=rtol * 10, err_msg=f"d{name}")
+
+
+def test_same_bits_on_one_and_two_threads(rng):
+    """Work is split by (batch, head, query block) forward and (batch, kv head) backward, with tiles
+    chosen by the shapes only: the thread count changes no bit."""
+    q = rng.standard_normal((1, 4, 600, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 600, 16)).astype(np.float32) for _ in range(2))
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    results = []
+    saved = threads._policy
+    try:
+        for count in (1, 2):
+            threads._policy = None
+            threads.set_num_threads(count)
+            with compiled_path("attention"):
+                out, lse = at.attention_forward(q, k, v, causal=True)
+                results.append((out, lse, *at.attention_backward(q, k, v, out, lse, dout, causal=True)))
+    finally:
+        threads._policy = saved
+        if saved is not None:
+            saved.blas_threads_now = None
+            saved.apply()
+    for name, one, two in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        np.testing.assert_array_equal(one, two, err_msg=name)
 
 
 def test_fully_masked_rows_give_zeros_not_nan(kernel_path, rng):
