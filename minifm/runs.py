@@ -116,9 +116,12 @@ def run_model_in_dtype(model, dtype: str, name_or_path):
     then rounds that merged model (GPT.convert_weights). Adapters that cannot be merged (prompt, prefix,
     bottleneck) stay on, over a base converted to `dtype`."""
     if isinstance(model, PeftModel):
-        base_quantized = getattr(model.base_model.config, "quantized", False)
-        if dtype == "float32" and not base_quantized:
+        base = model.base_model
+        if dtype == "float32" and not getattr(getattr(base, "config", None), "quantized", False):
             return model
+        if type(base) is not GPT:
+            raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds an "
+                             f"adapter on a {type(base).__name__}")
         model.convert_weights("float32")
         if not model.mergeable:
             return model.convert_weights(dtype)

@@ -29,11 +29,11 @@ import pytest
 
 import minifm as mf
 from minifm import cli
-from minifm.models import GPT, GPTConfig
+from minifm.models import BERT, GPT, BERTConfig, GPTConfig
 from minifm.nn import Linear
 from minifm.nn.quantized import QuantizedEmbedding, QuantizedLinear
 from minifm.optim import AdamW
-from minifm.peft import IA3Config, LoraConfig, PeftModel, get_peft_model
+from minifm.peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from minifm.peft.ia3 import IA3Linear
 from minifm.peft.lora import LoraLinear
 from minifm.pretrained.quants import dequantize, quantize
@@ -388,6 +388,16 @@ def test_load_any_of_a_qlora_run_merges_the_adapter_into_the_dequantized_base(me
 
     as_stored, _ = load_any(tmp_path / "run", dtype=None)
     assert isinstance(as_stored, PeftModel) and as_stored.quantized_base_layers()
+
+
+def test_load_any_refuses_to_convert_an_adapter_run_on_a_model_that_cannot_be_quantized(tmp_path):
+    """An adapter run on a BERT: float32 loads it as saved; a quantized dtype is a ValueError naming the model."""
+    bert = BERT(BERTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    model = get_peft_model(bert, PromptTuningConfig(num_virtual_tokens=2), rng=np.random.default_rng(0))
+    save_run(model, BPETokenizer(np.zeros((0, 2), dtype=np.int64)), tmp_path / "run")
+    assert isinstance(load_any(tmp_path / "run")[0], PeftModel)
+    with pytest.raises(ValueError, match=r"dtype='q8_0': converting weights applies to GPT models; .* an adapter on a BERT"):
+        load_any(tmp_path / "run", dtype="q8_0")
 
 
 def test_hugging_face_peft_runs_an_adapter_trained_on_quantized_blocks(tmp_path):
