@@ -115,24 +115,21 @@ def run_model_in_dtype(model, dtype: str, name_or_path):
     weights: the fine-tuned model, which a next stage trains like any other run's. A quantized dtype
     then rounds that merged model (GPT.convert_weights). Adapters that cannot be merged (prompt, prefix,
     bottleneck) stay on, over a base converted to `dtype`."""
-    if isinstance(model, PeftModel):
-        base = model.base_model
-        if dtype == "float32" and not getattr(getattr(base, "config", None), "quantized", False):
-            return model
-        if type(base) is not GPT:
-            raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds an "
-                             f"adapter on a {type(base).__name__}")
-        model.convert_weights("float32")
+    adapted = isinstance(model, PeftModel)
+    plain = model.base_model if adapted else model
+    if dtype == "float32" and not getattr(getattr(plain, "config", None), "quantized", False):
+        return model  # nothing to convert
+    if type(plain) is not GPT:
+        holds = f"an adapter on a {type(plain).__name__}" if adapted else f"a {type(plain).__name__}"
+        raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds {holds}")
+    if adapted:
+        model.convert_weights("float32")  # the base's blocks dequantized under the adapter
         if not model.mergeable:
             return model.convert_weights(dtype)
-        model = model.merge_and_unload()
-    quantized = getattr(getattr(model, "config", None), "quantized", False)
-    if dtype != "float32" or quantized:
-        if type(model) is not GPT:
-            raise ValueError(f"dtype={dtype!r}: converting weights applies to GPT models; {name_or_path} holds a "
-                             f"{type(model).__name__}")
-        model.convert_weights(dtype)
-    return model
+        model = model.merge_and_unload()  # exact: into float32 weights
+        if dtype == "float32":
+            return model
+    return model.convert_weights(dtype)
 
 
 def load_any(name_or_path, dtype: str | None = "float32"):
