@@ -32,14 +32,21 @@ import resource
 import threading
 
 
+def _glibc_function(name: str):
+    """glibc's function `name` through ctypes, or None where there is no glibc (or no such function)."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_memory() -> None:
     """Collect garbage and hand freed heap memory back to the OS (glibc malloc_trim), so that one run's RSS
     high-water mark does not hide the next run's (glibc keeps freed small and medium blocks otherwise)."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 # mallopt's parameter numbers (glibc's malloc.h) and the values keep_freed_memory_for_reuse sets
@@ -62,9 +69,8 @@ def keep_freed_memory_for_reuse() -> bool:
         "GLIBC_TUNABLES", "")
     if os.environ.get("MINIFM_KEEP_FREED_MEMORY", "1") == "0" or user_set:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     _reuse_decided = bool(mallopt(M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD))
