@@ -16,8 +16,9 @@ FLOPs per step = minifm.models.sizes.flops_per_token(config, T) * B * T (6 N + 1
     python benchmarks/bench_train_step.py --threads 1       # both libraries on one thread
     python benchmarks/bench_train_step.py --timing shared   # both in this process (the old way)
 
-By default (--timing processes) each library steps in a child process of its own, which imports only what
-it needs and holds one model, and this process asks the two in turn for one timed step at a time. Timing
+By default (--timing processes) each library steps in a child process of its own (the child runs this
+script, so it imports both libraries, but builds and steps only its own model), and this process asks the
+two in turn for one timed step at a time. Timing
 both in one process made them share one allocator (glibc's sliding mmap threshold, raised by one
 library's frees, spared the other its page faults), two OpenMP runtimes and the caches, which is not how
 either is used. The torch child gets torch's own OpenMP wait policy, not the PASSIVE one importing

@@ -267,7 +267,7 @@ class TransformerBlock(Module):
             if stacks_linears(projections, h.size // h.shape[-1]):  # as SwiGLU.forward: one product
                 packed = stacked_product_array(h, projections)  # [gate | up] (B, T, 2 hidden)
                 return _linear_array(mlp.down_proj, elementwise.SiluMulPacked.forward(Context(), packed))
-            gate, up = _linears_array((mlp.gate_proj, mlp.up_proj), h)  # (B, T, hidden) each
+            gate, up = _linears_array(projections, h)  # (B, T, hidden) each
             gated = elementwise.SiluMul.forward(Context(), gate, up)  # silu(gate) * up, (B, T, hidden)
             return _linear_array(mlp.down_proj, gated)
         hidden = elementwise.Gelu.forward(Context(), _linear_array(mlp.fc_in, h),
