@@ -44,9 +44,9 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport log, INFINITY
 from libc.stdint cimport uint8_t
 from libc.stdlib cimport malloc, free
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cimport _common as vec
+from _blas cimport gemm
 from _common cimport real
 
 # Serial cost per (score, head-dimension) pair in nanoseconds, for the threading decision: measured
@@ -144,22 +144,6 @@ cdef inline void _add_weighted_values(const real* probs, Py_ssize_t probs_row_st
             c = c + 1
 
 
-cdef inline void _gemm(char trans_a, char trans_b, int m, int n, int k, real alpha,
-                       const real* a, int lda, const real* b, int ldb, real beta,
-                       real* c, int ldc) noexcept nogil:
-    """Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(X) is X or X^T.
-
-    BLAS is column-major; a row-major matrix is the transpose of the same memory read column-major,
-    so the row-major product C = op(A) op(B) is the column-major product C^T = op(B)^T op(A)^T:
-    swap the operands (and m with n) and keep each one's transpose flag. lda, ldb and ldc are BLAS's
-    "leading dimensions": here the row strides of the row-major A, B and C, in elements.
-    """
-    if real is float:
-        sgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&trans_b, &trans_a, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
-
-
 cdef inline Py_ssize_t _allowed_prefix(Py_ssize_t query_pos, Py_ssize_t key_start, Py_ssize_t width,
                                        bint causal) noexcept nogil:
     """How many keys key_start .. key_start + width - 1 the query at absolute position query_pos may see
@@ -213,7 +197,7 @@ cdef void _forward_block(const real* q, const real* k, const real* v, real* out,
             _scores_by_loops(q, q_row_stride, k + j0 * k_row_stride, k_row_stride, rows, width, d, scale,
                              scores, block_k)
         else:
-            _gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q, <int>q_row_stride,
+            gemm(c'N', c'T', <int>rows, <int>width, <int>d, scale, q, <int>q_row_stride,
                   k + j0 * k_row_stride, <int>k_row_stride, 0.0, scores, <int>block_k)
         for r in range(rows):
             s_row = scores + r * block_k
@@ -234,7 +218,7 @@ cdef void _forward_block(const real* q, const real* k, const real* v, real* out,
         if rows <= FEW_QUERY_ROWS:
             _add_weighted_values(scores, block_k, v + j0 * v_row_stride, v_row_stride, rows, width, d, acc)
         else:
-            _gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, <int>block_k,
+            gemm(c'N', c'N', <int>rows, <int>d, <int>width, 1.0, scores, <int>block_k,
                   v + j0 * v_row_stride, <int>v_row_stride, 1.0, acc, <int>d)
     for r in range(rows):
         if run_sum[r] > 0:
@@ -295,7 +279,7 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                 cols = width
                 if causal:  # keys after the block's last query are masked in every row: leave them out
                     cols = min(width, i0 + rows + q_offset - j0)
-                _gemm(c'N', c'T', <int>rows, <int>cols, <int>d, scale,
+                gemm(c'N', c'T', <int>rows, <int>cols, <int>d, scale,
                       qh + i0 * q_layout.row, <int>q_layout.row,
                       k + j0 * k_layout.row, <int>k_layout.row, 0.0, probs, <int>block_k)
                 for r in range(rows):
@@ -309,11 +293,11 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                     _mask_row(p_row, allowed, cols, key_mask + j0 if key_mask != NULL else NULL)
                     vec.exp_affine(p_row, p_row, cols, <real>row_lse, 1, 0)
                 # dV_j += P^T dO_i
-                _gemm(c'T', c'N', <int>cols, <int>d, <int>rows, 1.0, probs, <int>block_k,
+                gemm(c'T', c'N', <int>cols, <int>d, <int>rows, 1.0, probs, <int>block_k,
                       doh + i0 * dout_layout.row, <int>dout_layout.row,
                       1.0, dv + j0 * dv_layout.row, <int>dv_layout.row)
                 # dP = dO_i V_j^T
-                _gemm(c'N', c'T', <int>rows, <int>cols, <int>d, 1.0,
+                gemm(c'N', c'T', <int>rows, <int>cols, <int>d, 1.0,
                       doh + i0 * dout_layout.row, <int>dout_layout.row,
                       v + j0 * v_layout.row, <int>v_layout.row, 0.0, dprobs, <int>block_k)
                 # dS / scale = P * (dP - rowsum(dO * O))
@@ -322,10 +306,10 @@ cdef void _backward_group(const real* q, const real* k, const real* v, const rea
                     dp_row = dprobs + r * block_k
                     vec.mul_sub(p_row, dp_row, dp_row, cols, <real>delta[gh * tq + i0 + r])
                 # dQ_i += scale * (dS / scale) K_j ;  dK_j += scale * (dS / scale)^T Q_i
-                _gemm(c'N', c'N', <int>rows, <int>d, <int>cols, scale, dprobs, <int>block_k,
+                gemm(c'N', c'N', <int>rows, <int>d, <int>cols, scale, dprobs, <int>block_k,
                       k + j0 * k_layout.row, <int>k_layout.row,
                       1.0, dqh + i0 * dq_layout.row, <int>dq_layout.row)
-                _gemm(c'T', c'N', <int>cols, <int>d, <int>rows, scale, dprobs, <int>block_k,
+                gemm(c'T', c'N', <int>cols, <int>d, <int>rows, scale, dprobs, <int>block_k,
                       qh + i0 * q_layout.row, <int>q_layout.row,
                       1.0, dk + j0 * dk_layout.row, <int>dk_layout.row)
                 i0 = i0 + rows

@@ -52,7 +52,7 @@ conversion is.
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_blas cimport sgemm
+from _blas cimport gemm
 
 import numpy as np
 
@@ -232,7 +232,6 @@ def prefill_product(const float[:, ::1] x, const uint8_t[:, ::1] data, int ggml_
     cdef Py_ssize_t tile_rows, n_tiles, tile, first, r, row_bytes = data.shape[1]
     cdef int rows_here, m_int, k_int, ldc
     cdef float alpha = 1.0, beta = 0.0
-    cdef char trans_t = b"T", trans_n = b"N"
     cdef float* scratch
     cdef int threads, failed = 0
     if out.shape[0] != batch or out.shape[1] != size:
@@ -262,8 +261,8 @@ def prefill_product(const float[:, ::1] x, const uint8_t[:, ::1] data, int ggml_
                 dequantize_row(ggml_type, &data[first + r, 0], n_blocks, scratch + r * width)
             # row-major out[:, first:first + rows] (M, rows) = x (M, K) @ tile^T; column-major that is
             # C (rows, M) = tile (K, rows)^T @ x^T (K, M) with leading dimension N
-            sgemm(&trans_t, &trans_n, &rows_here, &m_int, &k_int, &alpha, scratch, &k_int,
-                  <float*>&x[0, 0], &k_int, &beta, &out[0, first], &ldc)
+            gemm(c'N', c'T', m_int, rows_here, k_int, alpha, &x[0, 0], k_int, scratch, k_int,
+                 beta, &out[0, first], ldc)
         free(scratch)
     if failed:
         raise MemoryError(f"prefill_product: no memory for a {tile_rows} x {width} float32 tile")
