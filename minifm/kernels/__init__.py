@@ -18,6 +18,10 @@
     matvec.py         <-> csrc/matvec.pyx         few-row products x @ W^T with row-major weights
                                                    (decoding's Linear layers), several weights per
                                                    parallel region, same bits on any thread count
+    gemm.py           <-> csrc/gemm.pyx           a @ b in blocks of output rows, each one single-threaded
+                                                   call of NumPy's BLAS, blocks shared among the OpenMP
+                                                   threads (training's mid-sized products), same bits
+                                                   on any thread count
     rotary.py         <-> csrc/rotary.pyx         RoPE's rotation of (B, heads, T, D) rows, one pass,
                                                    transposed views read and written in place
     quantized.py      <-> csrc/quantized.pyx      x @ W^T with W in GGUF blocks (Q8_0, Q4_0, Q4_1):
@@ -39,6 +43,8 @@
                                                    MINIFM_NUM_THREADS=N fixes both
     csrc/_common.pxd.tp                            shared vectorised primitives (exp, max, sums), one
                                                    template for float and double, expanded by setup.py
+    csrc/_blas.pxd                                 the row-major BLAS product attention's and the
+                                                   quantized prefill's tiles call (scipy's BLAS)
 
 `backend_info()` says which path runs. MINIFM_KERNELS=reference forces NumPy everywhere;
 `use_reference(True)` does the same at run time.

@@ -36,6 +36,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "normalization",
     "adam",
     "matvec",
+    "gemm",
     "rotary",
     "quantized",
     "decode_step",

@@ -1,7 +1,7 @@
 """How many threads minifm's two thread pools use, and when an operation is big enough to use them.
 
 A training step runs on two kinds of worker threads: the OpenMP threads of the Cython kernels
-(csrc/*.pyx, libgomp) and the pthreads of OpenBLAS, which NumPy's `@` calls for every Linear layer
+(csrc/*.pyx, libgomp) and the pthreads of OpenBLAS, which NumPy's `@` calls for large Linear layers
 (scipy's own OpenBLAS also runs the attention kernel's tile products). A parallel operation
 finishes only when its slowest thread does: waking a worker costs tens of microseconds on an idle
 machine, but up to a scheduler time slice (milliseconds) when another process holds the core, and
@@ -27,6 +27,13 @@ The default policy, chosen from those measurements:
     busy or an idle machine, and a resumed run continues bit-for-bit;
   * the OpenMP wait policy is PASSIVE (set in minifm.kernels._backend before the runtime starts): an
     idle kernel thread sleeps at once instead of spinning against BLAS and the main thread;
+  * a product that runs on one BLAS thread (all of them on a machine with at most two cores, those
+    below GEMM_PARALLEL_FLOPS above that) and is big enough to split goes to the row-block kernel
+    (minifm/kernels/gemm.py): blocks of its output rows, each one single-threaded call of NumPy's
+    OpenBLAS, shared among the kernels' OpenMP threads, so it uses the cores the load leaves free
+    without OpenBLAS's spinning workers. The blocks depend on the shapes and on the machine's usable
+    cores (`row_block_limit`: at most one block per core, as blocks cost a little on one thread),
+    never on the threads in use: the same bits on any thread count;
   * products of a few rows with a Linear layer's weight (`a @ W.T`, at most matvec.MAX_ROWS rows:
     KV-cached decoding) are not BLAS products: `matmul` sends them to the matvec kernel
     (minifm/kernels/matvec.py), which runs on the kernels' OpenMP threads and so follows the load.
@@ -67,6 +74,7 @@ import time
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from minifm.kernels import gemm as gemm_kernel
 from minifm.kernels import matvec as matvec_kernel
 from minifm.kernels._backend import _load
 
@@ -102,6 +110,15 @@ def default_blas_threads(usable_cores: int) -> int:
     SERIAL_BLAS_MAX_CORES usable cores (there two threads gained ~2% at most idle and lost 1.6-4.5x
     beside one busy process), every usable core above that."""
     return 1 if usable_cores <= SERIAL_BLAS_MAX_CORES else usable_cores
+
+
+def row_block_limit(usable_cores: int) -> int:
+    """The most row blocks the gemm kernel cuts a product into on a machine with `usable_cores` cores: the
+    largest power of two up to both (a fixed count per machine, so the bits never follow the threads in use)."""
+    limit = 1
+    while 2 * limit <= min(usable_cores, gemm_kernel.MAX_BLOCKS):
+        limit *= 2
+    return limit
 
 
 def usable_cores() -> int:
@@ -183,6 +200,8 @@ class _BlasLibraries:
         self.scipy = _owned_by(blas, "scipy")
         if len(blas) == 1:  # one system library behind both
             self.numpy = self.scipy = blas[0]
+        if self.numpy is not None:
+            gemm_kernel.bind_blas(self.numpy.filepath)
 
     def scipy_blas(self):
         if self.scipy is None and not self._scanned_with_scipy_blas and "scipy.linalg.cython_blas" in sys.modules:
@@ -217,6 +236,7 @@ class _Policy:
 
     def __init__(self):
         self.cores = usable_cores()
+        self.row_blocks = row_block_limit(self.cores)
         numpy_blas = _blas().numpy
         blas_started_with = numpy_blas.get_num_threads() if numpy_blas is not None else self.cores
         fixed = requested_threads()
@@ -331,12 +351,17 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for 2-D arrays: the matvec kernel for a few rows times a transposed weight (see the
-    module docstring), else BLAS on as many threads as the product's size earns (see gemm_threads)."""
+    module docstring); a product that would run on one BLAS thread (see gemm_threads) in row blocks
+    on the kernels' threads when the gemm kernel applies (minifm/kernels/gemm.py); else BLAS on as
+    many threads as the product's size earns."""
     state = _state()
     state.follow_load()
     if _is_transposed_weight(b) and matvec_kernel.applies(a, b.T):
         return matvec_kernel.compiled_products(a, (b.T,))[0]
-    state.set_numpy_blas(gemm_threads(a.shape[0], a.shape[1], b.shape[1]))
+    threads = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
+    state.set_numpy_blas(threads)
+    if threads == 1 and gemm_kernel.applies(a, b, state.row_blocks):
+        return gemm_kernel.compiled_product(a, b, state.row_blocks)
     return _product(a, b)
 
 
