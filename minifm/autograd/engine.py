@@ -26,6 +26,12 @@ A process's first backward() also asks glibc to keep freed activation-sized bloc
 (minifm.memory.keep_freed_memory_for_reuse): otherwise every training step took thousands of page faults
 to allocate the same activations again.
 
+A backward may return, for an input x, a `SliceGradient` instead of an array: the gradient of x[index]
+for a basic index, zero outside the slice, not yet written out (GetItem does). The engine adds it into
+the gradient it accumulates for x, in place when that array is one this backward allocated: the q, k
+and v slices of one stacked projection then cost one zeroed array and three slice additions, where
+three zeroed arrays and two full-size sums were made before.
+
 Nothing non-finite passes silently: the caller's `grad` must be finite, and a NaN/inf arriving at a
 leaf raises FloatingPointError naming the leaf's shape and the operation that produced it
 (`set_check_finite(False)` turns the leaf check off, e.g. to study a diverging run).
@@ -47,6 +53,49 @@ def set_check_finite(enabled: bool) -> bool:
     global _check_finite
     previous, _check_finite = _check_finite, bool(enabled)
     return previous
+
+
+class SliceGradient:
+    """The gradient of x[index] with respect to x, for a basic index (slices and integers): `values` at
+    x[index], zero elsewhere, in an array of `shape` that the engine writes only where it is needed."""
+
+    __slots__ = ("shape", "index", "values")
+
+    def __init__(self, shape: tuple[int, ...], index, values: np.ndarray):
+        self.shape, self.index, self.values = tuple(shape), index, values
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def dense(self, dtype) -> np.ndarray:
+        """The whole gradient as a new array of `dtype`: zeros, and the values at the index."""
+        full = np.zeros(self.shape, dtype=dtype)
+        full[self.index] = self.values
+        return full
+
+
+def _add_pending(pending: dict, owned: set, key: int, grad) -> None:
+    """Add an input's share `grad` (an array or a SliceGradient, of the input's shape and dtype) to its
+    pending gradient. Arrays that came from a backward are never written to; one this function allocated
+    (listed in `owned`) is added into in place."""
+    existing = pending.get(key)
+    if isinstance(grad, SliceGradient):
+        if existing is None:
+            pending[key] = grad.dense(grad.dtype)
+        else:
+            if key not in owned:
+                existing = existing.copy()
+                pending[key] = existing
+            existing[grad.index] += grad.values
+        owned.add(key)
+    elif existing is None:
+        pending[key] = grad
+    elif key in owned:
+        existing += grad
+    else:
+        pending[key] = existing + grad  # a new array: never mutate a gradient a backward returned
+        owned.add(key)
 
 
 def _inputs_first(root) -> list:
@@ -132,6 +181,7 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         )
     keep_freed_memory_for_reuse()  # once per process: the next steps reuse this step's freed blocks
     pending: dict[int, np.ndarray] = {id(root): _initial_grad(root, grad)}
+    owned: set[int] = set()  # keys of pending gradients allocated here (see _add_pending)
     uses_left, heights = _uses_and_heights(_inputs_first(root))
     arrival = itertools.count()  # ties between equally low nodes: first ready, first visited
     ready = [(heights[id(root)], next(arrival), root)]  # a heap: the lowest ready node first
@@ -144,8 +194,10 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
                     heapq.heappush(ready, (heights[id(parent)], next(arrival), parent))
         if node._grad_fn is None:  # a leaf: every use has passed its share, the gradient is final
             _finish_leaf(node, pending)
+            owned.discard(id(node))
             continue
         node_grad = pending.pop(id(node), None)
+        owned.discard(id(node))  # from here on the array may be passed on as it is: never written again
         if node_grad is None:
             continue
         if node._retains_grad:
@@ -166,21 +218,23 @@ def backward(root, grad=None, retain_graph: bool = False) -> None:
         for parent, parent_grad in zip(node._parents, input_grads):
             if parent is None or parent_grad is None:
                 continue
-            parent_grad = np.asarray(parent_grad)
+            if not isinstance(parent_grad, SliceGradient):
+                parent_grad = np.asarray(parent_grad)
             if parent_grad.shape != parent.shape:
                 raise RuntimeError(
                     f"{name}.backward returned a gradient of shape "
                     f"{parent_grad.shape} for an input of shape {parent.shape}"
                 )
+            if parent._grad_fn is None and isinstance(parent_grad, SliceGradient):
+                parent_grad = parent_grad.dense(parent.data.dtype)  # a leaf's gradient is checked whole
             if parent_grad.dtype != parent.data.dtype:
-                parent_grad = parent_grad.astype(parent.data.dtype)
+                if isinstance(parent_grad, SliceGradient):
+                    parent_grad.values = parent_grad.values.astype(parent.data.dtype)
+                else:
+                    parent_grad = parent_grad.astype(parent.data.dtype)
             if parent._grad_fn is None:
                 _check_leaf_grad(parent, parent_grad, name)
-            key = id(parent)
-            if key in pending:
-                pending[key] = pending[key] + parent_grad  # new array: never mutate a gradient
-            else:
-                pending[key] = parent_grad
+            _add_pending(pending, owned, id(parent), parent_grad)
         if not retain_graph:
             node._ctx = None
             node._parents = tuple(None for _ in node._parents)  # release the activations

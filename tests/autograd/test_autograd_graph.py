@@ -176,3 +176,52 @@ def test_non_finite_leaf_gradient_raises_naming_the_op_unless_disabled():
     assert np.isinf(x.grad[0])
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         (x * 2).backward(np.array([np.nan, 1.0]))
+
+
+# ------------------------------------------------ slice gradients (GetItem's SliceGradient, engine._add_pending)
+
+
+def test_slices_of_one_node_sum_into_its_gradient_as_dense_gradients_would(rng):
+    """q, k, v slices of a stacked projection, overlapping slices, an integer index and a direct use of the
+    node, against the same gradient built by hand."""
+    values = rng.standard_normal((5, 9))
+    weights = [rng.standard_normal(shape) for shape in [(5, 3), (5, 3), (5, 3), (5, 4), (9,), (5, 9)]]
+    x = mf.tensor(values, requires_grad=True, dtype=np.float64)
+    h = x * 1.0  # an inner node: its gradient is what the engine accumulates
+    q, k, v = h[:, 0:3], h[:, 3:6], h[:, 6:9]
+    loss = ((q * weights[0]).sum() + (k * weights[1]).sum() + (v * weights[2]).sum()
+            + (h[:, 2:6] * weights[3]).sum() + (h[1] * weights[4]).sum() + (h * weights[5]).sum())
+    loss.backward()
+    expected = weights[5].copy()
+    expected[:, 0:3] += weights[0]
+    expected[:, 3:6] += weights[1]
+    expected[:, 6:9] += weights[2]
+    expected[:, 2:6] += weights[3]
+    expected[1] += weights[4]
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-15, atol=1e-15)
+
+
+def test_slice_gradients_never_write_into_a_gradient_a_backward_returned(rng):
+    """h is used whole (Add's backward hands the caller's array on as h's gradient) and sliced: the slices
+    are added into a copy, and the caller's array stays as it was, whichever arrives first."""
+    for slices_first in (False, True):
+        x = mf.tensor(rng.standard_normal((4, 6)), requires_grad=True, dtype=np.float64)
+        h = x.reshape(4, 6)
+        sliced = h[:, :3].sum(axis=1, keepdims=True) + h[:, 3:].sum(axis=1, keepdims=True)  # (4, 1)
+        total = (sliced + h) if slices_first else (h + sliced)
+        upstream = rng.standard_normal((4, 6))
+        upstream_copy = upstream.copy()
+        total.backward(upstream)
+        np.testing.assert_array_equal(upstream, upstream_copy)
+        np.testing.assert_allclose(x.grad, upstream + upstream.sum(axis=1, keepdims=True), rtol=1e-14)
+
+
+def test_a_sliced_leaf_gets_a_whole_checked_gradient_in_its_dtype(rng):
+    x = mf.tensor(rng.standard_normal((3, 4)), requires_grad=True, dtype=np.float32)
+    (x[:, 1:3].astype(np.float64) * 2.0).sum().backward()
+    assert x.grad.dtype == np.float32 and x.grad.shape == (3, 4)
+    np.testing.assert_array_equal(x.grad, np.array([[0, 2, 2, 0]] * 3, dtype=np.float32))
+    y = mf.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    with np.errstate(invalid="ignore"), pytest.raises(FloatingPointError,
+                                                      match=r"leaf tensor of shape \(3, 4\), coming from GetItem"):
+        (y[:, :2] * np.inf).sum().backward()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minifm.autograd.engine import SliceGradient
 from minifm.autograd.function import Function, unbroadcast
 
 
@@ -80,11 +81,10 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if not _is_advanced(ctx.index):
+            return SliceGradient(ctx.shape, ctx.index, grad)  # the engine writes it into x's gradient
         full = np.zeros(ctx.shape, dtype=grad.dtype)
-        if _is_advanced(ctx.index):
-            np.add.at(full, ctx.index, grad)  # repeated indices accumulate
-        else:
-            full[ctx.index] = grad
+        np.add.at(full, ctx.index, grad)  # repeated indices accumulate
         return full
 
 
