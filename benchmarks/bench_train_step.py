@@ -213,7 +213,8 @@ def main():
     peak = gemm_peak()
     print(f"minifm backend: {info}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
-    print(f"threads: {threads} (minifm GEMMs below {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP run on one); "
+    print(f"threads: {threads} (minifm: BLAS on {minifm_threads.blas_threads()} thread(s) from "
+          f"{minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP, smaller products in row blocks on the kernels' threads); "
           f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s; timing: {args.timing}")
     header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} {'pair ratio':>10} "
               f"{'minifm tok/s':>13} {'torch tok/s':>12} {'minifm MFU':>11} {'torch MFU':>10}")

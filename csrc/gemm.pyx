@@ -10,7 +10,10 @@ Why not OpenBLAS's own threads: a worked OpenBLAS thread keeps spinning on its c
 kernels' OpenMP threads wait PASSIVE (they sleep at once) and follow the machine's load
 (minifm/kernels/threads.py). The number of blocks is chosen from the shapes alone
 (minifm.kernels.gemm.row_blocks), so the bits are the same on any thread count: each row of out is
-computed by one BLAS call whose operands do not depend on the threads.
+computed by one BLAS call whose operands do not depend on the threads. The blocks are handed out
+dynamically: the calling thread starts on the first block at once, a woken thread (tens of
+microseconds later) takes what is left; in the tiny model's step this made the products' gain on two
+threads 0.87-0.93x of the time without blocks against 0.93x with a static split.
 
 Layouts: a and b may each be row-major (C order) or a transposed row-major matrix (Fortran order, as
 W.T of a Linear layer's weight W, or x.T in a weight gradient): BLAS's transpose flags read both in
@@ -111,7 +114,7 @@ def product(const real[:, :] a, const real[:, :] b, real[:, ::1] out, Py_ssize_t
     lda = _operand_layout("a", a.strides[0], a.strides[1], item, &trans_a)
     ldb = _operand_layout("b", b.strides[0], b.strides[1], item, &trans_b)
     with nogil:
-        for block in prange(blocks, schedule="static",
+        for block in prange(blocks, schedule="dynamic",
                             num_threads=vec.threads_for(blocks, NS_PER_FLOP * 2.0 * m * k * n)):
             first = block * m // blocks
             last = (block + 1) * m // blocks

@@ -39,9 +39,9 @@ BLOCK_FLOPS = 4e6
 # (minifm.kernels.threads.FEW_ROWS), and each block packs b again.
 MIN_BLOCK_ROWS = 32
 
-# At most this many blocks (a power of two, so 1, 2, 4 or 8 threads share them evenly). A caller lowers it to
-# the machine's core count (minifm.kernels.threads does): on one thread the blocks of a product cost more than
-# one call, measured on the 2-core AMD host: 2 blocks +0-2%, 8 blocks +8-15% (each block packs b again).
+# At most this many blocks (a power of two). A caller lowers it to two per core (minifm.kernels.threads does):
+# on one thread the blocks of a product cost more than one call, measured on the 2-core AMD host: 2 blocks
+# +0-2%, 4 blocks +2-5%, 8 blocks +8-15% (each block packs b again).
 MAX_BLOCKS = 8
 
 _FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))

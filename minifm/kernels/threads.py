@@ -32,7 +32,7 @@ The default policy, chosen from those measurements:
     (minifm/kernels/gemm.py): blocks of its output rows, each one single-threaded call of NumPy's
     OpenBLAS, shared among the kernels' OpenMP threads, so it uses the cores the load leaves free
     without OpenBLAS's spinning workers. The blocks depend on the shapes and on the machine's usable
-    cores (`row_block_limit`: at most one block per core, as blocks cost a little on one thread),
+    cores (`row_block_limit`: at most two blocks per core, as blocks cost a little on one thread),
     never on the threads in use: the same bits on any thread count;
   * products of a few rows with a Linear layer's weight (`a @ W.T`, at most matvec.MAX_ROWS rows:
     KV-cached decoding) are not BLAS products: `matmul` sends them to the matvec kernel
@@ -113,10 +113,15 @@ def default_blas_threads(usable_cores: int) -> int:
 
 
 def row_block_limit(usable_cores: int) -> int:
-    """The most row blocks the gemm kernel cuts a product into on a machine with `usable_cores` cores: the
-    largest power of two up to both (a fixed count per machine, so the bits never follow the threads in use)."""
+    """The most row blocks the gemm kernel cuts a product into on a machine with `usable_cores` cores: 1 on one
+    core, else the largest power of two up to two per core and gemm's MAX_BLOCKS. Two per core, because a
+    woken thread starts late (tens of microseconds) and takes whatever blocks are left; not more, because
+    each block costs a little on one thread. A fixed count per machine: the bits never follow the threads
+    in use."""
+    if usable_cores <= 1:
+        return 1
     limit = 1
-    while 2 * limit <= min(usable_cores, gemm_kernel.MAX_BLOCKS):
+    while 2 * limit <= min(2 * usable_cores, gemm_kernel.MAX_BLOCKS):
         limit *= 2
     return limit
 
