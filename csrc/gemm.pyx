@@ -88,14 +88,28 @@ cdef int64_t _operand_layout(str name, Py_ssize_t row_stride, Py_ssize_t column_
                      f"({row_stride}, {column_stride})")
 
 
-def product(const real[:, :] a, const real[:, :] b, real[:, ::1] out, Py_ssize_t blocks):
-    """out[:] = a @ b for a (M, K), b (K, N), out (M, N), out's M rows split into `blocks` blocks of
-    near-equal height (block i: rows i M // blocks to (i + 1) M // blocks), one BLAS call each.
+cdef inline void _add_bias(real* rows, Py_ssize_t count, Py_ssize_t n, const real* bias) noexcept nogil:
+    """rows[r, j] += bias[j] for `count` consecutive rows of n elements (while the block is still in cache)."""
+    cdef Py_ssize_t r, j
+    cdef real* row
+    for r in range(count):
+        row = rows + r * n
+        for j in range(n):
+            row[j] += bias[j]
+
+
+def product(const real[:, :] a, const real[:, :] b, real[:, ::1] out, Py_ssize_t blocks,
+            const real[::1] bias=None):
+    """out[:] = a @ b (+ bias on every row) for a (M, K), b (K, N), out (M, N), bias (N,) or None, out's M
+    rows split into `blocks` blocks of near-equal height (block i: rows i M // blocks to (i + 1) M // blocks),
+    one BLAS call each, the block's bias added right after it by the same thread (the same float additions
+    as `out += bias` afterwards, without a second pass over out).
 
     The caller keeps the bound BLAS on one thread (minifm.kernels.threads.matmul does).
     """
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1], item = sizeof(real)
     cdef Py_ssize_t block, first, last
+    cdef const real* bias_values = NULL
     cdef char trans_a, trans_b
     cdef int64_t lda, ldb
     if not bound():
@@ -106,10 +120,17 @@ def product(const real[:, :] a, const real[:, :] b, real[:, ::1] out, Py_ssize_t
         raise ValueError(f"out has shape {(out.shape[0], out.shape[1])}, expected {(m, n)}")
     if blocks < 1 or blocks > max(m, 1):
         raise ValueError(f"blocks must be in [1, {max(m, 1)}], got {blocks}")
+    if bias is not None:
+        if bias.shape[0] != n:
+            raise ValueError(f"bias has {bias.shape[0]} elements, b has {n} columns")
+        if n > 0:
+            bias_values = &bias[0]
     if m == 0 or n == 0:
         return
     if k == 0:
         out[:, :] = 0
+        if bias_values != NULL:
+            _add_bias(&out[0, 0], m, n, bias_values)
         return
     lda = _operand_layout("a", a.strides[0], a.strides[1], item, &trans_a)
     ldb = _operand_layout("b", b.strides[0], b.strides[1], item, &trans_b)
@@ -121,3 +142,5 @@ def product(const real[:, :] a, const real[:, :] b, real[:, ::1] out, Py_ssize_t
             # a's rows first .. last - 1 start at &a[first, 0] in either layout: row-major, they are
             # consecutive rows; transposed, they are consecutive columns of the stored matrix
             _gemm(trans_a, trans_b, last - first, n, k, &a[first, 0], lda, &b[0, 0], ldb, &out[first, 0], n)
+            if bias_values != NULL:
+                _add_bias(&out[first, 0], last - first, n, bias_values)

@@ -114,9 +114,11 @@ def product_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a @ b)  # (M, N)
 
 
-def compiled_product(a: np.ndarray, b: np.ndarray, max_blocks: int = MAX_BLOCKS) -> np.ndarray:
-    """a @ b by the compiled kernel in row_blocks(M, K, N, max_blocks) blocks, for callers that checked
-    `applies(a, b, max_blocks)` and keep NumPy's BLAS on one thread (minifm.kernels.threads.matmul does both)."""
+def compiled_product(a: np.ndarray, b: np.ndarray, max_blocks: int = MAX_BLOCKS, bias: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """a @ b (+ bias, a contiguous (N,) array of a's dtype, on every row) by the compiled kernel in
+    row_blocks(M, K, N, max_blocks) blocks, for callers that checked `applies(a, b, max_blocks)` and keep
+    NumPy's BLAS on one thread (minifm.kernels.threads.matmul does both)."""
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)  # (M, N)
-    compiled("gemm").product(a, b, out, row_blocks(a.shape[0], a.shape[1], b.shape[1], max_blocks))
+    compiled("gemm").product(a, b, out, row_blocks(a.shape[0], a.shape[1], b.shape[1], max_blocks), bias)
     return out

@@ -354,20 +354,34 @@ def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """a @ b for 2-D arrays: the matvec kernel for a few rows times a transposed weight (see the
     module docstring); a product that would run on one BLAS thread (see gemm_threads) in row blocks
     on the kernels' threads when the gemm kernel applies (minifm/kernels/gemm.py); else BLAS on as
-    many threads as the product's size earns."""
+    many threads as the product's size earns. With `bias` (b's column count, a's dtype), a @ b + bias on
+    every row: the gemm kernel adds it to each block while the block is in cache."""
     state = _state()
     state.follow_load()
     if _is_transposed_weight(b) and matvec_kernel.applies(a, b.T):
-        return matvec_kernel.compiled_products(a, (b.T,))[0]
-    threads = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
-    state.set_numpy_blas(threads)
-    if threads == 1 and gemm_kernel.applies(a, b, state.row_blocks):
-        return gemm_kernel.compiled_product(a, b, state.row_blocks)
-    return _product(a, b)
+        out = matvec_kernel.compiled_products(a, (b.T,))[0]
+    else:
+        threads = gemm_threads(a.shape[0], a.shape[1], b.shape[1])
+        state.set_numpy_blas(threads)
+        if threads == 1 and gemm_kernel.applies(a, b, state.row_blocks):
+            if _fits_the_rows(bias, b):
+                return gemm_kernel.compiled_product(a, b, state.row_blocks, bias)
+            out = gemm_kernel.compiled_product(a, b, state.row_blocks)
+        else:
+            out = _product(a, b)
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _fits_the_rows(bias, b: np.ndarray) -> bool:
+    """True when `bias` is None or a contiguous (N,) array of b's dtype, N = b's column count."""
+    return bias is None or (isinstance(bias, np.ndarray) and bias.shape == (b.shape[1],) and bias.dtype == b.dtype
+                            and bias.flags.c_contiguous)
 
 
 def matmul_weights(a: np.ndarray, weights) -> list[np.ndarray]:

@@ -30,18 +30,23 @@ def _operand(rng, rows, cols, dtype, transposed):
     return rng.standard_normal((rows, cols)).astype(dtype)
 
 
-@given(m=st.integers(1, 90), k=st.integers(1, 40), n=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
+@given(m=st.integers(1, 90), k=st.integers(0, 40), n=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
        a_transposed=st.booleans(), b_transposed=st.booleans(), blocks=st.integers(1, 9), seed=st.integers(0, 2**16))
 def test_the_kernel_equals_the_numpy_product(kernel, m, k, n, dtype, a_transposed, b_transposed, blocks, seed):
+    """With and without a bias: the bias is the same float addition as `out += bias` afterwards, bit for bit."""
     rng = np.random.default_rng(seed)
     a = _operand(rng, m, k, dtype, a_transposed)
     b = _operand(rng, k, n, dtype, b_transposed)
-    out = np.full((m, n), np.nan, dtype=dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    out, out_with_bias = np.full((m, n), np.nan, dtype=dtype), np.full((m, n), np.nan, dtype=dtype)
     kernel.product(a, b, out, min(blocks, m))
+    kernel.product(a, b, out_with_bias, min(blocks, m), bias)
     expected = a.astype(np.float64) @ b.astype(np.float64)
     tolerance = 1e-5 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance * np.sqrt(k))
-    np.testing.assert_allclose(out, gemm.product_reference(a, b), rtol=tolerance, atol=tolerance * np.sqrt(k))
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance * np.sqrt(max(k, 1)))
+    np.testing.assert_allclose(out, gemm.product_reference(a, b), rtol=tolerance, atol=tolerance * np.sqrt(max(k, 1)))
+    out += bias
+    np.testing.assert_array_equal(out_with_bias, out)
 
 
 @pytest.mark.parametrize("blocks", [2, 3, 8])
@@ -92,7 +97,7 @@ def test_matmul_sends_the_tiny_models_products_here_with_numpy_blas_on_one_threa
     calls = []
     real = gemm.compiled_product
     monkeypatch.setattr(gemm, "compiled_product",
-                        lambda a, b, max_blocks: calls.append((a.shape, b.shape)) or real(a, b, max_blocks))
+                        lambda a, b, max_blocks, bias: calls.append((a.shape, b.shape)) or real(a, b, max_blocks, bias))
     x = rng.standard_normal((1024, 64)).astype(np.float32)
     weight = rng.standard_normal((256, 64)).astype(np.float32)
     result = threads.matmul(x, weight.T)
@@ -122,6 +127,8 @@ def test_bad_operands_are_named(kernel, rng):
         kernel.product(a, b, np.empty((64, 4), np.float32), 2)
     with pytest.raises(ValueError, match=r"b has 7 rows, a has 8 columns"):
         kernel.product(a, b[:7], np.empty((64, 5), np.float32), 2)
+    with pytest.raises(ValueError, match=r"bias has 4 elements, b has 5 columns"):
+        kernel.product(a, b, np.empty((64, 5), np.float32), 2, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match=r"blocks must be in \[1, 64\], got 0"):
         kernel.product(a, b, np.empty((64, 5), np.float32), 0)
     with pytest.raises(ValueError, match=r"a must have rows or columns of contiguous elements, got byte strides \(32, 8\)"):
@@ -132,3 +139,19 @@ def test_bad_operands_are_named(kernel, rng):
         gemm.product_reference(a, b[:7])
     with pytest.raises(TypeError, match="a must be a 2-D float32 or float64 numpy array, got int64"):
         gemm.product_reference(np.arange(6).reshape(2, 3), b)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40, 1024])
+def test_matmul_with_a_bias_is_the_product_plus_the_bias_on_every_path(kernel, rng, rows):
+    """matvec (1, 3 rows), NumPy's product (40) and the row blocks (1024): a @ b + bias bit for bit as
+    matmul(a, b) followed by `+= bias`."""
+    x = rng.standard_normal((rows, 64)).astype(np.float32)
+    weight = rng.standard_normal((256, 64)).astype(np.float32)
+    bias = rng.standard_normal(256).astype(np.float32)
+    expected = threads.matmul(x, weight.T)
+    expected += bias
+    np.testing.assert_array_equal(threads.matmul(x, weight.T, bias), expected)
+    wide_bias = bias.astype(np.float64)  # not the kernel's: matmul adds it afterwards, as `+=` does
+    expected = threads.matmul(x, weight.T)
+    expected += wide_bias
+    np.testing.assert_array_equal(threads.matmul(x, weight.T, wide_bias), expected)

@@ -16,16 +16,19 @@ from minifm.autograd.function import Function, unbroadcast
 from minifm.kernels.threads import matmul as matmul_2d
 
 
-def batched_times_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for a (..., n, k) and a plain matrix b (k, m), as ONE 2-D GEMM.
+def batched_times_matrix(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (+ bias, (m,), on every row) for a (..., n, k) and a plain matrix b (k, m), as ONE 2-D GEMM.
 
     NumPy's matmul loops over the batch axes of a 3-D operand and calls a small GEMM per entry,
     which is many times slower than flattening the batch into the rows of a single product.
     """
     if b.ndim != 2 or a.ndim < 2:
-        return a @ b
+        out = a @ b
+        if bias is not None:
+            out += bias
+        return out
     rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])  # (N, k); copies only if `a` is not contiguous
-    return matmul_2d(rows, b).reshape(*a.shape[:-1], b.shape[-1])
+    return matmul_2d(rows, b, bias).reshape(*a.shape[:-1], b.shape[-1])
 
 
 class MatMul(Function):
@@ -84,10 +87,7 @@ class Linear(Function):
                 f"weight's in_features {weight.shape[1]} (weight shape {weight.shape})"
             )
         ctx.x, ctx.weight, ctx.has_bias = x, weight, bias is not None
-        out = batched_times_matrix(x, weight.T)  # (..., out)
-        if bias is not None:
-            out += bias
-        return out
+        return batched_times_matrix(x, weight.T, bias)  # (..., out)
 
     @staticmethod
     def backward(ctx, grad):
