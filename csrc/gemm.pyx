@@ -8,8 +8,9 @@ OpenMP threads.
 Why not OpenBLAS's own threads: a worked OpenBLAS thread keeps spinning on its core after the product
 (about 2^28 cycles), where it competes with the next operation and with every other process; the
 kernels' OpenMP threads wait PASSIVE (they sleep at once) and follow the machine's load
-(minifm/kernels/threads.py). The number of blocks is chosen from the shapes alone
-(minifm.kernels.gemm.row_blocks), so the bits are the same on any thread count: each row of out is
+(minifm/kernels/threads.py). The number of blocks is chosen from the shapes and the machine's block
+limit alone (minifm.kernels.gemm.row_blocks, threads.row_block_limit), never from the threads in use,
+so the bits are the same on any thread count: each row of out is
 computed by one BLAS call whose operands do not depend on the threads. The blocks are handed out
 dynamically: the calling thread starts on the first block at once, a woken thread (tens of
 microseconds later) takes what is left; in the tiny model's step this made the products' gain on two
