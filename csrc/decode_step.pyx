@@ -40,8 +40,9 @@ multiply-add per weight, so their speed is the memory bandwidth. The design for 
 
 The layer runs in ONE OpenMP parallel region with four barriers (after q/k/v, attention, o and gate/up;
 minifm_ds_layer_part says why the other steps need none), each spinning ~0.1 ms before sleeping
-(futex). Under OMP_WAIT_POLICY=PASSIVE (minifm's default) a thread that leaves a parallel region sleeps, and
-waking it costs 10-25 us here: with one region per product that was 121 wake-ups per token. Each barrier
+(futex). Under OMP_WAIT_POLICY=PASSIVE alone (minifm's default before it added a ~0.1 ms spin, see
+minifm/kernels/_backend.py) a thread that leaves a parallel region sleeps at once, and waking it costs
+10-25 us here: with one region per product that was 121 wake-ups per token. Each barrier
 is a point where a thread whose partner lost its core to another process waits a scheduler time slice:
 on a busy host, fewer threads are faster (minifm.kernels.threads follows the load by default).
 

@@ -7,7 +7,7 @@ OpenMP threads.
 
 Why not OpenBLAS's own threads: a worked OpenBLAS thread keeps spinning on its core after the product
 (about 2^28 cycles), where it competes with the next operation and with every other process; the
-kernels' OpenMP threads wait PASSIVE (they sleep at once) and follow the machine's load
+kernels' OpenMP threads poll ~0.1 ms, then sleep (minifm/kernels/_backend.py), and follow the machine's load
 (minifm/kernels/threads.py). The number of blocks is chosen from the shapes and the machine's block
 limit alone (minifm.kernels.gemm.row_blocks, threads.row_block_limit), never from the threads in use,
 so the bits are the same on any thread count: each row of out is

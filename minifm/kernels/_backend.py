@@ -12,9 +12,21 @@ With MINIFM_REQUIRE_COMPILED=1 a missing extension is an ImportError instead of 
 fallback; CI sets it so that a broken build cannot pass on the slower path.
 
 Before any compiled module loads (and so before the OpenMP runtime reads its settings), this module
-sets OMP_WAIT_POLICY=PASSIVE unless the user chose a policy: an OpenMP thread that finished its share
-of a kernel then sleeps instead of spinning on a core that OpenBLAS or the main thread needs (see
-minifm/kernels/threads.py and docs/performance.md).
+sets how an idle OpenMP thread waits, unless the user chose a policy (OMP_WAIT_POLICY):
+
+  * OMP_WAIT_POLICY=PASSIVE: a thread that finished its share of a kernel sleeps instead of spinning
+    on a core that OpenBLAS, the main thread or another process needs (minifm/kernels/threads.py);
+  * GOMP_SPINCOUNT=OPENMP_SPIN_COUNT (libgomp, GCC's runtime, which the kernels are built with; it
+    takes precedence over the policy there): before sleeping, the thread polls for OPENMP_SPIN_COUNT
+    rounds, about 0.1 ms. A training step of a small model runs ~50 parallel kernels a few tens of
+    microseconds apart; with no spin every one of them put a thread to sleep and woke it again (98-100
+    context switches per step of the tiny model on two threads, 28-52 with the spin; the small step
+    on two idle threads took 0.71x its one-thread time against 0.76x; docs/performance.md, "The
+    benchmark's turns"). A spin this short costs another process on the core at most ~0.1 ms per
+    kernel, where libgomp's own default polls for milliseconds.
+
+OPENMP_DEFAULTS lists the variables this module set (not the user), so that a benchmark can start a
+child process (torch's) with its own runtime's defaults.
 """
 from __future__ import annotations
 
@@ -22,7 +34,13 @@ import importlib
 import os
 from types import ModuleType
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OPENMP_SPIN_COUNT = 3000  # polling rounds of an idle libgomp thread before it sleeps: ~30 ns each here, ~0.1 ms
+OPENMP_DEFAULTS: dict[str, str] = {}
+if "OMP_WAIT_POLICY" not in os.environ:
+    OPENMP_DEFAULTS["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "GOMP_SPINCOUNT" not in os.environ:
+        OPENMP_DEFAULTS["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    os.environ.update(OPENMP_DEFAULTS)
 
 # One entry per csrc/<name>.pyx. Kept explicit so a missing build is detected by name.
 COMPILED_FAMILIES: tuple[str, ...] = (

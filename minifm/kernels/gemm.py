@@ -12,7 +12,7 @@ is below minifm.kernels.threads.GEMM_PARALLEL_FLOPS, the size from which OpenBLA
 on a machine with more than two cores; and on a machine with at most two, minifm runs OpenBLAS on one
 thread for every product, because its workers spin on their cores after each product, against the
 next operation and against other processes (measured: torch's step in another process became 2x
-slower when they did). The kernels' OpenMP threads sleep at once (PASSIVE) and follow the load, so
+slower when they did). The kernels' OpenMP threads sleep after a ~0.1 ms spin and follow the load, so
 minifm.kernels.threads.matmul sends here every product for which `applies(a, b)`: float32 or
 float64 operands whose rows or columns are contiguous (W.T of a Linear layer's weight, x.T in its
 gradient), at least two row blocks, the module built, unless the product is big enough for
@@ -99,6 +99,13 @@ def bind_blas(library_path: str) -> bool:
             compiled_module.bind(ctypes.cast(sgemm, ctypes.c_void_p).value, ctypes.cast(dgemm, ctypes.c_void_p).value)
             return True
     return False
+
+
+def blas_bound() -> bool:
+    """True when the compiled kernel is built and bind_blas gave it a BLAS (whether or not the NumPy
+    reference path is forced for now): products can then run in row blocks."""
+    compiled_module = _load("gemm")
+    return compiled_module is not None and compiled_module.bound()
 
 
 def product_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -25,8 +25,10 @@ The default policy, chosen from those measurements:
     `GEMM_PARALLEL_FLOPS` runs on them, smaller ones on one). OpenBLAS gives different bits for one
     and two threads, so its count never follows the load: the same run gives the same weights on a
     busy or an idle machine, and a resumed run continues bit-for-bit;
-  * the OpenMP wait policy is PASSIVE (set in minifm.kernels._backend before the runtime starts): an
-    idle kernel thread sleeps at once instead of spinning against BLAS and the main thread;
+  * the OpenMP wait policy is PASSIVE after a spin of about 0.1 ms (OMP_WAIT_POLICY and libgomp's
+    GOMP_SPINCOUNT, set in minifm.kernels._backend before the runtime starts): an idle kernel thread
+    polls briefly, so the next kernel a few tens of microseconds later finds it awake, then sleeps
+    instead of spinning against BLAS, the main thread and other processes;
   * a product that runs on one BLAS thread (all of them on a machine with at most two cores, those
     below GEMM_PARALLEL_FLOPS above that) and is big enough to split goes to the row-block kernel
     (minifm/kernels/gemm.py): blocks of its output rows, each one single-threaded call of NumPy's
@@ -45,8 +47,11 @@ The default policy, chosen from those measurements:
 
 Overrides: MINIFM_NUM_THREADS=N (or `set_num_threads(N)`) fixes both pools to N threads, with
 large products on N BLAS threads and no load following: MINIFM_NUM_THREADS=1 is the fully
-single-threaded run. OMP_NUM_THREADS=N does the same (the OpenMP runtime and OpenBLAS read it too);
-OPENBLAS_NUM_THREADS caps the BLAS threads; OMP_WAIT_POLICY replaces the PASSIVE default.
+single-threaded run. On a machine with at most two cores the products stay on one BLAS thread even
+then, cut into row blocks shared by the N kernel threads (`fixed_blas_threads`): faster there, and a
+run gives the same bits on any N. OMP_NUM_THREADS=N does the same (the OpenMP runtime and OpenBLAS read it too);
+OPENBLAS_NUM_THREADS caps the BLAS threads; OMP_WAIT_POLICY replaces the default wait (and its spin),
+GOMP_SPINCOUNT its spin.
 
 The BLAS libraries are found and driven with threadpoolctl. Its context managers cost too much for
 a per-product switch (measured on the 2-core machine: `threadpool_limits` ~3 ms, as it scans the
@@ -110,6 +115,19 @@ def default_blas_threads(usable_cores: int) -> int:
     SERIAL_BLAS_MAX_CORES usable cores (there two threads gained ~2% at most idle and lost 1.6-4.5x
     beside one busy process), every usable core above that."""
     return 1 if usable_cores <= SERIAL_BLAS_MAX_CORES else usable_cores
+
+
+def fixed_blas_threads(threads: int, usable_cores: int) -> int:
+    """BLAS threads for large products when the user fixed `threads` (MINIFM_NUM_THREADS,
+    set_num_threads): `threads`, except on a machine with at most SERIAL_BLAS_MAX_CORES usable cores
+    when the row-block kernel has its BLAS. There every product runs in row blocks on the kernels'
+    `threads` threads, each block one single-threaded BLAS call: on two threads the small and medium
+    training steps ran 1.27x and 1.11x faster than with OpenBLAS's own two threads, whose worker polls
+    its core for a long while after each product, where the kernels' second thread needs it
+    (docs/performance.md, "The benchmark's turns"). The bits are then the same on one thread or two."""
+    if usable_cores <= SERIAL_BLAS_MAX_CORES and gemm_kernel.blas_bound():
+        return 1
+    return threads
 
 
 def row_block_limit(usable_cores: int) -> int:
@@ -253,7 +271,7 @@ class _Policy:
             self.blas_threads = max(1, min(default_blas_threads(self.cores), blas_started_with))
         else:
             self.kernel_threads = fixed
-            self.blas_threads = max(1, min(fixed, blas_started_with))
+            self.blas_threads = max(1, min(fixed_blas_threads(fixed, self.cores), blas_started_with))
         self.meter = _CpuMeter(set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else set(range(self.cores)))
         self.next_check = time.monotonic() + LOAD_CHECK_SECONDS
@@ -324,12 +342,15 @@ def follow_load() -> None:
 
 
 def set_num_threads(threads: int) -> None:
-    """Fix both pools to `threads`: the kernels' OpenMP loops and large BLAS products (no load following)."""
+    """Fix both pools to `threads` (no load following): the kernels' OpenMP loops and large BLAS products
+    (these on fixed_blas_threads(threads, cores): in row blocks on the kernels' threads on a machine with
+    at most two cores)."""
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     state = _state()
     state.follows_load = False
-    state.kernel_threads = state.blas_threads = int(threads)
+    state.kernel_threads = int(threads)
+    state.blas_threads = fixed_blas_threads(int(threads), state.cores)
     state.apply()
 
 

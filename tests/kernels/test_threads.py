@@ -2,6 +2,7 @@
 the budget is validated and applied to both pools, the kernels' thread count follows the measured
 load (decided from injected load values here: no timing), user overrides win, and the OpenMP wait
 policy defaults to PASSIVE without overriding a user's choice."""
+import json
 import os
 import subprocess
 import sys
@@ -162,10 +163,11 @@ def test_matmul_runs_numpy_blas_on_the_count_each_product_earns(rng, restore_bud
     if numpy_blas is None:
         pytest.skip("threadpoolctl found no BLAS behind NumPy")
     threads.set_num_threads(2)
+    threads._state().blas_threads = 2  # as on a machine with more cores (see fixed_blas_threads)
     threads.matmul(rng.standard_normal((3, 4)), rng.standard_normal((4, 5)))
     assert numpy_blas.get_num_threads() == 1
     threads.matmul(rng.standard_normal((400, 300)), rng.standard_normal((300, 400)))
-    assert numpy_blas.get_num_threads() == threads.gemm_threads(400, 300, 400) <= 2
+    assert numpy_blas.get_num_threads() == threads.gemm_threads(400, 300, 400) == 2
 
 
 @pytest.mark.parametrize("blas_threads", [1, 2])
@@ -176,6 +178,7 @@ def test_single_threaded_scipy_blas(restore_budget, blas_threads):
     if scipy_blas is None:
         pytest.skip("threadpoolctl found no BLAS behind scipy")
     threads.set_num_threads(blas_threads)
+    threads._state().blas_threads = blas_threads  # also 2 on a machine with two cores (see fixed_blas_threads)
     scipy_blas.set_num_threads(2)
     try:
         with threads.single_threaded_scipy_blas():
@@ -185,23 +188,62 @@ def test_single_threaded_scipy_blas(restore_budget, blas_threads):
         scipy_blas.set_num_threads(1)
 
 
-@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
-def test_openmp_wait_policy_defaults_to_passive_but_keeps_the_users(user_policy):
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    if user_policy is not None:
-        env["OMP_WAIT_POLICY"] = user_policy
-    code = "import os, minifm.kernels; print(os.environ['OMP_WAIT_POLICY'])"
+@pytest.mark.parametrize("user_settings", [{}, {"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"},
+                                           {"GOMP_SPINCOUNT": "0"}])
+def test_openmp_waits_passive_after_a_short_spin_unless_the_user_chose(user_settings):
+    """Importing minifm sets PASSIVE and libgomp's spin count before the runtime starts; a user's policy
+    keeps both unset (a chosen policy means its own spin), a user's spin count is kept, and OPENMP_DEFAULTS
+    names exactly what minifm set."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user_settings)
+    code = ("import json, os, minifm.kernels._backend as backend; print(json.dumps([os.environ.get('OMP_WAIT_POLICY'), "
+            "os.environ.get('GOMP_SPINCOUNT'), backend.OPENMP_DEFAULTS, backend.OPENMP_SPIN_COUNT]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (user_policy or "PASSIVE")
+    policy, spin_count, defaults, spin_default = json.loads(out.stdout)
+    if "OMP_WAIT_POLICY" in user_settings:
+        assert (policy, spin_count, defaults) == (user_settings["OMP_WAIT_POLICY"], None, {})
+    elif "GOMP_SPINCOUNT" in user_settings:
+        assert (policy, spin_count, defaults) == ("PASSIVE", "0", {"OMP_WAIT_POLICY": "PASSIVE"})
+    else:
+        assert (policy, spin_count) == ("PASSIVE", str(spin_default))
+        assert defaults == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": str(spin_default)}
+        assert 0 < spin_default <= 10_000  # ~30 ns per round here: a spin of well under a millisecond
 
 
 @pytest.mark.parametrize("count", ["1", "2"])
 def test_minifm_num_threads_fixes_both_pools(count):
     env = dict(os.environ, MINIFM_NUM_THREADS=count)
-    code = ("from minifm.kernels import threads; "
-            "print(threads.num_threads(), threads.blas_threads(), threads.follows_load())")
+    code = ("from minifm.kernels import gemm, threads; print(threads.num_threads(), threads.blas_threads(), "
+            "threads.follows_load(), threads.usable_cores(), gemm.blas_bound())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [count, count, "False"]
+    kernel_threads, blas_threads, follows, cores, bound = out.stdout.split()
+    row_blocks_instead = int(cores) <= threads.SERIAL_BLAS_MAX_CORES and bound == "True"
+    assert (kernel_threads, follows) == (count, "False")
+    assert blas_threads == ("1" if row_blocks_instead else count)
+
+
+@pytest.mark.parametrize("cores, bound, expected", [(1, True, 1), (2, True, 1), (2, False, 4), (3, True, 4),
+                                                    (8, True, 4)])
+def test_a_fixed_count_keeps_blas_on_one_thread_where_row_blocks_take_the_products(cores, bound, expected,
+                                                                                   monkeypatch):
+    """With 4 threads fixed, BLAS gets 4, except on <= 2 cores when the row-block kernel has its BLAS."""
+    monkeypatch.setattr(threads.gemm_kernel, "blas_bound", lambda: bound)
+    assert threads.fixed_blas_threads(4, cores) == expected
+
+
+def test_a_fixed_count_of_two_gives_the_bits_of_one_on_two_cores(rng, restore_budget):
+    """On a two-core machine a large product runs in row blocks: the same bits on 1 and 2 fixed threads."""
+    threads._state().cores = 2  # the policy's view of the machine (CI's has two cores)
+    if not threads.gemm_kernel.blas_bound():
+        pytest.skip("NumPy's BLAS exports no sgemm/dgemm with 64-bit integers (or the kernel is not built)")
+    a = rng.standard_normal((2048, 128)).astype(np.float32)  # (M, K): a 1e8-FLOP product, above GEMM_PARALLEL_FLOPS
+    b = rng.standard_normal((128, 192)).astype(np.float32)  # (K, N)
+    results = []
+    for count in (1, 2):
+        threads.set_num_threads(count)
+        assert threads.gemm_threads(2048, 128, 192) == 1
+        results.append(threads.matmul(a, b))
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_a_user_limit_on_openblas_threads_is_respected():
