@@ -104,22 +104,27 @@ def timed(step) -> tuple[float, float]:
 
 
 def serve_steps(step) -> None:
-    """The child's side of a StepServer: print "ready", then time one step per "step" line read from stdin
-    (one JSON line each: wall and CPU seconds) until any other line."""
+    """The child's side of a StepServer: print "ready", then for each "step" or "step K" line read from
+    stdin run K untimed steps (0 when not given) and time one more (one JSON line each: wall and CPU
+    seconds), until any other line."""
     print("ready", flush=True)
     for line in sys.stdin:
-        if line.strip() != "step":
+        words = line.split()
+        if not words or words[0] != "step":
             break
+        for _ in range(int(words[1]) if len(words) > 1 else 0):
+            step()
         wall, cpu = timed(step)
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
-def torch_child_environment(user_wait_policy: str | None) -> dict:
-    """The environment for a child process that runs torch: this one's, without the OpenMP wait policy
-    minifm set for itself on import (torch's runtime keeps its own default unless the user chose one)."""
+def torch_child_environment(minifm_openmp_defaults: dict) -> dict:
+    """The environment for a child process that runs torch: this one's, without the OpenMP settings that
+    importing minifm set for its own runtime (minifm.kernels._backend.OPENMP_DEFAULTS: the wait policy
+    and the spin count). Torch's runtime then keeps its own defaults, unless the user chose them."""
     environment = dict(os.environ)
-    if user_wait_policy is None:
-        environment.pop("OMP_WAIT_POLICY", None)
+    for name in minifm_openmp_defaults:
+        environment.pop(name, None)
     return environment
 
 
@@ -139,9 +144,9 @@ class StepServer:
             raise SystemExit(f"the {self.name} step server stopped (exit {self.process.poll()}) before {what!r}")
         return line
 
-    def step(self) -> tuple[float, float]:
-        """(wall, CPU) seconds of one step, timed inside the child."""
-        self.process.stdin.write("step\n")
+    def step(self, lead_in: int = 0) -> tuple[float, float]:
+        """(wall, CPU) seconds of one step, timed inside the child after `lead_in` untimed steps there."""
+        self.process.stdin.write(f"step {lead_in}\n")
         self.process.stdin.flush()
         result = json.loads(self._expect("a timing"))
         return result["wall"], result["cpu"]

@@ -68,16 +68,13 @@ import numpy as np
 # A memory child imports only its own library, so its peak RSS holds nothing of the other one. The parent
 # imports torch before minifm (as bench_train_step does), so torch's OpenMP runtime starts with its own settings.
 _CHILD_SIDE = sys.argv[sys.argv.index("--child") + 1] if "--child" in sys.argv[:-1] else None
-# Importing minifm sets OMP_WAIT_POLICY=PASSIVE for its own OpenMP runtime unless the user chose a policy; a torch
-# child must not inherit minifm's choice (torch's threads would then sleep after every parallel region).
-_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 if _CHILD_SIDE != "minifm":
     import torch
     import transformers
     import peft
 if _CHILD_SIDE != "torch":
     import minifm
-    from minifm.kernels import threads as minifm_threads
+    from minifm.kernels import _backend, threads as minifm_threads
     from minifm.models import GPT, GPTConfig
     from minifm.optim import AdamW
     from minifm.peft import LoraConfig, get_peft_model
@@ -291,8 +288,9 @@ def child_command(side: str, kind: str, args) -> list[str]:
 
 
 def child_environment(side: str) -> dict:
-    """The environment of a child: this one's; a torch child's without the wait policy minifm set for itself."""
-    return torch_child_environment(_USER_WAIT_POLICY) if side == "torch" else dict(os.environ)
+    """The environment of a child: this one's; a torch child's without the OpenMP settings importing minifm made
+    for its own runtime (torch's threads would otherwise sleep after every parallel region)."""
+    return torch_child_environment(_backend.OPENMP_DEFAULTS) if side == "torch" else dict(os.environ)
 
 
 def measure_memory(side: str, kind: str, args) -> dict:

@@ -13,6 +13,10 @@ process CPU time per decoding step (ms, median), which a busy machine moves less
     python benchmarks/bench_generate.py            # full table
     python benchmarks/bench_generate.py --quick    # small config, 32 new tokens, 1 repeat
     python benchmarks/bench_generate.py --configs medium --batches 8 --repeats 1   # one part of the table
+    python benchmarks/bench_generate.py --threads 1   # every library on one thread
+
+Threads: by default minifm's budget (its kernels follow the machine's load, minifm.kernels.threads) and
+torch's own count; --threads N fixes both (minifm.kernels.threads.set_num_threads, torch.set_num_threads).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import time
 
 import numpy as np
 
-from minifm.kernels import backend_info
+from minifm.kernels import backend_info, threads as minifm_threads
 from minifm.models import GPT, GPTConfig
 from minifm.sampling.generate import generate
 
@@ -147,7 +151,13 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--configs", default="small,medium", help="comma-separated subset of small,medium")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of every library (default: minifm's budget and torch's own count)")
     args = parser.parse_args()
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads is not None:
+        minifm_threads.set_num_threads(args.threads)
     configs = ["small"] if args.quick else [name for name in args.configs.split(",") if name]
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
@@ -158,7 +168,7 @@ def main():
     try:
         import torch  # optional yardstick, imported only when its column runs
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(args.threads if args.threads is not None else max(1, torch.get_num_threads()))
     except ImportError:
         torch = None
     try:
@@ -169,6 +179,9 @@ def main():
         have_transformers = False
 
     print(f"minifm backend: {backend_info()}")
+    torch_threads = torch.get_num_threads() if torch is not None else "-"
+    print(f"threads: minifm {minifm_threads.num_threads()} (fixed: {not minifm_threads.follows_load()}), "
+          f"torch {torch_threads}")
     print(f"prompt {PROMPT_LENGTH} tokens, {new_tokens} new tokens, median of {repeats}; tokens/s (higher is better)\n")
     header = f"{'config':<7} {'batch':>5} {'mode':<7} {'minifm':>9} {'torch eager':>12} {'transformers':>13} " \
              f"{'vs torch':>9} {'vs HF':>7}   CPU ms/step minifm / torch / HF"

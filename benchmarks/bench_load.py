@@ -57,9 +57,12 @@ POLICIES = {
     "two-threads-active-wait": {"MINIFM_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"},
     # two threads for the kernels' OpenMP loops, one for every BLAS product
     "blas-one-thread": {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "1"},
+    # the default, with idle OpenMP threads that sleep at once instead of polling ~0.1 ms first (the
+    # default before stop 18: a user's OMP_WAIT_POLICY keeps minifm from setting GOMP_SPINCOUNT)
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 THREAD_VARIABLES = ("MINIFM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
-                    "GOTO_NUM_THREADS", "MKL_NUM_THREADS")
+                    "GOMP_SPINCOUNT", "GOTO_NUM_THREADS", "MKL_NUM_THREADS")
 
 CHILD_CODE = {
     "step": """

@@ -6,8 +6,8 @@ torch.optim.AdamW), with torch.set_num_threads equal to minifm's thread budget
 (minifm.kernels.threads.num_threads(), or --threads N for both), and reports the median step time of
 each (the two models' steps alternate, so both see the same background load; "pair ratio" is the
 median of the per-pair ratios), tokens per second, and model-FLOPs utilisation (MFU) against the
-float32 GEMM peak measured on this machine (NumPy/BLAS matmul of 2048 x 2048 on the same thread
-budget, printed first).
+float32 GEMM peak measured on this machine (a 2048 x 2048 product through minifm.kernels.threads.matmul
+on the same thread budget, printed first).
 FLOPs per step = minifm.models.sizes.flops_per_token(config, T) * B * T (6 N + 12 L T d per token).
 
     python benchmarks/bench_train_step.py            # all four configs
@@ -21,8 +21,16 @@ script, so it imports both libraries, but builds and steps only its own model), 
 two in turn for one timed step at a time. Timing
 both in one process made them share one allocator (glibc's sliding mmap threshold, raised by one
 library's frees, spared the other its page faults), two OpenMP runtimes and the caches, which is not how
-either is used. The torch child gets torch's own OpenMP wait policy, not the PASSIVE one importing
-minifm sets, unless the user set one.
+either is used. The torch child gets torch's own OpenMP settings, not the wait policy and spin count
+importing minifm sets for its runtime (minifm.kernels._backend.OPENMP_DEFAULTS), unless the user set them.
+
+Each timed step follows --lead-in untimed steps of the same library, run just before it in the same
+child (default 1), so that it is measured as in a training loop: after a step of its own. Without the
+lead-in every timed step started while the other library's last step still held the machine: torch's
+OpenMP threads poll for about 10 ms after their work before they sleep (libgomp's default), and on 2
+cores they took the second core from the first milliseconds of minifm's step, which then ran 1.11-1.16x
+torch's time on the tiny config instead of 0.94-0.98x when torch's threads polled only briefly
+(docs/performance.md, "The benchmark's turns"). --lead-in 0 gives the old measurement.
 
 The machine's load average is printed before and after: on a shared machine the figures depend on it.
 """
@@ -36,15 +44,13 @@ import time
 
 import numpy as np
 
-_USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # before minifm's import sets PASSIVE for itself
-
 try:  # imported before minifm, so torch's OpenMP runtime starts with the user's settings, not minifm's
     import torch
 except ImportError:
     torch = None
 
 import minifm
-from minifm.kernels import threads as minifm_threads
+from minifm.kernels import _backend, threads as minifm_threads
 from minifm.models import GPT, GPTConfig, sizes
 from minifm.optim import AdamW, param_groups_for_weight_decay
 
@@ -59,13 +65,15 @@ CONFIGS = {
 
 
 def gemm_peak(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a float32 size^3 product on minifm's thread budget (minifm.kernels.threads.matmul: NumPy's
+    BLAS on its threads, or row blocks on the kernels' threads where BLAS stays on one)."""
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
-    a @ b
+    minifm_threads.matmul(a, b)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        minifm_threads.matmul(a, b)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times)
 
@@ -101,19 +109,28 @@ def step_fn(side: str, name: str):
     return torch_step_fn(torch, model_config(name), CONFIGS[name]["B"])
 
 
+def timed_after_lead_in(step, lead_in: int) -> float:
+    """Wall seconds of one step, run after `lead_in` untimed ones."""
+    for _ in range(lead_in):
+        step()
+    return timed(step)[0]
+
+
 def step_timers(name: str, args, threads: int):
     """(minifm timer, torch timer or None, servers to close): callables returning one step's wall seconds,
-    in child processes (--timing processes) or in this one."""
+    in child processes (--timing processes) or in this one, each after args.lead_in untimed steps."""
     if args.timing == "shared":
         ours, theirs = step_fn("minifm", name), step_fn("torch", name) if torch is not None else None
-        return (lambda: timed(ours)[0]), (None if theirs is None else (lambda: timed(theirs)[0])), []
+        return (lambda: timed_after_lead_in(ours, args.lead_in)), \
+            (None if theirs is None else (lambda: timed_after_lead_in(theirs, args.lead_in))), []
     command = [sys.executable, os.path.abspath(__file__), "--child-config", name, "--child-threads", str(threads)]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
     servers = [StepServer("minifm", command + ["--child", "minifm"], dict(os.environ))]
     if torch is not None:
-        servers.append(StepServer("torch", command + ["--child", "torch"], torch_child_environment(_USER_WAIT_POLICY)))
-    timers = [(lambda server=server: server.step()[0]) for server in servers]
+        servers.append(StepServer("torch", command + ["--child", "torch"],
+                                  torch_child_environment(_backend.OPENMP_DEFAULTS)))
+    timers = [(lambda server=server: server.step(args.lead_in)[0]) for server in servers]
     return timers[0], (timers[1] if len(timers) > 1 else None), servers
 
 
@@ -192,6 +209,9 @@ def main():
                         help="thread budget for minifm (OpenMP and BLAS) and torch; default minifm's")
     parser.add_argument("--timing", choices=("processes", "shared"), default="processes",
                         help="each library in its own child process, taking turns (default), or both in this one")
+    parser.add_argument("--lead-in", type=int, default=1,
+                        help="untimed steps a library runs right before each of its timed steps (default 1: "
+                             "the timed step follows a step of its own library, as in a training loop)")
     parser.add_argument("--child", choices=("minifm", "torch"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-config", choices=list(CONFIGS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -213,9 +233,14 @@ def main():
     peak = gemm_peak()
     print(f"minifm backend: {info}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
-    print(f"threads: {threads} (minifm: BLAS on {minifm_threads.blas_threads()} thread(s) from "
-          f"{minifm_threads.GEMM_PARALLEL_FLOPS:.0e} FLOP, smaller products in row blocks on the kernels' threads); "
-          f"measured float32 GEMM peak (2048^3 NumPy matmul): {peak / 1e9:.1f} GFLOP/s; timing: {args.timing}")
+    if minifm_threads.blas_threads() == 1:
+        products = "BLAS on one thread, products in row blocks on the kernels' threads"
+    else:
+        products = (f"BLAS on {minifm_threads.blas_threads()} threads from {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} "
+                    "FLOP, smaller products in row blocks on the kernels' threads")
+    print(f"threads: {threads} (minifm: {products}); measured float32 GEMM peak (2048^3 product on the "
+          f"budget): {peak / 1e9:.1f} GFLOP/s; timing: {args.timing}, {args.lead_in} untimed lead-in step(s) "
+          "before each timed one")
     header = (f"{'config':<10} {'params':>9} {'minifm ms':>10} {'torch ms':>9} {'ratio':>6} {'pair ratio':>10} "
               f"{'minifm tok/s':>13} {'torch tok/s':>12} {'minifm MFU':>11} {'torch MFU':>10}")
     print(header)
