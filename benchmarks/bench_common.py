@@ -96,8 +96,11 @@ def training_step(model, optimizer, inputs: np.ndarray, labels: np.ndarray):
     return step
 
 
-def timed(step) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every thread of this process) of one call."""
+def timed(step, lead_in: int = 0) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every thread of this process) of one call, made after `lead_in`
+    untimed calls."""
+    for _ in range(lead_in):
+        step()
     wall, cpu = time.perf_counter(), time.process_time()
     step()
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -112,9 +115,7 @@ def serve_steps(step) -> None:
         words = line.split()
         if not words or words[0] != "step":
             break
-        for _ in range(int(words[1]) if len(words) > 1 else 0):
-            step()
-        wall, cpu = timed(step)
+        wall, cpu = timed(step, int(words[1]) if len(words) > 1 else 0)
         print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 

@@ -154,9 +154,9 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of every library (default: minifm's budget and torch's own count)")
     args = parser.parse_args()
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be a positive integer, got {args.threads}")
         minifm_threads.set_num_threads(args.threads)
     configs = ["small"] if args.quick else [name for name in args.configs.split(",") if name]
     unknown = sorted(set(configs) - set(CONFIGS))

@@ -27,9 +27,9 @@ importing minifm sets for its runtime (minifm.kernels._backend.OPENMP_DEFAULTS),
 Each timed step follows --lead-in untimed steps of the same library, run just before it in the same
 child (default 1), so that it is measured as in a training loop: after a step of its own. Without the
 lead-in every timed step started while the other library's last step still held the machine: torch's
-OpenMP threads poll for about 10 ms after their work before they sleep (libgomp's default), and on 2
+OpenMP threads poll for about 6-9 ms after their work before they sleep (libgomp's default), and on 2
 cores they took the second core from the first milliseconds of minifm's step, which then ran 1.11-1.16x
-torch's time on the tiny config instead of 0.94-0.98x when torch's threads polled only briefly
+torch's time on the tiny config instead of 0.90-0.96x when torch's threads polled only briefly
 (docs/performance.md, "The benchmark's turns"). --lead-in 0 gives the old measurement.
 
 The machine's load average is printed before and after: on a shared machine the figures depend on it.
@@ -109,20 +109,13 @@ def step_fn(side: str, name: str):
     return torch_step_fn(torch, model_config(name), CONFIGS[name]["B"])
 
 
-def timed_after_lead_in(step, lead_in: int) -> float:
-    """Wall seconds of one step, run after `lead_in` untimed ones."""
-    for _ in range(lead_in):
-        step()
-    return timed(step)[0]
-
-
 def step_timers(name: str, args, threads: int):
     """(minifm timer, torch timer or None, servers to close): callables returning one step's wall seconds,
     in child processes (--timing processes) or in this one, each after args.lead_in untimed steps."""
     if args.timing == "shared":
         ours, theirs = step_fn("minifm", name), step_fn("torch", name) if torch is not None else None
-        return (lambda: timed_after_lead_in(ours, args.lead_in)), \
-            (None if theirs is None else (lambda: timed_after_lead_in(theirs, args.lead_in))), []
+        return (lambda: timed(ours, args.lead_in)[0]), \
+            (None if theirs is None else (lambda: timed(theirs, args.lead_in)[0])), []
     command = [sys.executable, os.path.abspath(__file__), "--child-config", name, "--child-threads", str(threads)]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
