@@ -12,21 +12,16 @@ so the forward saves nothing (backward recomputes Phi from x) and no temporary a
 For training, gelu_forward_with_derivative also writes dy/dx = Phi(x) + x phi(x) in the same pass
 (Phi is shared, one more exp), so that the backward is a single multiply.
 
-Phi(x) = erfc(-x / sqrt 2) / 2. float64 calls libm's erfc per element (full precision). float32
-computes in double with the Chebyshev-fitted erfc of Numerical Recipes (Press et al., "erfcc"):
-
-    z = |x| / sqrt 2,  t = 1 / (1 + z / 2)
-    erfc(z) = t exp(-z^2 - 1.26551223 + t (1.00002368 + t (0.37409196 + ... + t 0.17087277)))
-
-whose relative error is below 1.2e-7 for every z >= 0 (about one float32 ulp), and
-Phi(x) = 1 - erfc(z)/2 for x >= 0, erfc(z)/2 for x < 0; with a vectorisable exp (the float32 path
-uses _common.pxd's exp_for_float: the double exp with a degree-9 instead of degree-12 polynomial,
-~1e-11 relative, far below a float32 ulp, ~16% faster) the loop is pure arithmetic. The float32 loops live
-in _common.pxd.tp as `omp simd` C primitives (gelu_forward_f, gelu_backward_f, gelu_forward_derivative_f):
-written here in Cython, GCC left them scalar (~19 ns per element on the AMD host, 8.5 ms for a (1024, 256)
-forward with derivative: a quarter of the tiny model's training step); scipy's erf took ~40 ns/element.
-Max relative error of the float32 output measured on a 4e6-point grid over [-20, 20]: 1.6e-7.
-NaN stays NaN; x = +inf gives +inf; x = -inf gives NaN (-inf * 0), as the reference does.
+Phi(x) = erfc(-x / sqrt 2) / 2. float64 calls libm's erfc per element (full precision). float32 is
+computed in float32 by csrc/_gelu.h: the Chebyshev-fitted erfc of Numerical Recipes (Press et al.,
+"erfcc", relative error below 1.2e-7), with x^2, the exponent and 1 / (1 + z/2) carried in pairs of
+floats where their rounding would otherwise grow (the header says how), and an exp of its own. Checked
+over every float32 in [-30, 30]: output within 3.82e-7 relative of libm's double erfc (about three ulp),
+derivative within 1.3e-7 absolute. `omp simd` C loops, as Cython cannot emit the pragma: written in
+Cython, GCC left them scalar (~19 ns per element on the AMD host); the same formula evaluated in double
+took 2.7 ns per element with the derivative, in float32 2.0 (4 floats per AVX2 register became 8, and
+float division is cheaper). NaN stays NaN; x = +inf gives +inf; x = -inf gives NaN (-inf * 0), as the
+reference does.
 
 SwiGLU's gate, silu_mul_forward: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, one pass
 (the NumPy route takes ~8 passes and temporaries: 15% of a 512-token SmolLM2 prefill). The loop is
@@ -42,12 +37,18 @@ from libc.math cimport erfc, exp, sqrt
 cimport _common as vec
 from _common cimport real
 
+cdef extern from "_gelu.h":
+    void gelu_forward_f "minifm_gelu_forward_f"(const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void gelu_backward_f "minifm_gelu_backward_f"(const float* x, const float* dy, float* dx, Py_ssize_t n) noexcept nogil
+    void gelu_forward_derivative_f "minifm_gelu_forward_derivative_f"(
+        const float* x, float* y, float* dydx, Py_ssize_t n) noexcept nogil
+
 cdef enum:
     BLOCK = 8192    # elements per parallel work item
 
 # Serial cost of one element in nanoseconds, for the threading decision (float32 on one core of the 2-core
-# AMD host, AVX2, measured: forward ~4.1, forward with derivative ~6.2).
-cdef double NS_PER_ELEMENT = 4.0
+# AMD host, AVX2, measured: forward ~1.4, forward with derivative or backward ~2.0).
+cdef double NS_PER_ELEMENT = 2.0
 cdef double NS_PER_SILU_ELEMENT = 1.0
 cdef double NS_PER_SILU_BACKWARD_ELEMENT = 1.5
 
@@ -65,7 +66,7 @@ cdef void _forward_block(const real* x, real* y, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef double v
     if real is float:
-        vec.gelu_forward_f(x, y, n)
+        gelu_forward_f(x, y, n)
     else:
         for j in range(n):
             v = x[j]
@@ -76,7 +77,7 @@ cdef void _backward_block(const real* x, const real* dy, real* dx, Py_ssize_t n)
     cdef Py_ssize_t j
     cdef double v
     if real is float:
-        vec.gelu_backward_f(x, dy, dx, n)
+        gelu_backward_f(x, dy, dx, n)
     else:
         for j in range(n):
             v = x[j]
@@ -87,7 +88,7 @@ cdef void _forward_derivative_block(const real* x, real* y, real* dydx, Py_ssize
     cdef Py_ssize_t j
     cdef double v, cdf
     if real is float:
-        vec.gelu_forward_derivative_f(x, y, dydx, n)
+        gelu_forward_derivative_f(x, y, dydx, n)
     else:
         for j in range(n):
             v = x[j]

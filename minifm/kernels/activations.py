@@ -1,8 +1,9 @@
 """Exact (erf) GELU, forward and backward, and SwiGLU's gate silu(gate) * up: NumPy references + dispatch.
 
 Compiled twin: csrc/activations.pyx (module minifm.kernels._activations), one fused pass per
-direction and no temporaries; its float32 path uses a Chebyshev-fitted erfc accurate to ~1.2e-7
-relative (about one float32 ulp), its float64 path libm's erfc.
+direction and no temporaries; its float32 path computes in float32 with a Chebyshev-fitted erfc
+(csrc/_gelu.h: within 3.82e-7 relative of the float64 truth over every float32 in [-30, 30]), its
+float64 path calls libm's erfc.
 
 The math, with Phi the standard normal CDF and phi its density:
 
