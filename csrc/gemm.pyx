@@ -10,7 +10,7 @@ Why not OpenBLAS's own threads: a worked OpenBLAS thread keeps spinning on its c
 kernels' OpenMP threads poll ~0.1 ms, then sleep (minifm/kernels/_backend.py), and follow the machine's load
 (minifm/kernels/threads.py). The number of blocks is chosen from the shapes and the machine's block
 limit alone (minifm.kernels.gemm.row_blocks, threads.row_block_limit), never from the threads in use,
-so the bits are the same on any thread count: each row of out is
+so the bits are the same however many threads take the blocks: each row of out is
 computed by one BLAS call whose operands do not depend on the threads. The blocks are handed out
 dynamically: the calling thread starts on the first block at once, a woken thread (tens of
 microseconds later) takes what is left; in the tiny model's step this made the products' gain on two

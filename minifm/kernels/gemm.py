@@ -19,7 +19,8 @@ gradient), at least two row blocks, the module built, unless the product is big 
 OpenBLAS's own threads and those are more than one (threads.gemm_threads).
 
 Bits: the blocks depend on the shapes and the block limit alone (minifm.kernels.threads sets it from the
-machine's usable cores, never from the threads in use), so a product gives the same bits on any thread count.
+machine's usable cores, never from the threads in use), so a product gives the same bits under any load and
+on any fixed count but one (a fixed single thread gets a limit of 1: no blocks).
 They may differ in the last bits from NumPy's `a @ b` (another OpenBLAS build, other block
 heights), which is the reference twin here.
 """

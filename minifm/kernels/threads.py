@@ -35,7 +35,8 @@ The default policy, chosen from those measurements:
     OpenBLAS, shared among the kernels' OpenMP threads, so it uses the cores the load leaves free
     without OpenBLAS's spinning workers. The blocks depend on the shapes and on the machine's usable
     cores (`row_block_limit`: at most two blocks per core, as blocks cost a little on one thread),
-    never on the threads in use: the same bits on any thread count;
+    never on the threads in use: the same bits under any load (a count of one the user fixes runs
+    products whole, see below);
   * products of a few rows with a Linear layer's weight (`a @ W.T`, at most matvec.MAX_ROWS rows:
     KV-cached decoding) are not BLAS products: `matmul` sends them to the matvec kernel
     (minifm/kernels/matvec.py), which runs on the kernels' OpenMP threads and so follows the load.
@@ -47,9 +48,11 @@ The default policy, chosen from those measurements:
 
 Overrides: MINIFM_NUM_THREADS=N (or `set_num_threads(N)`) fixes both pools to N threads, with
 large products on N BLAS threads and no load following: MINIFM_NUM_THREADS=1 is the fully
-single-threaded run. On a machine with at most two cores the products stay on one BLAS thread even
-then, cut into row blocks shared by the N kernel threads (`fixed_blas_threads`): faster there, and a
-run gives the same bits on any N. OMP_NUM_THREADS=N does the same (the OpenMP runtime and OpenBLAS read it too);
+single-threaded run, and its products are not cut into row blocks (each block costs a little, and one
+thread gains nothing from them), so its bits may differ from a run on more threads. On a machine with
+at most two cores the products stay on one BLAS thread for any N, cut into row blocks shared by the N
+kernel threads (`fixed_blas_threads`): faster there, and a run gives the same bits on any N >= 2 as
+with the default budget. OMP_NUM_THREADS=N does the same (the OpenMP runtime and OpenBLAS read it too);
 OPENBLAS_NUM_THREADS caps the BLAS threads; OMP_WAIT_POLICY replaces the default wait (and its spin),
 GOMP_SPINCOUNT its spin.
 
@@ -130,16 +133,21 @@ def fixed_blas_threads(threads: int, usable_cores: int) -> int:
     return threads
 
 
-def row_block_limit(usable_cores: int) -> int:
-    """The most row blocks the gemm kernel cuts a product into on a machine with `usable_cores` cores: 1 on one
-    core, else the largest power of two up to two per core and gemm's MAX_BLOCKS. Two per core, because a
-    woken thread starts late (tens of microseconds) and takes whatever blocks are left; not more, because
-    each block costs a little on one thread. A fixed count per machine: the bits never follow the threads
-    in use."""
-    if usable_cores <= 1:
+def row_block_limit(usable_cores: int, fixed_threads: int | None = None) -> int:
+    """The most row blocks the gemm kernel cuts a product into on a machine with `usable_cores` cores, or for
+    the thread count the user fixed (`fixed_threads`, counted up to the cores): 1 for one, else the largest
+    power of two up to two per core and gemm's MAX_BLOCKS. Two per core, because a woken thread starts late
+    (tens of microseconds) and takes whatever blocks are left; not more, because each block costs a little
+    on one thread (a block packs the right-hand operand again: the tiny model's step ran 2.5% slower on one
+    thread with 4 blocks than with 1). The count never follows the threads in use (the load): the bits
+    don't either. A user's fixed count of one thread is the exception that changes them (OpenBLAS gives
+    other bits for about 5% of shapes when a product is cut into blocks); two or more give the bits of the
+    default budget."""
+    cores = usable_cores if fixed_threads is None else min(usable_cores, fixed_threads)
+    if cores <= 1:
         return 1
     limit = 1
-    while 2 * limit <= min(2 * usable_cores, gemm_kernel.MAX_BLOCKS):
+    while 2 * limit <= min(2 * cores, gemm_kernel.MAX_BLOCKS):
         limit *= 2
     return limit
 
@@ -259,11 +267,11 @@ class _Policy:
 
     def __init__(self):
         self.cores = usable_cores()
-        self.row_blocks = row_block_limit(self.cores)
         numpy_blas = _blas().numpy
         blas_started_with = numpy_blas.get_num_threads() if numpy_blas is not None else self.cores
         fixed = requested_threads()
         self.follows_load = fixed is None
+        self.row_blocks = row_block_limit(self.cores, fixed)
         if fixed is None:
             busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
             self.kernel_threads = kernel_threads_for_load(self.cores, busy)
@@ -351,6 +359,7 @@ def set_num_threads(threads: int) -> None:
     state.follows_load = False
     state.kernel_threads = int(threads)
     state.blas_threads = fixed_blas_threads(int(threads), state.cores)
+    state.row_blocks = row_block_limit(state.cores, int(threads))
     state.apply()
 
 

@@ -231,19 +231,38 @@ def test_a_fixed_count_keeps_blas_on_one_thread_where_row_blocks_take_the_produc
     assert threads.fixed_blas_threads(4, cores) == expected
 
 
-def test_a_fixed_count_of_two_gives_the_bits_of_one_on_two_cores(rng, restore_budget):
-    """On a two-core machine a large product runs in row blocks: the same bits on 1 and 2 fixed threads."""
-    threads._state().cores = 2  # the policy's view of the machine (CI's has two cores)
+def test_on_two_cores_the_bits_follow_neither_the_load_nor_a_fixed_count_of_two(rng, restore_budget, monkeypatch):
+    """On a two-core machine a large product runs in row blocks whose count the machine sets: the default budget
+    with one or two kernel threads (a busy or an idle machine) and a fixed count of two give the same bits."""
+    monkeypatch.delenv("MINIFM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    state = threads._state()
+    state.cores, state.row_blocks = 2, threads.row_block_limit(2)  # the policy's view of the machine (CI's has two cores)
     if not threads.gemm_kernel.blas_bound():
         pytest.skip("NumPy's BLAS exports no sgemm/dgemm with 64-bit integers (or the kernel is not built)")
     a = rng.standard_normal((2048, 128)).astype(np.float32)  # (M, K): a 1e8-FLOP product, above GEMM_PARALLEL_FLOPS
     b = rng.standard_normal((128, 192)).astype(np.float32)  # (K, N)
     results = []
-    for count in (1, 2):
-        threads.set_num_threads(count)
-        assert threads.gemm_threads(2048, 128, 192) == 1
+    for busy in (1.0, 0.0):  # the load leaves one kernel thread, then two
+        state.follows_load, state.meter, state.next_check = True, FixedLoad(busy), 0.0
+        state.follow_load()
+        assert threads.num_threads() == 2 - int(busy) and threads.gemm_threads(2048, 128, 192) == 1
         results.append(threads.matmul(a, b))
+    threads.set_num_threads(2)
+    results.append(threads.matmul(a, b))
     np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_a_fixed_single_thread_runs_each_product_whole(rng, restore_budget):
+    """Blocks only cost on one thread (each packs b again), so a fixed count of one keeps products whole:
+    NumPy's own product, bit for bit."""
+    threads._state().cores = 2
+    threads.set_num_threads(1)
+    assert threads._state().row_blocks == 1
+    a = rng.standard_normal((2048, 128)).astype(np.float32)  # (M, K)
+    w = rng.standard_normal((192, 128)).astype(np.float32)  # (N, K): a Linear weight, used as w.T
+    np.testing.assert_array_equal(threads.matmul(a, w.T), a @ w.T)
 
 
 def test_a_user_limit_on_openblas_threads_is_respected():
@@ -261,3 +280,9 @@ def test_a_user_limit_on_openblas_threads_is_respected():
 def test_row_blocks_are_limited_to_a_power_of_two_up_to_two_per_core(cores, expected):
     """The gemm kernel's block limit follows the machine's cores, never the threads in use (so the bits do not)."""
     assert threads.row_block_limit(cores) == expected
+
+
+@pytest.mark.parametrize("cores, fixed, expected", [(2, 1, 1), (2, 2, 4), (2, 8, 4), (8, 1, 1), (8, 2, 4), (8, 3, 4),
+                                                    (8, 16, 8)])
+def test_a_fixed_count_limits_the_blocks_as_that_many_cores_would(cores, fixed, expected):
+    assert threads.row_block_limit(cores, fixed) == expected
