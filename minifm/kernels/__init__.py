@@ -12,6 +12,7 @@
     bpe.py            <-> csrc/bpe.pyx            BPE merge training (incremental pair counts) and
                                                    piece encoding by merge rank
     activations.py    <-> csrc/activations.pyx    exact (erf) GELU forward and backward in one pass each
+                                                   (float32 computed in float32: csrc/_gelu.h)
     normalization.py  <-> csrc/normalization.pyx  LayerNorm over the last axis, forward and backward,
                                                    one pass per row with sums in double
     adam.py           <-> csrc/adam.pyx           one Adam / AdamW parameter update in one pass
@@ -21,7 +22,7 @@
     gemm.py           <-> csrc/gemm.pyx           a @ b in blocks of output rows, each one single-threaded
                                                    call of NumPy's BLAS, blocks shared among the OpenMP
                                                    threads (training's mid-sized products), same bits
-                                                   on any thread count
+                                                   however many threads take the blocks
     rotary.py         <-> csrc/rotary.pyx         RoPE's rotation of (B, heads, T, D) rows, one pass,
                                                    transposed views read and written in place
     quantized.py      <-> csrc/quantized.pyx      x @ W^T with W in GGUF blocks (Q8_0, Q4_0, Q4_1):
@@ -35,6 +36,8 @@
                                                    resident weights: a weight row loaded once for up
                                                    to 4 inputs (a small model's decoding output head);
                                                    matvec's fewrows_many, tiles in csrc/_fewrows.h
+    embedding.py      <-> csrc/embedding.pyx      an embedding lookup's gradient: each row added into
+                                                   its table row, in order (np.add.at's bits)
     gpt2_step.py      <-> csrc/gpt2_step.pyx      one KV-cached decoding step of a GPT-2-style block
                                                    (LayerNorm, GELU, biases) for 1-16 sequences in one
                                                    call (float32), products on csrc/_fewrows.h

@@ -59,6 +59,7 @@ COMPILED_FAMILIES: tuple[str, ...] = (
     "quantized",
     "decode_step",
     "gpt2_step",
+    "embedding",
 )
 
 _modules: dict[str, ModuleType | None] = {}
