@@ -27,7 +27,8 @@ import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from minifm.kernels import _backend, attention, backend_info, cross_entropy, softmax  # noqa: E402
+from minifm.kernels import _backend, activations, attention, backend_info, cross_entropy, embedding, softmax  # noqa: E402
+from minifm.memory import keep_freed_memory_for_reuse  # noqa: E402
 from minifm.sampling import sample  # noqa: E402
 
 try:
@@ -142,6 +143,50 @@ def bench_attention(repeats, rng):
         table.add(f"attention fwd+bwd {(b, h, t, d)}", minifm_step, minifm_step, torch_step)
 
 
+def bench_gelu(repeats, rng):
+    table = Table("exact GELU forward + backward (float32; minifm: output and derivative in one pass, then "
+                  "dy * derivative, as its autograd op does; torch: F.gelu(x).backward(dy))", repeats)
+    table.header()
+    for shape in ((1024, 256), (4096, 1024)):  # the tiny GPT's MLP, a larger one
+        x, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+
+        def minifm_step():
+            _, derivative = activations.gelu_with_derivative(x)
+            return dy * derivative
+
+        torch_step = None
+        if torch:
+            x_t, dy_t = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+
+            def torch_step():
+                x_t.grad = None
+                torch.nn.functional.gelu(x_t).backward(dy_t)
+
+        table.add(f"GELU fwd+bwd {shape}", minifm_step, minifm_step, torch_step)
+
+
+def bench_embedding(repeats, rng):
+    table = Table("embedding lookup's gradient (float32; torch: F.embedding(ids, weight).backward(grad))", repeats)
+    table.header()
+    for vocab, rows, width in ((256, 1024, 64), (50257, 8192, 768)):  # the tiny GPT's tokens, GPT-2's
+        ids = rng.integers(0, vocab, rows)
+        grad = rng.standard_normal((rows, width)).astype(np.float32)
+
+        def minifm_step():
+            return embedding.embedding_backward(ids, grad, vocab)
+
+        torch_step = None
+        if torch:
+            ids_t, grad_t = torch.from_numpy(ids), torch.from_numpy(grad)
+            weight_t = torch.zeros(vocab, width, requires_grad=True)
+
+            def torch_step():
+                weight_t.grad = None
+                torch.nn.functional.embedding(ids_t, weight_t).backward(grad_t)
+
+        table.add(f"embedding grad ({rows} ids, {vocab} x {width})", minifm_step, minifm_step, torch_step)
+
+
 def attention_memory(t: int = 4096, heads: int = 4, d: int = 64):
     """Peak traced NumPy memory of forward + backward at sequence length t (tracemalloc)."""
     rng = np.random.default_rng(0)
@@ -194,7 +239,7 @@ def bench_sampling(repeats, rng):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (1 to 3 per cell)")
-    parser.add_argument("--only", default="", help="comma list of: softmax, cross_entropy, attention, memory, sampling")
+    parser.add_argument("--only", default="", help="comma list of: softmax, cross_entropy, gelu, embedding, attention, memory, sampling")
     args = parser.parse_args()
     repeats = (1, 3, 2.0) if args.quick else (3, 9, 8.0)
     info = backend_info()
@@ -207,12 +252,20 @@ def main():
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     if info["backend"] != "compiled":
         print("warning: not every compiled kernel is loaded; the 'compiled' column may be the reference")
+    # As in training (minifm's first backward does this): glibc keeps freed blocks up to 32 MiB for reuse, so
+    # a kernel's output array is not a fresh mapping whose every page faults on first touch (torch's caching
+    # allocator spares it the same). Without it a (4096, 1024) GELU took 37 ms instead of ~8.
+    keep_freed_memory_for_reuse()
     rng = np.random.default_rng(0)
-    selected = set(filter(None, args.only.split(","))) or {"softmax", "cross_entropy", "attention", "memory", "sampling"}
+    selected = set(filter(None, args.only.split(","))) or {"softmax", "cross_entropy", "gelu", "embedding", "attention", "memory", "sampling"}
     if "softmax" in selected:
         bench_softmax(repeats, rng)
     if "cross_entropy" in selected:
         bench_cross_entropy(repeats, rng)
+    if "gelu" in selected:
+        bench_gelu(repeats, rng)
+    if "embedding" in selected:
+        bench_embedding(repeats, rng)
     if "attention" in selected:
         bench_attention(repeats, rng)
     if "memory" in selected:

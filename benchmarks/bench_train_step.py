@@ -226,8 +226,10 @@ def main():
     peak = gemm_peak()
     print(f"minifm backend: {info}")
     print(f"load average (1, 5, 15 min) before: {os.getloadavg()}")
-    if minifm_threads.blas_threads() == 1:
-        products = "BLAS on one thread, products in row blocks on the kernels' threads"
+    if minifm_threads.blas_threads() == 1 and minifm_threads.row_blocks() == 1:
+        products = "BLAS on one thread, each product whole"
+    elif minifm_threads.blas_threads() == 1:
+        products = f"BLAS on one thread, products in up to {minifm_threads.row_blocks()} row blocks on the kernels' threads"
     else:
         products = (f"BLAS on {minifm_threads.blas_threads()} threads from {minifm_threads.GEMM_PARALLEL_FLOPS:.0e} "
                     "FLOP, smaller products in row blocks on the kernels' threads")

@@ -338,6 +338,11 @@ def blas_threads() -> int:
     return _state().blas_threads
 
 
+def row_blocks() -> int:
+    """The most row blocks the gemm kernel cuts a product into under this budget (1: products run whole)."""
+    return _state().row_blocks
+
+
 def follows_load() -> bool:
     """True when the kernels' thread count follows the machine's load (no count was fixed)."""
     return _state().follows_load

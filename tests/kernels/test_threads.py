@@ -259,7 +259,7 @@ def test_a_fixed_single_thread_runs_each_product_whole(rng, restore_budget):
     NumPy's own product, bit for bit."""
     threads._state().cores = 2
     threads.set_num_threads(1)
-    assert threads._state().row_blocks == 1
+    assert threads.row_blocks() == 1
     a = rng.standard_normal((2048, 128)).astype(np.float32)  # (M, K)
     w = rng.standard_normal((192, 128)).astype(np.float32)  # (N, K): a Linear weight, used as w.T
     np.testing.assert_array_equal(threads.matmul(a, w.T), a @ w.T)
