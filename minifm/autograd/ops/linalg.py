@@ -132,9 +132,3 @@ class Embedding(Function):
         vocab, dim = ctx.weight_shape
         rows = grad.reshape(-1, dim)  # (N, dim)
         return None, embedding_kernels.embedding_backward(ctx.ids.ravel(), rows, vocab)  # (vocab, dim)
-        rows = grad.reshape(-1, ctx.weight_shape[1])  # (N, dim)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        run_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # first row of each id
-        grad_weight[sorted_ids[run_starts]] = np.add.reduceat(rows[order], run_starts, axis=0)  # (unique ids, dim)
-        return None, grad_weight
