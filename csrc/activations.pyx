@@ -19,7 +19,7 @@ floats where their rounding would otherwise grow (the header says how), and an e
 over every float32 in [-30, 30]: output within 3.82e-7 relative of libm's double erfc (about three ulp),
 derivative within 1.3e-7 absolute. `omp simd` C loops, as Cython cannot emit the pragma: written in
 Cython, GCC left them scalar (~19 ns per element on the AMD host); the same formula evaluated in double
-took 2.7 ns per element with the derivative, in float32 2.0 (4 floats per AVX2 register became 8, and
+took 2.7 ns per element with the derivative, in float32 1.7 (4 floats per AVX2 register became 8, and
 float division is cheaper). NaN stays NaN; x = +inf gives +inf; x = -inf gives NaN (-inf * 0), as the
 reference does.
 
@@ -47,7 +47,7 @@ cdef enum:
     BLOCK = 8192    # elements per parallel work item
 
 # Serial cost of one element in nanoseconds, for the threading decision (float32 on one core of the 2-core
-# AMD host, AVX2, measured: forward ~1.4, forward with derivative or backward ~2.0).
+# AMD host, AVX2, measured: forward ~1.4, forward with derivative or backward ~1.7).
 cdef double NS_PER_ELEMENT = 2.0
 cdef double NS_PER_SILU_ELEMENT = 1.0
 cdef double NS_PER_SILU_BACKWARD_ELEMENT = 1.5
