@@ -40,27 +40,38 @@
 
 #define MINIFM_GELU_INV_SQRT_2PI 0.39894228040143267794f
 
+/* The pieces of the two exps below (Cody-Waite: x = n ln 2 + r, exp(x) = 2^n exp(r), |r| <= ~0.35). */
+#define MINIFM_GELU_LN2_HI 0.693359375f      /* ln 2 to 9 significant bits: n * LN2_HI is exact */
+#define MINIFM_GELU_LN2_LO -2.12194440e-4f   /* ln 2 - LN2_HI */
+
+/* n = round(x / ln 2), by adding and removing 1.5 * 2^23 (no libm call, so it vectorises). */
+static inline __attribute__((always_inline)) float minifm_gelu_exp_count(float x) {
+    return (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+}
+
+/* exp(r) for |r| <= ~0.35 by its Taylor polynomial of degree `degree` (Horner; a constant at every call,
+   so the loop unrolls): truncation below 1e-9 at degree 8, below 1e-7 at degree 7. */
+static const float MINIFM_GELU_INV_FACTORIAL[9] = {
+    1.0f, 1.0f, 1.0f / 2.0f, 1.0f / 6.0f, 1.0f / 24.0f, 1.0f / 120.0f, 1.0f / 720.0f, 1.0f / 5040.0f,
+    1.0f / 40320.0f};
+static inline __attribute__((always_inline)) float minifm_gelu_exp_taylor(float r, const int degree) {
+    float p = MINIFM_GELU_INV_FACTORIAL[degree];
+    for (int k = degree - 1; k >= 0; k--) p = p * r + MINIFM_GELU_INV_FACTORIAL[k];
+    return p;
+}
+
 /* exp(hi + lo) for a float hi and a correction lo (|lo| < ~2), 0 below e^-103 (float32's subnormals
-   end at e^-103.3). Cody-Waite: n = round((hi + lo) / ln 2), r = (hi - n ln2_hi) + lo - n ln2_lo, a
-   Taylor polynomial of degree 8 for exp(r) (|r| <= ~0.35: truncation below 1e-9), times 2^n as two
-   factors 2^(n/2) so that n down to -149 needs no subnormal exponent field. */
+   end at e^-103.3): r = (hi - n ln2_hi) + lo - n ln2_lo, degree 8, times 2^n as two factors 2^(n/2)
+   so that n down to -149 needs no subnormal exponent field. */
 static inline __attribute__((always_inline)) float minifm_gelu_exp(float hi, float lo) {
     float sum = hi + lo;
     float clamped = sum < -103.0f ? -103.0f : sum;
     clamped = clamped > 88.0f ? 88.0f : clamped;
-    float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round to nearest */
-    float r = hi - n * 0.693359375f;  /* exact for |hi| >= 1 (see the top of this file) */
+    float n = minifm_gelu_exp_count(clamped);
+    float r = hi - n * MINIFM_GELU_LN2_HI;  /* exact for |hi| >= 1 (see the top of this file) */
     r = r + lo;
-    r = r - n * -2.12194440e-4f;       /* ln2_lo = ln 2 - ln2_hi */
-    float p = 1.0f / 40320.0f;
-    p = p * r + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    r = r - n * MINIFM_GELU_LN2_LO;
+    float p = minifm_gelu_exp_taylor(r, 8);
     int32_t n_int = (int32_t)n;
     int32_t n_half = n_int / 2;
     union { int32_t i; float f; } first, second;
@@ -70,21 +81,14 @@ static inline __attribute__((always_inline)) float minifm_gelu_exp(float hi, flo
     return sum < -103.0f ? 0.0f : result;
 }
 
-/* exp(e) for e <= 0, 0 below -87: the plain float exp (Cody-Waite, degree 7), for the density, which needs
-   only absolute accuracy (|x phi(x)| <= 0.25); 17% cheaper per element than a second minifm_gelu_exp. */
+/* exp(e) for e <= 0, 0 below -87: the plain float exp (degree 7, one factor 2^n), for the density, which
+   needs only absolute accuracy (|x phi(x)| <= 0.25); 17% cheaper per element than a second minifm_gelu_exp. */
 static inline __attribute__((always_inline)) float minifm_gelu_density_exp(float e) {
     float clamped = e < -87.0f ? -87.0f : e;  /* keeps 2^n's exponent field in range */
-    float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = clamped - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float n = minifm_gelu_exp_count(clamped);
+    float r = clamped - n * MINIFM_GELU_LN2_HI;
+    r = r - n * MINIFM_GELU_LN2_LO;
+    float p = minifm_gelu_exp_taylor(r, 7);
     union { int32_t i; float f; } two_n;
     two_n.i = ((int32_t)n + 127) << 23;
     return e < -87.0f ? 0.0f : p * two_n.f;
