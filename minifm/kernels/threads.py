@@ -127,7 +127,8 @@ def fixed_blas_threads(threads: int, usable_cores: int) -> int:
     `threads` threads, each block one single-threaded BLAS call: on two threads the small and medium
     training steps ran 1.27x and 1.11x faster than with OpenBLAS's own two threads, whose worker polls
     its core for a long while after each product, where the kernels' second thread needs it
-    (docs/performance.md, "The benchmark's turns"). The bits are then the same on one thread or two."""
+    (docs/performance.md, "The benchmark's turns"). A run then gives the same bits on any count from two on
+    as with the default budget (one fixed thread runs products whole: row_block_limit)."""
     if usable_cores <= SERIAL_BLAS_MAX_CORES and gemm_kernel.blas_bound():
         return 1
     return threads
@@ -270,21 +271,29 @@ class _Policy:
         numpy_blas = _blas().numpy
         blas_started_with = numpy_blas.get_num_threads() if numpy_blas is not None else self.cores
         fixed = requested_threads()
-        self.follows_load = fixed is None
-        self.row_blocks = row_block_limit(self.cores, fixed)
         if fixed is None:
+            self.follows_load = True
             busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
             self.kernel_threads = kernel_threads_for_load(self.cores, busy)
             # never above what OpenBLAS was started with (OPENBLAS_NUM_THREADS)
             self.blas_threads = max(1, min(default_blas_threads(self.cores), blas_started_with))
+            self.row_blocks = row_block_limit(self.cores)
         else:
-            self.kernel_threads = fixed
-            self.blas_threads = max(1, min(fixed_blas_threads(fixed, self.cores), blas_started_with))
+            self.fix(fixed, blas_limit=blas_started_with)
         self.meter = _CpuMeter(set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else set(range(self.cores)))
         self.next_check = time.monotonic() + LOAD_CHECK_SECONDS
         self.blas_threads_now = None  # NumPy's BLAS count as minifm last set it
         self.apply()
+
+    def fix(self, threads: int, blas_limit: int | None = None) -> None:
+        """Fix the budget to `threads`, no load following: the kernels' count, BLAS's (fixed_blas_threads, at
+        most blas_limit) and the row-block limit that go with it. The caller applies it."""
+        self.follows_load = False
+        self.kernel_threads = threads
+        blas = fixed_blas_threads(threads, self.cores)
+        self.blas_threads = blas if blas_limit is None else max(1, min(blas, blas_limit))
+        self.row_blocks = row_block_limit(self.cores, threads)
 
     def apply(self) -> None:
         parallel = _load("parallel")
@@ -361,10 +370,7 @@ def set_num_threads(threads: int) -> None:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     state = _state()
-    state.follows_load = False
-    state.kernel_threads = int(threads)
-    state.blas_threads = fixed_blas_threads(int(threads), state.cores)
-    state.row_blocks = row_block_limit(state.cores, int(threads))
+    state.fix(int(threads))
     state.apply()
 
 
