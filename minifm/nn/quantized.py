@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from minifm.autograd.function import Context, Function
+from minifm.autograd.ops.linalg import column_sums
 from minifm.autograd.tensor import Tensor, data_of
 from minifm.kernels.quantized import quantized_matmul
 from minifm.nn.layers import Embedding, Linear
@@ -97,7 +98,7 @@ class QuantizedLinearFunction(Function):
             grad_x = grad_x.reshape(ctx.x_shape)
         if not ctx.has_bias:
             return grad_x
-        return grad_x, grad_2d.sum(axis=0) if ctx.needs_input_grad[1] else None
+        return grad_x, column_sums(grad_2d) if ctx.needs_input_grad[1] else None  # (out,)
 
 
 def quantized_linear(x, weight: QuantizedTensor, bias=None, quantize_input: bool = False):

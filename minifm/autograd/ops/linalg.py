@@ -99,14 +99,14 @@ class Linear(Function):
         grad_w = matmul_2d(grad_2d.T, x.reshape(-1, in_features)) if ctx.needs_input_grad[1] else None
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = _column_sums(grad_2d)  # (out,)
+            grad_b = column_sums(grad_2d)  # (out,)
         return grad_x, grad_w, grad_b
 
 
-def _column_sums(rows: np.ndarray) -> np.ndarray:
-    """rows.sum(axis=0) as one BLAS product with a vector of ones: 2-5x faster than NumPy's reduction at the
-    tiny GPT's (1024, 64-256) gradients (4-16 us against 23-38), and no less accurate (BLAS keeps several
-    partial sums)."""
+def column_sums(rows: np.ndarray) -> np.ndarray:
+    """rows.sum(axis=0) as one BLAS product with a vector of ones (a bias's gradient, here and in
+    nn/quantized.py's QuantizedLinear): 2-5x faster than NumPy's reduction at the tiny GPT's (1024, 64-256)
+    gradients (4-16 us against 23-38), and no less accurate (BLAS keeps several partial sums)."""
     return np.ones(rows.shape[0], dtype=rows.dtype) @ rows  # (N,) @ (N, out) -> (out,)
 
 
